@@ -1,0 +1,47 @@
+"""Shared fixtures: small synthetic datasets with a known structure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from serendip.data import Dataset
+
+
+def make_blocks(n_users: int = 40, n_items: int = 20, seed: int = 0) -> Dataset:
+    """Two taste groups: users 0..n/2-1 like items of block A, the others block B.
+
+    Items carry a genre ("A" or "B") and unit vectors that point to their block, plus a little
+    noise, so semantic and collaborative models have the same known answer.
+    """
+    rng = np.random.default_rng(seed)
+    half_u, half_i = n_users // 2, n_items // 2
+    rows = []
+    t = 0
+    for u in range(n_users):
+        block = range(0, half_i) if u < half_u else range(half_i, n_items)
+        chosen = rng.choice(list(block), size=half_i - 2, replace=False)
+        for i in chosen:
+            rows.append((f"u{u}", f"i{i}", float(t), 1.0))
+            t += 1
+    inter = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "rating"])
+    items = pd.DataFrame(
+        {
+            "item_id": [f"i{i}" for i in range(n_items)],
+            "title": [f"{'alpha' if i < half_i else 'beta'} item {i}" for i in range(n_items)],
+            "genres": ["A" if i < half_i else "B" for i in range(n_items)],
+        }
+    )
+    data = Dataset.from_frames(inter, items)
+    vec = np.zeros((n_items, 8), dtype=np.float32)
+    vec[:half_i, 0] = 1.0
+    vec[half_i:, 1] = 1.0
+    vec += rng.normal(scale=0.05, size=vec.shape).astype(np.float32)
+    vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+    return data.with_item_vectors(vec)
+
+
+@pytest.fixture
+def blocks() -> Dataset:
+    return make_blocks()
