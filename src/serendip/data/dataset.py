@@ -80,11 +80,11 @@ class Dataset:
                 if pd.api.types.is_numeric_dtype(inter["timestamp"]):
                     bad_vals = inter.loc[ts.isna(), "timestamp"].tolist()
                     raise DataError(f"timestamp has non-numeric values, e.g. {_examples(bad_vals)}")
-                parsed = pd.to_datetime(inter["timestamp"], errors="coerce", utc=True)
+                parsed = pd.to_datetime(inter["timestamp"], errors="coerce", utc=True, format="ISO8601")
                 if parsed.isna().any():
                     bad_vals = inter.loc[parsed.isna(), "timestamp"].tolist()
                     raise DataError(
-                        f"timestamp values are neither numbers nor dates, e.g. {_examples(bad_vals)}"
+                        f"timestamp values are neither numbers nor ISO-8601 dates, e.g. {_examples(bad_vals)}"
                     )
                 ts = parsed.astype("int64") / 1e9
             inter["timestamp"] = ts.astype(np.float64)

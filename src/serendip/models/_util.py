@@ -1,0 +1,61 @@
+"""Helpers shared by the scorers: history weighting and batched user vectors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from serendip.types import Query
+
+__all__ = ["history_weights", "history_matrix", "standardize"]
+
+
+def history_weights(n: int, half_life: float | None) -> np.ndarray:
+    """Weight of each history position (oldest first): 1, or 0.5 ** (age / half_life).
+
+    Age counts interactions back from the most recent one, so the last item weighs 1.
+    """
+    if half_life is None or n == 0:
+        return np.ones(n, dtype=np.float32)
+    age = np.arange(n - 1, -1, -1, dtype=np.float64)
+    return (0.5 ** (age / half_life)).astype(np.float32)
+
+
+def history_matrix(
+    queries: Sequence[Query], n_items: int, half_life: float | None = None
+) -> sp.csr_matrix:
+    """One sparse row per query: (recency-weighted) indicator of the history items."""
+    indptr = [0]
+    cols: list[np.ndarray] = []
+    vals: list[np.ndarray] = []
+    for q in queries:
+        h = q.history
+        w = history_weights(len(h), half_life)
+        # a repeated item keeps its most recent weight
+        _, last = np.unique(h[::-1], return_index=True)
+        keep = len(h) - 1 - last
+        cols.append(h[keep])
+        vals.append(w[keep])
+        indptr.append(indptr[-1] + len(keep))
+    return sp.csr_matrix(
+        (
+            np.concatenate(vals) if vals else np.zeros(0, np.float32),
+            np.concatenate(cols) if cols else np.zeros(0, np.int64),
+            np.asarray(indptr),
+        ),
+        shape=(len(queries), n_items),
+    )
+
+
+def standardize(scores: np.ndarray) -> np.ndarray:
+    """Per-row z-scores over finite entries (rows of a 2-D array, or one 1-D row)."""
+    s = np.atleast_2d(scores).astype(np.float64)
+    finite = np.isfinite(s)
+    x = np.where(finite, s, np.nan)
+    mu = np.nanmean(x, axis=1, keepdims=True)
+    sd = np.nanstd(x, axis=1, keepdims=True)
+    sd = np.where(sd > 0, sd, 1.0)
+    z = np.where(finite, (s - mu) / sd, -np.inf)
+    return z.reshape(scores.shape)

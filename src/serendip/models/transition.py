@@ -1,0 +1,80 @@
+"""Item-to-item transitions: what people consume next after what this user consumed last.
+
+A first-order, windowed Markov model (in the spirit of FPMC's transition term, Rendle 2010,
+without the factorisation): T[a, b] counts b following a within ``window`` steps of a user's
+history, weighted 1/gap, rows normalised.  Scores sum the rows of the user's most recent
+items with a geometric decay, so it captures sequence and recency that EASE ignores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+from pydantic import Field
+
+from serendip.component import ComponentConfig
+from serendip.data.dataset import Dataset
+from serendip.models.base import BatchScorer
+from serendip.types import Query
+
+__all__ = ["Transition", "TransitionConfig"]
+
+
+class TransitionConfig(ComponentConfig):
+    window: int = Field(5, ge=1, le=100, description="how many later items count as 'next'")
+    recent: int = Field(5, ge=1, le=100, description="how many recent history items vote")
+    decay: float = Field(0.6, gt=0, le=1, description="vote weight decay per step back")
+    smoothing: float = Field(5.0, ge=0, le=1e6, description="added to row sums when normalising")
+
+
+class Transition(BatchScorer):
+    name = "transition"
+    config_class = TransitionConfig
+    config: TransitionConfig
+
+    def train(self, data: Dataset) -> None:
+        c = self.config
+        rows, cols, vals = [], [], []
+        for u in range(data.n_users):
+            h = data.history(u)
+            for gap in range(1, c.window + 1):
+                if len(h) > gap:
+                    rows.append(h[:-gap])
+                    cols.append(h[gap:])
+                    vals.append(np.full(len(h) - gap, 1.0 / gap))
+        n = data.n_items
+        if rows:
+            t = sp.csr_matrix(
+                (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+            )
+        else:
+            t = sp.csr_matrix((n, n))
+        t.sum_duplicates()
+        rs = np.asarray(t.sum(axis=1)).ravel() + c.smoothing
+        t = sp.diags(1.0 / np.where(rs > 0, rs, 1.0)) @ t
+        t = t.tocsr().astype(np.float32)
+        self._set_state(data=t.data, indices=t.indices, indptr=t.indptr, shape=np.asarray(t.shape))
+
+    def _after_load(self) -> None:
+        st = self._state
+        assert st is not None
+        self._t = sp.csr_matrix(
+            (st["data"], st["indices"], st["indptr"]), shape=tuple(int(x) for x in st["shape"])
+        )
+
+    def score_many(self, queries: Sequence[Query]) -> np.ndarray:
+        self._require_trained()
+        c = self.config
+        n = self._t.shape[0]
+        indptr, cols, vals = [0], [], []
+        for q in queries:
+            recent = q.history[-c.recent :][::-1]
+            cols.append(recent)
+            vals.append(c.decay ** np.arange(len(recent)))
+            indptr.append(indptr[-1] + len(recent))
+        h = sp.csr_matrix(
+            (np.concatenate(vals), np.concatenate(cols), np.asarray(indptr)), shape=(len(queries), n)
+        )
+        return np.asarray((h @ self._t).toarray(), dtype=np.float64)

@@ -1,0 +1,159 @@
+"""Common checks every scorer passes (one line per new model), plus known answers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from serendip.component import Component
+from serendip.data import Dataset
+from serendip.errors import ConfigError, NotTrainedError
+from serendip.models import SCORERS, EASE, TextCF, Transition
+from serendip.types import Query
+from tests.conftest import make_blocks
+
+ALL = sorted(SCORERS)
+
+
+@pytest.fixture(scope="module")
+def data() -> Dataset:
+    return make_blocks()
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    out = {}
+    for name in ALL:
+        m = SCORERS[name]()
+        m.train(data)
+        out[name] = m
+    return out
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_config_round_trip_and_validation(name):
+    cls = SCORERS[name]
+    m = cls()
+    again = cls(json.loads(json.dumps(m.config.model_dump())))
+    assert again.config == m.config
+    with pytest.raises(ConfigError, match="not_a_field"):
+        cls({"not_a_field": 1})
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_untrained_raises(name):
+    with pytest.raises(NotTrainedError, match=name):
+        SCORERS[name]().score(Query(0, [1, 2]))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_save_load_identical(name, trained, data, tmp_path):
+    m = trained[name]
+    m.save(tmp_path / name)
+    back = SCORERS[name].load(tmp_path / name)
+    q = [Query(u, data.history(u)) for u in (0, 25)]
+    np.testing.assert_allclose(back.score_many(q), m.score_many(q), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_batch_equals_single_and_shape(name, trained, data):
+    m = trained[name]
+    qs = [Query(u, data.history(u)) for u in range(0, 40, 7)]
+    batch = m.score_many(qs)
+    assert batch.shape == (len(qs), data.n_items)
+    assert np.isfinite(batch).all()
+    for row, q in zip(batch, qs, strict=True):
+        np.testing.assert_allclose(m.score(q), row, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if n != "popularity"])
+def test_known_answer_on_blocks(name, trained, data):
+    """A user of block A gets block-A items ranked above block-B items (unseen ones)."""
+    m = trained[name]
+    for u, own in ((0, range(0, 10)), (30, range(10, 20))):
+        q = Query(u, data.history(u))
+        s = m.score(q)
+        unseen_own = [i for i in own if i not in set(q.history)]
+        other = [i for i in range(20) if i not in own]
+        assert min(s[unseen_own]) > max(s[other]), name
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_anonymous_history_works(name, trained, data):
+    s = trained[name].score(Query(None, data.history(3)))
+    assert s.shape == (data.n_items,) and np.isfinite(s).all()
+
+
+def test_ease_matches_per_column_ridge():
+    """Each EASE column is a ridge regression of that item on all the others (Steck 2019)."""
+    rng = np.random.default_rng(1)
+    x = (rng.random((30, 8)) < 0.4).astype(float)
+    rows, cols = np.nonzero(x)
+    inter = pd.DataFrame({"user_id": rows.astype(str), "item_id": cols.astype(str)})
+    items = pd.DataFrame({"item_id": [str(i) for i in range(8)]})
+    d = Dataset.from_frames(inter, items)
+    lam = 3.0
+    m = EASE(l2=lam)
+    m.train(d)
+    b = m._state["weights"]
+    xm = d.matrix.toarray().astype(float)
+    for j in range(8):
+        others = [i for i in range(8) if i != j]
+        a = xm[:, others]
+        w = np.linalg.solve(a.T @ a + lam * np.eye(7), a.T @ xm[:, j])
+        np.testing.assert_allclose(b[others, j], w, rtol=1e-4, atol=1e-6)
+        assert b[j, j] == 0
+
+
+def test_textcf_matches_kronecker_solution():
+    """The eigenbasis closed form equals the direct vec/Kronecker ridge solution."""
+    rng = np.random.default_rng(2)
+    n_u, n_i, dim = 12, 7, 3
+    x = (rng.random((n_u, n_i)) < 0.5).astype(float)
+    rows, cols = np.nonzero(x)
+    inter = pd.DataFrame({"user_id": rows.astype(str), "item_id": cols.astype(str)})
+    items = pd.DataFrame({"item_id": [str(i) for i in range(n_i)]})
+    d = Dataset.from_frames(inter, items)
+    vec = rng.normal(size=(n_i, dim)).astype(np.float32)
+    d = d.with_item_vectors(vec)
+    lam = 0.7
+    m = TextCF(l2=lam, bias=False)
+    m.train(d)
+    e = vec / np.linalg.norm(vec, axis=1, keepdims=True)
+    xm = d.matrix.toarray().astype(float)
+    a = xm @ e
+    k = np.kron(e, a)  # vec(A W E^T) = (E kron A) vec(W), column-major vec
+    w = np.linalg.solve(k.T @ k + lam * np.eye(dim * dim), k.T @ xm.reshape(-1, order="F"))
+    np.testing.assert_allclose(m._state["weights"], w.reshape(dim, dim, order="F"), rtol=1e-3, atol=1e-5)
+
+
+def test_textcf_reaches_cold_items():
+    """An item nobody has seen gets the score of its text neighbours' block."""
+    data = make_blocks()
+    inter = data.interactions
+    cold = 3  # a block-A item
+    train = data.with_interactions(inter[inter.item != cold])
+    m = TextCF()
+    m.train(train)
+    s = m.score(Query(0, train.history(0)))
+    assert s[cold] > max(s[10:20])
+
+
+def test_transition_hand_computed():
+    inter = pd.DataFrame({"user_id": ["u"] * 3 + ["v"] * 2, "item_id": ["a", "b", "c", "a", "c"],
+                          "timestamp": [1, 2, 3, 1, 2]})
+    d = Dataset.from_frames(inter)
+    m = Transition(window=2, recent=1, smoothing=0.0)
+    m.train(d)
+    a, b, c = d.item_numbers(["a", "b", "c"])
+    s = m.score(Query(None, [a]))
+    # from a: b (gap 1, weight 1), c (gap 2 for u, weight 1/2; gap 1 for v, weight 1)
+    np.testing.assert_allclose([s[a], s[b], s[c]], [0.0, 1 / 2.5, 1.5 / 2.5])
+
+
+def test_component_repr_and_isinstance():
+    assert isinstance(EASE(), Component)
+    assert "l2=500.0" in repr(EASE())
