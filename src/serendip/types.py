@@ -17,15 +17,23 @@ class Query:
     ``history`` holds item indices (into the dataset's item vocabulary), oldest first.
     ``user`` is the user index when the user is known to the trained model, else ``None``
     (anonymous session, new user).  ``text`` is an optional natural-language request.
+    ``discovery`` in [0, 1] moves re-ranking from pure relevance (0) to the most discovery
+    (1); ``None`` keeps each reranker's configured default.
     """
 
     user: int | None
     history: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     text: str | None = None
+    discovery: float | None = None
 
     def __post_init__(self) -> None:
         h = np.asarray(self.history, dtype=np.int64).reshape(-1)
         object.__setattr__(self, "history", h)
+        if self.discovery is not None:
+            d = float(self.discovery)
+            if not 0.0 <= d <= 1.0:  # also refuses NaN
+                raise ValueError(f"discovery must lie in [0, 1], got {self.discovery!r}")
+            object.__setattr__(self, "discovery", d)
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,10 +92,15 @@ class ItemList:
         if k < 0:
             raise ValueError(f"k must be non-negative, got {k}")
         if k >= len(self):
-            order = np.argsort(-self.scores, kind="stable")
-        else:
-            part = np.argpartition(-self.scores, k - 1)[:k] if k > 0 else np.zeros(0, np.int64)
-            order = part[np.lexsort((part, -self.scores[part]))]
+            return self.take(np.argsort(-self.scores, kind="stable"))
+        if k == 0:
+            return self.take(np.zeros(0, dtype=np.int64))
+        # partial selection, then settle ties at the cut-off by position (stable)
+        kth = -np.partition(-self.scores, k - 1)[k - 1]
+        above = np.flatnonzero(self.scores > kth)
+        tied = np.flatnonzero(self.scores == kth)[: k - above.size]
+        chosen = np.concatenate([above, tied])
+        order = chosen[np.argsort(-self.scores[chosen], kind="stable")]
         return self.take(order)
 
     def exclude(self, items: np.ndarray) -> ItemList:

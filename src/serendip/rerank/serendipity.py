@@ -1,0 +1,73 @@
+"""Serendipity re-ranking: promote items that are relevant *and* unexpected for the user.
+
+``score = (1 - lam) * rel + lam * rel * unexp`` with ``unexp = 1 - mean cosine(i, history)``
+in the encoder space (the unexpectedness of Kaminskas & Bridge 2016), clipped to [0, 1].
+The product makes an item count only when it is both, following Ge et al. (2010)'s reading
+of serendipity as "unexpected and useful".  Without history every item is equally unexpected
+and the list is the top-k by relevance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+
+from serendip.data.dataset import Dataset
+from serendip.rerank.base import (
+    Candidates,
+    GreedyReranker,
+    RerankConfig,
+    Selection,
+    relevance_reason,
+    unit_vectors,
+)
+from serendip.types import Query
+
+__all__ = ["Serendipity", "SerendipityConfig", "history_similarity", "unexpected_reason"]
+
+
+class SerendipityConfig(RerankConfig):
+    strength: float = Field(
+        0.8, ge=0, le=1, description="serendipity weight lam reached at discovery = 1"
+    )
+    surprise_threshold: float = Field(
+        0.5, ge=0, le=1,
+        description="unexpectedness above which an item's reason calls it unexpected",
+    )
+
+
+def history_similarity(vectors: np.ndarray, items: np.ndarray, history: np.ndarray) -> np.ndarray:
+    """Mean cosine of each item to the history items (unit vectors: a dot with the mean)."""
+    centre = vectors[history].astype(np.float64).mean(axis=0)
+    return np.asarray(vectors[items].astype(np.float64) @ centre)
+
+
+def unexpected_reason(similarity: float) -> str:
+    return f"unexpected for you (similarity {similarity:.2f} to your history) yet relevant"
+
+
+class Serendipity(GreedyReranker):
+    """Re-sorts candidates by relevance boosted by their unexpectedness to the user."""
+
+    name = "serendipity"
+    config_class = SerendipityConfig
+    config: SerendipityConfig
+
+    def train(self, data: Dataset) -> None:
+        vectors = unit_vectors(data, self.name)
+        self._set_state(n_items=np.asarray(data.n_items, dtype=np.int64), vectors=vectors)
+
+    def select(self, query: Query, cand: Candidates, k: int, lam: float) -> Selection:
+        n = cand.items.size
+        if cand.history.size == 0:
+            return Selection(np.arange(k), cand.rel[:k], [relevance_reason(i, n) for i in range(k)])
+        sim = history_similarity(self._require_trained()["vectors"], cand.items, cand.history)
+        unexp = np.clip(1.0 - sim, 0.0, 1.0)
+        val = (1.0 - lam) * cand.rel + lam * cand.rel * unexp
+        picks = np.argsort(-val, kind="stable")[:k]
+        reasons = [
+            unexpected_reason(float(sim[j])) if unexp[j] >= self.config.surprise_threshold
+            else relevance_reason(int(j), n)
+            for j in picks
+        ]
+        return Selection(picks, val[picks], reasons)
