@@ -1,0 +1,241 @@
+"""The ``serendip`` command: fit, recommend, evaluate, demo."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from serendip.errors import ConfigError, DataError, SerendipError
+
+log = logging.getLogger("serendip")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write to a temp file beside ``path`` then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _discovery(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"discovery must be a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= x <= 1.0:
+        raise argparse.ArgumentTypeError(f"discovery must be in [0, 1], got {value}")
+    return x
+
+
+def _positive_int(value: str) -> int:
+    try:
+        x = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if x < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {x}")
+    return x
+
+
+def _read_user_ids(path: str) -> list[str]:
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"users file not found: {path!r}")
+    text = p.read_text()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise DataError(f"users file is empty: {path!r}")
+    if p.suffix.lower() in (".csv", ".tsv") and "user_id" in lines[0].split("," if p.suffix.lower() == ".csv" else "\t"):
+        from serendip.data.io import read_table
+
+        return read_table(p, id_columns=("user_id",))["user_id"].tolist()
+    if p.suffix.lower() in (".jsonl", ".parquet", ".pq"):
+        from serendip.data.io import read_table
+
+        df = read_table(p, id_columns=("user_id",))
+        if "user_id" not in df.columns:
+            raise DataError(f"users file {path!r} has no 'user_id' column; found {list(df.columns)}")
+        return df["user_id"].tolist()
+    return lines
+
+
+# ---------------------------------------------------------------------------- commands
+def cmd_fit(args: argparse.Namespace) -> int:
+    from serendip.data import Dataset
+    from serendip.pipeline import Recommender, load_fit_config
+
+    cfg = load_fit_config(args.config)
+    t0 = time.perf_counter()
+    data = Dataset.from_files(args.interactions, args.items, category_column=cfg.category_column)
+    log.info("loaded %r", data)
+    rec = Recommender.fit(data, cfg, progress=not args.quiet)
+    rec.save(args.out)
+    print(f"fitted {len(rec.scorers)} models on {data!r} in {time.perf_counter() - t0:.1f}s "
+          f"-> {args.out}")
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from serendip.pipeline import Recommender
+
+    if (args.users is None) == (args.user is None):
+        raise ConfigError("give exactly one of --users FILE or --user ID")
+    rec = Recommender.load(args.model)
+    pipe = rec.pipeline(args.preset)
+    user_ids = [args.user] if args.user is not None else _read_user_ids(args.users)
+    queries = [pipe.query(u) for u in user_ids]
+    unknown = sum(q.user is None for q in queries)
+    if unknown:
+        log.warning("%d of %d user ids are not in the model; they get cold-start lists",
+                    unknown, len(user_ids))
+    t0 = time.perf_counter()
+    lists = pipe.recommend_many(queries, args.k, args.discovery)
+    log.info("recommended for %d users in %.2fs", len(user_ids), time.perf_counter() - t0)
+    item_ids = rec.data.item_ids
+    buf = io.StringIO()
+    if args.format == "jsonl":
+        for uid, lst in zip(user_ids, lists, strict=True):
+            rows = [
+                {"item_id": str(item_ids[i]), "score": round(float(s), 6), "reasons": r}
+                for i, s, r in zip(lst.items, lst.scores, lst.reason_lists(), strict=True)
+            ]
+            buf.write(json.dumps({"user_id": uid, "items": rows}, ensure_ascii=False) + "\n")
+    else:
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["user_id", "rank", "item_id", "score", "reasons"])
+        for uid, lst in zip(user_ids, lists, strict=True):
+            for rank, (i, s, r) in enumerate(
+                zip(lst.items, lst.scores, lst.reason_lists(), strict=True), start=1
+            ):
+                w.writerow([uid, rank, str(item_ids[i]), f"{float(s):.6f}", " | ".join(r)])
+    if args.output:
+        _atomic_write(Path(args.output), buf.getvalue())
+        print(f"wrote {len(user_ids)} lists to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(buf.getvalue())
+    return 0
+
+
+def _load_eval_data(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from serendip.data import Dataset, load_movielens_100k
+
+    if args.interactions:
+        return Dataset.from_files(args.interactions, args.items)
+    return load_movielens_100k()
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from serendip.eval.report import write_report
+    from serendip.eval.runner import run_experiment
+    from serendip.pipeline import load_fit_config
+    from serendip.text import Encoder, EncoderConfig
+
+    cfg = load_fit_config(args.config)
+    data = _load_eval_data(args)
+    enc = Encoder(EncoderConfig(**cfg.encoder))
+    data = data.with_item_vectors(enc.encode_items(data, template=cfg.item_template,
+                                                   progress=not args.quiet))
+    frames = []
+    for protocol in args.protocol.split(","):
+        frames.append(run_experiment(
+            data, protocol.strip(), [m for m in args.models.split(",") if m],
+            [p for p in args.presets.split(",") if p], k=args.k, fit_config=cfg,
+            progress=not args.quiet,
+        ))
+    results = pd.concat(frames, ignore_index=True)
+    cols = ["protocol", "kind", "name", "discovery", "ndcg", "recall", "novelty", "tail_share",
+            "coverage", "serendipity"]
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(results[results["kind"] != "sweep"][cols].round(4).to_string(index=False))
+    if args.csv:
+        _atomic_write(Path(args.csv), results.to_csv(index=False))
+    if args.report:
+        write_report(results, args.report, title=f"serendip evaluation ({data!r})")
+        print(f"report: {Path(args.report).resolve()}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    ns = argparse.Namespace(
+        interactions=None, items=None, config=None, protocol="temporal,loo,cold-items",
+        models="popularity,ease,als,knn,semantic,textcf", presets="accurate,balanced,discovery",
+        k=10, csv=str(out / "results.csv"), report=str(out / "report.html"), quiet=args.quiet,
+    )
+    print("serendip demo: MovieLens-100K, language-model item vectors, models and presets")
+    return cmd_evaluate(ns)
+
+
+# ---------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="serendip", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser("fit", help="encode the catalog and train every model")
+    f.add_argument("--interactions", required=True, help="CSV/Parquet/JSONL: user_id,item_id[,timestamp][,rating]")
+    f.add_argument("--items", required=True, help="CSV/Parquet/JSONL: item_id + text columns")
+    f.add_argument("--out", required=True, help="model directory to write")
+    f.add_argument("--config", help="TOML fit config (encoder, models, item_template)")
+    f.add_argument("--preset", help="accepted for symmetry; presets apply at recommend time")
+    f.set_defaults(func=cmd_fit)
+
+    r = sub.add_parser("recommend", help="top-k lists from a fitted model")
+    r.add_argument("--model", required=True)
+    r.add_argument("--users", help="file of user ids (one per line, or a table with user_id)")
+    r.add_argument("--user", help="a single user id")
+    r.add_argument("-k", type=_positive_int, default=10)
+    r.add_argument("--preset", default="balanced", help="accurate | balanced | discovery | FILE.toml")
+    r.add_argument("--discovery", type=_discovery, default=None, help="0 = accuracy .. 1 = discovery")
+    r.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    r.add_argument("--output", help="write here instead of stdout")
+    r.set_defaults(func=cmd_recommend)
+
+    e = sub.add_parser("evaluate", help="compare models and presets on a split")
+    e.add_argument("--interactions", help="default: the bundled MovieLens-100K")
+    e.add_argument("--items")
+    e.add_argument("--config")
+    e.add_argument("--protocol", default="temporal", help="temporal | loo | cold-items (comma list)")
+    e.add_argument("--models", default="popularity,ease,als")
+    e.add_argument("--presets", default="accurate,balanced,discovery")
+    e.add_argument("-k", type=_positive_int, default=10)
+    e.add_argument("--csv", help="write all result rows as CSV")
+    e.add_argument("--report", help="write an HTML report with plots")
+    e.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser("demo", help="the whole flow on MovieLens-100K, ending in an HTML report")
+    d.add_argument("--out", default="out/demo")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "evaluate" and bool(args.interactions) != bool(args.items):
+        print("serendip: error: --interactions and --items go together", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except SerendipError as e:
+        print(f"serendip: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

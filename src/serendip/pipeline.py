@@ -1,0 +1,317 @@
+"""Fitted models and the recommendation pipeline.
+
+``Recommender.fit`` encodes the catalog and trains every base scorer once; a ``Pipeline``
+is a preset applied to a fitted Recommender: a hybrid blend of those scorers, candidate
+selection, then rerankers.  One fitted model directory serves every preset and every
+``discovery`` value, because presets change only blending and re-ranking.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import tomllib
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from serendip import __version__
+from serendip.data.dataset import Dataset
+from serendip.component import make_config
+from serendip.errors import ConfigError, ModelFormatError
+from serendip.models import SCORERS, BatchScorer, Hybrid
+from serendip.rerank import RERANKERS
+from serendip.text import Encoder, EncoderConfig
+from serendip.types import ItemList, Query
+
+__all__ = [
+    "FitConfig", "Preset", "PRESETS", "load_preset", "load_fit_config",
+    "Recommender", "Pipeline",
+]
+
+log = logging.getLogger(__name__)
+
+PRESETS = ("accurate", "balanced", "discovery")
+FORMAT_VERSION = 1
+
+
+def _validate(cls: type[BaseModel], values: dict[str, Any], where: str) -> Any:
+    try:
+        return cls.model_validate(values)
+    except ValidationError as e:
+        parts = [
+            f"{where}.{'.'.join(str(x) for x in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
+            for err in e.errors()
+        ]
+        raise ConfigError("; ".join(parts)) from None
+
+
+class FitConfig(BaseModel):
+    """What ``fit`` trains: the encoder and the base scorers with their hyperparameters."""
+
+    model_config = ConfigDict(extra="forbid")
+    encoder: dict[str, Any] = Field(default_factory=dict)
+    #: instance name -> hyperparameters; ``type`` names the scorer when the instance name
+    #: is not itself a scorer name (e.g. two EASE instances with different recency weighting).
+    models: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {
+            "popularity": {},
+            "ease": {"l2": 500.0},
+            "ease_recent": {"type": "ease", "l2": 500.0, "half_life": 20.0},
+            "knn": {"neighbors": 100, "half_life": 20.0},
+            "als": {},
+            "semantic": {},
+            "textcf": {},
+            "transition": {},
+        }
+    )
+    item_template: str | None = None
+    category_column: str | None = None
+
+    def model_post_init(self, __context: Any) -> None:
+        for name, values in self.models.items():
+            kind = values.get("type", name)
+            if kind not in SCORERS:
+                raise ConfigError(
+                    f"model {name!r} has unknown type {kind!r}; valid: {sorted(SCORERS)}"
+                )
+            params = {k: v for k, v in values.items() if k != "type"}
+            make_config(SCORERS[kind].config_class, params, f"models.{name}")
+        _validate(EncoderConfig, self.encoder, "encoder")
+
+
+class Preset(BaseModel):
+    """How to blend and re-rank at recommend time (a shipped or user TOML file)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str = ""
+    blend: dict[str, float]
+    tail_boost: float = Field(0.0, ge=0, le=100)
+    candidates: int = Field(200, ge=1, le=100_000)
+    discovery: float = Field(0.5, ge=0, le=1)
+    rerank: list[dict[str, Any]] = Field(default_factory=list)
+
+
+def load_preset(name_or_path: str) -> Preset:
+    """A shipped preset by name (accurate, balanced, discovery) or a TOML file path."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" and p.exists():
+        text = p.read_text()
+    elif name_or_path in PRESETS:
+        text = resources.files("serendip.presets").joinpath(f"{name_or_path}.toml").read_text()
+    else:
+        raise ConfigError(
+            f"unknown preset {name_or_path!r}; use one of {', '.join(PRESETS)} or a .toml file"
+        )
+    try:
+        values = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"preset {name_or_path!r} is not valid TOML: {e}") from None
+    values.setdefault("name", p.stem if p.suffix == ".toml" else name_or_path)
+    preset: Preset = _validate(Preset, values, f"preset {name_or_path!r}")
+    for stage in preset.rerank:
+        if stage.get("name") not in RERANKERS:
+            raise ConfigError(
+                f"preset {preset.name!r}: unknown reranker {stage.get('name')!r}; "
+                f"valid: {sorted(RERANKERS)}"
+            )
+    return preset
+
+
+def load_fit_config(path: str | None) -> FitConfig:
+    if path is None:
+        return FitConfig()
+    try:
+        values = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path!r}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config {path!r} is not valid TOML: {e}") from None
+    return _validate(FitConfig, values, f"config {path!r}")
+
+
+class Recommender:
+    """A fitted model: the training Dataset (with item vectors) and the trained scorers."""
+
+    def __init__(self, data: Dataset, scorers: dict[str, BatchScorer], config: FitConfig):
+        self.data = data
+        self.scorers = scorers
+        self.config = config
+
+    @classmethod
+    def fit(cls, data: Dataset, config: FitConfig | None = None, *, progress: bool = True,
+            encoder: Encoder | None = None) -> Recommender:
+        config = config or FitConfig()
+        if data.item_vectors is None:
+            enc = encoder or Encoder(EncoderConfig(**config.encoder))
+            data = data.with_item_vectors(
+                enc.encode_items(data, template=config.item_template, progress=progress)
+            )
+        scorers: dict[str, BatchScorer] = {}
+        for name, values in config.models.items():
+            t0 = time.perf_counter()
+            params = {k: v for k, v in values.items() if k != "type"}
+            scorer = SCORERS[values.get("type", name)](params)
+            scorer.train(data)
+            scorers[name] = scorer
+            log.info("trained %s in %.2fs", name, time.perf_counter() - t0)
+        return cls(data, scorers, config)
+
+    # persistence ----------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        """Write the model directory (parquet + npz + json; no pickles).
+
+        Files are written to a sibling temp directory and swapped in, so an interrupted save
+        never leaves a half-written model where a good one was.
+        """
+        final = Path(directory)
+        tmp = final.with_name(final.name + ".tmp-writing")
+        if tmp.exists():
+            _rmtree(tmp)
+        tmp.mkdir(parents=True)
+        d = self.data
+        d.items.to_parquet(tmp / "items.parquet", index=False)
+        pd.DataFrame({"user_id": d.user_ids.astype(str)}).to_parquet(tmp / "users.parquet")
+        d.interactions.to_parquet(tmp / "interactions.parquet", index=False)
+        assert d.item_vectors is not None
+        np.save(tmp / "item_vectors.npy", d.item_vectors, allow_pickle=False)
+        for name, scorer in self.scorers.items():
+            scorer.save(tmp / "components" / name)
+        meta = {
+            "format": FORMAT_VERSION, "serendip": __version__,
+            "fit_config": self.config.model_dump(), "category_column": d.category_column,
+            "n_users": d.n_users, "n_items": d.n_items, "n_interactions": len(d.interactions),
+        }
+        (tmp / "serendip.json").write_text(json.dumps(meta, indent=2))
+        old = final.with_name(final.name + ".tmp-old")
+        if final.exists():
+            if not (final / "serendip.json").exists() and any(final.iterdir()):
+                _rmtree(tmp)
+                raise ModelFormatError(
+                    f"refusing to overwrite {str(final)!r}: it is not empty and not a serendip model"
+                )
+            if old.exists():
+                _rmtree(old)
+            final.rename(old)
+        tmp.rename(final)
+        if old.exists():
+            _rmtree(old)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Recommender:
+        d = Path(directory)
+        meta_path = d / "serendip.json"
+        if not meta_path.exists():
+            raise ModelFormatError(f"{str(d)!r} is not a serendip model directory (no serendip.json)")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != FORMAT_VERSION:
+            raise ModelFormatError(
+                f"model format {meta.get('format')!r} in {str(d)!r} is not supported "
+                f"(this version reads {FORMAT_VERSION})"
+            )
+        items = pd.read_parquet(d / "items.parquet")
+        users = pd.read_parquet(d / "users.parquet")["user_id"].to_numpy(dtype=object)
+        inter = pd.read_parquet(d / "interactions.parquet")
+        data = Dataset(
+            users, items["item_id"].to_numpy(dtype=object), items, inter, meta["category_column"],
+            np.load(d / "item_vectors.npy", allow_pickle=False),
+        )
+        config = FitConfig.model_validate(meta["fit_config"])
+        scorers = {
+            name: SCORERS[values.get("type", name)].load(d / "components" / name)  # type: ignore[misc]
+            for name, values in config.models.items()
+        }
+        return cls(data, scorers, config)  # type: ignore[arg-type]
+
+    def pipeline(self, preset: str | Preset = "balanced") -> Pipeline:
+        return Pipeline(self, preset if isinstance(preset, Preset) else load_preset(preset))
+
+
+def _rmtree(p: Path) -> None:
+    import shutil
+
+    shutil.rmtree(p)
+
+
+class Pipeline:
+    """Preset applied to a fitted Recommender: blend -> candidates -> rerankers -> reasons."""
+
+    def __init__(self, rec: Recommender, preset: Preset):
+        self.rec = rec
+        self.preset = preset
+        self.hybrid = Hybrid(rec.scorers, preset.blend, rec.data.item_popularity, preset.tail_boost)
+        self.rerankers = []
+        for stage in preset.rerank:
+            values = {k: v for k, v in stage.items() if k != "name"}
+            rr = RERANKERS[stage["name"]](values)
+            rr.train(rec.data)
+            self.rerankers.append(rr)
+
+    def query(self, user_id: str) -> Query:
+        """Query for an external user id; unknown users get an empty history (cold start)."""
+        u = self.rec.data.user_number(user_id, missing="none")
+        if u is None:
+            return Query(None)
+        return Query(u, self.rec.data.history(u))
+
+    def recommend(self, query: Query, k: int = 10, discovery: float | None = None,
+                  candidates: np.ndarray | None = None) -> ItemList:
+        return self.recommend_many([query], k, discovery, candidates)[0]
+
+    def recommend_many(
+        self, queries: Sequence[Query], k: int = 10, discovery: float | None = None,
+        candidates: np.ndarray | None = None, batch_size: int = 256,
+    ) -> list[ItemList]:
+        """Top-k lists, history excluded; ``candidates`` restricts the item pool."""
+        if not isinstance(k, int | np.integer) or k < 1:
+            raise ConfigError(f"k must be a positive integer, got {k!r}")
+        d = self.preset.discovery if discovery is None else discovery
+        if not 0.0 <= d <= 1.0:
+            raise ConfigError(f"discovery must be between 0 and 1, got {d}")
+        n_items = self.rec.data.n_items
+        allowed = None
+        if candidates is not None:
+            allowed = np.zeros(n_items, dtype=bool)
+            allowed[candidates] = True
+        out: list[ItemList] = []
+        n_cand = max(self.preset.candidates, k) if self.rerankers else k
+        for start in range(0, len(queries), batch_size):
+            batch = [
+                Query(q.user, q.history, q.text, discovery=d)
+                for q in queries[start : start + batch_size]
+            ]
+            scores = self.hybrid.score_many(batch)
+            for row, q in zip(scores, batch, strict=True):
+                row = row.copy()
+                row[q.history] = -np.inf
+                if allowed is not None:
+                    row[~allowed] = -np.inf
+                lst = ItemList(np.arange(n_items), row)
+                lst = lst.take(np.flatnonzero(np.isfinite(row))).top(n_cand)
+                for rr in self.rerankers:
+                    lst = rr(q, lst, k)
+                out.append(self._explain(q, lst.top(k) if not self.rerankers else lst.take(np.arange(min(k, len(lst))))))
+        return out
+
+    def _explain(self, q: Query, lst: ItemList) -> ItemList:
+        """Prepend a data-grounded reason: the history item that most supports each pick."""
+        if len(q.history) == 0 or len(lst) == 0:
+            return lst
+        data = self.rec.data
+        v = data.item_vectors
+        assert v is not None
+        recent = q.history[-50:]
+        sims = v[lst.items] @ v[recent].T
+        best = recent[np.argmax(sims, axis=1)]
+        reasons = [
+            [f"because you liked {data.item_title(int(b))}", *r]
+            for b, r in zip(best, lst.reason_lists(), strict=True)
+        ]
+        return lst.with_reasons(reasons)

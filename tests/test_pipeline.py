@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serendip.errors import ConfigError, ModelFormatError
+from serendip.pipeline import PRESETS, FitConfig, Preset, Recommender, load_fit_config, load_preset
+from serendip.types import Query
+from tests.conftest import make_blocks
+
+SMALL = FitConfig(models={
+    "popularity": {}, "ease": {"l2": 10.0},
+    "ease_recent": {"type": "ease", "l2": 10.0, "half_life": 5.0},
+    "knn": {"neighbors": 5}, "semantic": {}, "textcf": {}, "transition": {}, "als": {"factors": 4},
+})
+
+
+@pytest.fixture(scope="module")
+def rec() -> Recommender:
+    return Recommender.fit(make_blocks(), SMALL, progress=False)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_load_and_recommend(rec, preset):
+    pipe = rec.pipeline(preset)
+    q = pipe.query("u0")
+    lst = pipe.recommend(q, k=5)
+    assert len(lst) == 5
+    assert not set(lst.items) & set(q.history)  # never what the user has
+    assert len(set(lst.items)) == 5
+    assert all(r and r[0].startswith("because you liked") for r in lst.reason_lists())
+
+
+def test_accurate_preset_known_answer(rec):
+    pipe = rec.pipeline("accurate")
+    for uid, block in (("u0", range(0, 10)), ("u30", range(10, 20))):
+        lst = pipe.recommend(pipe.query(uid), k=2)
+        assert set(lst.items) <= set(block)
+
+
+def test_discovery_knob_changes_list_and_zero_is_blend_order(rec):
+    pipe = rec.pipeline("balanced")
+    q = pipe.query("u3")
+    zero = pipe.recommend(q, k=6, discovery=0.0)
+    blend = rec.pipeline(Preset(name="b", blend=pipe.preset.blend, tail_boost=pipe.preset.tail_boost))
+    assert zero.items.tolist() == blend.recommend(q, k=6).items.tolist()
+    one = pipe.recommend(q, k=6, discovery=1.0)
+    assert one.items.tolist() != zero.items.tolist()
+
+
+def test_cold_start_user_gets_a_list(rec):
+    pipe = rec.pipeline("balanced")
+    q = pipe.query("nobody")
+    assert q.user is None and len(q.history) == 0
+    assert len(pipe.recommend(q, k=4)) == 4
+
+
+def test_candidates_restrict_pool(rec):
+    pipe = rec.pipeline("accurate")
+    lst = pipe.recommend(pipe.query("u0"), k=3, candidates=np.array([15, 16, 17, 18]))
+    assert set(lst.items) <= {15, 16, 17, 18}
+
+
+def test_save_load_same_lists(rec, tmp_path):
+    rec.save(tmp_path / "m")
+    back = Recommender.load(tmp_path / "m")
+    for preset in PRESETS:
+        a, b = rec.pipeline(preset), back.pipeline(preset)
+        qs = [a.query(f"u{u}") for u in range(0, 40, 9)]
+        for x, y in zip(a.recommend_many(qs, 5), b.recommend_many(qs, 5), strict=True):
+            assert x.items.tolist() == y.items.tolist()
+            np.testing.assert_allclose(x.scores, y.scores, rtol=1e-5)
+
+
+def test_save_replaces_model_and_refuses_foreign_dir(rec, tmp_path):
+    rec.save(tmp_path / "m")
+    rec.save(tmp_path / "m")  # overwrite a model: fine
+    assert not (tmp_path / "m.tmp-old").exists() and not (tmp_path / "m.tmp-writing").exists()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "precious.txt").write_text("keep me")
+    with pytest.raises(ModelFormatError, match="refusing to overwrite"):
+        rec.save(tmp_path / "other")
+    assert (tmp_path / "other" / "precious.txt").read_text() == "keep me"
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(ModelFormatError, match="not a serendip model"):
+        Recommender.load(tmp_path)
+
+
+def test_bad_arguments(rec, tmp_path):
+    pipe = rec.pipeline("balanced")
+    with pytest.raises(ConfigError, match="k must be a positive integer, got 0"):
+        pipe.recommend(Query(None), k=0)
+    with pytest.raises(ConfigError, match="1.5"):
+        pipe.recommend(Query(None), k=3, discovery=1.5)
+    with pytest.raises(ConfigError, match="'fancy'"):
+        load_preset("fancy")
+    bad = tmp_path / "p.toml"
+    bad.write_text('[blend]\nease = 1.0\n[[rerank]]\nname = "shuffle"\n')
+    with pytest.raises(ConfigError, match="'shuffle'"):
+        load_preset(str(bad))
+    bad.write_text('[blend]\nnot_trained = 1.0\n')
+    with pytest.raises(ConfigError, match="not_trained"):
+        rec.pipeline(load_preset(str(bad)))
+    bad.write_text('[blend]\nease = 1.0\ncandidates = "many"\n')
+    with pytest.raises(ConfigError):
+        load_preset(str(bad))
+    bad.write_text('candidates = -3\n[blend]\nease = 1.0\n')
+    with pytest.raises(ConfigError, match="candidates"):
+        load_preset(str(bad))
+    cfg = tmp_path / "fit.toml"
+    cfg.write_text('[models.ease]\nl2 = -1\n')
+    with pytest.raises(ConfigError, match=r"models\.ease\.l2.*-1"):
+        load_fit_config(str(cfg))
+    cfg.write_text('[models.foo]\n')
+    with pytest.raises(ConfigError, match="'foo'"):
+        load_fit_config(str(cfg))
+    with pytest.raises(ConfigError, match="not found"):
+        load_fit_config(str(tmp_path / "none.toml"))
+
+
+def test_custom_preset_file(rec, tmp_path):
+    p = tmp_path / "mine.toml"
+    p.write_text('discovery = 1.0\n[blend]\nease = 1.0\n[[rerank]]\nname = "mmr"\nstrength = 1.0\n')
+    preset = load_preset(str(p))
+    assert preset.name == "mine"
+    lst = rec.pipeline(preset).recommend(rec.pipeline(preset).query("u0"), k=4)
+    assert len(lst) == 4
