@@ -22,7 +22,6 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peers import PEERS  # noqa: E402
-
 from serendip.data import load_movielens_100k, make_split  # noqa: E402
 from serendip.eval.metrics import compute_metrics  # noqa: E402
 from serendip.eval.runner import evaluate_pipeline, truth_of  # noqa: E402

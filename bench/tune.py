@@ -81,7 +81,8 @@ def main() -> int:
 
     # accurate: grid over the blend ------------------------------------------------------
     best_acc: tuple[float, dict[str, float]] = (-1.0, {})
-    grid = list(itertools.product([0.0, 0.25, 0.5, 1.0], [0.0, 0.2, 0.5], [0.0, 0.1, 0.2],
+    # a text model always keeps a weight, so cold items (no interactions) stay reachable
+    grid = list(itertools.product([0.0, 0.25, 0.5, 1.0], [0.0, 0.2, 0.5], [0.05, 0.1, 0.2],
                                   [0.0, 0.2]))
     for tr, kn, tc, al in tqdm(grid, desc="accurate"):
         blend = {"ease_recent": 1.0, "transition": tr, "knn": kn, "textcf": tc, "als": al}
@@ -104,7 +105,7 @@ def main() -> int:
         if sum(w.values()) == 0:
             w["tail"] = 1.0
         blend = dict(acc_blend)
-        blend["textcf"] = float(rng.choice([0.0, 0.2, 0.4]))
+        blend["textcf"] = float(rng.choice([0.05, 0.1, 0.2, 0.4]))
         p = Preset(
             name="trial", description="", candidates=int(rng.choice([100, 200, 400])),
             discovery=float(rng.choice([0.5, 0.6, 0.7, 0.8, 0.9, 1.0])),

@@ -90,7 +90,7 @@ class Component:
         (d / "config.json").write_text(
             json.dumps({"component": self.name, "config": self.config.model_dump()}, indent=2)
         )
-        np.savez(d / "state.npz", **state)
+        np.savez(d / "state.npz", allow_pickle=False, **state)
 
     @classmethod
     def load(cls, directory: str | Path) -> Component:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import tomllib
 from collections.abc import Sequence
@@ -22,8 +23,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serendip import __version__
-from serendip.data.dataset import Dataset
 from serendip.component import make_config
+from serendip.data.dataset import Dataset
 from serendip.errors import ConfigError, ModelFormatError
 from serendip.models import SCORERS, BatchScorer, Hybrid
 from serendip.rerank import RERANKERS
@@ -41,6 +42,12 @@ PRESETS = ("accurate", "balanced", "discovery")
 FORMAT_VERSION = 1
 
 
+def default_cache_dir() -> str:
+    """Where embeddings are cached unless a fit config says otherwise."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "serendip" / "embeddings")
+
+
 def _validate(cls: type[BaseModel], values: dict[str, Any], where: str) -> Any:
     try:
         return cls.model_validate(values)
@@ -56,11 +63,11 @@ class FitConfig(BaseModel):
     """What ``fit`` trains: the encoder and the base scorers with their hyperparameters."""
 
     model_config = ConfigDict(extra="forbid")
-    encoder: dict[str, Any] = Field(default_factory=dict)
+    encoder: dict[str, Any] = Field(default_factory=lambda: {"cache_dir": default_cache_dir()})
     #: instance name -> hyperparameters; ``type`` names the scorer when the instance name
     #: is not itself a scorer name (e.g. two EASE instances with different recency weighting).
     models: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: {
+        default_factory=lambda: {  # type: ignore[arg-type]
             "popularity": {},
             "ease": {"l2": 500.0},
             "ease_recent": {"type": "ease", "l2": 500.0, "half_life": 20.0},

@@ -3,7 +3,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serendip.data import cold_item_split, leave_last_out, load_movielens_100k, make_split, temporal_split
+from serendip.data import (
+    cold_item_split,
+    leave_last_out,
+    load_movielens_100k,
+    make_split,
+    temporal_split,
+)
 from serendip.errors import ConfigError, DataError
 
 

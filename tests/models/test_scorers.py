@@ -11,7 +11,7 @@ import pytest
 from serendip.component import Component
 from serendip.data import Dataset
 from serendip.errors import ConfigError, NotTrainedError
-from serendip.models import SCORERS, EASE, TextCF, Transition
+from serendip.models import EASE, SCORERS, TextCF, Transition
 from serendip.types import Query
 from tests.conftest import make_blocks
 

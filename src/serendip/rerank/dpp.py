@@ -47,7 +47,8 @@ def dpp_alpha(lam: float) -> float:
     """Quality exponent for trade-off ``lam`` in (0, 1]: ``alpha = (1 - lam) / (2 lam)``."""
     if not 0.0 < lam <= 1.0:
         raise ValueError(f"lam must lie in (0, 1] for a DPP kernel, got {lam!r}")
-    return (1.0 - lam) / (2.0 * lam)
+    # capped so that a vanishing lam gives a huge but finite exponent (inf * 0 would be NaN)
+    return min((1.0 - lam) / (2.0 * lam), 1e12)
 
 
 def dpp_kernel(vectors: np.ndarray, rel: np.ndarray, lam: float) -> np.ndarray:
