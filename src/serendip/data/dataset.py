@@ -125,15 +125,15 @@ class Dataset:
         item_index = pd.Index(item_ids_arr)
 
         if users is None:
-            user_ids_arr = pd.unique(inter["user_id"]).astype(object)
+            user_ids_arr = np.asarray(pd.unique(inter["user_id"]), dtype=object)
         else:
             user_ids_arr = np.asarray([str(u) for u in users], dtype=object)
         user_index = pd.Index(user_ids_arr)
-        uidx = user_index.get_indexer(inter["user_id"])
+        uidx = user_index.get_indexer(pd.Index(inter["user_id"]))
         if (uidx < 0).any():
             u = inter.loc[uidx < 0, "user_id"].unique()
             raise UnknownIdError(f"interactions reference unknown user id(s), e.g. {_examples(u)}")
-        iidx = item_index.get_indexer(inter["item_id"])
+        iidx = item_index.get_indexer(pd.Index(inter["item_id"]))
 
         out = pd.DataFrame(
             {"user": uidx.astype(np.int64), "item": iidx.astype(np.int64),
@@ -193,7 +193,7 @@ class Dataset:
 
     def user_number(self, user_id: str, *, missing: str = "error") -> int | None:
         """Index of an external user id; ``missing="none"`` returns None for unknown ids."""
-        loc = self.user_index.get_indexer([str(user_id)])[0]
+        loc = self.user_index.get_indexer(pd.Index([str(user_id)]))[0]
         if loc < 0:
             if missing == "none":
                 return None
@@ -203,7 +203,7 @@ class Dataset:
     def item_numbers(self, item_ids: list[str] | np.ndarray, *, missing: str = "error") -> np.ndarray:
         """Indices of external item ids; ``missing="drop"`` silently skips unknown ones."""
         ids = [str(i) for i in item_ids]
-        idx = self.item_index.get_indexer(ids)
+        idx = self.item_index.get_indexer(pd.Index(ids))
         if (idx < 0).any():
             if missing == "drop":
                 return idx[idx >= 0].astype(np.int64)

@@ -91,8 +91,8 @@ def run_experiment(
     for p in preset_objs:
         jobs.append(("preset", p.name, p, None))
         if p.rerank:
-            for d in sweep:
-                jobs.append(("sweep", p.name, p, float(d)))
+            for value in sweep:
+                jobs.append(("sweep", p.name, p, float(value)))
     rows = []
     for kind, name, preset, d in tqdm(jobs, desc=f"evaluate {protocol}", disable=not progress):
         pipe = Pipeline(rec, preset)

@@ -1,0 +1,113 @@
+"""The Store protocol: what the service persists, behind one interface and two back ends.
+
+Records cross this boundary as plain dataclasses with external (string) ids; the store never
+sees model indices.  Every write is a single transaction: it is either fully stored or not at
+all, and a method returns only after its transaction has committed durably.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+import pandas as pd
+
+__all__ = [
+    "Role", "ROLES", "ItemRecord", "UserRecord", "EventRecord", "EventAck", "Impression",
+    "Store", "EVENT_TYPES",
+]
+
+Role = Literal["read", "write", "admin"]
+ROLES: tuple[Role, ...] = ("read", "write", "admin")
+
+#: Event types the API accepts; ``value`` carries the rating for "rating".
+EVENT_TYPES = ("interaction", "click", "like", "skip", "dislike", "rating", "purchase", "view")
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    item_id: str
+    fields: dict[str, str] = field(default_factory=dict)  # text columns: title, genres, ...
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    user_id: str
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    user_id: str
+    item_id: str
+    type: str = "interaction"
+    timestamp: float | None = None  # seconds since the epoch; the store fills "now" if None
+    value: float | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class EventAck:
+    event_id: int
+    duplicate: bool  # True when the idempotency key was already stored (nothing new written)
+
+
+@dataclass(frozen=True)
+class Impression:
+    """A list shown to a user: kept for evaluation and for off-policy learning later."""
+
+    user_id: str | None
+    item_ids: tuple[str, ...]
+    scores: tuple[float, ...]
+    preset: str
+    discovery: float
+    propensities: tuple[float, ...] | None = None
+    context: str | None = None  # e.g. the natural-language request
+    timestamp: float | None = None
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Persistence for catalog, users, events, impressions and API keys."""
+
+    url: str
+
+    def migrate(self) -> int:
+        """Create or upgrade the schema; returns the schema version now in place."""
+
+    def close(self) -> None: ...
+
+    # catalog -------------------------------------------------------------------------
+    def upsert_items(self, items: Sequence[ItemRecord]) -> int: ...
+    def get_item(self, item_id: str) -> ItemRecord | None: ...
+    def delete_items(self, item_ids: Sequence[str]) -> int: ...
+    def items_frame(self) -> pd.DataFrame:
+        """All items: ``item_id`` plus one column per field name (missing fields empty)."""
+
+    def count_items(self) -> int: ...
+
+    # users ---------------------------------------------------------------------------
+    def upsert_users(self, users: Sequence[UserRecord]) -> int: ...
+    def get_user(self, user_id: str) -> UserRecord | None: ...
+
+    # events (append-only) ------------------------------------------------------------
+    def append_events(self, events: Sequence[EventRecord]) -> list[EventAck]:
+        """Store events in one transaction; a repeated idempotency key stores nothing new."""
+
+    def events_frame(self, types: Sequence[str] | None = None) -> pd.DataFrame:
+        """Events as ``user_id, item_id, timestamp, type, value`` in insertion order."""
+
+    def user_events(self, user_id: str, limit: int | None = None) -> pd.DataFrame: ...
+    def count_events(self) -> int: ...
+
+    # impressions ---------------------------------------------------------------------
+    def log_impression(self, impression: Impression) -> int: ...
+    def count_impressions(self) -> int: ...
+
+    # API keys (only hashes are stored) -----------------------------------------------
+    def create_api_key(self, name: str, role: Role) -> str:
+        """Create a key and return its plaintext once; only a hash is stored."""
+
+    def check_api_key(self, key: str) -> Role | None: ...
+    def revoke_api_key(self, name: str) -> bool: ...
