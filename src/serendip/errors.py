@@ -12,6 +12,7 @@ __all__ = [
     "UnknownIdError",
     "NotTrainedError",
     "ModelFormatError",
+    "StoreError",
 ]
 
 
@@ -37,3 +38,7 @@ class NotTrainedError(SerendipError, RuntimeError):
 
 class ModelFormatError(SerendipError, ValueError):
     """A saved model directory is missing files or was written by an incompatible version."""
+
+
+class StoreError(SerendipError, RuntimeError):
+    """The store cannot be used: closed, unreachable, or holding a schema newer than this code."""

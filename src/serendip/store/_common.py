@@ -1,0 +1,302 @@
+"""Validation, API-key hashing and frame building shared by the SQLite and PostgreSQL stores.
+
+Both back ends validate a whole batch *before* opening a transaction, so a bad record names
+itself in the error and nothing of its batch is written, and both back ends accept and refuse
+exactly the same input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from serendip.errors import ConfigError, DataError
+from serendip.store.base import (
+    EVENT_TYPES,
+    ROLES,
+    EventRecord,
+    Impression,
+    ItemRecord,
+    Role,
+    UserRecord,
+)
+
+__all__ = [
+    "KEY_PREFIX",
+    "EVENT_COLUMNS",
+    "IMPRESSION_COLUMNS",
+    "check_event_types",
+    "PreparedEvent",
+    "role_at_least",
+    "check_id",
+    "is_lookup_id",
+    "check_fields",
+    "prepare_items",
+    "prepare_users",
+    "prepare_events",
+    "check_impression",
+    "check_role",
+    "check_key_name",
+    "new_api_key",
+    "key_lookup",
+    "hash_key",
+    "verify_key",
+    "events_frame_from_rows",
+    "fields_frame",
+]
+
+#: Every plaintext key starts with this, so a leaked key is easy to recognise (and grep for).
+KEY_PREFIX = "sk_"
+EVENT_COLUMNS = ["user_id", "item_id", "timestamp", "type", "value"]
+IMPRESSION_COLUMNS = [
+    "id", "user_id", "item_ids", "scores", "propensities", "preset", "discovery", "context",
+    "timestamp",
+]
+_HASH_SCHEME = "hmac-sha256"
+_MAX_ID_LEN = 1024
+
+
+def role_at_least(role: Role | None, required: Role) -> bool:
+    """True when ``role`` grants ``required`` (read < write < admin)."""
+    check_role(required)
+    return role is not None and ROLES.index(role) >= ROLES.index(required)
+
+
+def check_id(value: object, what: str) -> str:
+    """Return ``value`` unchanged when it is a usable external id, else raise DataError.
+
+    Ids are stored verbatim (no stripping, no case folding); NUL characters are refused because
+    PostgreSQL text cannot hold them and both back ends must accept the same ids.
+    """
+    if not isinstance(value, str):
+        raise DataError(f"{what} must be a string, got {value!r} ({type(value).__name__})")
+    if value == "":
+        raise DataError(f"{what} must be a non-empty string, got {value!r}")
+    if "\x00" in value:
+        raise DataError(f"{what} must not contain NUL characters, got {value!r}")
+    if len(value) > _MAX_ID_LEN:
+        raise DataError(f"{what} must be at most {_MAX_ID_LEN} characters, got {len(value)}")
+    return value
+
+
+def is_lookup_id(value: object) -> bool:
+    """Whether ``value`` could name a stored row (lookups of anything else find nothing)."""
+    return isinstance(value, str) and value != "" and "\x00" not in value
+
+
+def _check_text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise DataError(f"{what} must be a string, got {value!r} ({type(value).__name__})")
+    if "\x00" in value:
+        raise DataError(f"{what} must not contain NUL characters, got {value!r}")
+    return value
+
+
+def check_fields(fields: object, owner: str, id_column: str) -> dict[str, str]:
+    """Text fields of an item or user: string names (not the id column) to string values."""
+    if not isinstance(fields, dict):
+        raise DataError(f"fields of {owner} must be a dict, got {type(fields).__name__}")
+    for name, value in fields.items():
+        check_id(name, f"field name of {owner}")
+        if name == id_column:
+            raise DataError(f"field name of {owner} must not be {id_column!r} (the id column)")
+        _check_text(value, f"field {name!r} of {owner}")
+    return dict(fields)
+
+
+def _finite(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise DataError(f"{what} must be a number, got {value!r}")
+    out = float(value)
+    if not math.isfinite(out):
+        raise DataError(f"{what} must be finite, got {value!r}")
+    return out
+
+
+def prepare_items(items: Sequence[ItemRecord]) -> dict[str, dict[str, str]]:
+    """Validated ``item_id -> fields``; a repeated id in one batch keeps the last record."""
+    out: dict[str, dict[str, str]] = {}
+    for rec in items:
+        if not isinstance(rec, ItemRecord):
+            raise DataError(f"expected ItemRecord, got {type(rec).__name__}")
+        item_id = check_id(rec.item_id, "item_id")
+        out[item_id] = check_fields(rec.fields, f"item {item_id!r}", "item_id")
+    return out
+
+
+def prepare_users(users: Sequence[UserRecord]) -> dict[str, dict[str, str]]:
+    """Validated ``user_id -> fields``; a repeated id in one batch keeps the last record."""
+    out: dict[str, dict[str, str]] = {}
+    for rec in users:
+        if not isinstance(rec, UserRecord):
+            raise DataError(f"expected UserRecord, got {type(rec).__name__}")
+        user_id = check_id(rec.user_id, "user_id")
+        out[user_id] = check_fields(rec.fields, f"user {user_id!r}", "user_id")
+    return out
+
+
+@dataclass(frozen=True)
+class PreparedEvent:
+    user_id: str
+    item_id: str
+    type: str
+    timestamp: float
+    value: float | None
+    idempotency_key: str | None
+
+
+def prepare_events(events: Sequence[EventRecord], now: float | None = None) -> list[PreparedEvent]:
+    """Validate a batch and fill missing timestamps with ``now`` (one clock reading per batch)."""
+    now = time.time() if now is None else now
+    out: list[PreparedEvent] = []
+    for n, ev in enumerate(events):
+        if not isinstance(ev, EventRecord):
+            raise DataError(f"event #{n}: expected EventRecord, got {type(ev).__name__}")
+        user_id = check_id(ev.user_id, f"event #{n} user_id")
+        item_id = check_id(ev.item_id, f"event #{n} item_id")
+        if ev.type not in EVENT_TYPES:
+            raise DataError(
+                f"event #{n}: unknown event type {ev.type!r}; valid types: {', '.join(EVENT_TYPES)}"
+            )
+        ts = now if ev.timestamp is None else _finite(ev.timestamp, f"event #{n} timestamp")
+        value = None if ev.value is None else _finite(ev.value, f"event #{n} value")
+        if ev.type == "rating" and value is None:
+            raise DataError(f"event #{n}: a 'rating' event needs a value, got None")
+        key = ev.idempotency_key
+        if key is not None:
+            check_id(key, f"event #{n} idempotency_key")
+        out.append(PreparedEvent(user_id, item_id, ev.type, ts, value, key))
+    return out
+
+
+def check_event_types(types: Sequence[str] | str) -> list[str]:
+    """A filter of event types, each one of EVENT_TYPES."""
+    out = [types] if isinstance(types, str) else list(types)
+    for t in out:
+        if t not in EVENT_TYPES:
+            raise DataError(f"unknown event type {t!r}; valid types: {', '.join(EVENT_TYPES)}")
+    return out
+
+
+def check_impression(imp: Impression) -> Impression:
+    """Refuse impressions whose arrays disagree in length or hold non-finite numbers."""
+    if not isinstance(imp, Impression):
+        raise DataError(f"expected Impression, got {type(imp).__name__}")
+    if imp.user_id is not None:
+        check_id(imp.user_id, "impression user_id")
+    for i, item_id in enumerate(imp.item_ids):
+        check_id(item_id, f"impression item_ids[{i}]")
+    if len(imp.scores) != len(imp.item_ids):
+        raise DataError(
+            f"impression scores must align with item_ids, got {len(imp.scores)} scores "
+            f"for {len(imp.item_ids)} items"
+        )
+    for i, s in enumerate(imp.scores):
+        _finite(s, f"impression scores[{i}]")
+    if imp.propensities is not None:
+        if len(imp.propensities) != len(imp.item_ids):
+            raise DataError(
+                f"impression propensities must align with item_ids, got "
+                f"{len(imp.propensities)} for {len(imp.item_ids)} items"
+            )
+        for i, p in enumerate(imp.propensities):
+            if not 0.0 <= _finite(p, f"impression propensities[{i}]") <= 1.0:
+                raise DataError(f"impression propensities[{i}] must lie in [0, 1], got {p!r}")
+    check_id(imp.preset, "impression preset")
+    d = _finite(imp.discovery, "impression discovery")
+    if not 0.0 <= d <= 1.0:
+        raise DataError(f"impression discovery must lie in [0, 1], got {imp.discovery!r}")
+    if imp.context is not None:
+        _check_text(imp.context, "impression context")
+    if imp.timestamp is not None:
+        _finite(imp.timestamp, "impression timestamp")
+    return imp
+
+
+def check_role(role: object) -> Role:
+    if role not in ROLES:
+        raise ConfigError(f"unknown role {role!r}; valid roles: {', '.join(ROLES)}")
+    return role  # type: ignore[return-value]
+
+
+def check_key_name(name: object) -> str:
+    try:
+        return check_id(name, "API key name")
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def new_api_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def key_lookup(key: str) -> str:
+    """A public index into the key table, so checking a key hashes against one row, not all.
+
+    It is an unsalted digest of a 256-bit random secret: it reveals nothing usable, while the
+    salted hash in ``key_hash`` is what authenticates.
+    """
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+
+
+def hash_key(key: str, salt: bytes | None = None) -> str:
+    """``hmac-sha256$salt$digest`` with a per-key salt.
+
+    Keys are 256-bit random tokens, not passwords, so a slow KDF (scrypt) buys nothing against
+    guessing and would add tens of milliseconds to every authenticated request.
+    """
+    salt = secrets.token_bytes(16) if salt is None else salt
+    digest = hmac.new(salt, key.encode("utf-8"), hashlib.sha256).hexdigest()
+    return f"{_HASH_SCHEME}${salt.hex()}${digest}"
+
+
+def verify_key(key: str, stored: str) -> bool:
+    try:
+        scheme, salt_hex, _ = stored.split("$")
+        salt = bytes.fromhex(salt_hex)
+    except ValueError:
+        return False
+    if scheme != _HASH_SCHEME:
+        return False
+    return hmac.compare_digest(hash_key(key, salt), stored)
+
+
+def events_frame_from_rows(rows: Iterable[tuple[Any, ...]]) -> pd.DataFrame:
+    """Rows of ``user_id, item_id, timestamp, type, value`` as a typed frame."""
+    frame = pd.DataFrame.from_records(list(rows), columns=EVENT_COLUMNS, coerce_float=True)
+    return frame.astype(
+        {
+            "user_id": object,
+            "item_id": object,
+            "timestamp": "float64",
+            "type": object,
+            "value": "float64",
+        }
+    )
+
+
+def fields_frame(id_column: str, rows: Sequence[tuple[str, str]]) -> pd.DataFrame:
+    """``id_column`` plus one column per field name (sorted; missing fields are "").
+
+    ``rows`` hold each record's fields as JSON text; they are decoded in one ``json.loads``
+    call, several times faster than one call per row on large catalogs.
+    """
+    ids = [rid for rid, _ in rows]
+    records: list[dict[str, str]] = json.loads("[" + ",".join(text for _, text in rows) + "]")
+    names: set[str] = set()
+    for rec in records:
+        names.update(rec)
+    columns = sorted(names)
+    data: dict[str, list[str]] = {id_column: ids}
+    for name in columns:
+        data[name] = [rec.get(name, "") for rec in records]
+    return pd.DataFrame(data, columns=[id_column, *columns], dtype=object)
