@@ -1,4 +1,4 @@
-"""The ``serendip`` command: fit, recommend, evaluate, demo."""
+"""The ``serendip`` command: fit, recommend, evaluate, demo, serve."""
 
 from __future__ import annotations
 
@@ -177,6 +177,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_evaluate(ns)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from serendip.service.app import serve
+
+    if (args.seed_items is not None) and args.seed_interactions is None:
+        raise ConfigError("--seed-items needs --seed-interactions")
+    return serve(
+        store_url=args.store, data_dir=args.data_dir, host=args.host, port=args.port,
+        api_key=args.api_key, cors_origin=args.cors_origin,
+        seed_interactions=args.seed_interactions, seed_items=args.seed_items,
+        fit_config=args.config, max_body=args.max_body,
+        log_level="info" if args.verbose else "warning",
+    )
+
+
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="serendip", description=__doc__)
@@ -218,6 +232,23 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the whole flow on MovieLens-100K, ending in an HTML report")
     d.add_argument("--out", default="out/demo")
     d.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("serve", help="the HTTP API and web page over a store")
+    s.add_argument("--store", help="sqlite:///abs/path.db or postgresql://... "
+                   "(default: sqlite:///DATA_DIR/serendip.db)")
+    s.add_argument("--data-dir", default="serendip-data", help="model and admin key directory")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key", help="an admin key to accept (default: one created and kept "
+                   "in DATA_DIR/admin.key)")
+    s.add_argument("--cors-origin", help="allow this one browser origin (CORS is off otherwise)")
+    s.add_argument("--seed-interactions", help="seed an empty store from this file instead "
+                   "of MovieLens-100K")
+    s.add_argument("--seed-items", help="the item catalog for --seed-interactions")
+    s.add_argument("--config", help="TOML fit config used when fitting from the store")
+    s.add_argument("--max-body", type=_positive_int, default=1 << 20,
+                   help="largest request body in bytes (default 1 MiB)")
+    s.set_defaults(func=cmd_serve)
     return p
 
 

@@ -1,0 +1,106 @@
+"""API-key authentication with three roles: read < write < admin.
+
+A key comes in the ``X-API-Key`` header or as ``Authorization: Bearer <key>``.  Keys live in
+the store as salted hashes (``store.create_api_key`` / ``check_api_key``); a key given on the
+command line (``serve --api-key``) is held in memory as a SHA-256 digest only.  Successful
+look-ups are cached for ``cache_ttl`` seconds so the hot path does not hash-and-query on every
+request; a revoked key therefore keeps working for at most that long.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import threading
+import time
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from serendip.store.base import ROLES, Role, Store
+
+__all__ = ["Authenticator", "require", "api_key_header", "bearer"]
+
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key")
+bearer = HTTPBearer(auto_error=False, description="the same API key as a bearer token")
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class Authenticator:
+    """Maps a presented key to its role (or None), via static keys, a cache, then the store."""
+
+    def __init__(self, store: Store, static_keys: dict[str, Role] | None = None,
+                 cache_ttl: float = 30.0, cache_size: int = 10_000) -> None:
+        self.store = store
+        self._static = {_digest(k): r for k, r in (static_keys or {}).items()}
+        self._ttl = cache_ttl
+        self._size = cache_size
+        self._cache: dict[str, tuple[Role, float]] = {}
+        self._lock = threading.Lock()
+
+    def role(self, key: str | None) -> Role | None:
+        if not key or len(key) > 512:
+            return None
+        d = _digest(key)
+        for known, static_role in self._static.items():
+            if hmac.compare_digest(known, d):
+                return static_role
+        now = time.monotonic()
+        hit = self._cache.get(d)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        try:
+            role: Role | None = self.store.check_api_key(key)
+        except UnicodeError:
+            return None
+        if role is not None:
+            with self._lock:
+                if len(self._cache) >= self._size:
+                    self._cache.clear()
+                self._cache[d] = (role, now + self._ttl)
+        return role
+
+    def forget(self) -> None:
+        """Drop cached look-ups (after a revocation, say)."""
+        with self._lock:
+            self._cache.clear()
+
+
+def require(minimum: Role) -> Callable[..., Role]:
+    """A FastAPI dependency admitting requests whose key has at least the ``minimum`` role."""
+
+    def dependency(
+        request: Request,
+        x_api_key: Annotated[str | None, Security(api_key_header)],
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+    ) -> Role:
+        key = x_api_key or (credentials.credentials if credentials is not None else None)
+        if not key:
+            raise HTTPException(
+                401, "missing API key: send it as the X-API-Key header or 'Authorization: "
+                "Bearer <key>'", headers={"WWW-Authenticate": "Bearer"},
+            )
+        auth: Authenticator = request.app.state.auth
+        role = auth.role(key)
+        if role is None:
+            raise HTTPException(401, "invalid or revoked API key",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if ROLES.index(role) < ROLES.index(minimum):
+            raise HTTPException(
+                403, f"this route needs a {minimum!r} key; the key given has role {role!r}"
+            )
+        request.state.role = role
+        return role
+
+    dependency.__name__ = f"require_{minimum}"
+    return dependency
+
+
+def depends(minimum: Role) -> Any:
+    """``Depends(require(minimum))``, for route decorators' ``dependencies=[...]``."""
+    return Depends(require(minimum))

@@ -1,0 +1,266 @@
+"""Request and response bodies of the HTTP API, with bounded fields.
+
+Every string is length-bounded and refuses NUL characters and lone surrogates (neither can be
+stored in PostgreSQL text, nor encoded as UTF-8); every number is finite and range-checked;
+every list has a maximum length.  Requests refuse unknown fields (``extra="forbid"``), so a
+misspelt field is an error naming it rather than a silently ignored value.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from serendip.store.base import EVENT_TYPES, ROLES
+
+__all__ = [
+    "MAX_BATCH", "PRESET_NAMES", "ItemIn", "ItemsIn", "UserIn", "UsersIn", "EventIn", "EventsIn",
+    "SessionIn", "SearchIn", "KeyIn",
+]
+
+#: Most records accepted in one PUT/POST batch.
+MAX_BATCH = 1000
+#: Longest id (item, user, idempotency key, key name) accepted.
+MAX_ID = 256
+#: Longest text field value accepted.
+MAX_FIELD = 10_000
+PRESET_NAMES = ("accurate", "balanced", "discovery")
+
+PresetName = Literal["accurate", "balanced", "discovery"]
+EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
+RoleName = Literal[ROLES]  # type: ignore[valid-type]
+
+
+def _storable(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+Id = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_ID, pattern=r"^[^/\x00-\x1f\x7f]+$",
+          description="an external id: 1-256 characters, no '/', no control characters"),
+    AfterValidator(_storable),
+]
+FieldName = Annotated[
+    str,
+    Field(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+          description="a field (column) name: letters, digits and '_'"),
+]
+FieldValue = Annotated[str, Field(max_length=MAX_FIELD), AfterValidator(_storable)]
+Fields = Annotated[dict[FieldName, FieldValue], Field(max_length=64)]
+Discovery = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ------------------------------------------------------------------------------- requests
+class ItemIn(_In):
+    item_id: Id
+    fields: Fields = Field(default_factory=dict, description="text fields: title, genres, ...")
+
+
+class ItemsIn(_In):
+    items: list[ItemIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class UserIn(_In):
+    user_id: Id
+    fields: Fields = Field(default_factory=dict)
+
+
+class UsersIn(_In):
+    users: list[UserIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class EventIn(_In):
+    user_id: Id
+    item_id: Id
+    type: EventType = Field("interaction", description="skip and dislike are negative feedback")
+    timestamp: float | None = Field(
+        None, ge=0, le=1e11, allow_inf_nan=False,
+        description="seconds since the epoch; the server's clock when omitted",
+    )
+    value: float | None = Field(
+        None, ge=-1e6, le=1e6, allow_inf_nan=False, description="the rating for type 'rating'"
+    )
+    idempotency_key: Id | None = Field(
+        None, description="a repeated key stores nothing new and acknowledges the first event"
+    )
+
+
+class EventsIn(_In):
+    events: list[EventIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class SessionIn(_In):
+    item_ids: list[Id] = Field(default_factory=list, max_length=200,
+                               description="the session's items, oldest first")
+    k: int = Field(10, ge=1, le=100)
+    preset: PresetName = "balanced"
+    discovery: Discovery | None = None
+
+
+class SearchIn(_In):
+    query: Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_storable)]
+    user_id: Id | None = None
+    k: int = Field(10, ge=1, le=100)
+    discovery: Discovery | None = None
+
+
+class KeyIn(_In):
+    name: Id
+    role: RoleName
+
+
+# ------------------------------------------------------------------------------ responses
+class Status(_Out):
+    status: str
+
+
+class Ready(_Out):
+    status: str
+    model_age_seconds: float
+
+
+class Upserted(_Out):
+    upserted: int
+
+
+class Deleted(_Out):
+    deleted: int
+
+
+class ItemOut(_Out):
+    item_id: str
+    fields: dict[str, str]
+
+
+class UserList(_Out):
+    users: list[str]
+
+
+class HistoryEntry(_Out):
+    item_id: str
+    title: str
+    type: str
+    timestamp: float
+    value: float | None
+
+
+class History(_Out):
+    user_id: str
+    items: list[HistoryEntry]
+
+
+class Ack(_Out):
+    event_id: int
+    duplicate: bool
+
+
+class Acks(_Out):
+    acks: list[Ack]
+
+
+class RecItem(_Out):
+    item_id: str
+    title: str
+    score: float
+    reasons: list[str]
+    badges: list[Literal["tail", "novel", "serendipitous"]]
+
+
+class Recommendations(_Out):
+    user_id: str | None
+    preset: str
+    discovery: float
+    impression_id: int
+    items: list[RecItem]
+
+
+class SearchResults(Recommendations):
+    query: str
+    session_items: list[str]
+
+
+class SimilarItem(_Out):
+    item_id: str
+    title: str
+    score: float
+    reasons: list[str]
+
+
+class Similar(_Out):
+    item_id: str
+    items: list[SimilarItem]
+
+
+class Because(_Out):
+    item_id: str
+    title: str
+    similarity: float
+
+
+class Popularity(_Out):
+    users: int
+    percentile: float
+
+
+class Explanation(_Out):
+    user_id: str
+    item_id: str
+    title: str
+    because: list[Because]
+    popularity: Popularity
+    novelty_bits: float
+    unexpectedness: float | None
+    text: str
+
+
+class PresetOut(_Out):
+    name: str
+    description: str
+    discovery: float
+
+
+class Presets(_Out):
+    presets: list[PresetOut]
+
+
+class Job(_Out):
+    job_id: str
+    status: Literal["running", "succeeded", "failed"]
+    kind: str = "retrain"
+    started_at: float
+    finished_at: float | None = None
+    seconds: float | None = None
+    error: str | None = None
+    n_users: int | None = None
+    n_items: int | None = None
+    n_interactions: int | None = None
+
+
+class KeyOut(_Out):
+    name: str
+    role: str
+    key: str
+
+
+class Error(_Out):
+    """Every error response: a sentence for people, a code for programs."""
+
+    error: str
+    detail: str
+    errors: list[dict[str, object]] | None = None
