@@ -397,3 +397,14 @@ def test_reopen_keeps_everything(open_fresh: Callable[[], Store]) -> None:
     pd.testing.assert_frame_equal(t.events_frame(), before)
     assert t.count_impressions() == 1
     assert t.check_api_key(key) == "write"
+
+
+def test_top_users_most_events_first(store: Store) -> None:
+    store.append_events(
+        [EventRecord("b", "i1"), EventRecord("a", "i1"), EventRecord("b", "i2"),
+         EventRecord("c", "i1"), EventRecord("c", "i2"), EventRecord("c", "i3")]
+    )
+    assert store.top_users(10) == ["c", "b", "a"]
+    assert store.top_users(2) == ["c", "b"]
+    with pytest.raises(DataError, match="0"):
+        store.top_users(0)

@@ -63,8 +63,6 @@ POSITIVE_TYPES = tuple(t for t in EVENT_TYPES if t not in NEGATIVE_TYPES)
 HEAD_SHARE = 0.2
 #: Unexpectedness quantile (over the catalog, for this user) that earns "serendipitous".
 SERENDIPITY_QUANTILE = 0.75
-#: Seconds a computed most-active-users ranking is reused (stores without ``top_users``).
-TOP_USERS_TTL = 10.0
 #: Text matches used as session context by search.
 SESSION_ITEMS = 3
 
@@ -245,7 +243,6 @@ class Engine:
         self.start_error: str | None = None
         self.version = 0
         self.on_impression: Any = None  # a callable, set by the app for metrics
-        self._top_users: tuple[float, list[str]] | None = None
 
     # ------------------------------------------------------------------- lifecycle
     @property
@@ -478,27 +475,8 @@ class Engine:
         return self.store.append_events(events)
 
     def top_users(self, limit: int) -> list[str]:
-        """User ids with the most events first (ties by id).
-
-        Uses the store's ``top_users`` where it has one; otherwise counts ``events_frame``
-        and keeps the ranking for ``TOP_USERS_TTL`` seconds (a scan of the whole event log).
-        """
-        fn = getattr(self.store, "top_users", None)
-        if callable(fn):
-            return [str(u) for u in fn(limit)]
-        now = time.monotonic()
-        cached = self._top_users
-        if cached is None or cached[0] < now:
-            ev = self.store.events_frame()
-            if len(ev) == 0:
-                ranking: list[str] = []
-            else:
-                counts = ev.groupby("user_id").size().reset_index(name="n")
-                counts = counts.sort_values(["n", "user_id"], ascending=[False, True],
-                                            kind="stable")
-                ranking = [str(u) for u in counts["user_id"].head(1000)]
-            cached = self._top_users = (now + TOP_USERS_TTL, ranking)
-        return cached[1][:limit]
+        """User ids with the most events first (ties by id): one grouped query."""
+        return self.store.top_users(limit)
 
     def user_known(self, user_id: str, s: ModelState | None = None) -> bool:
         if s is not None and user_id in s.user_pos:

@@ -300,3 +300,9 @@ def fields_frame(id_column: str, rows: Sequence[tuple[str, str]]) -> pd.DataFram
     for name in columns:
         data[name] = [rec.get(name, "") for rec in records]
     return pd.DataFrame(data, columns=[id_column, *columns], dtype=object)
+
+
+def check_limit(limit: int) -> None:
+    """Refuse a non-positive or non-integer row limit, naming it."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise DataError(f"limit must be a positive integer, got {limit!r}")

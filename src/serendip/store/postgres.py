@@ -25,6 +25,7 @@ from serendip.store._common import (
     check_event_types,
     check_impression,
     check_key_name,
+    check_limit,
     check_role,
     events_frame_from_rows,
     fields_frame,
@@ -385,6 +386,15 @@ class PostgresStore:
 
     def count_events(self) -> int:
         return self._count("events")
+
+    def top_users(self, limit: int) -> list[str]:
+        check_limit(limit)
+        with self._read() as cur:
+            rows = cur.execute(
+                "SELECT user_id, COUNT(*) AS n FROM events GROUP BY user_id "
+                "ORDER BY n DESC, user_id COLLATE \"C\" LIMIT %s", (limit,)
+            ).fetchall()
+        return [str(r[0]) for r in rows]
 
     # impressions -----------------------------------------------------------------------
     def log_impression(self, impression: Impression) -> int:

@@ -29,6 +29,7 @@ from serendip.store._common import (
     check_event_types,
     check_impression,
     check_key_name,
+    check_limit,
     check_role,
     events_frame_from_rows,
     fields_frame,
@@ -417,6 +418,15 @@ class SQLiteStore:
     def count_events(self) -> int:
         with self._read() as conn:
             return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    def top_users(self, limit: int) -> list[str]:
+        check_limit(limit)
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT user_id, COUNT(*) AS n FROM events GROUP BY user_id "
+                "ORDER BY n DESC, user_id LIMIT ?", (limit,)
+            ).fetchall()
+        return [str(r[0]) for r in rows]
 
     # impressions -----------------------------------------------------------------------
     def log_impression(self, impression: Impression) -> int:
