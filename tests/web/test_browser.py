@@ -1,0 +1,260 @@
+"""The web page in a real browser (Chromium + Playwright) against the real app.
+
+Covers: key from the URL fragment, picking a user, recommendation cards, the discovery slider
+re-ranking (a new request with the new value, and the list re-rendered for it), natural-language
+search, like -> event acknowledged -> list refreshed, "why this?" explanations, keyboard use,
+labels and landmarks, no console errors and no request leaving the app's origin.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from playwright.sync_api import expect
+
+from tests.web.conftest import LiveServer, PageLog
+
+K = 10
+
+
+def card_titles(page: Any, list_id: str = "rec-list") -> list[str]:
+    return page.locator(f"[data-testid={list_id}] [data-testid=card-title]").all_inner_texts()
+
+
+def open_page(page: Any, server: LiveServer) -> None:
+    page.goto(f"{server.url}/#key={server.key}")
+    expect(page.get_by_test_id("key-status")).to_have_text("API key: set")
+    # The presets and the users arrive from the API.
+    expect(page.locator("[data-testid=preset-select] option")).not_to_have_count(0)
+    expect(page.locator("[data-testid=user-options] option").first).to_be_attached()
+
+
+def pick_first_user(page: Any) -> str:
+    user = page.locator("[data-testid=user-options] option").first.get_attribute("value")
+    assert user
+    with page.expect_response(lambda r: "/recommendations?" in r.url) as resp:
+        page.get_by_test_id("user-input").fill(user)
+        page.get_by_test_id("user-input").press("Enter")
+    assert resp.value.status == 200
+    expect(page.get_by_test_id("rec-list")).to_have_attribute("data-state", "ready")
+    expect(page.get_by_test_id("rec-list")).to_have_attribute("data-user", user)
+    return user
+
+
+def assert_clean(page_log: PageLog, server: LiveServer) -> None:
+    assert page_log.console_errors == []
+    outside = [u for u in page_log.requests
+               if not (u.startswith(server.url + "/") or u.startswith("data:"))]
+    assert outside == []
+
+
+def test_page_shows_recommendations_for_a_picked_user(web: tuple[Any, PageLog],
+                                                     live_server: LiveServer) -> None:
+    page, log = web
+    open_page(page, live_server)
+    assert "#key=" not in page.url  # the key leaves the address bar once stored
+    assert page.evaluate("localStorage.getItem('serendip.apiKey')") == live_server.key
+
+    user = pick_first_user(page)
+    cards = page.get_by_test_id("rec-list").get_by_test_id("rec-card")
+    expect(cards).to_have_count(K)
+    titles = card_titles(page)
+    assert all(t.strip() for t in titles) and len(set(titles)) == K
+    for score in page.locator("[data-testid=rec-list] [data-testid=card-score]").all_inner_texts():
+        assert re.fullmatch(r"score -?\d+\.\d{3}", score)
+    # Badges are chips with words, not only colours.
+    for badge in page.locator("[data-testid=rec-list] .badge").all():
+        assert badge.inner_text().strip().split()[-1] in ("tail", "novel", "serendipitous")
+    expect(page.get_by_test_id("rec-heading")).to_have_text(f"Recommendations for user {user}")
+    expect(page.get_by_test_id("live-status")).to_contain_text(f"{K} recommendations for user {user}")
+    # The side panel shows the user's recent history.
+    expect(page.get_by_test_id("history-item").first).to_be_visible()
+    assert_clean(log, live_server)
+
+
+def test_discovery_slider_refetches_with_the_new_value(web: tuple[Any, PageLog],
+                                                      live_server: LiveServer) -> None:
+    page, log = web
+    open_page(page, live_server)
+    pick_first_user(page)
+    slider = page.get_by_test_id("discovery-slider")
+    rec_list = page.get_by_test_id("rec-list")
+
+    seen: dict[str, list[str]] = {}
+    for key, value in (("Home", "0.00"), ("End", "1.00")):
+        with page.expect_request(
+            lambda r, v=value: "/recommendations?" in r.url and f"discovery={v}" in r.url
+        ) as req:
+            slider.focus()
+            slider.press(key)  # keyboard operable: Home/End jump to the ends
+            expect(page.get_by_test_id("discovery-value")).to_have_text(value)
+        q = parse_qs(urlparse(req.value.url).query)
+        assert q["discovery"] == [value] and q["preset"] == ["balanced"] and q["k"] == [str(K)]
+        resp = req.value.response()
+        assert resp is not None and resp.status == 200
+        assert resp.json()["discovery"] == float(value)
+        expect(rec_list).to_have_attribute("data-discovery", value)
+        expect(rec_list).to_have_attribute("data-state", "ready")
+        expect(page.get_by_test_id("live-status")).to_contain_text(f"discovery {value}")
+        seen[value] = card_titles(page)
+        assert len(seen[value]) == K
+    assert seen["0.00"] != seen["1.00"], "moving the slider end to end should re-rank the list"
+
+    # Several quick moves are debounced into a single request for the final value.
+    urls: list[str] = []
+    page.on("request", lambda r: urls.append(r.url) if "/recommendations?" in r.url else None)
+    with page.expect_request(lambda r: "discovery=0.85" in r.url):
+        for _ in range(3):
+            slider.press("ArrowLeft")
+    expect(rec_list).to_have_attribute("data-discovery", "0.85")
+    assert len(urls) == 1, urls
+    assert_clean(log, live_server)
+
+
+def test_search_shows_result_cards(web: tuple[Any, PageLog], live_server: LiveServer) -> None:
+    page, log = web
+    open_page(page, live_server)
+    user = pick_first_user(page)
+    with page.expect_request(lambda r: r.url.endswith("/v1/search")) as req:
+        page.get_by_test_id("search-input").fill("a funny space adventure for kids")
+        page.get_by_test_id("search-input").press("Enter")
+    body = json.loads(req.value.post_data or "{}")
+    assert body["query"] == "a funny space adventure for kids" and body["user_id"] == user
+    assert 0.0 <= body["discovery"] <= 1.0
+    assert req.value.response().status == 200
+    results = page.get_by_test_id("search-list")
+    expect(results).to_have_attribute("data-state", "ready")
+    expect(page.get_by_test_id("search-section")).to_be_visible()
+    expect(results.get_by_test_id("rec-card").first).to_be_visible()
+    assert 1 <= results.get_by_test_id("rec-card").count() <= K
+    expect(page.get_by_test_id("search-heading")).to_contain_text("a funny space adventure")
+    page.get_by_test_id("search-clear").click()
+    expect(page.get_by_test_id("search-section")).to_be_hidden()
+    assert_clean(log, live_server)
+
+
+def test_like_posts_an_event_and_refreshes(web: tuple[Any, PageLog], live_server: LiveServer) -> None:
+    page, log = web
+    open_page(page, live_server)
+    user = pick_first_user(page)
+    first = page.get_by_test_id("rec-list").get_by_test_id("rec-card").first
+    item_id = first.get_attribute("data-item-id")
+    title = first.get_by_test_id("card-title").inner_text()
+
+    with page.expect_response(lambda r: r.url.endswith("/v1/events")) as ev, \
+            page.expect_response(lambda r: "/recommendations?" in r.url) as refreshed:
+        first.get_by_test_id("like-button").click()
+    assert ev.value.status == 201
+    sent = json.loads(ev.value.request.post_data or "{}")["events"]
+    assert len(sent) == 1
+    assert sent[0]["user_id"] == user and sent[0]["item_id"] == item_id and sent[0]["type"] == "like"
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
+                        sent[0]["idempotency_key"])
+    ack = ev.value.json()["acks"][0]
+    assert isinstance(ack["event_id"], int) and ack["duplicate"] is False
+    assert refreshed.value.status == 200
+    expect(page.get_by_test_id("live-status")).to_contain_text(f"Liked “{title}”")
+    expect(page.get_by_test_id("rec-list")).to_have_attribute("data-state", "ready")
+    # The liked item is now history: it shows in the side panel and leaves the list.
+    expect(page.locator(f"[data-testid=history-item][data-item-id='{item_id}']")).to_be_visible()
+    expect(page.locator(f"[data-testid=rec-list] [data-item-id='{item_id}']")).to_have_count(0)
+    expect(page.get_by_test_id("rec-list").get_by_test_id("rec-card")).to_have_count(K)
+
+    # "Not for me" sends a skip.
+    second = page.get_by_test_id("rec-list").get_by_test_id("rec-card").nth(1)
+    with page.expect_response(lambda r: r.url.endswith("/v1/events")) as ev2:
+        second.get_by_test_id("skip-button").click()
+    assert ev2.value.status == 201
+    assert json.loads(ev2.value.request.post_data or "{}")["events"][0]["type"] == "skip"
+    expect(page.get_by_test_id("live-status")).to_contain_text("Marked not for me")
+    assert_clean(log, live_server)
+
+
+def test_why_this_shows_the_explanation(web: tuple[Any, PageLog], live_server: LiveServer,
+                                        tmp_path: Any) -> None:
+    page, log = web
+    open_page(page, live_server)
+    pick_first_user(page)
+    card = page.get_by_test_id("rec-list").get_by_test_id("rec-card").first
+    item_id = card.get_attribute("data-item-id")
+    with page.expect_response(lambda r: r.url.endswith(f"/recommendations/{item_id}/explain")) as resp:
+        card.get_by_test_id("why-button").click()
+    assert resp.value.status == 200
+    data = resp.value.json()
+    panel = page.get_by_test_id("explain-panel")
+    expect(panel.get_by_test_id("explain-text")).to_have_text(data["text"])
+    assert data["text"].strip()
+    because = panel.locator("[data-testid=explain-because] li")
+    expect(because).to_have_count(len(data["because"]))
+    if data["because"]:
+        expect(because.first).to_contain_text(data["because"][0]["title"])
+    expect(panel.get_by_test_id("explain-facts")).to_contain_text("percentile")
+    expect(panel.get_by_test_id("explain-facts")).to_contain_text("bits")
+    # Focus moves to the explanation for keyboard and screen-reader users.
+    assert page.evaluate("document.activeElement.id") == "explain-heading"
+    expect(card).to_have_class(re.compile(r"\bselected\b"))
+
+    page.get_by_test_id("search-input").fill("quiet drama about a family")
+    page.get_by_test_id("search-input").press("Enter")
+    expect(page.get_by_test_id("search-list").get_by_test_id("rec-card").first).to_be_visible()
+    shot = tmp_path / "page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    print(f"screenshot: {shot}")
+    assert_clean(log, live_server)
+
+
+def test_controls_are_labelled_and_keyboard_operable(web: tuple[Any, PageLog],
+                                                    live_server: LiveServer) -> None:
+    page, log = web
+    open_page(page, live_server)
+    unlabelled = page.evaluate(
+        """() => [...document.querySelectorAll('input, select, button, output')]
+             .filter(e => !e.closest('template'))
+             .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+                          && !e.textContent.trim() && e.type !== 'hidden')
+             .map(e => e.outerHTML)"""
+    )
+    assert unlabelled == []
+    for role in ("banner", "main", "complementary", "search", "contentinfo"):
+        expect(page.get_by_role(role)).to_have_count(1)
+    expect(page.get_by_label("accuracy ↔ discovery")).to_be_visible()
+    assert page.get_by_test_id("live-status").get_attribute("aria-live") == "polite"
+
+    # Keyboard only: tab to the user field, type, Enter; then tab onto a card's like button.
+    page.locator("body").focus()
+    for _ in range(20):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.dataset.testid") == "user-input":
+            break
+    user = page.locator("[data-testid=user-options] option").first.get_attribute("value")
+    page.keyboard.type(user)
+    page.keyboard.press("Enter")
+    expect(page.get_by_test_id("rec-list").get_by_test_id("rec-card")).to_have_count(K)
+    why = page.get_by_test_id("rec-list").get_by_test_id("why-button").first
+    why.focus()
+    # Focus is visible: the focused control gets an outline.
+    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline not in ("none", "")
+    page.keyboard.press("Enter")
+    expect(page.get_by_test_id("explain-text")).to_be_visible()
+    assert_clean(log, live_server)
+
+
+def test_without_a_key_the_page_asks_for_one(web: tuple[Any, PageLog], live_server: LiveServer) -> None:
+    page, log = web
+    page.goto(live_server.url + "/")
+    expect(page.get_by_test_id("key-status")).to_have_text("API key: not set")
+    expect(page.get_by_test_id("key-input")).to_be_visible()
+    # No API call is made without a key; the page says what to do instead.
+    expect(page.get_by_test_id("error")).to_contain_text("API key")
+    assert not [u for u in log.requests if "/v1/" in u]
+    page.get_by_test_id("key-input").fill(live_server.key)
+    page.get_by_test_id("key-save").click()
+    expect(page.get_by_test_id("key-status")).to_have_text("API key: set")
+    expect(page.locator("[data-testid=user-options] option").first).to_be_attached()
+    expect(page.get_by_test_id("error")).to_be_hidden()
+    assert_clean(log, live_server)
