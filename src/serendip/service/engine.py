@@ -47,6 +47,7 @@ from serendip.pipeline import PRESETS, FitConfig, Pipeline, Recommender
 from serendip.rerank.base import maybe_unit_vectors
 from serendip.store.base import EVENT_TYPES, EventAck, EventRecord, Impression, ItemRecord, Store
 from serendip.text import Encoder, EncoderConfig, request_text
+from serendip.text.templates import cell_text
 from serendip.types import ItemList, Query
 
 __all__ = [
@@ -115,17 +116,6 @@ class Job:
         return dict(self.__dict__)
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float | np.floating):
-        if math.isnan(value):
-            return ""
-        if float(value).is_integer():
-            return str(int(value))
-    return str(value)
-
-
 class ModelState:
     """A fitted model plus what serving derives from it once (read-only after construction,
     except the ``excluded`` mask of items deleted from the store since the fit)."""
@@ -165,7 +155,7 @@ class ModelState:
         ids = [str(x) for x in data.item_ids]
         for c in ("title", "name", "movie_title", "headline"):
             if c in data.items.columns:
-                vals = [_cell(x) for x in data.items[c].tolist()]
+                vals = [cell_text(x) for x in data.items[c].tolist()]
                 return [v if v else i for v, i in zip(vals, ids, strict=True)]
         return ids
 
@@ -209,7 +199,7 @@ class ModelState:
             if got is None:
                 acc: dict[str, list[int]] = {}
                 for i, raw in enumerate(self.rec.data.items[column].tolist()):
-                    text = _cell(raw)
+                    text = cell_text(raw)
                     tokens = {text.strip().casefold()} | {
                         t.strip().casefold() for t in text.split("|") if t.strip()
                     }
@@ -335,7 +325,7 @@ class Engine:
                 "rating": di["rating"].to_numpy(),
             })
         columns = [c for c in items.columns if c != "item_id"]
-        cols = {c: [_cell(v) for v in items[c].tolist()] for c in columns}
+        cols = {c: [cell_text(v) for v in items[c].tolist()] for c in columns}
         records = [
             ItemRecord(str(iid), {c: cols[c][n] for c in columns if cols[c][n]})
             for n, iid in enumerate(items["item_id"].tolist())

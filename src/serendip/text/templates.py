@@ -27,7 +27,7 @@ MAX_REQUEST_CHARS = 2000
 _UNIX_SECONDS_FROM = 1e8
 
 
-def _cell(value: Any) -> str:
+def cell_text(value: Any) -> str:
     """One catalog value as text: NaN/None -> "", 1995.0 -> "1995", strings trimmed."""
     if value is None:
         return ""
@@ -45,7 +45,7 @@ def _categories(value: str) -> list[str]:
 
 def _row_values(data: Dataset, columns: list[str]) -> list[dict[str, str]]:
     cat = data.category_column
-    cols = {c: [_cell(v) for v in data.items[c].tolist()] for c in columns}
+    cols = {c: [cell_text(v) for v in data.items[c].tolist()] for c in columns}
     if cat in cols:
         cols[cat] = [", ".join(_categories(v)) for v in cols[cat]]
     return [{c: cols[c][i] for c in columns} for i in range(data.n_items)]
@@ -136,7 +136,7 @@ def user_text(
     cats_of: list[list[str]] = []
     if cat is not None:
         col = data.items[cat]
-        cats_of = [_categories(_cell(col.iat[int(i)])) for i in recent]
+        cats_of = [_categories(cell_text(col.iat[int(i)])) for i in recent]
         counts: Counter[str] = Counter(c for cs in cats_of for c in set(cs))
         if counts:
             parts.append(f"Favourite {cat}: {_share_list(counts, len(recent), top_categories)}.")
