@@ -227,6 +227,7 @@ class Engine:
         self._injected = recommender
         self._encoder: TextEncoder | None = encoder
         self._encoder_lock = threading.Lock()
+        self._compute_lock = threading.Lock()
         self._lock = threading.Lock()
         self._state: ModelState | None = None
         self._jobs: dict[str, Job] = {}
@@ -554,11 +555,14 @@ class Engine:
                context: str | None = None) -> dict[str, Any]:
         pipe = self._pipeline(s, preset)
         d = float(pipe.preset.discovery if discovery is None else discovery)
-        if candidates is not None and candidates.size == 0:
-            lst = ItemList.empty()
-        else:
-            lst = pipe.recommend(q, k, d, candidates)
-        items = self.describe(s, q, lst)
+        # one request computes at a time: the numeric work is short (a few ms) and threads
+        # that interleave it only contend for the interpreter lock and the cores
+        with self._compute_lock:
+            if candidates is not None and candidates.size == 0:
+                lst = ItemList.empty()
+            else:
+                lst = pipe.recommend(q, k, d, candidates)
+            items = self.describe(s, q, lst)
         imp_id = self.log_impression(user_id, items, preset, d, context)
         return {"user_id": user_id, "preset": preset, "discovery": d,
                 "impression_id": imp_id, "items": items}
