@@ -298,7 +298,7 @@ def ild_cosine(rec: np.ndarray, vectors: np.ndarray) -> float:
     x = _normalise_rows(v[items])
     sim = x @ x.T
     iu = np.triu_indices(items.size, 1)
-    return float(np.mean(1.0 - sim[iu]))
+    return float(np.clip(np.mean(1.0 - sim[iu]), 0.0, 2.0))
 
 
 def _category_rows(categories: sp.spmatrix | np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -350,7 +350,8 @@ def unexpectedness(rec: np.ndarray, history: np.ndarray, vectors: np.ndarray) ->
         return 0.0
     x = _normalise_rows(v[items])
     h = _normalise_rows(v[hist])
-    return float(1.0 - np.mean(x @ h.T))
+    # clipped: rounding can put a cosine a hair past +-1
+    return float(np.clip(1.0 - np.mean(x @ h.T), 0.0, 2.0))
 
 
 def primitive_list(popularity: np.ndarray, size: int = 50) -> np.ndarray:
