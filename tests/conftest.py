@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import settings
 
 from serendip.data import Dataset
+
+# Reproducible property tests: the same examples on every run (a failure found once is found
+# again), and no per-example deadline, which only measures how busy the machine is.
+settings.register_profile("serendip", derandomize=True, deadline=None)
+settings.load_profile("serendip")
 
 
 def make_blocks(n_users: int = 40, n_items: int = 20, seed: int = 0) -> Dataset:
