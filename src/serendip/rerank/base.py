@@ -21,6 +21,7 @@ from serendip.types import ItemList, Query
 __all__ = [
     "RerankConfig",
     "GreedyReranker",
+    "VectorReranker",
     "Candidates",
     "Selection",
     "minmax",
@@ -223,3 +224,11 @@ class GreedyReranker(Reranker):
             tuple((*r, why) for r, why in zip(old, reasons, strict=True)),
             {**out.fields, "relevance": out.scores},
         )
+
+
+class VectorReranker(GreedyReranker):
+    """A greedy reranker whose only learned state is the unit item vectors."""
+
+    def train(self, data: Dataset) -> None:
+        vectors = unit_vectors(data, self.name)
+        self._set_state(n_items=np.asarray(data.n_items, dtype=np.int64), vectors=vectors)

@@ -17,14 +17,12 @@ from collections.abc import Callable
 import numpy as np
 from pydantic import Field
 
-from serendip.data.dataset import Dataset
 from serendip.rerank.base import (
     Candidates,
-    GreedyReranker,
     RerankConfig,
     Selection,
+    VectorReranker,
     relevance_reason,
-    unit_vectors,
 )
 from serendip.rerank.mmr import variety_reason
 from serendip.types import Query
@@ -88,16 +86,12 @@ def greedy_map(
     return picks, gains
 
 
-class DPP(GreedyReranker):
+class DPP(VectorReranker):
     """Relevance-weighted DPP: the list with the largest det of its kernel, picked greedily."""
 
     name = "dpp"
     config_class = DPPConfig
     config: DPPConfig
-
-    def train(self, data: Dataset) -> None:
-        vectors = unit_vectors(data, self.name)
-        self._set_state(n_items=np.asarray(data.n_items, dtype=np.int64), vectors=vectors)
 
     def select(self, query: Query, cand: Candidates, k: int, lam: float) -> Selection:
         vecs = self._require_trained()["vectors"][cand.items].astype(np.float64)

@@ -5,14 +5,12 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from serendip.data.dataset import Dataset
 from serendip.rerank.base import (
     Candidates,
-    GreedyReranker,
     RerankConfig,
     Selection,
+    VectorReranker,
     relevance_reason,
-    unit_vectors,
 )
 from serendip.types import Query
 
@@ -29,7 +27,7 @@ def variety_reason(max_sim: float) -> str:
     return f"adds variety: unlike the other picks (closest similarity {max_sim:.2f})"
 
 
-class MMR(GreedyReranker):
+class MMR(VectorReranker):
     """Greedy argmax of (1 - lam) * rel - lam * max cosine to the items already picked.
 
     Cosine is taken in the encoder space (genre vectors when the dataset has no vectors).
@@ -38,10 +36,6 @@ class MMR(GreedyReranker):
     name = "mmr"
     config_class = MMRConfig
     config: MMRConfig
-
-    def train(self, data: Dataset) -> None:
-        vectors = unit_vectors(data, self.name)
-        self._set_state(n_items=np.asarray(data.n_items, dtype=np.int64), vectors=vectors)
 
     def select(self, query: Query, cand: Candidates, k: int, lam: float) -> Selection:
         vecs = self._require_trained()["vectors"][cand.items]

@@ -12,14 +12,12 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from serendip.data.dataset import Dataset
 from serendip.rerank.base import (
     Candidates,
-    GreedyReranker,
     RerankConfig,
     Selection,
+    VectorReranker,
     relevance_reason,
-    unit_vectors,
 )
 from serendip.types import Query
 
@@ -46,16 +44,12 @@ def unexpected_reason(similarity: float) -> str:
     return f"unexpected for you (similarity {similarity:.2f} to your history) yet relevant"
 
 
-class Serendipity(GreedyReranker):
+class Serendipity(VectorReranker):
     """Re-sorts candidates by relevance boosted by their unexpectedness to the user."""
 
     name = "serendipity"
     config_class = SerendipityConfig
     config: SerendipityConfig
-
-    def train(self, data: Dataset) -> None:
-        vectors = unit_vectors(data, self.name)
-        self._set_state(n_items=np.asarray(data.n_items, dtype=np.int64), vectors=vectors)
 
     def select(self, query: Query, cand: Candidates, k: int, lam: float) -> Selection:
         n = cand.items.size
