@@ -27,6 +27,7 @@ from serendip.component import make_config
 from serendip.data.dataset import Dataset
 from serendip.errors import ConfigError, ModelFormatError
 from serendip.models import SCORERS, BatchScorer, Hybrid
+from serendip.models.retrieval import LazyRetriever, RetrievalConfig, Retriever
 from serendip.rerank import RERANKERS
 from serendip.text import Encoder, EncoderConfig
 from serendip.types import ItemList, Query
@@ -80,6 +81,8 @@ class FitConfig(BaseModel):
     )
     item_template: str | None = None
     category_column: str | None = None
+    #: candidate retrieval for large catalogs (``RetrievalConfig``; default: above 20,000 items)
+    retrieval: dict[str, Any] = Field(default_factory=dict)
 
     def model_post_init(self, __context: Any) -> None:
         for name, values in self.models.items():
@@ -91,6 +94,7 @@ class FitConfig(BaseModel):
             params = {k: v for k, v in values.items() if k != "type"}
             make_config(SCORERS[kind].config_class, params, f"models.{name}")
         _validate(EncoderConfig, self.encoder, "encoder")
+        make_config(RetrievalConfig, self.retrieval, "retrieval")
 
 
 class Preset(BaseModel):
@@ -151,6 +155,16 @@ class Recommender:
         self.data = data
         self.scorers = scorers
         self.config = config
+        self.use_retrieval(make_config(RetrievalConfig, config.retrieval, "retrieval"))
+
+    def use_retrieval(self, config: RetrievalConfig) -> None:
+        """Set when (and how) pipelines retrieve candidates instead of scoring every item."""
+        self.retrieval = config
+        self._retriever = LazyRetriever(self.scorers, self.data.n_items, config)
+
+    def retriever(self) -> Retriever | None:
+        """The candidate retriever (built on first use), or None if every item is scored."""
+        return self._retriever.get()
 
     @classmethod
     def fit(cls, data: Dataset, config: FitConfig | None = None, *, progress: bool = True,
@@ -289,6 +303,15 @@ class Pipeline:
             allowed[candidates] = True
         out: list[ItemList] = []
         n_cand = max(self.preset.candidates, k) if self.rerankers else k
+        retriever = self.rec.retriever()
+        if retriever is not None:  # large catalog: retrieve candidates, score them exactly
+            for q0 in queries:
+                q = Query(q0.user, q0.history, q0.text, discovery=d)
+                lst = self.hybrid.retrieve(q, retriever, n_cand, allowed)
+                for rr in self.rerankers:
+                    lst = rr(q, lst, k)
+                out.append(self._explain(q, lst.take(np.arange(min(k, len(lst))))))
+            return out
         for start in range(0, len(queries), batch_size):
             batch = [
                 Query(q.user, q.history, q.text, discovery=d)

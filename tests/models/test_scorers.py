@@ -69,6 +69,27 @@ def test_batch_equals_single_and_shape(name, trained, data):
         np.testing.assert_allclose(m.score(q), row, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_cheap_forms_equal_full_scores(name, trained, data):
+    """A factor form (score = q . f_j + b) or a sparse form gives exactly ``score_many``."""
+    m = trained[name]
+    qs = [Query(u, data.history(u)) for u in (0, 13, 33)] + [Query(None, data.history(5))]
+    full = m.score_many(qs)
+    form = m.factor_space()
+    if form is not None:
+        _, items = form
+        q, b = m.query_factors(qs)
+        assert items.shape[0] == data.n_items and q.shape == (len(qs), items.shape[1])
+        np.testing.assert_allclose(q @ items.T.astype(np.float64) + b[:, None], full,
+                                   rtol=1e-5, atol=1e-5)
+    sparse = m.sparse_scores(qs)
+    if sparse is not None:
+        np.testing.assert_allclose(sparse.toarray(), full, rtol=1e-6, atol=1e-9)
+    expected = {"als", "popularity", "semantic", "textcf"}
+    assert (form is not None) == (name in expected), name
+    assert (sparse is not None) == (name == "transition"), name
+
+
 @pytest.mark.parametrize("name", [n for n in ALL if n != "popularity"])
 def test_known_answer_on_blocks(name, trained, data):
     """A user of block A gets block-A items ranked above block-B items (unseen ones)."""

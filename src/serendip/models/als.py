@@ -71,11 +71,18 @@ class ALS(BatchScorer):
         b = (1.0 + c.alpha) * yh.sum(axis=0)
         return np.linalg.solve(a, b)
 
-    def score_many(self, queries: Sequence[Query]) -> np.ndarray:
-        st = self._require_trained()
-        uf, itf = st["user_factors"], st["item_factors"]
+    def factor_space(self) -> tuple[str | None, np.ndarray]:
+        return None, self._require_trained()["item_factors"]
+
+    def query_factors(self, queries: Sequence[Query]) -> tuple[np.ndarray, np.ndarray]:
+        uf = self._require_trained()["user_factors"]
         vecs = np.stack(
             [uf[q.user] if q.user is not None and q.user < len(uf) else self._fold_in(q.history)
              for q in queries]
-        )
-        return np.asarray(vecs @ itf.T, dtype=np.float64)
+        ).astype(np.float64)
+        return vecs, np.zeros(len(queries))
+
+    def score_many(self, queries: Sequence[Query]) -> np.ndarray:
+        vecs, _ = self.query_factors(queries)
+        itf = self._require_trained()["item_factors"]
+        return np.asarray(vecs.astype(np.float32) @ itf.T, dtype=np.float64)

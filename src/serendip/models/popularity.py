@@ -30,3 +30,15 @@ class Popularity(BatchScorer):
     def score_many(self, queries: Sequence[Query]) -> np.ndarray:
         s = self._require_trained()["scores"]
         return np.tile(s, (len(queries), 1))
+
+    def _after_load(self) -> None:
+        st = self._state
+        assert st is not None
+        self._column = np.asarray(st["scores"], dtype=np.float32)[:, None]
+
+    def factor_space(self) -> tuple[str | None, np.ndarray]:
+        self._require_trained()
+        return None, self._column  # one factor: the same score for every query
+
+    def query_factors(self, queries: Sequence[Query]) -> tuple[np.ndarray, np.ndarray]:
+        return np.ones((len(queries), 1)), np.zeros(len(queries))

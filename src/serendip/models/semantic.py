@@ -11,7 +11,7 @@ from serendip.component import ComponentConfig
 from serendip.data.dataset import Dataset
 from serendip.errors import DataError
 from serendip.models._util import history_weights
-from serendip.models.base import BatchScorer
+from serendip.models.base import TEXT_SPACE, BatchScorer
 from serendip.types import Query
 
 __all__ = ["Semantic", "SemanticConfig", "normalized_vectors"]
@@ -49,6 +49,13 @@ class Semantic(BatchScorer):
         u = w @ v[history]
         n = np.linalg.norm(u)
         return u / n if n > 0 else u
+
+    def factor_space(self) -> tuple[str | None, np.ndarray]:
+        return TEXT_SPACE, self._require_trained()["vectors"]
+
+    def query_factors(self, queries: Sequence[Query]) -> tuple[np.ndarray, np.ndarray]:
+        u = np.stack([self.user_vector(q.history) for q in queries]).astype(np.float64)
+        return u, np.zeros(len(queries))
 
     def score_many(self, queries: Sequence[Query]) -> np.ndarray:
         v = self._require_trained()["vectors"]

@@ -19,7 +19,7 @@ from pydantic import Field
 from serendip.component import ComponentConfig
 from serendip.data.dataset import Dataset
 from serendip.models._util import history_matrix
-from serendip.models.base import BatchScorer
+from serendip.models.base import TEXT_SPACE, BatchScorer
 from serendip.models.semantic import normalized_vectors
 from serendip.types import Query
 
@@ -71,3 +71,17 @@ class TextCF(BatchScorer):
         e = st["features"]
         h = history_matrix(queries, e.shape[0], self.config.half_life)
         return np.asarray((h @ e) @ self._right, dtype=np.float64)
+
+    def factor_space(self) -> tuple[str | None, np.ndarray]:
+        # the unit text vectors; the bias feature (a constant 1) becomes the offset
+        e = self._require_trained()["features"]
+        return TEXT_SPACE, (e[:, :-1] if self.config.bias else e)
+
+    def query_factors(self, queries: Sequence[Query]) -> tuple[np.ndarray, np.ndarray]:
+        st = self._require_trained()
+        e, w = st["features"], st["weights"]
+        h = history_matrix(queries, e.shape[0], self.config.half_life)
+        q = np.asarray((h @ e) @ w, dtype=np.float64)
+        if self.config.bias:
+            return q[:, :-1], q[:, -1].copy()
+        return q, np.zeros(len(queries))

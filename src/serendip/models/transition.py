@@ -65,6 +65,9 @@ class Transition(BatchScorer):
         )
 
     def score_many(self, queries: Sequence[Query]) -> np.ndarray:
+        return np.asarray(self.sparse_scores(queries).toarray(), dtype=np.float64)
+
+    def sparse_scores(self, queries: Sequence[Query]) -> sp.csr_matrix:
         self._require_trained()
         c = self.config
         n = self._t.shape[0]
@@ -77,4 +80,4 @@ class Transition(BatchScorer):
         h = sp.csr_matrix(
             (np.concatenate(vals), np.concatenate(cols), np.asarray(indptr)), shape=(len(queries), n)
         )
-        return np.asarray((h @ self._t).toarray(), dtype=np.float64)
+        return sp.csr_matrix(h @ self._t)

@@ -1,0 +1,279 @@
+"""Candidate retrieval for large catalogs: the blend's best items without scoring every item.
+
+Scoring a 100,000-item catalog for every request costs tens of milliseconds, almost all of it
+spent on items that end up nowhere near the list.  For catalogs above
+``RetrievalConfig.min_items`` the pipeline instead
+
+1. asks each source for its best items: one search per *factor space* (scorers whose scores are
+   linear in item factors, ``score = q . f_j + b``; scorers on the same text vectors share one
+   space, and their query vectors are added with their blend weights), the nonzero entries of
+   sparse scorers, and the top of any other scorer's dense scores;
+2. scores the union of those items *exactly* with the blend.
+
+Step 2 needs each scorer's z-score statistics over the whole catalog, and for the linear
+scorers they come in closed form: with item-factor mean ``m`` and covariance ``C``, the scores
+``q . f_j + b`` have mean ``q . m + b`` and variance ``q' C q`` (O(d^2) per request instead of
+O(n d)).  Sparse scores give theirs from the nonzeros.  So a retrieved item's blend score is
+the same number the full-catalog path computes; only *which* items are considered can differ.
+
+Spaces with many items x dimensions are searched with an inverted-file index (IVF: k-means
+lists, probe the lists whose centroids score best, Jegou et al. 2011, as in FAISS'
+IndexIVFFlat); small spaces are searched exactly.  ``bench/retrieval.py`` reports the recall of
+the retrieved lists against full scoring.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Mapping
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+from pydantic import Field
+
+from serendip.component import ComponentConfig
+from serendip.models.base import BatchScorer
+
+__all__ = [
+    "IVFIndex", "RetrievalConfig", "Retriever", "FactorSpace", "LazyRetriever",
+    "retrieval_enabled",
+]
+
+log = logging.getLogger(__name__)
+
+
+class RetrievalConfig(ComponentConfig):
+    """When and how candidates are retrieved instead of scoring the whole catalog."""
+
+    mode: Literal["auto", "exact", "ann"] = Field(
+        "auto", description="auto: retrieve above min_items; exact: always score every item"
+    )
+    min_items: int = Field(20_000, ge=0, le=10**9, description="catalog size where auto retrieves")
+    per_source: int = Field(1000, ge=10, le=1_000_000, description="items asked of each source")
+    exact_flops: int = Field(
+        8_000_000, ge=0, le=10**12,
+        description="spaces with items x dims at most this are searched exactly, not by IVF",
+    )
+    n_lists: int | None = Field(None, ge=1, le=1_000_000, description="IVF lists (None: sqrt(n))")
+    probe: float = Field(0.08, gt=0, le=1, description="share of IVF lists probed per search")
+    iterations: int = Field(10, ge=1, le=100, description="k-means iterations for IVF lists")
+    seed: int = Field(0, ge=0)
+
+
+class IVFIndex:
+    """Inverted-file index for maximum inner-product search over fixed vectors.
+
+    Items are clustered by k-means (on a sample, then every item assigned to its nearest
+    centroid) and stored contiguously list by list; a search scores the centroids, then only
+    the items of the ``n_probe`` best lists.  ``n_probe = n_lists`` is an exact search.
+
+    Vectors of unequal length (ALS factors: popular items are longer) are first mapped to the
+    unit sphere by appending ``sqrt(M^2 - |x|^2)`` and dividing by ``M``, the largest norm
+    (Bachrach et al. 2014): inner products with ``[q, 0]`` keep their order, and k-means
+    clusters by direction, which is what centroid probing needs.
+    """
+
+    def __init__(self, vectors: np.ndarray, n_lists: int | None = None, *, iterations: int = 10,
+                 seed: int = 0, sample_per_list: int = 64) -> None:
+        x = np.asarray(vectors, dtype=np.float32)
+        if x.ndim != 2 or x.shape[0] == 0:
+            raise ValueError(f"IVFIndex needs a non-empty 2-D array, got shape {x.shape}")
+        norms = np.linalg.norm(x.astype(np.float64), axis=1)
+        big = float(norms.max())
+        self.dim = x.shape[1]
+        if big > 0 and float(norms.min()) < big * (1 - 1e-4):
+            extra = np.sqrt(np.maximum(big**2 - norms**2, 0.0))[:, None]
+            x = (np.hstack([x.astype(np.float64), extra]) / big).astype(np.float32)
+        x = np.ascontiguousarray(x)
+        n = x.shape[0]
+        k = int(n_lists) if n_lists is not None else max(1, int(round(math.sqrt(n))))
+        k = max(1, min(k, n))
+        rng = np.random.default_rng(seed)
+        train = x[np.sort(rng.choice(n, min(n, sample_per_list * k), replace=False))]
+        centroids = train[rng.choice(train.shape[0], k, replace=False)].copy()
+        for _ in range(iterations):
+            assign = _nearest(train, centroids)
+            onehot = sp.csr_matrix(
+                (np.ones(assign.size, np.float32), (assign, np.arange(assign.size))),
+                shape=(k, train.shape[0]),
+            )
+            counts = np.bincount(assign, minlength=k)
+            sums = np.asarray(onehot @ train)
+            empty = counts == 0
+            centroids = np.where(
+                empty[:, None], centroids, sums / np.maximum(counts, 1)[:, None]
+            ).astype(np.float32)
+            if empty.any():  # re-seed empty lists on random training points
+                centroids[empty] = train[rng.choice(train.shape[0], int(empty.sum()))]
+        assign = _nearest(x, centroids)
+        order = np.argsort(assign, kind="stable")
+        self.ids = order.astype(np.int64)
+        self.vectors = np.ascontiguousarray(x[order])
+        self.offsets = np.searchsorted(assign[order], np.arange(k + 1)).astype(np.int64)
+        self.centroids = centroids
+        self.n_lists = k
+
+    def __len__(self) -> int:
+        return int(self.ids.size)
+
+    def search(self, query: np.ndarray, n: int, n_probe: int) -> np.ndarray:
+        """Ids of (about) the ``n`` items with the largest ``item . query``, best first."""
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        if q.size != self.dim:
+            raise ValueError(f"query has {q.size} dimensions, the index {self.dim}")
+        if self.vectors.shape[1] > q.size:
+            q = np.append(q, np.float32(0.0))
+        n_probe = max(1, min(int(n_probe), self.n_lists))
+        cs = self.centroids @ q
+        if n_probe < self.n_lists:
+            lists = np.argpartition(-cs, n_probe - 1)[:n_probe]
+        else:
+            lists = np.arange(self.n_lists)
+        starts, ends = self.offsets[lists], self.offsets[lists + 1]
+        total = int((ends - starts).sum())
+        scores = np.empty(total, dtype=np.float32)
+        where = np.empty(total, dtype=np.int64)
+        at = 0
+        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+            if b > a:
+                scores[at : at + b - a] = self.vectors[a:b] @ q
+                where[at : at + b - a] = np.arange(a, b)
+                at += b - a
+        return self.ids[where[_top(scores, n)]]
+
+
+def _nearest(x: np.ndarray, centroids: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """Index of the nearest centroid (squared L2) for every row of ``x``."""
+    c2 = (centroids.astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
+    out = np.empty(x.shape[0], dtype=np.int64)
+    for a in range(0, x.shape[0], chunk):
+        d = c2[None, :] - 2.0 * (x[a : a + chunk] @ centroids.T)
+        out[a : a + chunk] = np.argmin(d, axis=1)
+    return out
+
+
+def _top(scores: np.ndarray, n: int) -> np.ndarray:
+    """Positions of the ``n`` largest scores, best first (ties by position)."""
+    n = min(int(n), scores.size)
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if n < scores.size:
+        part = np.argpartition(-scores, n - 1)[:n]
+    else:
+        part = np.arange(scores.size)
+    return part[np.lexsort((part, -scores[part]))]
+
+
+class FactorSpace:
+    """Item factors shared by one or more linear scorers: moments and a search structure.
+
+    Two searches: unit-length factors (text vectors) over ``exact_flops`` use an IVF index;
+    everything else is scanned exactly in order of decreasing factor length, stopping once
+    ``|q| |f_j|`` (an upper bound of ``q . f_j``, Cauchy-Schwarz) of the next block cannot beat
+    the n-th best score so far.  ALS factors are long only for the items people use, so the
+    scan usually ends after the first block.
+    """
+
+    BLOCK = 4096
+
+    def __init__(self, items: np.ndarray, config: RetrievalConfig) -> None:
+        f = np.asarray(items, dtype=np.float32)
+        self.items = f
+        f64 = f.astype(np.float64)
+        self.mean = f64.mean(axis=0)
+        centred = f64 - self.mean
+        self.cov = centred.T @ centred / max(f.shape[0], 1)  # population covariance (ddof 0)
+        self.config = config
+        self.index: IVFIndex | None = None
+        norms = np.linalg.norm(f64, axis=1)
+        unit = norms.size > 0 and float(norms.max() - norms.min()) <= 1e-3 * max(norms.max(), 1e-12)
+        if unit and f.shape[0] * f.shape[1] > config.exact_flops:
+            self.index = IVFIndex(f, config.n_lists, iterations=config.iterations,
+                                  seed=config.seed)
+        else:
+            order = np.argsort(-norms, kind="stable")
+            self._order = order.astype(np.int64)
+            self._sorted = np.ascontiguousarray(f[order])
+            self._norms = norms[order]
+
+    def stats(self, query: np.ndarray, offset: float) -> tuple[float, float]:
+        """Mean and standard deviation of ``items @ query + offset`` over every item."""
+        mu = float(query @ self.mean) + float(offset)
+        var = float(query @ self.cov @ query)
+        return mu, math.sqrt(max(var, 0.0))
+
+    def search(self, query: np.ndarray, n: int) -> np.ndarray:
+        """About the ``n`` items with the largest ``items @ query``, best first (exact
+        unless the space has an IVF index)."""
+        q = np.asarray(query, dtype=np.float32)
+        if self.index is not None:
+            idx = self.index
+            n_probe = max(math.ceil(self.config.probe * idx.n_lists),
+                          math.ceil(4 * n * idx.n_lists / max(len(idx), 1)))
+            return idx.search(q, n, n_probe)
+        qn = float(np.linalg.norm(q.astype(np.float64)))
+        total = self._sorted.shape[0]
+        block = max(self.BLOCK, 2 * int(n))
+        best_pos = np.zeros(0, dtype=np.int64)
+        best = np.zeros(0, dtype=np.float32)
+        for a in range(0, total, block):
+            if best.size >= n and float(best[-1]) >= qn * float(self._norms[a]) * (1 + 1e-6):
+                break  # nothing further down can enter the top n
+            scores = np.concatenate([best, self._sorted[a : a + block] @ q])
+            pos = np.concatenate([best_pos, np.arange(a, min(a + block, total))])
+            keep = _top(scores, n)
+            best, best_pos = scores[keep], pos[keep]
+        return self._order[best_pos]
+
+
+class Retriever:
+    """The factor spaces of a fitted model's scorers (built once, shared by every preset)."""
+
+    def __init__(self, scorers: Mapping[str, BatchScorer], n_items: int,
+                 config: RetrievalConfig | None = None) -> None:
+        self.config = config or RetrievalConfig()
+        self.n_items = n_items
+        self.spaces: dict[str, FactorSpace] = {}
+        self.space_of: dict[str, str] = {}  # scorer instance name -> space key
+        t0 = time.perf_counter()
+        for name, scorer in scorers.items():
+            form = scorer.factor_space() if scorer.is_trained else None
+            if form is None:
+                continue
+            shared, items = form
+            key = shared if shared is not None else f"scorer:{name}"
+            if items.shape[0] != n_items:
+                continue  # not aligned with the catalog: leave it to full scoring
+            if key not in self.spaces:
+                self.spaces[key] = FactorSpace(items, self.config)
+            self.space_of[name] = key
+        log.info("retrieval: %d factor spaces (%s) built in %.2fs", len(self.spaces),
+                 ", ".join(self.spaces), time.perf_counter() - t0)
+
+
+def retrieval_enabled(config: RetrievalConfig, n_items: int) -> bool:
+    """Whether a catalog of ``n_items`` is served by retrieval under ``config``."""
+    return config.mode == "ann" or (config.mode == "auto" and n_items >= config.min_items)
+
+
+class LazyRetriever:
+    """Builds the Retriever on first use, once, under a lock; None when retrieval is off."""
+
+    def __init__(self, scorers: Mapping[str, BatchScorer], n_items: int,
+                 config: RetrievalConfig) -> None:
+        self._args = (scorers, n_items, config)
+        self._lock = threading.Lock()
+        self._value: Retriever | None = None
+
+    def get(self) -> Retriever | None:
+        scorers, n_items, config = self._args
+        if not retrieval_enabled(config, n_items):
+            return None
+        with self._lock:
+            if self._value is None:
+                self._value = Retriever(scorers, n_items, config)
+            return self._value
