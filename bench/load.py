@@ -5,9 +5,10 @@ drives it with an asyncio + httpx open-loop load generator (bounded in count and
 
 * ``ml100k``: MovieLens-100K (1,682 items), the default fit config.
 * ``synthetic``: a generated 100,000-item catalog (text titles, genres, descriptions) with
-  ~200,000 random events.  EASE and ItemKNN hold an items x items dense matrix (80 GB here),
-  so this case fits ``bench/load_fit_100k.toml``-style config without them (popularity, ALS,
-  semantic, TextCF, transition) and serves a preset blended from those.
+  ~200,000 random events, served with no fit config: above 40,000 items the default models
+  leave out EASE and ItemKNN (a dense items x items matrix, 80 GB here) and fit popularity,
+  ALS, semantic, TextCF and transition; the shipped presets put EASE's weight on ALS, and
+  requests are answered by candidate retrieval (``serendip.models.retrieval``).
 
 Phases (per catalog):
 
@@ -362,33 +363,6 @@ def serve(cmd: list[str], env: dict[str, str], cpus: list[int] | None, port: int
 
 
 # ------------------------------------------------------------------------- catalogs
-# Fit config for the 100,000-item catalog.  EASE and ItemKNN are left out (dense items x items:
-# 80 GB at 100k items).  The shipped presets blend the instance named "ease_recent"; `serve`
-# builds every shipped preset and takes no preset files, so here that instance name is given to
-# an ALS scorer ("type" picks the scorer class): "balanced" is then ALS + transition + TextCF
-# with the shipped preset's weights and re-ranking.
-FIT_100K = """\
-[encoder]
-cache_dir = "{cache}"
-
-[models.popularity]
-
-[models.ease_recent]
-type = "als"
-
-[models.semantic]
-
-[models.textcf]
-
-[models.transition]
-"""
-
-
-def default_cache() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return str(Path(base) / "serendip" / "embeddings")
-
-
 def serve_command(args: argparse.Namespace, catalog: str, work: Path, port: int,
                   key: str) -> tuple[list[str], list[str], list[str]]:
     """The ``serendip serve`` command line, and the user and item ids to draw requests from."""
@@ -405,9 +379,9 @@ def serve_command(args: argparse.Namespace, catalog: str, work: Path, port: int,
     items, events = synthetic_catalog(args.items, args.events, args.users)
     items.to_csv(work / "items.csv", index=False)
     events.to_csv(work / "events.csv", index=False)
-    (work / "fit.toml").write_text(FIT_100K.format(cache=default_cache()))
-    cmd += ["--seed-interactions", str(work / "events.csv"), "--seed-items", str(work / "items.csv"),
-            "--config", str(work / "fit.toml")]
+    # no fit config: above 40,000 items the default models are the large-catalog set, and the
+    # shipped presets put EASE's weight on ALS; requests are served by candidate retrieval
+    cmd += ["--seed-interactions", str(work / "events.csv"), "--seed-items", str(work / "items.csv")]
     return cmd, sorted(set(events["user_id"])), items["item_id"].tolist()
 
 

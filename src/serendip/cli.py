@@ -186,7 +186,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         store_url=args.store, data_dir=args.data_dir, host=args.host, port=args.port,
         api_key=args.api_key, cors_origin=args.cors_origin,
         seed_interactions=args.seed_interactions, seed_items=args.seed_items,
-        fit_config=args.config, max_body=args.max_body,
+        fit_config=args.config, max_body=args.max_body, presets=args.preset or (),
         log_level="info" if args.verbose else "warning",
     )
 
@@ -246,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "of MovieLens-100K")
     s.add_argument("--seed-items", help="the item catalog for --seed-interactions")
     s.add_argument("--config", help="TOML fit config used when fitting from the store")
+    s.add_argument("--preset", action="append", metavar="FILE.toml",
+                   help="serve this preset file too (repeatable); its name (the file's stem or "
+                   "its 'name') replaces a shipped preset of that name")
     s.add_argument("--max-body", type=_positive_int, default=1 << 20,
                    help="largest request body in bytes (default 1 MiB)")
     s.set_defaults(func=cmd_serve)

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,13 @@ log = logging.getLogger(__name__)
 
 PRESETS = ("accurate", "balanced", "discovery")
 FORMAT_VERSION = 1
+#: Catalogs above this size get the large-catalog default models (no dense item x item ones).
+LARGE_CATALOG = 40_000
+#: A shipped preset run on a model without one of its blend members puts that member's weight
+#: on the first of these that the model has (large-catalog models have ALS, not EASE).
+SUBSTITUTES: dict[str, tuple[str, ...]] = {
+    "ease_recent": ("ease", "als"), "ease": ("ease_recent", "als"), "knn": ("ease", "als"),
+}
 
 
 def default_cache_dir() -> str:
@@ -83,6 +90,14 @@ class FitConfig(BaseModel):
     category_column: str | None = None
     #: candidate retrieval for large catalogs (``RetrievalConfig``; default: above 20,000 items)
     retrieval: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def default_for(cls, n_items: int) -> FitConfig:
+        """The default config, without the dense item x item models above ``LARGE_CATALOG``."""
+        if n_items <= LARGE_CATALOG:
+            return cls()
+        return cls(models={"popularity": {}, "als": {}, "semantic": {}, "textcf": {},
+                           "transition": {}})
 
     def model_post_init(self, __context: Any) -> None:
         for name, values in self.models.items():
@@ -169,7 +184,7 @@ class Recommender:
     @classmethod
     def fit(cls, data: Dataset, config: FitConfig | None = None, *, progress: bool = True,
             encoder: Encoder | None = None) -> Recommender:
-        config = config or FitConfig()
+        config = config or FitConfig.default_for(data.n_items)
         if data.item_vectors is None:
             enc = encoder or Encoder(EncoderConfig(**config.encoder))
             data = data.with_item_vectors(
@@ -252,7 +267,38 @@ class Recommender:
         return cls(data, scorers, config)  # type: ignore[arg-type]
 
     def pipeline(self, preset: str | Preset = "balanced") -> Pipeline:
-        return Pipeline(self, preset if isinstance(preset, Preset) else load_preset(preset))
+        if isinstance(preset, Preset):
+            return Pipeline(self, preset)
+        loaded = load_preset(preset)
+        if preset in PRESETS:
+            loaded = adapt_shipped_preset(loaded, self.scorers)
+        return Pipeline(self, loaded)
+
+
+def adapt_shipped_preset(preset: Preset, trained: Mapping[str, BatchScorer]) -> Preset:
+    """Move the weight of blend members the model lacks onto their ``SUBSTITUTES``.
+
+    Only shipped presets are adapted (a user's preset file is taken as written); the result
+    says what was moved in its description.
+    """
+    blend = dict(preset.blend)
+    moved = []
+    for name, w in preset.blend.items():
+        if name in trained:
+            continue
+        for alt in SUBSTITUTES.get(name, ()):
+            if alt in trained:
+                del blend[name]
+                blend[alt] = blend.get(alt, 0.0) + w
+                moved.append(f"{name} -> {alt}")
+                break
+    if not moved:
+        return preset
+    log.info("preset %r: %s (the model has no %s)", preset.name, ", ".join(moved),
+             ", ".join(m.split(" ->")[0] for m in moved))
+    return preset.model_copy(update={
+        "blend": blend, "description": f"{preset.description} ({'; '.join(moved)})",
+    })
 
 
 def _rmtree(p: Path) -> None:

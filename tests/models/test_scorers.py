@@ -10,7 +10,7 @@ import pytest
 
 from serendip.component import Component
 from serendip.data import Dataset
-from serendip.errors import ConfigError, NotTrainedError
+from serendip.errors import ConfigError, DataError, NotTrainedError
 from serendip.models import EASE, SCORERS, TextCF, Transition
 from serendip.types import Query
 from tests.conftest import make_blocks
@@ -178,3 +178,11 @@ def test_transition_hand_computed():
 def test_component_repr_and_isinstance():
     assert isinstance(EASE(), Component)
     assert "l2=500.0" in repr(EASE())
+
+
+@pytest.mark.parametrize("name", ["ease", "knn"])
+def test_dense_models_refuse_catalogs_over_their_limit(name, data):
+    m = SCORERS[name]({"max_items": data.n_items - 1})
+    with pytest.raises(DataError, match=rf"{name}.*max_items={data.n_items - 1}"):
+        m.train(data)
+    assert not m.is_trained

@@ -128,8 +128,10 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 @pytest.fixture
 def engine(store: Store, tmp_path: Path, seed_files: Seed, fitted: Recommender,
-           encoder: HashEncoder) -> Engine:
-    return build_engine(store, tmp_path, seed_files, fitted, encoder)
+           encoder: HashEncoder) -> Iterator[Engine]:
+    e = build_engine(store, tmp_path, seed_files, fitted, encoder)
+    yield e
+    e.close()  # stop the impression writer before the store closes
 
 
 @pytest.fixture

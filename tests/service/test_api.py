@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -32,6 +33,10 @@ def test_health_ready_metrics_docs_need_no_key(client):
     assert 'serendip_http_requests_total{method="GET",route="/healthz",status="200"} 1' in m.text
     assert "serendip_model_age_seconds" in m.text
     assert 'serendip_http_request_duration_seconds_bucket{route="/readyz",le="+Inf"} 1' in m.text
+    assert "# TYPE serendip_impressions_dropped_total counter" in m.text
+    assert "\nserendip_impressions_dropped_total 0\n" in m.text
+    assert "\nserendip_impression_write_failures_total 0\n" in m.text
+    assert "# TYPE serendip_impressions_pending gauge" in m.text
 
 
 def test_readyz_503_before_model(store, tmp_path, seed_files, encoder):
@@ -168,20 +173,23 @@ def test_oversize_body_413(api, client, keys):
 
 
 # ------------------------------------------------------------------------------ recommendations
-def test_recommendations_shape_and_impressions(api, store):
+def test_recommendations_shape_and_impressions(api, store, engine):
     before = store.count_impressions()
     r = api("GET", "/v1/users/u0/recommendations?k=5&preset=balanced&discovery=0.5", "read")
     assert r.status_code == 200
     out = r.json()
     assert out["user_id"] == "u0" and out["preset"] == "balanced" and out["discovery"] == 0.5
-    assert isinstance(out["impression_id"], int) and len(out["items"]) == 5
+    assert isinstance(out["impression_id"], str) and len(out["items"]) == 5
+    assert re.fullmatch(r"[0-9a-f]{32}", out["impression_id"])
     history = {it["item_id"] for it in api("GET", "/v1/users/u0/history?limit=100").json()["items"]}
     for it in out["items"]:
         assert set(it) == {"item_id", "title", "score", "reasons", "badges"}
         assert set(it["badges"]) <= BADGES and it["reasons"]
         assert it["item_id"] not in history
+    assert engine.impression_writer.flush(timeout=10)
     assert store.count_impressions() == before + 1
     imp = store.impressions_frame().iloc[-1]  # type: ignore[attr-defined]
+    assert imp["impression_id"] == out["impression_id"]
     assert list(imp["item_ids"]) == [it["item_id"] for it in out["items"]]
     assert imp["preset"] == "balanced" and imp["user_id"] == "u0"
     # every preset, and a cold-start user
@@ -209,10 +217,15 @@ def test_recommendations_filter_and_bad_params(api, engine):
     r = api("GET", "/v1/users/u30/recommendations?filter=colour:red")
     assert r.status_code == 400 and "colour" in r.json()["detail"]
     assert api("GET", "/v1/users/u30/recommendations?filter=nocolon").status_code == 400
-    for q in ("k=0", "k=101", "k=abc", "discovery=1.5", "discovery=nan", "preset=wild"):
+    for q in ("k=0", "k=101", "k=abc", "discovery=1.5", "discovery=nan", "preset=a%20b",
+              "preset=" + "x" * 65):
         r = api("GET", f"/v1/users/u0/recommendations?{q}")
         assert r.status_code == 422, q
         assert r.json()["errors"][0]["field"].startswith("query.")
+    # a well-formed name that is not a preset of this engine: the error lists the valid ones
+    r = api("GET", "/v1/users/u0/recommendations?preset=wild")
+    assert r.status_code == 400 and "'wild'" in r.json()["detail"]
+    assert "balanced" in r.json()["detail"]
 
 
 def test_feedback_changes_next_list_immediately(api):
@@ -261,7 +274,7 @@ def test_similar_items(api):
     assert api("GET", "/v1/items/i1/similar?k=0").status_code == 422
 
 
-def test_search(api, store):
+def test_search(api, store, engine):
     before = store.count_impressions()
     out = api("POST", "/v1/search", "read", json={"query": "a sad war story", "k": 5}).json()
     assert out["user_id"] is None and len(out["items"]) == 5 and len(out["session_items"]) == 3
@@ -272,10 +285,36 @@ def test_search(api, store):
     assert personal["user_id"] == "u0" and personal["discovery"] == 0.5
     history = {it["item_id"] for it in api("GET", "/v1/users/u0/history?limit=100").json()["items"]}
     assert not history & {it["item_id"] for it in personal["items"]}
+    assert engine.impression_writer.flush(timeout=10)
     assert store.count_impressions() == before + 2
+    logged = store.impressions_frame()  # type: ignore[attr-defined]
+    assert logged["impression_id"].tolist()[-2:] == [out["impression_id"], personal["impression_id"]]
+    assert logged["context"].tolist()[-1] == "funny space"
     assert api("POST", "/v1/search", json={"query": ""}).status_code == 422
     assert api("POST", "/v1/search", json={"query": "   "}).status_code == 400
     assert api("POST", "/v1/search", json={"query": "x" * 2001}).status_code == 422
+
+
+def test_impressions_are_written_in_batches_and_on_shutdown(engine, keys, store):
+    """The response does not wait for the impression row; the app's shutdown writes it."""
+    from serendip.service.impressions import ImpressionWriter
+
+    engine.impression_writer = ImpressionWriter(store, flush_interval=60.0)  # never on its own
+    before = store.count_impressions()
+    with TestClient(create_app(engine), headers=keys.h("read")) as c:
+        ids = [c.get(f"/v1/users/u{n}/recommendations?k=3").json()["impression_id"]
+               for n in range(3)]
+        assert len(set(ids)) == 3
+        assert store.count_impressions() == before  # still queued
+        assert engine.impression_writer.pending == 3
+    assert store.count_impressions() == before + 3  # the lifespan's shutdown flushed them
+    logged = store.impressions_frame()  # type: ignore[attr-defined]
+    assert logged["impression_id"].tolist()[-3:] == ids
+    assert engine.impression_writer.written == 3 and engine.impression_writer.failed == 0
+    # an engine that outlives its app keeps logging (a new writer thread starts)
+    with TestClient(create_app(engine), headers=keys.h("read")) as c:
+        c.get("/v1/users/u1/recommendations?k=3")
+    assert store.count_impressions() == before + 4
 
 
 def test_explain(api):
@@ -384,7 +423,9 @@ def test_happy_path_on_postgres(request, tmp_path, seed_files, fitted, encoder):
             assert c.get("/v1/users/u3/history?limit=1").json()["items"][0]["item_id"] == "i20"
             assert c.post("/v1/search", json={"query": "war", "k": 3}).status_code == 200
             assert c.get("/v1/items/i3/similar?k=3").status_code == 200
+            assert engine.impression_writer.flush(timeout=10)
             assert store.count_impressions() == 2
+            assert store.impressions_frame()["impression_id"].iloc[0] == out["impression_id"]  # type: ignore[attr-defined]
             assert c.get("/v1/presets", headers={"X-API-Key": "bad"}).status_code == 401
     finally:
         store.close()

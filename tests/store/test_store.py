@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -247,14 +249,170 @@ def test_impressions(store: Store) -> None:
     )
     first = store.log_impression(imp)
     second = store.log_impression(Impression(None, (), (), "accurate", 0.0))
-    assert second > first
-    assert store.count_impressions() == 2
+    third = store.log_impression(Impression(None, (), (), "accurate", 0.0, impression_id="x-1_Z"))
+    assert isinstance(first, int) and third > second > first
+    assert store.count_impressions() == 3
     frame = store.impressions_frame()  # type: ignore[attr-defined]
+    assert list(frame.columns) == [
+        "id", "user_id", "item_ids", "scores", "propensities", "preset", "discovery", "context",
+        "timestamp", "impression_id",
+    ]
     row = frame.iloc[0]
     assert row["item_ids"] == ["a", "ünï", "007"] and row["scores"] == [0.9, 0.5, 0.1]
     assert row["propensities"] == [0.5, 0.3, 0.2] and row["context"] == imp.context
     assert row["timestamp"] == 123.0 and row["preset"] == "balanced"
     assert frame.iloc[1]["user_id"] is None and frame.iloc[1]["propensities"] is None
+    assert frame["id"].tolist() == [first, second, third]
+    assert frame["impression_id"].tolist() == [None, None, "x-1_Z"]  # NULLs do not collide
+
+
+def _imp(key: str | None, n: int = 0) -> Impression:
+    return Impression(f"u{n}", (f"i{n}", "j"), (1.0, 0.5), "balanced", 0.5, (0.6, 0.4),
+                      f"context {n}", 1000.0 + n, key)
+
+
+def test_impression_batch(store: Store) -> None:
+    batch = [_imp(f"imp-{n:03d}", n) for n in range(300)] + [_imp(None, 300)]
+    assert store.log_impressions(batch) == 301
+    assert store.log_impressions([]) == 0
+    assert store.count_impressions() == 301
+    frame = store.impressions_frame()  # type: ignore[attr-defined]
+    assert frame["impression_id"].tolist() == [f"imp-{n:03d}" for n in range(300)] + [None]
+    assert frame["user_id"].tolist() == [f"u{n}" for n in range(301)]
+    assert frame["id"].is_monotonic_increasing and frame["id"].is_unique
+    row = frame.iloc[7]
+    assert row["item_ids"] == ["i7", "j"] and row["scores"] == [1.0, 0.5]
+    assert row["propensities"] == [0.6, 0.4] and row["context"] == "context 7"
+    assert row["timestamp"] == 1007.0 and row["discovery"] == 0.5
+    # a missing timestamp is filled with "now"
+    store.log_impressions([Impression(None, (), (), "accurate", 0.0, impression_id="now")])
+    assert store.impressions_frame().iloc[-1]["timestamp"] > 1e9  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        (_imp("bad id!"), "'bad id!'"),
+        (_imp(""), "''"),
+        (_imp("x" * 65), "x" * 65),
+        (_imp("ünï"), "ünï"),
+        (_imp("line\n"), "line"),
+        (_imp(7), "7"),  # type: ignore[arg-type]
+        (Impression("u", ("a",), (float("inf"),), "balanced", 0.5, impression_id="ok-3"), "inf"),
+        (Impression("u", ("a", "b"), (1.0,), "balanced", 0.5), "1 scores for 2 items"),
+    ],
+)
+def test_bad_impression_in_batch_writes_nothing(store: Store, bad: Impression, named: str) -> None:
+    with pytest.raises(DataError, match=re.escape(named)) as info:
+        store.log_impressions([_imp("ok-1", 1), _imp("ok-2", 2), bad])
+    assert "#2" in str(info.value)  # the position in the batch
+    assert store.count_impressions() == 0
+    # the ids of the failed batch were not consumed
+    assert store.log_impressions([_imp("ok-1", 1), _imp("ok-2", 2)]) == 2
+
+
+def test_duplicate_impression_id_rolls_back_the_batch(open_fresh: Callable[[], Store]) -> None:
+    store = open_fresh()
+    store.log_impressions([_imp("taken", 0)])
+    with pytest.raises(DataError, match="'taken'"):
+        store.log_impressions([_imp("fresh-1", 1), _imp("taken", 2), _imp("fresh-2", 3)])
+    with pytest.raises(DataError, match="'twice'"):  # repeated inside one batch
+        store.log_impressions([_imp("twice", 1), _imp("fresh-3", 2), _imp("twice", 3)])
+    with pytest.raises(DataError, match="'taken'"):
+        store.log_impression(_imp("taken", 4))
+    assert store.count_impressions() == 1
+    assert store.impressions_frame()["impression_id"].tolist() == ["taken"]  # type: ignore[attr-defined]
+    # the database's own UNIQUE index holds too (another writer, below the store's check)
+    insert = ("INSERT INTO impressions (item_ids, scores, preset, discovery, timestamp, "
+              "impression_id) VALUES ('[]', '[]', 'p', 0, 0, 'taken')")
+    if isinstance(store, SQLiteStore):
+        with sqlite3.connect(store.path) as conn, pytest.raises(sqlite3.IntegrityError):
+            conn.execute(insert)
+        conn.close()
+    else:
+        with psycopg.connect(store.url) as pg, pytest.raises(psycopg.errors.UniqueViolation):
+            pg.execute(insert)  # type: ignore[arg-type]
+    assert open_fresh().log_impressions([_imp("fresh-1", 1), _imp("fresh-2", 2)]) == 2
+
+
+def test_impression_id_raced_by_another_transaction(backend: str, store: Store) -> None:
+    """PostgreSQL: an id committed by another transaction after the store's check is refused."""
+    if backend != "postgres":
+        pytest.skip("SQLite writers hold the file's write lock from their check to their commit")
+    errors: list[BaseException] = []
+    with psycopg.connect(store.url) as other:
+        other.execute("INSERT INTO impressions (item_ids, scores, preset, discovery, timestamp, "
+                      "impression_id) VALUES ('[]', '[]', 'p', 0, 0, 'raced')")  # not committed
+
+        def write() -> None:
+            try:  # sees no 'raced' yet, then waits on the other transaction's index entry
+                store.log_impressions([_imp("mine", 1), _imp("raced", 2)])
+            except BaseException as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=write)
+        t.start()
+        t.join(0.5)
+        assert t.is_alive()  # blocked on the uncommitted row
+        other.commit()
+        t.join(10)
+    assert len(errors) == 1 and isinstance(errors[0], DataError)
+    assert "raced" in str(errors[0]) and "nothing of the batch" in str(errors[0])
+    assert store.impressions_frame()["impression_id"].tolist() == ["raced"]  # type: ignore[attr-defined]
+
+
+def _create_v1(backend: str, store_url: str) -> None:
+    """A database as schema version 1 left it (only the first migration), with impressions."""
+    rows = [("old-user", '["a", "b"]', "[0.9, 0.1]", None, "balanced", 0.5, "ctx", 10.0),
+            (None, "[]", "[]", "[]", "accurate", 0.0, None, 11.0)]
+    if backend == "sqlite":
+        from serendip.store.sqlite import SQLITE_MIGRATIONS
+
+        version, steps = SQLITE_MIGRATIONS[0]
+        conn = sqlite3.connect(store_url.removeprefix("sqlite://"))
+        with conn:
+            conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, "
+                         "applied_at REAL NOT NULL)")
+            for sql in steps:
+                conn.execute(sql)
+            conn.execute("INSERT INTO schema_version VALUES (?, 0)", (version,))
+            conn.executemany("INSERT INTO impressions (user_id, item_ids, scores, propensities, "
+                             "preset, discovery, context, timestamp) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        conn.close()
+    else:
+        from serendip.store.postgres import POSTGRES_MIGRATIONS
+
+        version, steps = POSTGRES_MIGRATIONS[0]
+        with psycopg.connect(store_url) as pg, pg.transaction():
+            pg.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, "
+                       "applied_at DOUBLE PRECISION NOT NULL)")
+            for sql in steps:
+                pg.execute(sql)  # type: ignore[arg-type]
+            pg.execute("INSERT INTO schema_version VALUES (%s, 0)", (version,))
+            pg.cursor().executemany("INSERT INTO impressions (user_id, item_ids, scores, "
+                                    "propensities, preset, discovery, context, timestamp) "
+                                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", rows)
+    assert version == 1
+
+
+def test_migration_from_version_1_keeps_impressions(
+    backend: str, store_url: str, open_fresh: Callable[[], Store]
+) -> None:
+    _create_v1(backend, store_url)
+    store = open_fresh()  # migrates
+    assert store.schema_version() == 2  # type: ignore[attr-defined]
+    frame = store.impressions_frame()  # type: ignore[attr-defined]
+    assert frame["user_id"].tolist() == ["old-user", None]
+    assert frame.iloc[0]["item_ids"] == ["a", "b"] and frame.iloc[0]["scores"] == [0.9, 0.1]
+    assert frame.iloc[0]["context"] == "ctx" and frame.iloc[1]["propensities"] == []
+    assert frame["impression_id"].tolist() == [None, None]
+    assert store.log_impressions([_imp("new-1", 1), _imp(None, 2)]) == 2
+    with pytest.raises(DataError, match="new-1"):
+        store.log_impressions([_imp("new-1", 3)])
+    assert store.impressions_frame()["impression_id"].tolist() == [  # type: ignore[attr-defined]
+        None, None, "new-1", None]
+    assert store.migrate() == 2 and open_fresh().count_impressions() == 4
 
 
 # API keys ----------------------------------------------------------------------------------

@@ -7,9 +7,21 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from serendip.errors import DataError
 from serendip.types import Query
 
-__all__ = ["history_weights", "history_matrix", "standardize"]
+__all__ = ["history_weights", "history_matrix", "standardize", "check_dense_items"]
+
+
+def check_dense_items(who: str, n_items: int, max_items: int) -> None:
+    """Refuse a dense items x items model on a catalog too large for it, before allocating."""
+    if n_items > max_items:
+        gb = n_items * n_items * 8 * 3 / 1e9  # float64 Gram, its inverse, the weights
+        raise DataError(
+            f"{who} builds dense {n_items:,} x {n_items:,} matrices (about {gb:,.0f} GB) and is "
+            f"limited to max_items={max_items:,}; use als, textcf and semantic for this catalog "
+            f"(or raise {who}.max_items)"
+        )
 
 
 def history_weights(n: int, half_life: float | None) -> np.ndarray:

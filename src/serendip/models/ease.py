@@ -12,7 +12,7 @@ from pydantic import Field
 
 from serendip.component import ComponentConfig
 from serendip.data.dataset import Dataset
-from serendip.models._util import history_matrix
+from serendip.models._util import check_dense_items, history_matrix
 from serendip.models.base import BatchScorer
 from serendip.types import Query
 
@@ -27,6 +27,7 @@ class EASEConfig(ComponentConfig):
         None, gt=0, le=1e6,
         description="weight history items by 0.5**(age/half_life) at scoring (None = binary)",
     )
+    max_items: int = Field(40_000, ge=1, le=10**7, description="largest catalog to train on")
 
 
 class EASE(BatchScorer):
@@ -38,6 +39,7 @@ class EASE(BatchScorer):
 
     def train(self, data: Dataset) -> None:
         t0 = time.perf_counter()
+        check_dense_items(self.name, data.n_items, self.config.max_items)
         x = data.matrix
         g = (x.T @ x).toarray().astype(np.float64)
         g[np.diag_indices_from(g)] += self.config.l2

@@ -76,7 +76,7 @@ class Hybrid(BatchScorer):
             return ItemList.empty()
         views = self._views(query, retriever)
         per = retriever.config.per_source + int(np.unique(query.history).size)
-        if n_open <= 2 * per:
+        if n_open <= per:
             cand = np.flatnonzero(~blocked)
         else:
             pools = [source(per) for source in self._sources(views, retriever)]

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from serendip.component import ComponentConfig
 from serendip.data.dataset import Dataset
-from serendip.models._util import history_matrix
+from serendip.models._util import check_dense_items, history_matrix
 from serendip.models.base import BatchScorer
 from serendip.types import Query
 
@@ -21,6 +21,7 @@ class ItemKNNConfig(ComponentConfig):
     neighbors: int = Field(100, ge=1, le=10_000, description="neighbours kept per item")
     shrinkage: float = Field(10.0, ge=0, le=1e6, description="shrinks similarities of rare pairs")
     half_life: float | None = Field(None, gt=0, le=1e6, description="recency weighting of history")
+    max_items: int = Field(40_000, ge=1, le=10**7, description="largest catalog to train on")
 
 
 class ItemKNN(BatchScorer):
@@ -32,6 +33,7 @@ class ItemKNN(BatchScorer):
     config: ItemKNNConfig
 
     def train(self, data: Dataset) -> None:
+        check_dense_items(self.name, data.n_items, self.config.max_items)
         x = data.matrix
         co = (x.T @ x).toarray().astype(np.float64)
         norms = np.sqrt(np.diag(co))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -150,6 +150,7 @@ def create_app(engine: Engine, *, static_keys: dict[str, Role] | None = None,
         if start_engine and not engine.ready:
             engine.start_background()
         yield
+        engine.close()  # write the impressions still queued
 
     app = FastAPI(
         title="serendip", version=__version__, lifespan=lifespan,
@@ -224,9 +225,24 @@ def create_app(engine: Engine, *, static_keys: dict[str, Role] | None = None,
                 "serendip_model_ready": ("1 once a model is loaded.", 1.0 if engine.ready else 0.0),
                 "serendip_model_version": ("Models installed by this process.",
                                            float(engine.version)),
+                "serendip_impressions_pending": ("Impressions queued, not yet written.",
+                                                 float(engine.impression_writer.pending)),
             }
 
-        return PlainTextResponse(metrics.render(gauges),
+        def counters() -> dict[str, tuple[str, float | None]]:
+            w = engine.impression_writer.stats()
+            return {
+                "serendip_impressions_written_total": (
+                    "Impressions written to the store by the background writer.", w["written"]),
+                "serendip_impressions_dropped_total": (
+                    "Impressions dropped because the write queue was full.", w["dropped"]),
+                "serendip_impressions_lost_total": (
+                    "Impressions whose write failed (not stored).", w["lost"]),
+                "serendip_impression_write_failures_total": (
+                    "Impression batch writes that raised an error.", w["failed"]),
+            }
+
+        return PlainTextResponse(metrics.render(gauges, counters),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 
     # ------------------------------------------------------------------ catalog
@@ -287,7 +303,9 @@ def create_app(engine: Engine, *, static_keys: dict[str, Role] | None = None,
     def recommendations(
         user_id: IdPath,
         k: K = 10,
-        preset: S.PresetName = "balanced",
+        preset: Annotated[str | None, QueryParam(
+            min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+            description="a preset name from /v1/presets (default: balanced)")] = None,
         discovery: Annotated[float | None, QueryParam(ge=0.0, le=1.0, allow_inf_nan=False)] = None,
         filter: Annotated[  # the contract's parameter name
             list[str] | None,
@@ -390,18 +408,28 @@ def _admin_key(store: Any, data_dir: Path) -> str:
     return key
 
 
+def _preset_file(path: str, load: Any) -> Any:
+    """A preset TOML file given to ``serve --preset`` (an error names a missing file)."""
+    if not path.endswith(".toml"):
+        raise ConfigError(f"--preset takes a .toml file, got {path!r}")
+    if not Path(path).is_file():
+        raise ConfigError(f"preset file not found: {path!r}")
+    return load(path)
+
+
 def serve(*, store_url: str | None = None, data_dir: str | Path = "serendip-data",
           host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           cors_origin: str | None = None, seed_interactions: str | None = None,
           seed_items: str | None = None, fit_config: str | None = None,
-          max_body: int = DEFAULT_MAX_BODY, log_level: str = "warning") -> int:
+          max_body: int = DEFAULT_MAX_BODY, log_level: str = "warning",
+          presets: Sequence[str] = ()) -> int:
     """Run the service with uvicorn (one worker) until interrupted; the `serve` command."""
     import sys
     import threading
 
     import uvicorn
 
-    from serendip.pipeline import load_fit_config
+    from serendip.pipeline import load_fit_config, load_preset
     from serendip.service.engine import EngineConfig
     from serendip.store import open_store
 
@@ -413,6 +441,7 @@ def serve(*, store_url: str | None = None, data_dir: str | Path = "serendip-data
     cfg = EngineConfig(
         data_dir=ddir, fit_config=load_fit_config(fit_config) if fit_config else None,
         seed_interactions=seed_interactions, seed_items=seed_items, warm_encoder=True,
+        presets=tuple(_preset_file(p, load_preset) for p in presets),
     )
     engine = Engine(store, cfg)
     key = api_key or _admin_key(store, ddir)
@@ -452,5 +481,6 @@ def serve(*, store_url: str | None = None, data_dir: str | Path = "serendip-data
         uvicorn.run(app, host=host, port=port, workers=1, log_level=log_level,
                     access_log=False)
     finally:
+        engine.close()  # normally done by the app's shutdown already
         store.close()
     return 0

@@ -20,7 +20,13 @@ Badges on a recommended item (thresholds are relative, so they mean the same on 
 - ``serendipitous``: unexpectedness ``1 - mean cosine(item, history)`` (encoder space) at or
   above the 75th percentile of the whole catalog's unexpectedness for this user, *and*
   relevance (the blend's score before re-ranking) at or above the list's median: unlike the
-  user's history, yet judged a good match.  Needs a history.
+  user's history, yet judged a good match.  Needs a history.  On catalogs over
+  ``REFERENCE_ITEMS`` items the percentile is taken over a fixed random sample of that many
+  items (its rank error is about half a percentile), so a request never scans the catalog.
+
+Large catalogs are served by candidate retrieval (``serendip.models.retrieval``): the blend
+scores only the items its sources return, and search blends the text match with the user's
+taste on those candidates, standardising the taste with statistics from the same sample.
 """
 
 from __future__ import annotations
@@ -42,9 +48,11 @@ from serendip.data.dataset import Dataset
 from serendip.errors import ConfigError, DataError, SerendipError, UnknownIdError
 from serendip.eval.metrics import head_by_item_share
 from serendip.models._util import standardize
+from serendip.models.base import TEXT_SPACE
 from serendip.models.ease import EASE
-from serendip.pipeline import PRESETS, FitConfig, Pipeline, Recommender
+from serendip.pipeline import PRESETS, FitConfig, Pipeline, Preset, Recommender, load_preset
 from serendip.rerank.base import maybe_unit_vectors
+from serendip.service.impressions import ImpressionWriter, new_impression_id
 from serendip.store.base import EVENT_TYPES, EventAck, EventRecord, Impression, ItemRecord, Store
 from serendip.text import Encoder, EncoderConfig, request_text
 from serendip.text.templates import cell_text
@@ -66,6 +74,8 @@ HEAD_SHARE = 0.2
 SERENDIPITY_QUANTILE = 0.75
 #: Text matches used as session context by search.
 SESSION_ITEMS = 3
+#: Catalogs larger than this take per-user reference statistics from a sample of this size.
+REFERENCE_ITEMS = 8192
 
 
 class NotReadyError(SerendipError, RuntimeError):
@@ -93,6 +103,14 @@ class EngineConfig:
     similar_semantic_weight: float = 0.5  # semantic share of the similar-items blend
     search_user_weight: float = 0.5  # weight of the hybrid (taste) z-scores in search
     warm_encoder: bool = False  # load the encoder in the background once a model is ready
+    #: presets beside (or replacing, by name) the shipped ones, e.g. from ``serve --preset``
+    presets: tuple[Preset, ...] = ()
+    default_preset: str = "balanced"  # used by search and when a request names none
+
+    def all_presets(self) -> dict[str, Preset]:
+        out = {name: load_preset(name) for name in PRESETS}
+        out.update({p.name: p for p in self.presets})
+        return out
 
     @property
     def model_dir(self) -> Path:
@@ -120,7 +138,8 @@ class ModelState:
     """A fitted model plus what serving derives from it once (read-only after construction,
     except the ``excluded`` mask of items deleted from the store since the fit)."""
 
-    def __init__(self, rec: Recommender, fitted_at: float, store_item_ids: set[str] | None):
+    def __init__(self, rec: Recommender, fitted_at: float, store_item_ids: set[str] | None,
+                 presets: dict[str, Preset] | None = None):
         data = rec.data
         self.rec = rec
         self.fitted_at = fitted_at
@@ -146,7 +165,27 @@ class ModelState:
                 if iid not in store_item_ids:
                     self.excluded[i] = True
         self.collab = self._collaborative(rec)
-        self.pipelines: dict[str, Pipeline] = {name: rec.pipeline(name) for name in PRESETS}
+        # a preset that blends a model this fit does not have is reported, not fatal
+        self.pipelines: dict[str, Pipeline] = {}
+        self.unavailable: dict[str, str] = {}
+        for name, preset in (presets or {n: load_preset(n) for n in PRESETS}).items():
+            try:
+                if name in PRESETS and preset == load_preset(name):  # shipped: may be adapted
+                    self.pipelines[name] = rec.pipeline(name)
+                else:
+                    self.pipelines[name] = rec.pipeline(preset)
+            except ConfigError as e:
+                self.unavailable[name] = str(e)
+                log.warning("preset %r is not available on this model: %s", name, e)
+        if not self.pipelines:
+            raise ConfigError(f"no preset can be built on this model: {self.unavailable}")
+        # a fixed sample of items for per-request reference statistics on large catalogs
+        if self.n_items > REFERENCE_ITEMS:
+            rng = np.random.default_rng(0)
+            self.reference = np.sort(rng.choice(self.n_items, REFERENCE_ITEMS, replace=False))
+        else:
+            self.reference = np.arange(self.n_items)
+        self.retriever = rec.retriever()  # built now, not by the first request
         self._filters: dict[str, dict[str, np.ndarray]] = {}
         self._filters_lock = threading.Lock()
 
@@ -221,8 +260,14 @@ class Engine:
         *,
         recommender: Recommender | None = None,
         encoder: TextEncoder | None = None,
+        impression_writer: ImpressionWriter | None = None,
     ) -> None:
         self.store = store
+        # Impressions are written in batches by a background thread, off the request path
+        # (None: a writer over this store with the default batch size and interval).
+        self.impression_writer = (
+            impression_writer if impression_writer is not None else ImpressionWriter(store)
+        )
         self.config = config
         self._injected = recommender
         self._encoder: TextEncoder | None = encoder
@@ -279,6 +324,14 @@ class Engine:
             except SerendipError as e:  # search will report it; everything else works
                 log.warning("encoder not available: %s", e)
 
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Write the impressions still queued and stop their writer thread (shutdown).
+
+        The store stays open (whoever opened it closes it).  Serving after ``close`` still
+        works: the next impression starts a new writer thread.
+        """
+        self.impression_writer.close(timeout)
+
     def start_background(self) -> threading.Thread:
         def run() -> None:
             try:
@@ -293,7 +346,7 @@ class Engine:
 
     def _install(self, rec: Recommender, fitted_at: float) -> None:
         store_ids = set(self.store.items_frame()["item_id"].astype(str))
-        state = ModelState(rec, fitted_at, store_ids)
+        state = ModelState(rec, fitted_at, store_ids, self.config.all_presets())
         with self._lock:
             # deletions that happened while the state was being built
             current = set(self.store.items_frame()["item_id"].astype(str))
@@ -349,16 +402,20 @@ class Engine:
         log.info("seeded the store with %d items and %d events in %.1fs",
                  len(records), len(events), time.perf_counter() - t0)
 
-    def fit_config(self) -> FitConfig:
+    def fit_config(self, n_items: int | None = None) -> FitConfig:
+        """The configured fit config, else the current model's, else the default for a
+        catalog of ``n_items`` (the store's size when not given)."""
         if self.config.fit_config is not None:
             return self.config.fit_config
         s = self._state
-        return s.rec.config if s is not None else FitConfig()
+        if s is not None:
+            return s.rec.config
+        return FitConfig.default_for(self.store.count_items() if n_items is None else n_items)
 
     def fit_from_store(self) -> Recommender:
         """Fit every scorer on the store's positive events and current catalog."""
-        cfg = self.fit_config()
         items = self.store.items_frame()
+        cfg = self.fit_config(len(items))
         events = self.store.events_frame(types=POSITIVE_TYPES)
         events = events[events["item_id"].isin(items["item_id"])]
         if len(events) == 0:
@@ -523,14 +580,14 @@ class Engine:
             allowed[negative] = False
         return np.flatnonzero(allowed)
 
-    def recommend(self, user_id: str, k: int = 10, preset: str = "balanced",
+    def recommend(self, user_id: str, k: int = 10, preset: str | None = None,
                   discovery: float | None = None, filters: Sequence[str] = ()) -> dict[str, Any]:
         s = self.state
         hist, neg = self.history(s, user_id)
         q = Query(s.user_pos.get(user_id), hist)
         return self._serve(s, q, user_id, k, preset, discovery, self._allowed(s, filters, neg))
 
-    def recommend_session(self, item_ids: Sequence[str], k: int = 10, preset: str = "balanced",
+    def recommend_session(self, item_ids: Sequence[str], k: int = 10, preset: str | None = None,
                           discovery: float | None = None) -> dict[str, Any]:
         s = self.state
         hist = []
@@ -547,12 +604,16 @@ class Engine:
     def _pipeline(self, s: ModelState, preset: str) -> Pipeline:
         p = s.pipelines.get(preset)
         if p is None:
-            raise ConfigError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+            if preset in s.unavailable:
+                raise ConfigError(f"preset {preset!r} is not available on this model: "
+                                  f"{s.unavailable[preset]}")
+            raise ConfigError(f"unknown preset {preset!r}; valid: {', '.join(s.pipelines)}")
         return p
 
-    def _serve(self, s: ModelState, q: Query, user_id: str | None, k: int, preset: str,
+    def _serve(self, s: ModelState, q: Query, user_id: str | None, k: int, preset: str | None,
                discovery: float | None, candidates: np.ndarray | None,
                context: str | None = None) -> dict[str, Any]:
+        preset = preset or self.config.default_preset
         pipe = self._pipeline(s, preset)
         d = float(pipe.preset.discovery if discovery is None else discovery)
         # one request computes at a time: the numeric work is short (a few ms) and threads
@@ -568,15 +629,22 @@ class Engine:
                 "impression_id": imp_id, "items": items}
 
     def log_impression(self, user_id: str | None, items: list[dict[str, Any]], preset: str,
-                       discovery: float, context: str | None) -> int:
+                       discovery: float, context: str | None) -> str:
+        """Queue the list for the impression log and return its public id at once.
+
+        The id and timestamp are fixed here, at serve time; the row is written by the
+        background writer within about ``flush_interval`` (``impression_writer.flush()``
+        waits for it).
+        """
+        imp_id = new_impression_id()
         imp = Impression(
             user_id, tuple(it["item_id"] for it in items), tuple(it["score"] for it in items),
-            preset, discovery, None, context,
+            preset, discovery, None, context, time.time(), imp_id,
         )
-        n = self.store.log_impression(imp)
+        self.impression_writer.submit(imp)
         if self.on_impression is not None:
             self.on_impression()
-        return n
+        return imp_id
 
     def describe(self, s: ModelState, q: Query, lst: ItemList) -> list[dict[str, Any]]:
         """Output rows with badges (see the module docstring for their definitions)."""
@@ -590,9 +658,9 @@ class Engine:
         if hist.size:
             ref_info = float(s.self_info[hist].mean())
             centre = s.vectors[hist].mean(axis=0)
-            unexp_all = 1.0 - s.vectors @ centre
-            threshold = float(np.quantile(unexp_all, SERENDIPITY_QUANTILE))
-            serendipitous = (unexp_all[idx] >= threshold) & top_half
+            unexp_ref = 1.0 - s.vectors[s.reference] @ centre
+            threshold = float(np.quantile(unexp_ref, SERENDIPITY_QUANTILE))
+            serendipitous = ((1.0 - s.vectors[idx] @ centre) >= threshold) & top_half
         else:
             ref_info = s.mean_info
             serendipitous = np.zeros(idx.size, dtype=bool)
@@ -667,40 +735,81 @@ class Engine:
                 f"{s.vectors.shape[1]}-d ones; retrain with this encoder"
             )
         qv = qv / max(float(np.linalg.norm(qv)), 1e-12)
-        cos = (s.vectors @ qv).astype(np.float64)
         blocked = s.excluded.copy()
         hist = np.zeros(0, dtype=np.int64)
+        neg = np.zeros(0, dtype=np.int64)
         u = None
         if user_id is not None:
             hist, neg = self.history(s, user_id)
             blocked[hist] = True
             blocked[neg] = True
             u = s.user_pos.get(user_id)
-        text_score = np.where(blocked, -np.inf, cos)
-        n_ok = int((~blocked).sum())
-        session = np.argsort(-text_score, kind="stable")[: min(SESSION_ITEMS, n_ok)]
-        pipe = self._pipeline(s, "balanced")
-        context = np.concatenate([hist, session]).astype(np.int64)
-        taste = standardize(pipe.hybrid.score_many([Query(u, context)])[0])
-        taste = np.where(np.isfinite(taste), taste, 0.0)
-        blend = standardize(text_score) + self.config.search_user_weight * taste
-        blend = np.where(blocked, -np.inf, blend)
+        preset = self.config.default_preset
+        pipe = self._pipeline(s, preset)
+        n_pool = max(pipe.preset.candidates, k)
         d = 0.0 if discovery is None else float(discovery)
-        pool = ItemList(np.arange(s.n_items), blend)
-        pool = pool.take(np.flatnonzero(np.isfinite(blend))).top(max(pipe.preset.candidates, k))
+        with self._compute_lock:
+            pool, session, context, cos = self._search_pool(s, pipe, qv, u, hist, neg, blocked,
+                                                            n_pool)
         q = Query(u, context, prompt, discovery=d)
         lst = pool
         for rr in pipe.rerankers:
             lst = rr(q, lst, k)
         lst = lst.take(np.arange(min(k, len(lst))))
-        reasons = [[f"matches your request (similarity {cos[i]:.2f})", *r]
+        reasons = [[f"matches your request (similarity {cos(i):.2f})", *r]
                    for i, r in zip(lst.items.tolist(), lst.reason_lists(), strict=True)]
         lst = lst.with_reasons(reasons)
         items = self.describe(s, Query(u, hist), lst)
-        imp_id = self.log_impression(user_id, items, "balanced", d, text)
-        return {"user_id": user_id, "preset": "balanced", "discovery": d,
+        imp_id = self.log_impression(user_id, items, preset, d, text)
+        return {"user_id": user_id, "preset": preset, "discovery": d,
                 "impression_id": imp_id, "query": text,
                 "session_items": [s.item_ids[i] for i in session.tolist()], "items": items}
+
+    def _search_pool(self, s: ModelState, pipe: Pipeline, qv: np.ndarray, u: int | None,
+                     hist: np.ndarray, neg: np.ndarray, blocked: np.ndarray, n_pool: int
+                     ) -> tuple[ItemList, np.ndarray, np.ndarray, Any]:
+        """Search candidates: standardised text match + weighted standardised taste.
+
+        Returns the pool (best first), the session items (best text matches), the context
+        (history + session) and a function giving an item's cosine to the request.
+        """
+        w = self.config.search_user_weight
+        r = s.retriever
+        space = r.spaces.get(TEXT_SPACE) if r is not None else None
+        if r is None or space is None:
+            cos = (s.vectors @ qv).astype(np.float64)
+            text_score = np.where(blocked, -np.inf, cos)
+            n_ok = int((~blocked).sum())
+            session = np.argsort(-text_score, kind="stable")[: min(SESSION_ITEMS, n_ok)]
+            context = np.concatenate([hist, session]).astype(np.int64)
+            taste = standardize(pipe.hybrid.score_many([Query(u, context)])[0])
+            taste = np.where(np.isfinite(taste), taste, 0.0)
+            blend = standardize(text_score) + w * taste
+            blend = np.where(blocked, -np.inf, blend)
+            pool = ItemList(np.arange(s.n_items), blend)
+            pool = pool.take(np.flatnonzero(np.isfinite(blend))).top(n_pool)
+            return pool, session, context, lambda i: float(cos[i])
+        # large catalog: text matches from the text index + the taste blend's own candidates
+        n_src = r.config.per_source + int(hist.size + neg.size)
+        text_hits = space.search(qv, n_src)
+        text_hits = text_hits[~blocked[text_hits]]
+        session = text_hits[:SESSION_ITEMS]
+        context = np.concatenate([hist, session]).astype(np.int64)
+        tq = Query(u, context)
+        taste_hits = pipe.hybrid.retrieve(tq, r, n_src, allowed=~blocked).items
+        cand = np.unique(np.concatenate([text_hits, taste_hits, session]))
+        mu, sd = space.stats(qv.astype(np.float64), 0.0)
+        cos_c = (s.vectors[cand] @ qv).astype(np.float64)
+        text_z = (cos_c - mu) / (sd if sd > 0 else 1.0)
+        ref = pipe.hybrid.score_items(tq, r, s.reference)
+        ref = ref[np.isfinite(ref)]
+        t_mu = float(ref.mean()) if ref.size else 0.0
+        t_sd = float(ref.std()) if ref.size else 0.0
+        taste = (pipe.hybrid.score_items(tq, r, cand) - t_mu) / (t_sd if t_sd > 0 else 1.0)
+        taste = np.where(np.isfinite(taste), taste, 0.0)
+        pool = ItemList(cand, text_z + w * taste).top(n_pool)
+        cos_of = dict(zip(cand.tolist(), cos_c.tolist(), strict=True))
+        return pool, session, context, lambda i: cos_of.get(int(i), float(s.vectors[i] @ qv))
 
     # ------------------------------------------------------------------- explanations
     def explain(self, user_id: str, item_id: str) -> dict[str, Any]:
@@ -745,11 +854,10 @@ class Engine:
                 "unexpectedness": unexp, "text": " ".join(parts)}
 
     def presets(self) -> list[dict[str, Any]]:
-        from serendip.pipeline import load_preset
-
         s = self._state
-        out = []
-        for name in PRESETS:
-            p = s.pipelines[name].preset if s is not None else load_preset(name)
-            out.append({"name": name, "description": p.description, "discovery": p.discovery})
-        return out
+        if s is None:
+            presets = self.config.all_presets()
+        else:
+            presets = {name: pipe.preset for name, pipe in s.pipelines.items()}
+        return [{"name": name, "description": p.description, "discovery": p.discovery}
+                for name, p in presets.items()]

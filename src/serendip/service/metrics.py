@@ -1,7 +1,8 @@
 """Prometheus metrics in the text exposition format (0.0.4), written by hand.
 
 Request counts by method/route/status, a latency histogram per route, model age, events and
-impressions counted by this process.  Routes are labelled by their template
+impressions counted by this process, and the impression writer's counters (written, dropped,
+lost, failed writes).  Routes are labelled by their template
 (``/v1/users/{user_id}/recommendations``), never by the raw path, so label cardinality stays
 bounded whatever ids clients send.
 """
@@ -63,8 +64,10 @@ class Metrics:
         with self._lock:
             self._impressions += 1
 
-    def render(self, gauges: Callable[[], dict[str, tuple[str, float | None]]] | None = None) -> str:
-        """The exposition text; ``gauges`` returns name -> (help, value) read at scrape time."""
+    def render(self, gauges: Callable[[], dict[str, tuple[str, float | None]]] | None = None,
+               counters: Callable[[], dict[str, tuple[str, float | None]]] | None = None) -> str:
+        """The exposition text; ``gauges`` and ``counters`` return name -> (help, value), read
+        at scrape time (counters kept elsewhere, e.g. by the impression writer)."""
         out: list[str] = []
         with self._lock:
             out += [
@@ -115,8 +118,10 @@ class Metrics:
             "# TYPE serendip_uptime_seconds gauge",
             f"serendip_uptime_seconds {time.time() - self.started:.3f}",
         ]
-        for name, (help_text, value) in (gauges() if gauges else {}).items():
-            if value is None:
-                continue
-            out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {_num(value)}"]
+        for kind, read in (("counter", counters), ("gauge", gauges)):
+            for name, (help_text, value) in (read() if read else {}).items():
+                if value is None:
+                    continue
+                out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}",
+                        f"{name} {_num(value)}"]
         return "\n".join(out) + "\n"

@@ -27,7 +27,9 @@ MAX_ID = 256
 MAX_FIELD = 10_000
 PRESET_NAMES = ("accurate", "balanced", "discovery")
 
-PresetName = Literal["accurate", "balanced", "discovery"]
+#: A shipped preset or one given to ``serve --preset``; the engine says which exist.
+PresetName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+                                  examples=list(PRESET_NAMES))]
 EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
 RoleName = Literal[ROLES]  # type: ignore[valid-type]
 
@@ -109,7 +111,7 @@ class SessionIn(_In):
     item_ids: list[Id] = Field(default_factory=list, max_length=200,
                                description="the session's items, oldest first")
     k: int = Field(10, ge=1, le=100)
-    preset: PresetName = "balanced"
+    preset: PresetName | None = None
     discovery: Discovery | None = None
 
 
@@ -186,7 +188,10 @@ class Recommendations(_Out):
     user_id: str | None
     preset: str
     discovery: float
-    impression_id: int
+    impression_id: str = Field(
+        description="id of this list in the impression log (32 hex characters, time-ordered); "
+                    "the log row is written asynchronously, in batches"
+    )
     items: list[RecItem]
 
 

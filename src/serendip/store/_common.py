@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import math
+import re
 import secrets
 import time
 from collections.abc import Iterable, Sequence
@@ -44,6 +45,10 @@ __all__ = [
     "prepare_users",
     "prepare_events",
     "check_impression",
+    "check_impression_id",
+    "prepare_impressions",
+    "PreparedImpression",
+    "duplicate_impression_ids",
     "check_role",
     "check_key_name",
     "new_api_key",
@@ -59,8 +64,10 @@ KEY_PREFIX = "sk_"
 EVENT_COLUMNS = ["user_id", "item_id", "timestamp", "type", "value"]
 IMPRESSION_COLUMNS = [
     "id", "user_id", "item_ids", "scores", "propensities", "preset", "discovery", "context",
-    "timestamp",
+    "timestamp", "impression_id",
 ]
+#: Public impression ids: short, URL- and log-safe tokens.
+_IMPRESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _HASH_SCHEME = "hmac-sha256"
 _MAX_ID_LEN = 1024
 
@@ -187,39 +194,113 @@ def check_event_types(types: Sequence[str] | str) -> list[str]:
     return out
 
 
-def check_impression(imp: Impression) -> Impression:
-    """Refuse impressions whose arrays disagree in length or hold non-finite numbers."""
+def check_impression_id(value: object, what: str = "impression_id") -> str:
+    """A public impression id: 1 to 64 characters of ``[A-Za-z0-9_-]``."""
+    if not isinstance(value, str) or _IMPRESSION_ID.fullmatch(value) is None:
+        raise DataError(
+            f"{what} must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-', got {value!r}"
+        )
+    return value
+
+
+def check_impression(imp: Impression, what: str = "impression") -> Impression:
+    """Refuse impressions whose arrays disagree in length or hold non-finite numbers.
+
+    ``what`` starts every message (``"impression #3"`` names a position in a batch).
+    """
     if not isinstance(imp, Impression):
-        raise DataError(f"expected Impression, got {type(imp).__name__}")
+        raise DataError(f"{what}: expected Impression, got {type(imp).__name__}")
     if imp.user_id is not None:
-        check_id(imp.user_id, "impression user_id")
+        check_id(imp.user_id, f"{what} user_id")
     for i, item_id in enumerate(imp.item_ids):
-        check_id(item_id, f"impression item_ids[{i}]")
+        check_id(item_id, f"{what} item_ids[{i}]")
     if len(imp.scores) != len(imp.item_ids):
         raise DataError(
-            f"impression scores must align with item_ids, got {len(imp.scores)} scores "
+            f"{what} scores must align with item_ids, got {len(imp.scores)} scores "
             f"for {len(imp.item_ids)} items"
         )
     for i, s in enumerate(imp.scores):
-        _finite(s, f"impression scores[{i}]")
+        _finite(s, f"{what} scores[{i}]")
     if imp.propensities is not None:
         if len(imp.propensities) != len(imp.item_ids):
             raise DataError(
-                f"impression propensities must align with item_ids, got "
+                f"{what} propensities must align with item_ids, got "
                 f"{len(imp.propensities)} for {len(imp.item_ids)} items"
             )
         for i, p in enumerate(imp.propensities):
-            if not 0.0 <= _finite(p, f"impression propensities[{i}]") <= 1.0:
-                raise DataError(f"impression propensities[{i}] must lie in [0, 1], got {p!r}")
-    check_id(imp.preset, "impression preset")
-    d = _finite(imp.discovery, "impression discovery")
+            if not 0.0 <= _finite(p, f"{what} propensities[{i}]") <= 1.0:
+                raise DataError(f"{what} propensities[{i}] must lie in [0, 1], got {p!r}")
+    check_id(imp.preset, f"{what} preset")
+    d = _finite(imp.discovery, f"{what} discovery")
     if not 0.0 <= d <= 1.0:
-        raise DataError(f"impression discovery must lie in [0, 1], got {imp.discovery!r}")
+        raise DataError(f"{what} discovery must lie in [0, 1], got {imp.discovery!r}")
     if imp.context is not None:
-        _check_text(imp.context, "impression context")
+        _check_text(imp.context, f"{what} context")
     if imp.timestamp is not None:
-        _finite(imp.timestamp, "impression timestamp")
+        _finite(imp.timestamp, f"{what} timestamp")
+    if imp.impression_id is not None:
+        check_impression_id(imp.impression_id, f"{what} impression_id")
     return imp
+
+
+@dataclass(frozen=True)
+class PreparedImpression:
+    """A validated impression with its lists as plain Python values and a timestamp filled."""
+
+    user_id: str | None
+    item_ids: list[str]
+    scores: list[float]
+    propensities: list[float] | None
+    preset: str
+    discovery: float
+    context: str | None
+    timestamp: float
+    impression_id: str | None
+
+
+def prepare_impressions(
+    impressions: Sequence[Impression], now: float | None = None, *, single: bool = False
+) -> list[PreparedImpression]:
+    """Validate a batch, fill missing timestamps with ``now`` and refuse repeated ids.
+
+    Messages name the position in the batch (``impression #2 ...``), or just ``impression``
+    with ``single=True`` (``log_impression``).
+    """
+    if isinstance(impressions, Impression):
+        raise DataError("impressions must be a sequence of Impression, got one Impression")
+    now = time.time() if now is None else now
+    out: list[PreparedImpression] = []
+    seen: dict[str, int] = {}
+    for n, imp in enumerate(impressions):
+        what = "impression" if single else f"impression #{n}"
+        check_impression(imp, what)
+        key = imp.impression_id
+        if key is not None:
+            if key in seen:
+                raise DataError(
+                    f"{what}: impression_id {key!r} repeats impression #{seen[key]} of the batch"
+                )
+            seen[key] = n
+        out.append(
+            PreparedImpression(
+                imp.user_id,
+                list(imp.item_ids),
+                [float(s) for s in imp.scores],
+                None if imp.propensities is None else [float(p) for p in imp.propensities],
+                imp.preset,
+                float(imp.discovery),
+                imp.context,
+                now if imp.timestamp is None else float(imp.timestamp),
+                key,
+            )
+        )
+    return out
+
+
+def duplicate_impression_ids(keys: Iterable[str]) -> DataError:
+    """The error for impression ids that are already stored (the batch is not written)."""
+    shown = ", ".join(repr(k) for k in list(keys)[:5])
+    return DataError(f"impression_id already stored: {shown}; nothing of the batch was written")
 
 
 def check_role(role: object) -> Role:

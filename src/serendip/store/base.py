@@ -55,7 +55,13 @@ class EventAck:
 
 @dataclass(frozen=True)
 class Impression:
-    """A list shown to a user: kept for evaluation and for off-policy learning later."""
+    """A list shown to a user: kept for evaluation and for off-policy learning later.
+
+    ``impression_id`` is the public id the API returns with the list (1 to 64 characters of
+    ``[A-Za-z0-9_-]``, unique in the store); the engine makes one at serve time so the response
+    does not wait for the write.  ``None`` stores no public id (rows older than schema version 2
+    have none).
+    """
 
     user_id: str | None
     item_ids: tuple[str, ...]
@@ -65,6 +71,7 @@ class Impression:
     propensities: tuple[float, ...] | None = None
     context: str | None = None  # e.g. the natural-language request
     timestamp: float | None = None
+    impression_id: str | None = None
 
 
 @runtime_checkable
@@ -104,7 +111,17 @@ class Store(Protocol):
         """User ids with the most events first (ties by id)."""
 
     # impressions ---------------------------------------------------------------------
-    def log_impression(self, impression: Impression) -> int: ...
+    def log_impression(self, impression: Impression) -> int:
+        """Store one impression; returns its row id (an integer internal to the store)."""
+
+    def log_impressions(self, impressions: Sequence[Impression]) -> int:
+        """Store impressions in one transaction, all or none; returns how many were stored.
+
+        Every impression is validated before anything is written; a bad one, or an
+        ``impression_id`` that is repeated in the batch or already stored, raises DataError
+        naming it and stores nothing of the batch.
+        """
+
     def count_impressions(self) -> int: ...
 
     # API keys (only hashes are stored) -----------------------------------------------

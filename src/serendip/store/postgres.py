@@ -22,11 +22,12 @@ from psycopg.types.json import Jsonb
 from serendip.errors import ConfigError, DataError, StoreError
 from serendip.store._common import (
     IMPRESSION_COLUMNS,
+    PreparedImpression,
     check_event_types,
-    check_impression,
     check_key_name,
     check_limit,
     check_role,
+    duplicate_impression_ids,
     events_frame_from_rows,
     fields_frame,
     hash_key,
@@ -34,6 +35,7 @@ from serendip.store._common import (
     key_lookup,
     new_api_key,
     prepare_events,
+    prepare_impressions,
     prepare_items,
     prepare_users,
     verify_key,
@@ -90,6 +92,15 @@ POSTGRES_MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
                 revoked BOOLEAN NOT NULL DEFAULT FALSE
             )""",
             "CREATE INDEX api_keys_lookup ON api_keys (key_lookup)",
+        ),
+    ),
+    (
+        2,
+        (
+            # Public impression ids, made by the engine at serve time; older rows keep NULL
+            # (a UNIQUE index allows any number of NULLs).
+            "ALTER TABLE impressions ADD COLUMN impression_id TEXT",
+            "CREATE UNIQUE INDEX impressions_impression_id ON impressions (impression_id)",
         ),
     ),
 )
@@ -398,26 +409,63 @@ class PostgresStore:
 
     # impressions -----------------------------------------------------------------------
     def log_impression(self, impression: Impression) -> int:
-        imp = check_impression(impression)
-        params = (
-            imp.user_id,
-            Jsonb(list(imp.item_ids)),
-            Jsonb([float(s) for s in imp.scores]),
-            None if imp.propensities is None else Jsonb([float(p) for p in imp.propensities]),
-            imp.preset,
-            float(imp.discovery),
-            imp.context,
-            time.time() if imp.timestamp is None else float(imp.timestamp),
+        row_id = self._insert_impressions(prepare_impressions([impression], single=True))
+        assert row_id is not None
+        return row_id
+
+    def log_impressions(self, impressions: Sequence[Impression]) -> int:
+        prepared = prepare_impressions(impressions)
+        self._insert_impressions(prepared)
+        return len(prepared)
+
+    def _insert_impressions(self, prepared: list[PreparedImpression]) -> int | None:
+        """One transaction; returns the new row id when the batch holds one impression."""
+        if not prepared:
+            return None
+        rows = [
+            (
+                p.user_id,
+                Jsonb(p.item_ids),
+                Jsonb(p.scores),
+                None if p.propensities is None else Jsonb(p.propensities),
+                p.preset,
+                p.discovery,
+                p.context,
+                p.timestamp,
+                p.impression_id,
+            )
+            for p in prepared
+        ]
+        keys = [p.impression_id for p in prepared if p.impression_id is not None]
+        sql = (
+            "INSERT INTO impressions (user_id, item_ids, scores, propensities, preset, "
+            "discovery, context, timestamp, impression_id) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
         )
-        with self._write() as cur:
-            row = cur.execute(
-                "INSERT INTO impressions (user_id, item_ids, scores, propensities, preset, "
-                "discovery, context, timestamp) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
-                "RETURNING id",
-                params,
-            ).fetchone()
-        assert row is not None
-        return int(row[0])
+        row_id: int | None = None
+        try:
+            with self._write() as cur:
+                if keys:
+                    cur.execute(
+                        "SELECT impression_id FROM impressions WHERE impression_id = ANY(%s)",
+                        (keys,),
+                    )
+                    taken = [r[0] for r in cur.fetchall()]
+                    if taken:
+                        raise duplicate_impression_ids(taken)
+                if len(rows) == 1:
+                    row = cur.execute(sql + " RETURNING id", rows[0]).fetchone()
+                    assert row is not None
+                    row_id = int(row[0])
+                else:
+                    cur.executemany(sql, rows)
+        except psycopg.errors.UniqueViolation as exc:
+            # stored by a concurrent transaction after the check above
+            detail = exc.diag.message_detail or str(exc)
+            raise DataError(
+                f"impression_id already stored ({detail}); nothing of the batch was written"
+            ) from exc
+        return row_id
 
     def count_impressions(self) -> int:
         return self._count("impressions")
@@ -427,7 +475,7 @@ class PostgresStore:
         with self._read() as cur:
             rows = cur.execute(
                 "SELECT id, user_id, item_ids, scores, propensities, preset, discovery, context, "
-                "timestamp FROM impressions ORDER BY id"
+                "timestamp, impression_id FROM impressions ORDER BY id"
             ).fetchall()
         return pd.DataFrame.from_records(rows, columns=IMPRESSION_COLUMNS)
 

@@ -26,11 +26,12 @@ import pandas as pd
 from serendip.errors import ConfigError, DataError, StoreError
 from serendip.store._common import (
     IMPRESSION_COLUMNS,
+    PreparedImpression,
     check_event_types,
-    check_impression,
     check_key_name,
     check_limit,
     check_role,
+    duplicate_impression_ids,
     events_frame_from_rows,
     fields_frame,
     hash_key,
@@ -38,6 +39,7 @@ from serendip.store._common import (
     key_lookup,
     new_api_key,
     prepare_events,
+    prepare_impressions,
     prepare_items,
     prepare_users,
     verify_key,
@@ -102,6 +104,15 @@ SQLITE_MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
                 revoked INTEGER NOT NULL DEFAULT 0
             )""",
             "CREATE INDEX api_keys_lookup ON api_keys (key_lookup)",
+        ),
+    ),
+    (
+        2,
+        (
+            # Public impression ids, made by the engine at serve time; older rows keep NULL
+            # (a UNIQUE index allows any number of NULLs).
+            "ALTER TABLE impressions ADD COLUMN impression_id TEXT",
+            "CREATE UNIQUE INDEX impressions_impression_id ON impressions (impression_id)",
         ),
     ),
 )
@@ -430,24 +441,55 @@ class SQLiteStore:
 
     # impressions -----------------------------------------------------------------------
     def log_impression(self, impression: Impression) -> int:
-        imp = check_impression(impression)
-        params = (
-            imp.user_id,
-            json.dumps(list(imp.item_ids), ensure_ascii=False),
-            json.dumps([float(s) for s in imp.scores]),
-            None if imp.propensities is None else json.dumps([float(p) for p in imp.propensities]),
-            imp.preset,
-            float(imp.discovery),
-            imp.context,
-            time.time() if imp.timestamp is None else float(imp.timestamp),
-        )
-        with self._write() as conn:
-            cur = conn.execute(
-                "INSERT INTO impressions (user_id, item_ids, scores, propensities, preset, "
-                "discovery, context, timestamp) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                params,
+        return self._insert_impressions(prepare_impressions([impression], single=True))[0]
+
+    def log_impressions(self, impressions: Sequence[Impression]) -> int:
+        return len(self._insert_impressions(prepare_impressions(impressions)))
+
+    def _insert_impressions(self, prepared: list[PreparedImpression]) -> list[int]:
+        """One transaction; returns the new row ids in batch order."""
+        if not prepared:
+            return []
+        rows = [
+            (
+                p.user_id,
+                json.dumps(p.item_ids, ensure_ascii=False),
+                json.dumps(p.scores),
+                None if p.propensities is None else json.dumps(p.propensities),
+                p.preset,
+                p.discovery,
+                p.context,
+                p.timestamp,
+                p.impression_id,
             )
-            return int(cur.lastrowid or 0)
+            for p in prepared
+        ]
+        keys = [p.impression_id for p in prepared if p.impression_id is not None]
+        try:
+            with self._write() as conn:
+                taken: list[str] = []
+                for chunk in _chunks(keys):
+                    marks = ",".join("?" * len(chunk))
+                    taken += [
+                        r[0]
+                        for r in conn.execute(
+                            f"SELECT impression_id FROM impressions WHERE impression_id IN ({marks})",
+                            tuple(chunk),
+                        )
+                    ]
+                if taken:
+                    raise duplicate_impression_ids(taken)
+                conn.executemany(
+                    "INSERT INTO impressions (user_id, item_ids, scores, propensities, preset, "
+                    "discovery, context, timestamp, impression_id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                # one write transaction: AUTOINCREMENT hands out consecutive ids
+                last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+        except sqlite3.IntegrityError as exc:  # pragma: no cover - the check above sees all
+            raise DataError(f"impressions not stored: {exc}") from exc
+        return list(range(last - len(rows) + 1, last + 1))
 
     def count_impressions(self) -> int:
         with self._read() as conn:
@@ -458,11 +500,12 @@ class SQLiteStore:
         with self._read() as conn:
             rows = conn.execute(
                 "SELECT id, user_id, item_ids, scores, propensities, preset, discovery, context, "
-                "timestamp FROM impressions ORDER BY id"
+                "timestamp, impression_id FROM impressions ORDER BY id"
             ).fetchall()
         decoded = [
-            (i, u, json.loads(a), json.loads(s), None if p is None else json.loads(p), pr, d, c, t)
-            for i, u, a, s, p, pr, d, c, t in rows
+            (i, u, json.loads(a), json.loads(s), None if p is None else json.loads(p), pr, d, c, t,
+             k)
+            for i, u, a, s, p, pr, d, c, t, k in rows
         ]
         return pd.DataFrame.from_records(decoded, columns=IMPRESSION_COLUMNS)
 
