@@ -367,8 +367,9 @@ def serve_command(args: argparse.Namespace, catalog: str, work: Path, port: int,
                   key: str) -> tuple[list[str], list[str], list[str]]:
     """The ``serendip serve`` command line, and the user and item ids to draw requests from."""
     exe = str(Path(sys.executable).with_name("serendip"))
+    # no automatic retrain: the ingestion phase would start one, and it measures serving only
     cmd = [exe, "-q", "serve", "--host", HOST, "--port", str(port), "--data-dir", str(work),
-           "--api-key", key]
+           "--api-key", key, "--refresh-interval", "0"]
     if catalog == "ml100k":  # an empty store seeds itself with MovieLens-100K
         from serendip.data import load_movielens_100k
 

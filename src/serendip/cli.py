@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import csv
 import io
 import json
@@ -182,11 +183,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if (args.seed_items is not None) and args.seed_interactions is None:
         raise ConfigError("--seed-items needs --seed-interactions")
+    if not (args.refresh_interval >= 0 and math.isfinite(args.refresh_interval)):
+        raise ConfigError(f"--refresh-interval must be >= 0 seconds, got {args.refresh_interval}")
     return serve(
         store_url=args.store, data_dir=args.data_dir, host=args.host, port=args.port,
         api_key=args.api_key, cors_origin=args.cors_origin,
         seed_interactions=args.seed_interactions, seed_items=args.seed_items,
         fit_config=args.config, max_body=args.max_body, presets=args.preset or (),
+        refresh_interval=args.refresh_interval or None,
         log_level="info" if args.verbose else "warning",
     )
 
@@ -249,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--preset", action="append", metavar="FILE.toml",
                    help="serve this preset file too (repeatable); its name (the file's stem or "
                    "its 'name') replaces a shipped preset of that name")
+    s.add_argument("--refresh-interval", type=float, default=60.0, metavar="SECONDS",
+                   help="check this often for new catalog items (or 10%% more events) and "
+                   "retrain in the background when there are some; 0 turns it off (default 60)")
     s.add_argument("--max-body", type=_positive_int, default=1 << 20,
                    help="largest request body in bytes (default 1 MiB)")
     s.set_defaults(func=cmd_serve)

@@ -3,6 +3,7 @@ candidate-retrieval path that large catalogs take (forced on here, on a small ca
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from serendip.pipeline import FitConfig, Recommender, adapt_shipped_preset, load
 from serendip.service import Engine, EngineConfig, create_app
 from serendip.service.app import _preset_file
 from serendip.store import open_store
+from serendip.store.base import EventRecord, ItemRecord
 from tests.service.conftest import HashEncoder, Seed, make_keys
 
 NO_EASE = FitConfig(models={"popularity": {}, "als": {"factors": 4}, "semantic": {},
@@ -136,3 +138,41 @@ def test_search_on_the_retrieval_path(retrieving):
     assert all(x["reasons"][0].startswith("matches your request") for x in out["items"])
     hist = {h["item_id"] for h in retrieving.history_rows("u30", 500)}
     assert not hist & {x["item_id"] for x in out["items"]}
+
+
+def wait_for(condition, timeout: float = 60.0) -> bool:
+    """Poll until ``condition()`` holds (a bound on waiting, not a timing assertion)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_new_catalog_items_reach_lists_through_an_automatic_refresh(
+        tmp_path, seed_files, fitted, encoder):
+    e = engine_for(tmp_path, seed_files, fitted, encoder, fit_config=fitted.config,
+                   refresh_interval=0.05)
+    try:
+        assert e.refresh_reason() is None
+        version = e.version
+        e.upsert_items([ItemRecord("new1", {"title": "funny space cartoon new", "genres": "Comedy"})])
+        e.append_events([EventRecord("u1", "new1", "like", None, None)])
+        assert e.state.index("new1") is None  # not in the model yet
+        assert wait_for(lambda: e.version > version and not e.retraining)
+        assert e.state.index("new1") is not None
+        jobs = [j for j in e._jobs.values() if j.kind == "refresh"]
+        assert jobs and jobs[-1].status == "succeeded" and "1 new item" in (jobs[-1].reason or "")
+        assert e.refresh_reason() is None  # nothing left to do
+        sim = e.similar("new1", 3)["items"]
+        assert len(sim) == 3
+    finally:
+        e.close()
+
+
+def test_refresh_interval_must_be_a_non_negative_number(capsys):
+    from serendip.cli import main
+
+    assert main(["serve", "--refresh-interval", "-1"]) != 0
+    assert "--refresh-interval must be >= 0 seconds, got -1" in capsys.readouterr().err

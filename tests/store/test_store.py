@@ -198,6 +198,14 @@ def test_user_events(store: Store) -> None:
     with pytest.raises(DataError, match="-1"):
         store.user_events("u1", limit=-1)
 
+    # the request path's lean read: the same events, (item, type) tuples, oldest first
+    store.append_events([EventRecord("u1", "i2", "skip", timestamp=9.0)])
+    assert store.recent_item_events("u1", 3) == [("i3", "interaction"), ("i4", "interaction"),
+                                                 ("i2", "skip")]
+    assert store.recent_item_events("nobody", 5) == []
+    with pytest.raises(DataError, match="got 0"):
+        store.recent_item_events("u1", 0)
+
 
 def test_empty_events_frame_has_columns(store: Store) -> None:
     frame = store.events_frame()

@@ -276,11 +276,18 @@ class Dataset:
         return sorted({t.strip() for v in col for t in v.split("|") if t.strip()})
 
     def item_title(self, item: int) -> str:
-        row = self.items.iloc[int(item)]
-        for c in ("title", "name", "movie_title", "headline"):
-            if c in row.index and isinstance(row[c], str) and row[c]:
-                return row[c]
-        return str(row["item_id"])
+        return self._titles[int(item)]
+
+    @cached_property
+    def _titles(self) -> list[str]:
+        """Each item's first non-empty text of title, name, movie_title, headline, else its id."""
+        cols = [c for c in ("title", "name", "movie_title", "headline") if c in self.items.columns]
+        values = [self.items[c].tolist() for c in cols]
+        out = []
+        for n, iid in enumerate(self.items["item_id"].tolist()):
+            title = next((v[n] for v in values if isinstance(v[n], str) and v[n]), None)
+            out.append(title if title is not None else str(iid))
+        return out
 
     # ---------------------------------------------------------------- new datasets
     def with_interactions(self, interactions: pd.DataFrame) -> Dataset:

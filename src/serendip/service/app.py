@@ -422,7 +422,7 @@ def serve(*, store_url: str | None = None, data_dir: str | Path = "serendip-data
           cors_origin: str | None = None, seed_interactions: str | None = None,
           seed_items: str | None = None, fit_config: str | None = None,
           max_body: int = DEFAULT_MAX_BODY, log_level: str = "warning",
-          presets: Sequence[str] = ()) -> int:
+          presets: Sequence[str] = (), refresh_interval: float | None = 60.0) -> int:
     """Run the service with uvicorn (one worker) until interrupted; the `serve` command."""
     import sys
     import threading
@@ -442,6 +442,7 @@ def serve(*, store_url: str | None = None, data_dir: str | Path = "serendip-data
         data_dir=ddir, fit_config=load_fit_config(fit_config) if fit_config else None,
         seed_interactions=seed_interactions, seed_items=seed_items, warm_encoder=True,
         presets=tuple(_preset_file(p, load_preset) for p in presets),
+        refresh_interval=refresh_interval,
     )
     engine = Engine(store, cfg)
     key = api_key or _admin_key(store, ddir)

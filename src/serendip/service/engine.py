@@ -106,6 +106,11 @@ class EngineConfig:
     #: presets beside (or replacing, by name) the shipped ones, e.g. from ``serve --preset``
     presets: tuple[Preset, ...] = ()
     default_preset: str = "balanced"  # used by search and when a request names none
+    #: seconds between checks for catalog or event growth that calls for a retrain (None: off)
+    refresh_interval: float | None = None
+    #: retrain when the store holds items the model lacks, or this many more events (as a
+    #: share of the events at the last fit)
+    refresh_events: float = 0.1
 
     def all_presets(self) -> dict[str, Preset]:
         out = {name: load_preset(name) for name in PRESETS}
@@ -126,6 +131,7 @@ class Job:
     finished_at: float | None = None
     seconds: float | None = None
     error: str | None = None
+    reason: str | None = None  # what started an automatic refresh
     n_users: int | None = None
     n_items: int | None = None
     n_interactions: int | None = None
@@ -185,6 +191,7 @@ class ModelState:
             self.reference = np.sort(rng.choice(self.n_items, REFERENCE_ITEMS, replace=False))
         else:
             self.reference = np.arange(self.n_items)
+        self.reference_vectors = np.ascontiguousarray(self.vectors[self.reference])
         self.retriever = rec.retriever()  # built now, not by the first request
         self._filters: dict[str, dict[str, np.ndarray]] = {}
         self._filters_lock = threading.Lock()
@@ -278,6 +285,9 @@ class Engine:
         self._jobs: dict[str, Job] = {}
         self.start_error: str | None = None
         self.version = 0
+        self._events_at_fit = 0
+        self._stop = threading.Event()
+        self._refresher: threading.Thread | None = None
         self.on_impression: Any = None  # a callable, set by the app for metrics
 
     # ------------------------------------------------------------------- lifecycle
@@ -306,6 +316,7 @@ class Engine:
             self.seed()
         if self._injected is not None:
             self._install(self._injected, time.time())
+            self._start_refresher()
             return
         model_dir = self.config.model_dir
         if (model_dir / "serendip.json").exists():
@@ -318,6 +329,7 @@ class Engine:
             fitted_at = time.time()
             log.info("fitted and saved %s in %.1fs", model_dir, time.perf_counter() - t0)
         self._install(rec, fitted_at)
+        self._start_refresher()
         if self.config.warm_encoder:
             try:
                 self.encoder()
@@ -330,7 +342,51 @@ class Engine:
         The store stays open (whoever opened it closes it).  Serving after ``close`` still
         works: the next impression starts a new writer thread.
         """
+        self._stop.set()
         self.impression_writer.close(timeout)
+
+    # ------------------------------------------------------------------- automatic refresh
+    def refresh_reason(self) -> str | None:
+        """Why the model should be refitted now, or None: items in the store that the model
+        has never seen (they reach lists only through a fit), or many new events."""
+        s = self._state
+        if s is None:
+            return None
+        ids = self.store.items_frame()["item_id"].astype(str)
+        new = int((~ids.isin(s.item_pos.keys())).sum())
+        if new:
+            return f"{new} new item(s) in the catalog"
+        grown = self.store.count_events() - self._events_at_fit
+        if grown >= max(1, self.config.refresh_events * self._events_at_fit):
+            return f"{grown} new event(s) since the fit"
+        return None
+
+    def _start_refresher(self) -> None:
+        interval = self.config.refresh_interval
+        if interval is None or self._refresher is not None:
+            return
+
+        def loop() -> None:
+            failures = 0
+            while not self._stop.wait(interval * (1 + min(failures, 10))):  # back off on failure
+                try:
+                    reason = self.refresh_reason()
+                    if reason is not None and not self.retraining:
+                        log.info("automatic retrain: %s", reason)
+                        job = self.retrain(kind="refresh", reason=reason)
+                        while job.status == "running" and not self._stop.wait(0.05):
+                            pass
+                        failures = failures + 1 if job.status == "failed" else 0
+                except Exception:  # a failed check must not end the loop
+                    failures += 1
+                    log.exception("automatic refresh check failed")
+
+        self._refresher = threading.Thread(target=loop, name="serendip-refresh", daemon=True)
+        self._refresher.start()
+
+    @property
+    def retraining(self) -> bool:
+        return any(job.status == "running" for job in list(self._jobs.values()))
 
     def start_background(self) -> threading.Thread:
         def run() -> None:
@@ -344,7 +400,9 @@ class Engine:
         t.start()
         return t
 
-    def _install(self, rec: Recommender, fitted_at: float) -> None:
+    def _install(self, rec: Recommender, fitted_at: float,
+                 events_at_fit: int | None = None) -> None:
+        events = self.store.count_events() if events_at_fit is None else events_at_fit
         store_ids = set(self.store.items_frame()["item_id"].astype(str))
         state = ModelState(rec, fitted_at, store_ids, self.config.all_presets())
         with self._lock:
@@ -353,6 +411,7 @@ class Engine:
             for iid, i in state.item_pos.items():
                 state.excluded[i] = iid not in current
             self._state = state
+            self._events_at_fit = events
             self.version += 1
 
     def seed(self) -> None:
@@ -438,13 +497,13 @@ class Engine:
             return self._encoder
 
     # ------------------------------------------------------------------- retrain jobs
-    def retrain(self) -> Job:
+    def retrain(self, kind: str = "retrain", reason: str | None = None) -> Job:
         """Start a background retrain (or return the one already running)."""
         with self._lock:
             for job in self._jobs.values():
                 if job.status == "running":
                     return job
-            job = Job(uuid.uuid4().hex)
+            job = Job(uuid.uuid4().hex, kind=kind, reason=reason)
             self._jobs[job.job_id] = job
         threading.Thread(target=self._retrain, args=(job,), name=f"retrain-{job.job_id[:8]}",
                          daemon=True).start()
@@ -453,9 +512,10 @@ class Engine:
     def _retrain(self, job: Job) -> None:
         t0 = time.perf_counter()
         try:
+            events = self.store.count_events()
             rec = self.fit_from_store()
             rec.save(self.config.model_dir)  # written beside the old one, then swapped in
-            self._install(rec, time.time())
+            self._install(rec, time.time(), events)
             job.n_users, job.n_items = rec.data.n_users, rec.data.n_items
             job.n_interactions = len(rec.data.interactions)
             job.status = "succeeded"
@@ -556,9 +616,8 @@ class Engine:
         The latest event on an item decides: a like after a skip is history again.
         Items unknown to the model (added since the fit) are dropped.
         """
-        ev = self.store.user_events(user_id, limit=self.config.history_limit)
         last: dict[int, bool] = {}
-        for iid, ty in zip(ev["item_id"].tolist(), ev["type"].tolist(), strict=True):
+        for iid, ty in self.store.recent_item_events(user_id, self.config.history_limit):
             i = s.item_pos.get(iid)
             if i is None:
                 continue
@@ -658,7 +717,7 @@ class Engine:
         if hist.size:
             ref_info = float(s.self_info[hist].mean())
             centre = s.vectors[hist].mean(axis=0)
-            unexp_ref = 1.0 - s.vectors[s.reference] @ centre
+            unexp_ref = 1.0 - s.reference_vectors @ centre
             threshold = float(np.quantile(unexp_ref, SERENDIPITY_QUANTILE))
             serendipitous = ((1.0 - s.vectors[idx] @ centre) >= threshold) & top_half
         else:

@@ -247,7 +247,8 @@ class Presets(_Out):
 class Job(_Out):
     job_id: str
     status: Literal["running", "succeeded", "failed"]
-    kind: str = "retrain"
+    kind: str = "retrain"  # "refresh": started by the engine when the catalog or events grew
+    reason: str | None = None
     started_at: float
     finished_at: float | None = None
     seconds: float | None = None

@@ -395,6 +395,18 @@ class PostgresStore:
         rows.reverse()
         return events_frame_from_rows(rows)
 
+    def recent_item_events(self, user_id: str, limit: int) -> list[tuple[str, str]]:
+        check_limit(limit)
+        if not is_lookup_id(user_id):
+            return []
+        with self._read() as cur:
+            rows = cur.execute(
+                "SELECT item_id, type FROM events WHERE user_id = %s "
+                "ORDER BY event_id DESC LIMIT %s",
+                (user_id, limit),
+            ).fetchall()
+        return [(str(i), str(t)) for i, t in reversed(rows)]
+
     def count_events(self) -> int:
         return self._count("events")
 

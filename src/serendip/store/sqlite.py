@@ -426,6 +426,17 @@ class SQLiteStore:
         rows.reverse()
         return events_frame_from_rows(rows)
 
+    def recent_item_events(self, user_id: str, limit: int) -> list[tuple[str, str]]:
+        check_limit(limit)
+        if not is_lookup_id(user_id):
+            return []
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT item_id, type FROM events WHERE user_id = ? ORDER BY event_id DESC LIMIT ?",
+                (user_id, limit),
+            ).fetchall()
+        return [(str(i), str(t)) for i, t in reversed(rows)]
+
     def count_events(self) -> int:
         with self._read() as conn:
             return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
