@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import math
 import csv
 import io
 import json
 import logging
+import math
 import os
 import sys
 import time
