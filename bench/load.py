@@ -460,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--start-timeout", type=float, default=1800.0)
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--json", help="also write the raw figures to this file")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "load.md"),
+                   help="write the report here too ('' = print only)")
     args = p.parse_args(argv)
 
     cpus = server_cpus(args.server_cpus)
@@ -509,6 +511,9 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(work, ignore_errors=True)
     text = report(rows, args)
     print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
     if args.json:
         Path(args.json).write_text(json.dumps(raw, indent=2, default=str))
     return 0

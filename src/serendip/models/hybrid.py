@@ -75,7 +75,7 @@ class Hybrid(BatchScorer):
         if want <= 0:
             return ItemList.empty()
         views = self._views(query, retriever)
-        per = retriever.config.per_source + int(np.unique(query.history).size)
+        per = max(retriever.config.per_source, want) + int(np.unique(query.history).size)
         if n_open <= per:
             cand = np.flatnonzero(~blocked)
         else:

@@ -53,7 +53,10 @@ class RetrievalConfig(ComponentConfig):
         "auto", description="auto: retrieve above min_items; exact: always score every item"
     )
     min_items: int = Field(20_000, ge=0, le=10**9, description="catalog size where auto retrieves")
-    per_source: int = Field(1000, ge=1, le=1_000_000, description="items asked of each source")
+    per_source: int = Field(
+        500, ge=1, le=1_000_000,
+        description="items asked of each source (at least the pool the preset re-ranks)",
+    )
     exact_flops: int = Field(
         8_000_000, ge=0, le=10**12,
         description="spaces with items x dims at most this are searched exactly, not by IVF",

@@ -54,6 +54,7 @@ from serendip.pipeline import PRESETS, FitConfig, Pipeline, Preset, Recommender,
 from serendip.rerank.base import maybe_unit_vectors
 from serendip.service.impressions import ImpressionWriter, new_impression_id
 from serendip.store.base import EVENT_TYPES, EventAck, EventRecord, Impression, ItemRecord, Store
+from serendip.store.group import GroupCommitter
 from serendip.text import Encoder, EncoderConfig, request_text
 from serendip.text.templates import cell_text
 from serendip.types import ItemList, Query
@@ -276,6 +277,8 @@ class Engine:
             impression_writer if impression_writer is not None else ImpressionWriter(store)
         )
         self.config = config
+        # concurrent event posts share one durable commit (group commit)
+        self.event_writer = GroupCommitter(store)
         self._injected = recommender
         self._encoder: TextEncoder | None = encoder
         self._encoder_lock = threading.Lock()
@@ -580,7 +583,7 @@ class Engine:
     # ------------------------------------------------------------------- users & events
     def append_events(self, events: Sequence[EventRecord]) -> list[EventAck]:
         self.check_items_exist([e.item_id for e in events])
-        return self.store.append_events(events)
+        return self.event_writer.append_events(events)
 
     def top_users(self, limit: int) -> list[str]:
         """User ids with the most events first (ties by id): one grouped query."""
