@@ -2,17 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import settings
 
 from serendip.data import Dataset
+from serendip.store.testing import PostgresServer, find_pg_bin
 
 # Reproducible property tests: the same examples on every run (a failure found once is found
 # again), and no per-example deadline, which only measures how busy the machine is.
 settings.register_profile("serendip", derandomize=True, deadline=None)
 settings.load_profile("serendip")
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A private PostgreSQL server (initdb in a temp dir, loopback TCP on a free port)."""
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        pytest.skip(
+            "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found; install "
+            "postgresql or set SERENDIP_PG_BIN to their directory"
+        )
+    server = PostgresServer(bin_dir)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 def make_blocks(n_users: int = 40, n_items: int = 20, seed: int = 0) -> Dataset:

@@ -119,9 +119,16 @@ def make_keys(store: Store) -> Keys:
                 store.create_api_key("t-read", "read"))
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = open_store(f"sqlite:///{tmp_path / 'serendip.db'}")
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A fresh store: every API test runs on SQLite and on a throwaway PostgreSQL server."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'serendip.db'}"
+    else:
+        from serendip.store.testing import create_schema
+
+        url = create_schema(request.getfixturevalue("pg_url"))
+    s = open_store(url)
     yield s
     s.close()
 

@@ -395,15 +395,6 @@ def test_retrain_swaps_model_while_serving(api, engine):
 
 
 # ------------------------------------------------------------------------------ PostgreSQL
-try:
-    from tests.store.conftest import pg_url  # noqa: F401 - a fixture, used by name
-
-    HAVE_PG_FIXTURE = True
-except ImportError:  # pragma: no cover - the store tests are not there
-    HAVE_PG_FIXTURE = False
-
-
-@pytest.mark.skipif(not HAVE_PG_FIXTURE, reason="tests/store/conftest.py pg_url is not available")
 def test_happy_path_on_postgres(request, tmp_path, seed_files, fitted, encoder):
     from serendip.store.testing import create_schema
 

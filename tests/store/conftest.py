@@ -7,26 +7,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from serendip.store import Store, open_store
-from serendip.store.testing import PostgresServer, create_schema, find_pg_bin
+from serendip.store.testing import create_schema
 
 BACKENDS = ["sqlite", "postgres"]
-
-
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A private PostgreSQL server (initdb in a temp dir, loopback TCP on a free port)."""
-    bin_dir = find_pg_bin()
-    if bin_dir is None:
-        pytest.skip(
-            "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found; install "
-            "postgresql or set SERENDIP_PG_BIN to their directory"
-        )
-    server = PostgresServer(bin_dir)
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 @pytest.fixture(params=BACKENDS)
