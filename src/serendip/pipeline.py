@@ -26,6 +26,7 @@ from serendip import __version__
 from serendip.component import make_config
 from serendip.data.dataset import Dataset
 from serendip.errors import ConfigError, ModelFormatError
+from serendip.explore.policies import EpsilonSlate, EpsilonSlateConfig
 from serendip.models import SCORERS, BatchScorer, Hybrid
 from serendip.models.retrieval import LazyRetriever, RetrievalConfig, Retriever
 from serendip.rerank import RERANKERS
@@ -123,6 +124,8 @@ class Preset(BaseModel):
     candidates: int = Field(200, ge=1, le=100_000)
     discovery: float = Field(0.5, ge=0, le=1)
     rerank: list[dict[str, Any]] = Field(default_factory=list)
+    #: exploration (``EpsilonSlateConfig``: epsilon, pool, seed); None: lists are deterministic
+    explore: dict[str, Any] | None = None
 
 
 def load_preset(name_or_path: str) -> Preset:
@@ -142,6 +145,8 @@ def load_preset(name_or_path: str) -> Preset:
         raise ConfigError(f"preset {name_or_path!r} is not valid TOML: {e}") from None
     values.setdefault("name", p.stem if p.suffix == ".toml" else name_or_path)
     preset: Preset = _validate(Preset, values, f"preset {name_or_path!r}")
+    if preset.explore is not None:
+        make_config(EpsilonSlateConfig, preset.explore, f"preset {preset.name!r}: explore")
     for stage in preset.rerank:
         if stage.get("name") not in RERANKERS:
             raise ConfigError(
@@ -320,6 +325,8 @@ class Pipeline:
             rr = RERANKERS[stage["name"]](values)
             rr.train(rec.data)
             self.rerankers.append(rr)
+        self.explorer = EpsilonSlate(preset.explore or {"epsilon": 0.0})
+        self.explorer.train(rec.data)
 
     def query(self, user_id: str) -> Query:
         """Query for an external user id; unknown users get an empty history (cold start)."""
@@ -335,13 +342,22 @@ class Pipeline:
     def recommend_many(
         self, queries: Sequence[Query], k: int = 10, discovery: float | None = None,
         candidates: np.ndarray | None = None, batch_size: int = 256,
+        explore: float | None = None,
     ) -> list[ItemList]:
-        """Top-k lists, history excluded; ``candidates`` restricts the item pool."""
+        """Top-k lists, history excluded; ``candidates`` restricts the item pool.
+
+        ``explore`` is the exploration rate epsilon (None: the preset's, 0 without an
+        ``[explore]`` section); above 0 some slots show items from the candidates after the
+        list, and every item carries its ``propensity`` field (see ``explore.policies``).
+        """
         if not isinstance(k, int | np.integer) or k < 1:
             raise ConfigError(f"k must be a positive integer, got {k!r}")
         d = self.preset.discovery if discovery is None else discovery
         if not 0.0 <= d <= 1.0:
             raise ConfigError(f"discovery must be between 0 and 1, got {d}")
+        eps = self.explorer.config.epsilon if explore is None else explore
+        if not 0.0 <= eps <= 1.0:
+            raise ConfigError(f"explore must be between 0 and 1, got {explore}")
         n_items = self.rec.data.n_items
         allowed = None
         if candidates is not None:
@@ -349,14 +365,14 @@ class Pipeline:
             allowed[candidates] = True
         out: list[ItemList] = []
         n_cand = max(self.preset.candidates, k) if self.rerankers else k
+        if eps > 0:  # room for the exploration pool after the list
+            n_cand = max(n_cand, k + self.explorer.config.pool)
         retriever = self.rec.retriever()
         if retriever is not None:  # large catalog: retrieve candidates, score them exactly
             for q0 in queries:
                 q = Query(q0.user, q0.history, q0.text, discovery=d)
                 lst = self.hybrid.retrieve(q, retriever, n_cand, allowed)
-                for rr in self.rerankers:
-                    lst = rr(q, lst, k)
-                out.append(self._explain(q, lst.take(np.arange(min(k, len(lst))))))
+                out.append(self._finish(q, lst, k, eps))
             return out
         for start in range(0, len(queries), batch_size):
             batch = [
@@ -371,10 +387,18 @@ class Pipeline:
                     row[~allowed] = -np.inf
                 lst = ItemList(np.arange(n_items), row)
                 lst = lst.take(np.flatnonzero(np.isfinite(row))).top(n_cand)
-                for rr in self.rerankers:
-                    lst = rr(q, lst, k)
-                out.append(self._explain(q, lst.top(k) if not self.rerankers else lst.take(np.arange(min(k, len(lst))))))
+                out.append(self._finish(q, lst, k, eps))
         return out
+
+    def _finish(self, q: Query, candidates: ItemList, k: int, eps: float) -> ItemList:
+        """Candidates (best first by the blend) -> rerankers -> top k -> reasons -> explore."""
+        lst = candidates
+        for rr in self.rerankers:
+            lst = rr(q, lst, k)
+        lst = self._explain(q, lst.take(np.arange(min(k, len(lst)))))
+        if eps > 0:
+            lst = self.explorer(q, lst, candidates, eps)
+        return lst
 
     def _explain(self, q: Query, lst: ItemList) -> ItemList:
         """Prepend a data-grounded reason: the history item that most supports each pick."""

@@ -182,7 +182,7 @@ def test_recommendations_shape_and_impressions(api, store, engine):
     assert re.fullmatch(r"[0-9a-f]{32}", out["impression_id"])
     history = {it["item_id"] for it in api("GET", "/v1/users/u0/history?limit=100").json()["items"]}
     for it in out["items"]:
-        assert set(it) == {"item_id", "title", "score", "reasons", "badges"}
+        assert set(it) == {"item_id", "title", "score", "reasons", "badges", "propensity"}
         assert set(it["badges"]) <= BADGES and it["reasons"]
         assert it["item_id"] not in history
     assert engine.impression_writer.flush(timeout=10)

@@ -3,6 +3,7 @@
 from serendip.data.dataset import Dataset
 from serendip.data.io import read_table
 from serendip.data.movielens import find_movielens_100k, load_movielens_100k
+from serendip.data.obd import find_open_bandit, load_open_bandit
 from serendip.data.splits import (
     PROTOCOLS,
     Split,
@@ -17,6 +18,8 @@ __all__ = [
     "read_table",
     "load_movielens_100k",
     "find_movielens_100k",
+    "load_open_bandit",
+    "find_open_bandit",
     "Split",
     "temporal_split",
     "leave_last_out",

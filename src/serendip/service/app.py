@@ -307,6 +307,11 @@ def create_app(engine: Engine, *, static_keys: dict[str, Role] | None = None,
             min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
             description="a preset name from /v1/presets (default: balanced)")] = None,
         discovery: Annotated[float | None, QueryParam(ge=0.0, le=1.0, allow_inf_nan=False)] = None,
+        explore: Annotated[float | None, QueryParam(
+            ge=0.0, le=1.0, allow_inf_nan=False,
+            description="exploration rate: the chance that a slot shows an item from just below "
+                        "the list, logged with its propensity (default: the preset's, usually 0)",
+        )] = None,
         filter: Annotated[  # the contract's parameter name
             list[str] | None,
             QueryParam(max_length=10, description="field:value, e.g. genres:Comedy (all must match)"),
@@ -316,7 +321,7 @@ def create_app(engine: Engine, *, static_keys: dict[str, Role] | None = None,
         for f in filters:
             if len(f) > 300:
                 raise ConfigError(f"filter is too long ({len(f)} characters, at most 300)")
-        return engine.recommend(user_id, k, preset, discovery, filters)
+        return engine.recommend(user_id, k, preset, discovery, filters, explore)
 
     @app.post("/v1/sessions/recommendations", response_model=S.Recommendations,
               tags=["recommendations"], dependencies=[read])

@@ -643,11 +643,13 @@ class Engine:
         return np.flatnonzero(allowed)
 
     def recommend(self, user_id: str, k: int = 10, preset: str | None = None,
-                  discovery: float | None = None, filters: Sequence[str] = ()) -> dict[str, Any]:
+                  discovery: float | None = None, filters: Sequence[str] = (),
+                  explore: float | None = None) -> dict[str, Any]:
         s = self.state
         hist, neg = self.history(s, user_id)
         q = Query(s.user_pos.get(user_id), hist)
-        return self._serve(s, q, user_id, k, preset, discovery, self._allowed(s, filters, neg))
+        return self._serve(s, q, user_id, k, preset, discovery, self._allowed(s, filters, neg),
+                           explore=explore)
 
     def recommend_session(self, item_ids: Sequence[str], k: int = 10, preset: str | None = None,
                           discovery: float | None = None) -> dict[str, Any]:
@@ -674,20 +676,21 @@ class Engine:
 
     def _serve(self, s: ModelState, q: Query, user_id: str | None, k: int, preset: str | None,
                discovery: float | None, candidates: np.ndarray | None,
-               context: str | None = None) -> dict[str, Any]:
+               context: str | None = None, explore: float | None = None) -> dict[str, Any]:
         preset = preset or self.config.default_preset
         pipe = self._pipeline(s, preset)
         d = float(pipe.preset.discovery if discovery is None else discovery)
+        eps = float(pipe.explorer.config.epsilon if explore is None else explore)
         # one request computes at a time: the numeric work is short (a few ms) and threads
         # that interleave it only contend for the interpreter lock and the cores
         with self._compute_lock:
             if candidates is not None and candidates.size == 0:
                 lst = ItemList.empty()
             else:
-                lst = pipe.recommend(q, k, d, candidates)
+                lst = pipe.recommend_many([q], k, d, candidates, explore=eps)[0]
             items = self.describe(s, q, lst)
         imp_id = self.log_impression(user_id, items, preset, d, context)
-        return {"user_id": user_id, "preset": preset, "discovery": d,
+        return {"user_id": user_id, "preset": preset, "discovery": d, "explore": eps,
                 "impression_id": imp_id, "items": items}
 
     def log_impression(self, user_id: str | None, items: list[dict[str, Any]], preset: str,
@@ -701,7 +704,8 @@ class Engine:
         imp_id = new_impression_id()
         imp = Impression(
             user_id, tuple(it["item_id"] for it in items), tuple(it["score"] for it in items),
-            preset, discovery, None, context, time.time(), imp_id,
+            preset, discovery, tuple(it["propensity"] for it in items), context, time.time(),
+            imp_id,
         )
         self.impression_writer.submit(imp)
         if self.on_impression is not None:
@@ -728,16 +732,20 @@ class Engine:
             serendipitous = np.zeros(idx.size, dtype=bool)
         tail = ~s.head[idx]
         novel = s.self_info[idx] > ref_info
+        # a list without exploration is deterministic given the user's state: propensity 1
+        prop = np.asarray(lst.fields.get("propensity", np.ones(idx.size)), dtype=np.float64)
+        explored = np.asarray(lst.fields.get("explored", np.zeros(idx.size, bool)), dtype=bool)
         out = []
         for n, (i, score, reasons) in enumerate(
             zip(idx.tolist(), lst.scores.tolist(), lst.reason_lists(), strict=True)
         ):
             badges = [b for b, on in (("tail", tail[n]), ("novel", novel[n]),
-                                      ("serendipitous", serendipitous[n])) if on]
+                                      ("serendipitous", serendipitous[n]),
+                                      ("explore", explored[n])) if on]
             out.append({
                 "item_id": s.item_ids[i], "title": s.titles[i],
                 "score": round(float(score), 6) if math.isfinite(score) else 0.0,
-                "reasons": reasons, "badges": badges,
+                "reasons": reasons, "badges": badges, "propensity": float(prop[n]),
             })
         return out
 

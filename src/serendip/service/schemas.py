@@ -181,13 +181,18 @@ class RecItem(_Out):
     title: str
     score: float
     reasons: list[str]
-    badges: list[Literal["tail", "novel", "serendipitous"]]
+    badges: list[Literal["tail", "novel", "serendipitous", "explore"]]
+    propensity: float = Field(
+        1.0, ge=0, le=1,
+        description="probability that this item was shown in this slot (1 without exploration)",
+    )
 
 
 class Recommendations(_Out):
     user_id: str | None
     preset: str
     discovery: float
+    explore: float = Field(0.0, description="exploration rate epsilon used for this list")
     impression_id: str = Field(
         description="id of this list in the impression log (32 hex characters, time-ordered); "
                     "the log row is written asynchronously, in batches"

@@ -10,6 +10,7 @@ const BADGES = {
   tail: { label: "long tail", icon: "◆", title: "Less popular item from the long tail" },
   novel: { label: "novel", icon: "✦", title: "Few users like you have seen this" },
   serendipitous: { label: "serendipitous", icon: "★", title: "Relevant yet unlike your history" },
+  explore: { label: "exploring", icon: "?", title: "Shown to learn whether you like it" },
 };
 
 const $ = (id) => document.querySelector(`[data-testid="${id}"]`);

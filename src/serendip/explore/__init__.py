@@ -1,0 +1,35 @@
+"""Exploration: bandit logs and off-policy evaluation of recommendation policies."""
+
+from serendip.explore.log import BanditLog
+from serendip.explore.ope import (
+    Estimate,
+    RewardModel,
+    RewardModelConfig,
+    dm,
+    dr,
+    estimate_all,
+    fit_reward_model,
+    importance_weights,
+    ips,
+    on_policy_value,
+    snips,
+)
+from serendip.explore.policies import EXPLORE_REASON, EpsilonSlate, EpsilonSlateConfig
+
+__all__ = [
+    "BanditLog",
+    "Estimate",
+    "importance_weights",
+    "ips",
+    "snips",
+    "dm",
+    "dr",
+    "estimate_all",
+    "on_policy_value",
+    "RewardModel",
+    "RewardModelConfig",
+    "fit_reward_model",
+    "EpsilonSlate",
+    "EpsilonSlateConfig",
+    "EXPLORE_REASON",
+]

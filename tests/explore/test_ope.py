@@ -1,0 +1,352 @@
+"""Off-policy estimators: hand-computed answers, identities, unbiasedness, bounds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from serendip.errors import ConfigError, DataError
+from serendip.explore import (
+    BanditLog,
+    Estimate,
+    dm,
+    dr,
+    estimate_all,
+    fit_reward_model,
+    importance_weights,
+    ips,
+    on_policy_value,
+    snips,
+)
+
+Z95 = 1.959963984540054
+
+# A 4-round, 2-action, 1-slot log worked by hand.
+#   round  logged a  reward  pscore  target pi(0), pi(1)   w = pi(a) / pscore
+#     0        0        1     0.5        0.8, 0.2             1.6
+#     1        1        0     0.25       0.5, 0.5             2.0
+#     2        0        0     0.5        0.5, 0.5             1.0
+#     3        1        1     0.75       1.0, 0.0             0.0
+TINY = BanditLog(action=[0, 1, 0, 1], reward=[1, 0, 0, 1], pscore=[0.5, 0.25, 0.5, 0.75],
+                 n_actions=2)
+TARGET = np.array([[0.8, 0.2], [0.5, 0.5], [0.5, 0.5], [1.0, 0.0]])[:, :, None]
+Q_HAT = np.array([[0.6, 0.2], [0.5, 0.5], [0.1, 0.3], [0.0, 1.0]])[:, :, None]
+
+
+def one_hot(actions: np.ndarray, n_actions: int, n_positions: int = 1) -> np.ndarray:
+    """The deterministic policy that picks ``actions`` in every slot."""
+    out = np.zeros((actions.size, n_actions, n_positions))
+    out[np.arange(actions.size), actions, :] = 1.0
+    return out
+
+
+# hand-computed answers ---------------------------------------------------------------------
+def test_importance_weights_by_hand():
+    np.testing.assert_allclose(importance_weights(TINY, TARGET), [1.6, 2.0, 1.0, 0.0])
+    np.testing.assert_allclose(importance_weights(TINY, TARGET, 1.5), [1.5, 1.5, 1.0, 0.0])
+
+
+def test_ips_by_hand():
+    est = ips(TINY, TARGET)
+    # terms 1.6, 0, 0, 0: mean 0.4, sd (ddof 1) 0.8, stderr 0.8 / 2
+    assert est.value == pytest.approx(0.4)
+    assert est.stderr == pytest.approx(0.4)
+    assert (est.ci_low, est.ci_high) == pytest.approx((0.4 - Z95 * 0.4, 0.4 + Z95 * 0.4))
+    assert est.n == 4
+
+
+def test_clipped_ips_by_hand():
+    assert ips(TINY, TARGET, max_weight=1.5).value == pytest.approx(1.5 / 4)
+    assert ips(TINY, TARGET, max_weight=100.0).value == pytest.approx(0.4)
+
+
+def test_snips_by_hand():
+    est = snips(TINY, TARGET)
+    value = 1.6 / 4.6
+    assert est.value == pytest.approx(value)
+    w, r = np.array([1.6, 2.0, 1.0, 0.0]), np.array([1.0, 0.0, 0.0, 1.0])
+    influence = w * (r - value) / w.mean()
+    assert est.stderr == pytest.approx(influence.std(ddof=1) / 2)
+
+
+def test_dm_by_hand():
+    # per round: .8*.6 + .2*.2 = .52;  .5*.5 + .5*.5 = .5;  .5*.1 + .5*.3 = .2;  1*0 = 0
+    assert dm(TINY, TARGET, Q_HAT).value == pytest.approx((0.52 + 0.5 + 0.2 + 0.0) / 4)
+
+
+def test_dr_by_hand():
+    # DM term + w * (r - q_hat[logged]): .52 + 1.6*.4; .5 + 2*(-.5); .2 + 1*(-.1); 0 + 0
+    assert dr(TINY, TARGET, Q_HAT).value == pytest.approx((1.16 - 0.5 + 0.1 + 0.0) / 4)
+    # clipped at 1.5: .52 + 1.5*.4; .5 + 1.5*(-.5); .2 - .1; 0
+    assert dr(TINY, TARGET, Q_HAT, max_weight=1.5).value == pytest.approx(
+        (1.12 - 0.25 + 0.1) / 4
+    )
+
+
+def test_estimate_all_matches_the_single_estimators():
+    got = estimate_all(TINY, TARGET, Q_HAT, max_weight=1.5)
+    assert set(got) == {"ips", "snips", "ips_clipped", "dm", "dr", "dr_clipped"}
+    assert got["ips"] == ips(TINY, TARGET)
+    assert got["snips"] == snips(TINY, TARGET)
+    assert got["ips_clipped"] == ips(TINY, TARGET, max_weight=1.5)
+    assert got["dm"] == dm(TINY, TARGET, Q_HAT)
+    assert got["dr"] == dr(TINY, TARGET, Q_HAT)
+    assert got["dr_clipped"] == dr(TINY, TARGET, Q_HAT, max_weight=1.5)
+    assert set(estimate_all(TINY, TARGET)) == {"ips", "snips"}
+
+
+def test_on_policy_value_is_the_mean_reward():
+    est = on_policy_value(TINY)
+    assert est.value == 0.5
+    assert est.stderr == pytest.approx(np.std([1, 0, 0, 1], ddof=1) / 2)
+    assert isinstance(est, Estimate) and "n=4" in str(est)
+
+
+def test_single_round_has_unbounded_interval():
+    log = BanditLog(action=[0], reward=[1.0], pscore=[0.5], n_actions=2)
+    est = ips(log, np.array([[[0.5], [0.5]]]))
+    assert est.value == 1.0
+    assert est.stderr == np.inf and est.ci_low == -np.inf and est.ci_high == np.inf
+
+
+# identities ---------------------------------------------------------------------------------
+def logging_policy_log(seed: int = 0, n: int = 500, n_actions: int = 4, n_positions: int = 2):
+    """A log from a known stochastic policy, and that policy as an action_dist."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(n, n_actions, n_positions))
+    pi = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    position = rng.integers(n_positions, size=n)
+    p = pi[np.arange(n), :, position]
+    action = (p.cumsum(axis=1) > rng.random(n)[:, None]).argmax(axis=1)
+    reward = rng.random(n)
+    log = BanditLog(action=action, reward=reward, pscore=p[np.arange(n), action],
+                    n_actions=n_actions, position=position, n_positions=n_positions)
+    return log, pi
+
+
+def test_ips_of_the_logging_policy_is_the_on_policy_mean():
+    log, pi = logging_policy_log()
+    assert np.all(importance_weights(log, pi) == 1.0)
+    assert ips(log, pi).value == on_policy_value(log).value
+    assert snips(log, pi).value == pytest.approx(on_policy_value(log).value)
+
+
+def test_snips_of_the_logged_actions_under_uniform_logging_is_the_mean_reward():
+    rng = np.random.default_rng(1)
+    n, k = 200, 5
+    action = rng.integers(k, size=n)
+    log = BanditLog(action=action, reward=rng.random(n), pscore=np.full(n, 1 / k), n_actions=k)
+    assert snips(log, one_hot(action, k)).value == pytest.approx(log.reward.mean())
+
+
+def test_dr_equals_dm_when_the_model_is_exact():
+    log, pi = logging_policy_log(seed=2)
+    rng = np.random.default_rng(3)
+    truth = rng.random((len(log), log.n_actions, log.n_positions))
+    exact = BanditLog(action=log.action, reward=truth[np.arange(len(log)), log.action,
+                      log.position], pscore=log.pscore, n_actions=log.n_actions,
+                      position=log.position, n_positions=log.n_positions)
+    target = np.roll(pi, 1, axis=1)
+    assert dr(exact, target, truth).value == pytest.approx(dm(exact, target, truth).value)
+    assert dr(exact, target, truth).stderr == pytest.approx(dm(exact, target, truth).stderr)
+
+
+def test_dr_equals_ips_when_the_model_is_zero():
+    log, pi = logging_policy_log(seed=4)
+    target = np.roll(pi, 1, axis=1)
+    zero = np.zeros_like(pi)
+    assert dr(log, target, zero) == pytest.approx(ips(log, target))
+    assert dr(log, target, zero, max_weight=2.0) == pytest.approx(ips(log, target, 2.0))
+    assert dm(log, target, zero).value == 0.0
+
+
+# unbiasedness -------------------------------------------------------------------------------
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def synthetic_bandit(seed: int, n: int = 20_000, n_actions: int = 5, n_positions: int = 2):
+    """A softmax logging policy, a sharper target, Bernoulli clicks from a known model.
+
+    Logging mixes in a uniform half, so no weight exceeds 2 * n_actions (heavy-tailed weights
+    make a 3-standard-error check a lottery rather than a test).
+
+    Returns the log, the target's action_dist, the true click probabilities and the target's
+    true value given these contexts and slots (the quantity IPS and DR are unbiased for).
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3))
+    theta = rng.normal(size=(3, n_actions))
+    slot_effect = np.array([0.0, -0.7])[:n_positions]
+    mu = 1 / (1 + np.exp(-(x @ theta)[:, :, None] - slot_effect[None, None, :] + 1.0))
+    logging = 0.5 / n_actions + 0.5 * softmax(x @ rng.normal(size=(3, n_actions)))
+    target = softmax(2.0 * (x @ theta))  # prefers the items with high click odds
+    position = rng.integers(n_positions, size=n)
+    action = (logging.cumsum(axis=1) > rng.random(n)[:, None]).argmax(axis=1)
+    rows = np.arange(n)
+    reward = (rng.random(n) < mu[rows, action, position]).astype(float)
+    log = BanditLog(action=action, reward=reward, pscore=logging[rows, action], n_actions=n_actions,
+                    position=position, n_positions=n_positions, context=x)
+    dist = np.repeat(target[:, :, None], n_positions, axis=2)
+    truth = float((target * mu[rows, :, position]).sum(axis=1).mean())
+    return log, dist, mu, truth
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ips_and_dr_are_unbiased_on_a_synthetic_bandit(seed):
+    log, dist, mu, truth = synthetic_bandit(seed)
+    assert abs(on_policy_value(log).value - truth) > 0.02  # the target really differs
+    found = {
+        "ips": ips(log, dist),
+        "snips": snips(log, dist),
+        "dr (exact model)": dr(log, dist, mu),
+        "dr (fitted model)": dr(log, dist, fit_reward_model(log).predict(log)),
+        "dr (constant model)": dr(log, dist, np.full_like(mu, 0.3)),
+    }
+    for name, est in found.items():
+        assert abs(est.value - truth) < 3 * est.stderr, (name, est, truth)
+    # a right model removes most of the variance
+    assert found["dr (exact model)"].stderr < 0.8 * found["ips"].stderr
+
+
+def test_clipping_trades_variance_for_downward_bias():
+    log, dist, _, truth = synthetic_bandit(0)
+    plain, clipped = ips(log, dist), ips(log, dist, max_weight=2.0)
+    assert clipped.stderr < plain.stderr
+    assert clipped.value < truth
+
+
+# properties ---------------------------------------------------------------------------------
+@st.composite
+def logs_and_targets(draw: st.DrawFn) -> tuple[BanditLog, np.ndarray, np.ndarray]:
+    n = draw(st.integers(1, 12))
+    a = draw(st.integers(1, 4))
+    k = draw(st.integers(1, 2))
+    unit = st.floats(0.0, 1.0)
+    action = draw(hnp.arrays(np.int64, n, elements=st.integers(0, a - 1)))
+    position = draw(hnp.arrays(np.int64, n, elements=st.integers(0, k - 1)))
+    reward = draw(hnp.arrays(np.float64, n, elements=unit))
+    pscore = draw(hnp.arrays(np.float64, n, elements=st.floats(1e-4, 1.0)))
+    raw = draw(hnp.arrays(np.float64, (n, a, k), elements=unit)) + 1e-3
+    q_hat = draw(hnp.arrays(np.float64, (n, a, k), elements=unit))
+    log = BanditLog(action=action, reward=reward, pscore=pscore, n_actions=a,
+                    position=position, n_positions=k)
+    return log, raw / raw.sum(axis=1, keepdims=True), q_hat
+
+
+def finite(est: Estimate) -> bool:
+    values = [est.value, est.stderr, est.ci_low, est.ci_high]
+    return not any(np.isnan(values)) and np.isfinite(est.value)
+
+
+@given(logs_and_targets(), st.floats(0.5, 50.0))
+def test_estimates_are_bounded_and_nan_free(case, max_weight):
+    log, dist, q_hat = case
+    clipped = ips(log, dist, max_weight=max_weight)
+    assert finite(clipped) and -1e-12 <= clipped.value <= max_weight + 1e-12
+    s = snips(log, dist)
+    assert finite(s) and -1e-12 <= s.value <= 1 + 1e-12
+    d = dm(log, dist, q_hat)
+    assert finite(d) and -1e-12 <= d.value <= 1 + 1e-12
+    r = dr(log, dist, q_hat, max_weight=max_weight)
+    assert finite(r) and -max_weight - 1e-9 <= r.value <= 1 + max_weight + 1e-9
+    assert finite(ips(log, dist))
+
+
+@given(logs_and_targets())
+def test_reward_model_predictions_are_probabilities(case):
+    log, _, _ = case
+    q = fit_reward_model(log, l2=0.5).predict(log)
+    assert q.shape == (len(log), log.n_actions, log.n_positions)
+    assert np.all((q >= 0) & (q <= 1))
+
+
+# reward model -------------------------------------------------------------------------------
+def test_reward_model_recovers_an_additive_truth():
+    rng = np.random.default_rng(5)
+    n, a, k = 4000, 3, 2
+    x = rng.normal(size=(n, 2))
+    action, position = rng.integers(a, size=n), rng.integers(k, size=n)
+    item_effect, slot_effect = np.array([0.0, 0.1, -0.1]), np.array([0.0, -0.2])
+    truth = 0.4 + 0.05 * x[:, 0] + item_effect[action] + slot_effect[position]
+    log = BanditLog(action=action, reward=truth, pscore=np.full(n, 1 / a), n_actions=a,
+                    position=position, n_positions=k, context=x)
+    model = fit_reward_model(log, l2=1e-3)
+    q = model.predict(log)
+    np.testing.assert_allclose(q[np.arange(n), action, position], np.clip(truth, 0, 1),
+                               atol=1e-4)
+    np.testing.assert_allclose(model.context_coef, [0.05, 0.0], atol=1e-4)
+    assert q[0, 1, 0] - q[0, 0, 0] == pytest.approx(0.1, abs=1e-4)
+
+
+def test_reward_model_refuses_a_log_of_another_shape():
+    log, _, _, _ = synthetic_bandit(0, n=200)
+    model = fit_reward_model(log)
+    other = BanditLog(action=[0], reward=[1.0], pscore=[1.0], n_actions=2)
+    with pytest.raises(DataError, match=r"the reward model was fitted on \(3, 5, 2\)"):
+        model.predict(other)
+
+
+@pytest.mark.parametrize("l2", [0.0, -1.0, 1e9])
+def test_reward_model_l2_is_bounded(l2):
+    with pytest.raises(ConfigError, match=f"reward_model.l2: .*got {l2!r}"):
+        fit_reward_model(TINY, l2=l2)
+
+
+# input validation ---------------------------------------------------------------------------
+def test_action_dist_shape_is_checked():
+    with pytest.raises(DataError, match=r"action_dist must have shape \(4, 2, 1\).*got \(4, 2\)"):
+        ips(TINY, TARGET[:, :, 0])
+
+
+def test_action_dist_must_sum_to_one():
+    bad = TARGET.copy()
+    bad[2, 1, 0] = 0.6
+    with pytest.raises(DataError, match=r"action_dist\[2, :, 0\] sums to 1.1 over actions"):
+        snips(TINY, bad)
+    nearly = TARGET.copy()
+    nearly[2, 1, 0] += 5e-7
+    assert np.isfinite(ips(TINY, nearly).value)
+
+
+def test_action_dist_must_be_nonnegative_and_finite():
+    bad = TARGET.copy()
+    bad[1] = [[1.5], [-0.5]]
+    with pytest.raises(DataError, match=r"action_dist\[1, 1, 0\] = -0.5 is negative"):
+        ips(TINY, bad)
+    bad[1] = [[np.nan], [0.5]]
+    with pytest.raises(DataError, match=r"action_dist\[1, 0, 0\] = nan is not finite"):
+        ips(TINY, bad)
+
+
+def test_q_hat_is_checked():
+    with pytest.raises(DataError, match=r"q_hat must have shape \(4, 2, 1\)"):
+        dm(TINY, TARGET, Q_HAT[:3])
+    bad = Q_HAT.copy()
+    bad[3, 0, 0] = np.inf
+    with pytest.raises(DataError, match=r"q_hat\[3, 0, 0\] = inf is not finite"):
+        dr(TINY, TARGET, bad)
+
+
+@pytest.mark.parametrize("max_weight", [0.0, -2.0, float("nan"), float("inf")])
+def test_max_weight_must_be_positive(max_weight):
+    message = f"max_weight must be a positive number or None, got {max_weight!r}"
+    with pytest.raises(ConfigError, match=message):
+        ips(TINY, TARGET, max_weight=max_weight)
+
+
+def test_snips_refuses_zero_total_weight():
+    with pytest.raises(DataError, match="snips is undefined"):
+        snips(TINY, one_hot(1 - TINY.action, 2))
+
+
+def test_empty_log_is_refused():
+    empty = BanditLog(action=np.zeros(0, dtype=int), reward=[], pscore=[], n_actions=2)
+    with pytest.raises(DataError, match="the log has no rounds"):
+        on_policy_value(empty)
+    with pytest.raises(DataError, match="the log has no rounds"):
+        ips(empty, np.zeros((0, 2, 1)))

@@ -1,0 +1,100 @@
+"""EpsilonSlate: exact marginal propensities, no duplicates, and its place in the pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serendip.errors import ConfigError
+from serendip.explore.policies import EXPLORE_REASON, EpsilonSlate
+from serendip.pipeline import FitConfig, Recommender, load_preset
+from serendip.types import ItemList, Query
+from tests.conftest import make_blocks
+
+
+def slate(epsilon: float, pool: int = 50, seed: int | None = 0) -> EpsilonSlate:
+    e = EpsilonSlate({"epsilon": epsilon, "pool": pool, "seed": seed})
+    e.train(make_blocks())
+    return e
+
+
+RANKED = ItemList(np.array([7, 3, 9]), np.array([3.0, 2.0, 1.0]),
+                  (("r7",), ("r3",), ("r9",)))
+POOL = ItemList(np.array([7, 11, 12, 13, 14]), np.array([3.0, 0.9, 0.8, 0.7, 0.6]))  # 7 repeats
+
+
+def test_marginals_match_the_logged_propensities_and_the_action_distribution():
+    e = slate(0.3, pool=4, seed=1)
+    items, probs = e.action_dist(RANKED, POOL)
+    assert items.tolist() == [7, 3, 9, 11, 12, 13, 14]  # the repeated 7 left the pool
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0)
+    np.testing.assert_allclose(probs[:3].diagonal(), 0.7)
+    np.testing.assert_allclose(probs[3:], 0.3 / 4)
+    counts = np.zeros_like(probs)
+    n = 20_000
+    for _ in range(n):
+        out = e(Query(None), RANKED, POOL)
+        assert len(set(out.items.tolist())) == 3  # never a duplicate
+        for slot, (item, prop) in enumerate(zip(out.items, out.fields["propensity"], strict=True)):
+            row = int(np.flatnonzero(items == item)[0])
+            assert prop == pytest.approx(probs[row, slot])  # logged = the policy's marginal
+            counts[row, slot] += 1
+    se = np.sqrt(probs * (1 - probs) / n)
+    assert np.all(np.abs(counts / n - probs) <= 5 * se + 1e-12)
+
+
+def test_edge_rates_and_a_short_pool():
+    same = slate(0.0)(Query(None), RANKED, POOL)
+    assert same.items.tolist() == [7, 3, 9] and same.fields["propensity"].tolist() == [1.0] * 3
+    assert not same.fields["explored"].any()
+    assert same.reason_lists() == [["r7"], ["r3"], ["r9"]]
+    allpool = slate(1.0, seed=3)(Query(None), RANKED, POOL)
+    assert set(allpool.items.tolist()) <= {11, 12, 13, 14} and allpool.fields["explored"].all()
+    np.testing.assert_allclose(allpool.fields["propensity"], 1.0 / 4)
+    assert all(r[0] == EXPLORE_REASON for r in allpool.reason_lists())
+    short = ItemList(np.array([20]), np.array([0.1]))
+    out = slate(1.0, seed=4)(Query(None), RANKED, short)  # one pool item, three slots
+    assert out.items.tolist() == [20, 3, 9]
+    assert out.fields["propensity"].tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(ConfigError, match="1.5"):
+        slate(0.1)(Query(None), RANKED, POOL, epsilon=1.5)
+
+
+@pytest.fixture(scope="module")
+def rec():
+    return Recommender.fit(make_blocks(n_users=60, n_items=80), FitConfig(
+        models={"ease_recent": {"type": "ease", "l2": 10.0}, "textcf": {}, "transition": {}}),
+        progress=False)
+
+
+def test_pipeline_explores_only_when_asked(rec):
+    pipe = rec.pipeline("balanced")
+    qs = [Query(u, rec.data.history(u)) for u in (0, 31, 59)]
+    plain = pipe.recommend_many(qs, 6)
+    zero = pipe.recommend_many(qs, 6, explore=0.0)
+    for a, b in zip(plain, zero, strict=True):
+        assert a.items.tolist() == b.items.tolist() and "propensity" not in b.fields
+    pipe.explorer = EpsilonSlate({"epsilon": 0.5, "pool": 20, "seed": 7})
+    pipe.explorer.train(rec.data)
+    explored = pipe.recommend_many(qs, 6, explore=0.5)
+    shown = 0
+    for q, base, lst in zip(qs, plain, explored, strict=True):
+        assert len(set(lst.items.tolist())) == 6
+        assert not set(lst.items.tolist()) & set(q.history.tolist())
+        flags = lst.fields["explored"]
+        assert lst.items[~flags].tolist() == base.items[~flags].tolist()  # slots kept in place
+        np.testing.assert_allclose(lst.fields["propensity"][~flags], 0.5)
+        np.testing.assert_allclose(lst.fields["propensity"][flags], 0.5 / 20)
+        shown += int(flags.sum())
+    assert shown > 0
+    with pytest.raises(ConfigError, match="explore must be between 0 and 1, got 2"):
+        pipe.recommend_many(qs, 6, explore=2.0)
+
+
+def test_preset_explore_section_is_validated(tmp_path):
+    f = tmp_path / "x.toml"
+    f.write_text('[blend]\nals = 1.0\n[explore]\nepsilon = 2.0\n')
+    with pytest.raises(ConfigError, match=r"explore.*epsilon.*2\.0"):
+        load_preset(str(f))
+    f.write_text('[blend]\nals = 1.0\n[explore]\nepsilon = 0.2\npool = 30\n')
+    assert load_preset(str(f)).explore == {"epsilon": 0.2, "pool": 30}
