@@ -15,6 +15,7 @@ from serendip.explore import (
     dm,
     dr,
     estimate_all,
+    estimate_from_target,
     fit_reward_model,
     importance_weights,
     ips,
@@ -96,6 +97,24 @@ def test_estimate_all_matches_the_single_estimators():
     assert got["dr"] == dr(TINY, TARGET, Q_HAT)
     assert got["dr_clipped"] == dr(TINY, TARGET, Q_HAT, max_weight=1.5)
     assert set(estimate_all(TINY, TARGET)) == {"ips", "snips"}
+
+
+def test_sufficient_statistics_give_the_same_estimates_by_hand():
+    # target_prob = pi(a_i): 0.8, 0.5, 0.5, 0.0; q_target = sum_a pi q: 0.52, 0.5, 0.2, 0.0;
+    # q_logged = q(a_i): 0.6, 0.5, 0.1, 1.0
+    got = estimate_from_target(TINY, [0.8, 0.5, 0.5, 0.0], [0.52, 0.5, 0.2, 0.0],
+                               [0.6, 0.5, 0.1, 1.0], max_weight=1.5)
+    assert got == estimate_all(TINY, TARGET, Q_HAT, max_weight=1.5)
+    # IPS by hand: w r = 1.6, 0, 0, 0 -> 0.4; DR terms: 0.52 + 1.6 * 0.4, 0.5 - 2 * 0.5,
+    # 0.2 - 0.1, 0 -> mean (1.16 - 0.5 + 0.1 + 0) / 4 = 0.19
+    assert got["ips"].value == pytest.approx(0.4)
+    assert got["dr"].value == pytest.approx(0.19)
+    with pytest.raises(DataError, match="target_prob\\[1\\] = 1.5"):
+        estimate_from_target(TINY, [0.8, 1.5, 0.5, 0.0])
+    with pytest.raises(DataError, match="go together"):
+        estimate_from_target(TINY, [0.8, 0.5, 0.5, 0.0], q_target=[0.0] * 4)
+    with pytest.raises(DataError, match="shape \\(4,\\)"):
+        estimate_from_target(TINY, [0.8, 0.5])
 
 
 def test_on_policy_value_is_the_mean_reward():

@@ -25,6 +25,7 @@ __all__ = [
     "dm",
     "dr",
     "estimate_all",
+    "estimate_from_target",
     "on_policy_value",
     "RewardModel",
     "RewardModelConfig",
@@ -202,21 +203,62 @@ def estimate_all(
     _check_max_weight(max_weight)
     rows = _rows(log)
     dist = _check_dist(log, action_dist)
+    target_prob = dist[rows, log.action, log.position]
+    if q_hat is None:
+        return estimate_from_target(log, target_prob, max_weight=max_weight)
+    q = _check_cube(log, q_hat, "q_hat")
+    return estimate_from_target(log, target_prob, _dm_terms(log, dist, q, rows),
+                                q[rows, log.action, log.position], max_weight)
+
+
+def estimate_from_target(
+    log: BanditLog,
+    target_prob: object,
+    q_target: object | None = None,
+    q_logged: object | None = None,
+    max_weight: float | None = None,
+) -> dict[str, Estimate]:
+    """``estimate_all`` from per-round sufficient statistics, for catalogs too large for a
+    rounds x actions x positions cube.
+
+    ``target_prob[i]`` is the target's probability of the logged action in the logged slot,
+    ``q_target[i]`` the target's expected modelled reward in that slot
+    (sum_a pi_e(a | x_i, k_i) q_hat(x_i, a, k_i)) and ``q_logged[i]`` the model's reward for
+    the logged action; DM and DR need both.
+    """
+    _check_max_weight(max_weight)
+    rows = _rows(log)
+    p = _check_rounds(log, target_prob, "target_prob")
+    if (p < 0).any() or (p > 1).any():
+        i = int(np.flatnonzero((p < 0) | (p > 1))[0])
+        raise DataError(f"target_prob[{i}] = {p[i]} is not a probability")
     r = log.reward
-    w = _weights(log, dist, rows, None)
+    w = p / log.pscore
     out = {"ips": Estimate.from_terms(w * r), "snips": _snips(w, r)}
     wc = None if max_weight is None else np.minimum(w, max_weight)
     if wc is not None:
         out["ips_clipped"] = Estimate.from_terms(wc * r)
-    if q_hat is not None:
-        q = _check_cube(log, q_hat, "q_hat")
-        base = _dm_terms(log, dist, q, rows)
-        residual = r - q[rows, log.action, log.position]
-        out["dm"] = Estimate.from_terms(base)
+    if (q_target is None) != (q_logged is None):
+        raise DataError("q_target and q_logged go together (DM and DR need both)")
+    if q_target is not None:
+        base = _check_rounds(log, q_target, "q_target")
+        residual = r - _check_rounds(log, q_logged, "q_logged")
+        out["dm"] = Estimate.from_terms(base[rows])
         out["dr"] = Estimate.from_terms(base + w * residual)
         if wc is not None:
             out["dr_clipped"] = Estimate.from_terms(base + wc * residual)
     return out
+
+
+def _check_rounds(log: BanditLog, values: object, name: str) -> np.ndarray:
+    a = np.asarray(values, dtype=np.float64)
+    if a.shape != (len(log),):
+        raise DataError(f"{name} must have one value per round, shape ({len(log)},), got {a.shape}")
+    bad = ~np.isfinite(a)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{name}[{i}] = {a[i]} is not finite")
+    return a
 
 
 # reward model ----------------------------------------------------------------------------
