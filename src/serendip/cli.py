@@ -1,4 +1,4 @@
-"""The ``serendip`` command: fit, recommend, evaluate, demo, serve."""
+"""The ``serendip`` command: fit, recommend, evaluate, demo, serve, ope."""
 
 from __future__ import annotations
 
@@ -178,6 +178,45 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_evaluate(ns)
 
 
+def cmd_ope(args: argparse.Namespace) -> int:
+    """Off-policy estimates of presets from a store's impressions and events."""
+    from serendip.explore.replay import as_json, evaluate_store
+    from serendip.pipeline import PRESETS, Recommender, load_preset
+    from serendip.store import open_store
+
+    if not (args.window > 0 and math.isfinite(args.window)):
+        raise ConfigError(f"--window must be a positive number of seconds, got {args.window}")
+    if not 0.0 <= args.explore <= 1.0:
+        raise ConfigError(f"--explore must be between 0 and 1, got {args.explore}")
+    rec = Recommender.load(Path(args.data_dir) / "model" if args.model is None else args.model)
+    names = [n.strip() for n in args.presets.split(",") if n.strip()]
+    targets = {}
+    for name in names:
+        preset = load_preset(name)
+        targets[preset.name] = rec.pipeline(name if name in PRESETS else preset)
+    store = open_store(args.store or f"sqlite:///{Path(args.data_dir).resolve() / 'serendip.db'}")
+    try:
+        result = as_json(evaluate_store(store, rec, targets, args.explore, args.window,
+                                        args.limit))
+    finally:
+        store.close()
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    logged = result["logged"]
+    assert isinstance(logged, dict)
+    print(f"{result['impressions']} impressions, {result['rounds']} logged slots; "
+          f"logged reward per slot {logged['value']:.4f}")
+    print(f"{'target':<24} {'IPS':>8} {'± stderr':>9} {'SNIPS':>8} {'overlap':>8}")
+    targets_out = result["targets"]
+    assert isinstance(targets_out, dict)
+    for name, t in targets_out.items():
+        ips, snips = t["ips"], t["snips"]
+        se = "-" if ips["stderr"] is None else f"{ips['stderr']:.4f}"
+        sn = "-" if snips is None else f"{snips['value']:.4f}"
+        print(f"{name:<24} {ips['value']:>8.4f} {se:>9} {sn:>8} {t['overlap']:>8.3f}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from serendip.service.app import serve
 
@@ -259,6 +298,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-body", type=_positive_int, default=1 << 20,
                    help="largest request body in bytes (default 1 MiB)")
     s.set_defaults(func=cmd_serve)
+
+    o = sub.add_parser("ope", help="estimate presets off-policy from a store's logged lists "
+                       "and events")
+    o.add_argument("--store", help="store URL (default: sqlite:///DATA_DIR/serendip.db)")
+    o.add_argument("--data-dir", default="serendip-data", help="the service's data directory")
+    o.add_argument("--model", help="fitted model directory (default: DATA_DIR/model)")
+    o.add_argument("--presets", default="accurate,balanced,discovery",
+                   help="comma list of shipped presets or .toml files")
+    o.add_argument("--explore", type=float, default=0.0, help="the targets' exploration rate")
+    o.add_argument("--window", type=float, default=86_400.0,
+                   help="seconds after a list in which an event on a shown item is its reward")
+    o.add_argument("--limit", type=_positive_int, default=5_000,
+                   help="most recent impressions used")
+    o.add_argument("--json", help="also write the estimates to this file")
+    o.set_defaults(func=cmd_ope)
     return p
 
 

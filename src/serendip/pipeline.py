@@ -390,6 +390,33 @@ class Pipeline:
                 out.append(self._finish(q, lst, k, eps))
         return out
 
+    def slot_distribution(self, query: Query, k: int = 10, discovery: float | None = None,
+                          explore: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """This pipeline's exact distribution over items in each of ``k`` slots, for ``query``.
+
+        Returns ``(items, probs)`` with ``probs[i, p]`` the probability of ``items[i]`` in slot
+        ``p`` (columns sum to 1): one-hot for a deterministic list, ``EpsilonSlate``'s marginals
+        with exploration.  What off-policy evaluation needs of a target policy.
+        """
+        d = self.preset.discovery if discovery is None else discovery
+        eps = self.explorer.config.epsilon if explore is None else explore
+        q = Query(query.user, query.history, query.text, discovery=d)
+        n_cand = max(self.preset.candidates, k) if self.rerankers else k
+        n_cand = max(n_cand, k + self.explorer.config.pool)
+        retriever = self.rec.retriever()
+        if retriever is not None:
+            cands = self.hybrid.retrieve(q, retriever, n_cand)
+        else:
+            row = self.hybrid.score_many([q])[0].copy()
+            row[q.history] = -np.inf
+            cands = ItemList(np.arange(row.size), row)
+            cands = cands.take(np.flatnonzero(np.isfinite(row))).top(n_cand)
+        lst = cands
+        for rr in self.rerankers:
+            lst = rr(q, lst, k)
+        ranked = lst.take(np.arange(min(k, len(lst))))
+        return self.explorer.action_dist(ranked, cands, eps)
+
     def _finish(self, q: Query, candidates: ItemList, k: int, eps: float) -> ItemList:
         """Candidates (best first by the blend) -> rerankers -> top k -> reasons -> explore."""
         lst = candidates

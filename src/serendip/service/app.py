@@ -356,6 +356,20 @@ def create_app(engine: Engine, *, static_keys: dict[str, Role] | None = None,
     def job(job_id: IdPath) -> dict[str, Any]:
         return engine.job(job_id).as_dict()
 
+    @app.get("/v1/admin/ope", response_model=S.OffPolicy, tags=["admin"], dependencies=[admin])
+    def off_policy(
+        preset: Annotated[list[str] | None, QueryParam(
+            max_length=20, description="presets to evaluate (default: every preset served)")] = None,
+        explore: Annotated[float, QueryParam(ge=0.0, le=1.0, allow_inf_nan=False,
+                                             description="the targets' exploration rate")] = 0.0,
+        window: Annotated[float, QueryParam(gt=0.0, le=365 * 86400.0, allow_inf_nan=False,
+                                            description="seconds after a list in which an "
+                                            "event on a shown item counts as its reward")] = 86400.0,
+        limit: Annotated[int, QueryParam(ge=1, le=100_000,
+                                         description="most recent impressions used")] = 2000,
+    ) -> dict[str, Any]:
+        return engine.off_policy(preset or None, explore, window, limit)
+
     @app.post("/v1/admin/keys", status_code=201, response_model=S.KeyOut, tags=["admin"],
               dependencies=[admin])
     def create_key(body: S.KeyIn) -> dict[str, Any]:

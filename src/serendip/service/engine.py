@@ -923,6 +923,21 @@ class Engine:
                 "popularity": {"users": users, "percentile": pct}, "novelty_bits": bits,
                 "unexpectedness": unexp, "text": " ".join(parts)}
 
+    # ------------------------------------------------------------------- off-policy evaluation
+    def off_policy(self, presets: Sequence[str] | None = None, explore: float = 0.0,
+                   window: float = 86_400.0, limit: int = 2_000) -> dict[str, Any]:
+        """IPS/SNIPS estimates of presets' reward per slot from the impression and event logs
+        (``serendip.explore.replay``), under the current model."""
+        from serendip.explore.replay import as_json, evaluate_targets, replay_log
+
+        s = self.state
+        names = list(dict.fromkeys(presets)) if presets else list(s.pipelines)
+        targets = {n: self._pipeline(s, n) for n in names}
+        self.impression_writer.flush(10.0)  # include what was just served
+        replay = replay_log(self.store.impressions_frame(), self.store.events_frame(),
+                            s.item_pos, s.user_pos, s.n_items, window, limit)
+        return as_json(evaluate_targets(replay, targets, explore))
+
     def presets(self) -> list[dict[str, Any]]:
         s = self._state
         if s is None:

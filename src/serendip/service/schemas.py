@@ -249,6 +249,28 @@ class Presets(_Out):
     presets: list[PresetOut]
 
 
+class EstimateOut(_Out):
+    value: float
+    stderr: float | None = Field(description="None when unbounded (a single round)")
+    ci_low: float | None
+    ci_high: float | None
+    n: int
+
+
+class TargetEstimate(_Out):
+    ips: EstimateOut
+    snips: EstimateOut | None = Field(description="None when no logged slot fits the target")
+    overlap: float = Field(description="share of logged slots the target could also have shown")
+
+
+class OffPolicy(_Out):
+    logged: EstimateOut = Field(description="the logged lists' own reward per slot")
+    rounds: int = Field(description="logged slots used")
+    impressions: int
+    seconds: float
+    targets: dict[str, TargetEstimate]
+
+
 class Job(_Out):
     job_id: str
     status: Literal["running", "succeeded", "failed"]

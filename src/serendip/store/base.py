@@ -127,6 +127,8 @@ class Store(Protocol):
         """
 
     def count_impressions(self) -> int: ...
+    def impressions_frame(self) -> pd.DataFrame:
+        """Logged impressions, oldest first (``IMPRESSION_COLUMNS``), list columns decoded."""
 
     # API keys (only hashes are stored) -----------------------------------------------
     def create_api_key(self, name: str, role: Role) -> str:

@@ -1,0 +1,191 @@
+"""Off-policy evaluation of presets from the service's own logs: impressions and events.
+
+Every list the service shows is logged with each slot's propensity.  A slot earns reward 1 when
+the user posts a rewarding event (click, like, purchase by default) on that item within
+``window`` seconds after the list was shown.  The context of an impression is the user's
+history *as it was then*: their events before the impression's time, so a target preset is
+asked exactly what the logged policy was asked.  Each target's exact slot distribution
+(``Pipeline.slot_distribution``) gives its probability of every logged (item, slot), and
+``estimate_from_target`` turns those into IPS and SNIPS estimates of its reward per slot.
+
+Only personalised lists of known items are used: search results (which answer a text request)
+and anonymous session lists are left out, as are items the current model does not know.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from serendip.errors import DataError
+from serendip.explore.log import BanditLog
+from serendip.explore.ope import Estimate, estimate_from_target, on_policy_value
+from serendip.types import Query
+
+__all__ = [
+    "ReplayLog", "replay_log", "evaluate_targets", "evaluate_store", "as_json",
+    "REWARD_TYPES", "NEGATIVE_TYPES",
+]
+
+#: Event types that count as a reward for the slot that showed the item.
+REWARD_TYPES = ("click", "like", "purchase")
+#: Event types that never count as history (as in serving).
+NEGATIVE_TYPES = ("skip", "dislike")
+
+
+@dataclass(frozen=True)
+class ReplayLog:
+    """Logged slots as a BanditLog, with each round's impression and the impressions' contexts."""
+
+    log: BanditLog
+    impression: np.ndarray  # round -> index into ``queries`` / ``sizes``
+    queries: list[Query]  # per impression: the user's history when the list was shown
+    sizes: list[int]  # per impression: the list length (slots)
+    impression_ids: list[str | None]
+
+
+def replay_log(
+    impressions: pd.DataFrame,
+    events: pd.DataFrame,
+    item_pos: Mapping[str, int],
+    user_pos: Mapping[str, int],
+    n_items: int,
+    window: float = 86_400.0,
+    limit: int | None = 5_000,
+    reward_types: Sequence[str] = REWARD_TYPES,
+    history_limit: int = 500,
+) -> ReplayLog:
+    """Rounds from logged impressions (``Store.impressions_frame``) and events
+    (``Store.events_frame``), in a model's item and user index spaces."""
+    if not (np.isfinite(window) and window > 0):
+        raise DataError(f"window must be a positive number of seconds, got {window!r}")
+    imps = impressions[impressions["user_id"].notna() & impressions["context"].isna()
+                       & impressions["propensities"].notna()]
+    imps = imps.sort_values("timestamp", kind="stable")
+    if limit is not None:
+        imps = imps.tail(limit)
+    by_user: dict[str, tuple[list[float], list[str], list[str]]] = {}
+    ev = events.sort_values("timestamp", kind="stable")
+    for u, t, i, ty in zip(ev["user_id"].astype(str), ev["timestamp"].astype(float),
+                           ev["item_id"].astype(str), ev["type"].astype(str), strict=True):
+        ts, items, types = by_user.setdefault(u, ([], [], []))
+        ts.append(t)
+        items.append(i)
+        types.append(ty)
+    rewarding = set(reward_types)
+    rows: list[tuple[int, int, int, float, float]] = []
+    queries: list[Query] = []
+    sizes: list[int] = []
+    ids: list[str | None] = []
+    for user, shown, props, t0, imp_id in zip(
+            imps["user_id"].astype(str), imps["item_ids"], imps["propensities"],
+            imps["timestamp"].astype(float), imps["impression_id"], strict=True):
+        ts, items, types = by_user.get(user, ([], [], []))
+        cut = bisect.bisect_left(ts, t0)
+        queries.append(Query(user_pos.get(user), _history(items[:cut][-history_limit:],
+                                                          types[:cut][-history_limit:], item_pos)))
+        end = bisect.bisect_right(ts, t0 + window)
+        later = {items[j] for j in range(cut, end) if types[j] in rewarding}
+        n = len(queries) - 1
+        sizes.append(len(shown))
+        ids.append(None if imp_id is None or (isinstance(imp_id, float) and np.isnan(imp_id))
+                   else str(imp_id))
+        for slot, (iid, p) in enumerate(zip(shown, props, strict=True)):
+            pos = item_pos.get(str(iid))
+            if pos is None or not p or p <= 0:
+                continue
+            rows.append((n, pos, slot, float(str(iid) in later), float(p)))
+    if not rows:
+        raise DataError(
+            "no logged recommendation slots to evaluate: serve personalised lists (they log "
+            "propensities) and post events before estimating"
+        )
+    arr = np.array(rows, dtype=np.float64)
+    log = BanditLog(action=arr[:, 1].astype(np.int64), position=arr[:, 2].astype(np.int64),
+                    reward=arr[:, 3], pscore=arr[:, 4], n_actions=n_items,
+                    n_positions=max(sizes))
+    return ReplayLog(log, arr[:, 0].astype(np.int64), queries, sizes, ids)
+
+
+def _history(items: list[str], types: list[str], item_pos: Mapping[str, int]) -> np.ndarray:
+    """Positive history oldest first; the latest event on an item decides (as in serving)."""
+    last: dict[int, bool] = {}
+    for iid, ty in zip(items, types, strict=True):
+        i = item_pos.get(iid)
+        if i is None:
+            continue
+        last.pop(i, None)
+        last[i] = ty not in NEGATIVE_TYPES
+    return np.fromiter((i for i, ok in last.items() if ok), dtype=np.int64)
+
+
+def evaluate_targets(replay: ReplayLog, targets: Mapping[str, object],
+                     explore: float | None = 0.0) -> dict[str, object]:
+    """IPS and SNIPS per target pipeline (name -> ``Pipeline``), plus the logged value.
+
+    ``explore`` is the targets' exploration rate (0: their deterministic lists; None: each
+    preset's own).  Returns ``{"logged": Estimate, "rounds": n, "impressions": m,
+    "seconds": s, "targets": {name: {"ips": Estimate, "snips": Estimate, "support": x}}}``
+    where support is the share of logged rounds whose (item, slot) the target can show.
+    """
+    t0 = time.perf_counter()
+    log = replay.log
+    out: dict[str, dict[str, object]] = {}
+    for name, pipe in targets.items():
+        probs = np.zeros(len(log))
+        per_imp: dict[int, dict[tuple[int, int], float]] = {}
+        for r, (n, a, p) in enumerate(zip(replay.impression.tolist(), log.action.tolist(),
+                                          log.position.tolist(), strict=True)):
+            dist = per_imp.get(n)
+            if dist is None:
+                items, pr = pipe.slot_distribution(  # type: ignore[attr-defined]
+                    replay.queries[n], replay.sizes[n], explore=explore)
+                dist = {(int(items[i]), int(s)): float(pr[i, s])
+                        for i, s in zip(*np.nonzero(pr), strict=True)}
+                per_imp[n] = dist
+            probs[r] = dist.get((a, p), 0.0)
+        if probs.sum() > 0:
+            est = estimate_from_target(log, probs)
+            ips, snips = est["ips"], est["snips"]
+        else:  # the target shows none of the logged (item, slot) pairs: IPS says 0, SNIPS nothing
+            ips, snips = Estimate.from_terms(np.zeros(len(log))), None
+        out[name] = {"ips": ips, "snips": snips, "overlap": float(np.mean(probs > 0))}
+    logged: Estimate = on_policy_value(log)
+    return {"logged": logged, "rounds": len(log), "impressions": len(replay.queries),
+            "seconds": time.perf_counter() - t0, "targets": out}
+
+
+def evaluate_store(store: object, rec: object, targets: Mapping[str, object],
+                   explore: float | None = 0.0, window: float = 86_400.0,
+                   limit: int | None = 5_000) -> dict[str, object]:
+    """``evaluate_targets`` over a store's impressions and events for a fitted Recommender."""
+    data = rec.data  # type: ignore[attr-defined]
+    item_pos = {str(x): i for i, x in enumerate(data.item_ids)}
+    user_pos = {str(x): i for i, x in enumerate(data.user_ids)}
+    replay = replay_log(store.impressions_frame(), store.events_frame(),  # type: ignore[attr-defined]
+                        item_pos, user_pos, data.n_items, window, limit)
+    return evaluate_targets(replay, targets, explore)
+
+
+def as_json(result: Mapping[str, object]) -> dict[str, object]:
+    """``evaluate_targets``' result with estimates as plain dicts (infinities as None)."""
+
+    def est(e: object) -> object:
+        if not isinstance(e, Estimate):
+            return e
+        return {k: (None if not np.isfinite(v) else float(v)) if isinstance(v, float) else v
+                for k, v in (("value", e.value), ("stderr", e.stderr), ("ci_low", e.ci_low),
+                             ("ci_high", e.ci_high), ("n", e.n))}
+
+    targets = result["targets"]
+    assert isinstance(targets, Mapping)
+    return {
+        "logged": est(result["logged"]), "rounds": result["rounds"],
+        "impressions": result["impressions"], "seconds": round(float(result["seconds"]), 3),  # type: ignore[arg-type]
+        "targets": {name: {k: est(v) for k, v in t.items()} for name, t in targets.items()},
+    }
