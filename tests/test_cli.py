@@ -56,6 +56,25 @@ def test_recommend_csv_single_user(files, capsys):
     assert all(r[0] == "0u30" for r in rows[1:])
 
 
+def test_recommend_with_exploration_writes_propensities(files, capsys):
+    assert main(["recommend", "--model", str(files / "model"), "--user", "0u3", "-k", "4",
+                 "--explore", "1"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    props = [it["propensity"] for it in row["items"]]
+    # explore = 1: every slot shows one of the pool items (the model has 20 items, 8 of them
+    # in this user's history, 4 ranked: a pool of 8), each with probability 1 / 8
+    assert props == [0.125] * 4
+    assert all(it["reasons"][0].startswith("exploring") for it in row["items"])
+    assert main(["recommend", "--model", str(files / "model"), "--user", "0u3", "-k", "2",
+                 "--explore", "0.5", "--format", "csv"]) == 0
+    rows = list(csv.reader(capsys.readouterr().out.splitlines()))
+    # 12 unseen items, 2 ranked: a pool of 10
+    assert rows[0][-1] == "propensity" and all(float(r[-1]) in (0.5, 0.05) for r in rows[1:])
+    with pytest.raises(SystemExit):
+        main(["recommend", "--model", str(files / "model"), "--user", "0u3", "--explore", "2"])
+    assert "explore must be in [0, 1], got 2" in capsys.readouterr().err
+
+
 def test_errors_are_one_line_and_name_the_value(files, capsys, tmp_path):
     assert main(["recommend", "--model", str(tmp_path), "--user", "x"]) == 2
     assert "not a serendip model" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from serendip.errors import ConfigError, DataError, SerendipError
@@ -27,14 +27,22 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _discovery(value: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"discovery must be a number in [0, 1], got {value!r}") from None
-    if not 0.0 <= x <= 1.0:
-        raise argparse.ArgumentTypeError(f"discovery must be in [0, 1], got {value}")
-    return x
+def _unit(name: str) -> Callable[[str], float]:
+    """An argparse type: a number in [0, 1], errors naming the option."""
+
+    def parse(value: str) -> float:
+        try:
+            x = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number in [0, 1], got {value!r}") from None
+        if not 0.0 <= x <= 1.0:
+            raise argparse.ArgumentTypeError(f"{name} must be in [0, 1], got {value}")
+        return x
+
+    return parse
+
+
+_discovery = _unit("discovery")
 
 
 def _positive_int(value: str) -> int:
@@ -99,25 +107,32 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         log.warning("%d of %d user ids are not in the model; they get cold-start lists",
                     unknown, len(user_ids))
     t0 = time.perf_counter()
-    lists = pipe.recommend_many(queries, args.k, args.discovery)
+    lists = pipe.recommend_many(queries, args.k, args.discovery, explore=args.explore)
     log.info("recommended for %d users in %.2fs", len(user_ids), time.perf_counter() - t0)
     item_ids = rec.data.item_ids
     buf = io.StringIO()
     if args.format == "jsonl":
         for uid, lst in zip(user_ids, lists, strict=True):
-            rows = [
+            rows: list[dict[str, object]] = [
                 {"item_id": str(item_ids[i]), "score": round(float(s), 6), "reasons": r}
                 for i, s, r in zip(lst.items, lst.scores, lst.reason_lists(), strict=True)
             ]
+            if "propensity" in lst.fields:  # exploring: each slot's probability, for logging
+                for row, p in zip(rows, lst.fields["propensity"].tolist(), strict=True):
+                    row["propensity"] = round(float(p), 9)
             buf.write(json.dumps({"user_id": uid, "items": rows}, ensure_ascii=False) + "\n")
     else:
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["user_id", "rank", "item_id", "score", "reasons"])
+        explored = args.explore is not None and args.explore > 0
+        w.writerow(["user_id", "rank", "item_id", "score", "reasons"]
+                   + (["propensity"] if explored else []))
         for uid, lst in zip(user_ids, lists, strict=True):
+            props = lst.fields.get("propensity")
             for rank, (i, s, r) in enumerate(
                 zip(lst.items, lst.scores, lst.reason_lists(), strict=True), start=1
             ):
-                w.writerow([uid, rank, str(item_ids[i]), f"{float(s):.6f}", " | ".join(r)])
+                extra = [f"{float(props[rank - 1]):.9g}"] if explored and props is not None else []
+                w.writerow([uid, rank, str(item_ids[i]), f"{float(s):.6f}", " | ".join(r), *extra])
     if args.output:
         _atomic_write(Path(args.output), buf.getvalue())
         print(f"wrote {len(user_ids)} lists to {args.output}", file=sys.stderr)
@@ -256,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-k", type=_positive_int, default=10)
     r.add_argument("--preset", default="balanced", help="accurate | balanced | discovery | FILE.toml")
     r.add_argument("--discovery", type=_discovery, default=None, help="0 = accuracy .. 1 = discovery")
+    r.add_argument("--explore", type=_unit("explore"), default=None,
+                   help="exploration rate: each slot shows, with this chance, an item from just "
+                   "below the list; items then carry their propensity (default: the preset's)")
     r.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     r.add_argument("--output", help="write here instead of stdout")
     r.set_defaults(func=cmd_recommend)
