@@ -14,7 +14,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ from serendip.store.base import (
 )
 
 __all__ = [
+    "impression_rows",
     "KEY_PREFIX",
     "EVENT_COLUMNS",
     "IMPRESSION_COLUMNS",
@@ -387,3 +388,15 @@ def check_limit(limit: int) -> None:
     """Refuse a non-positive or non-integer row limit, naming it."""
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise DataError(f"limit must be a positive integer, got {limit!r}")
+
+
+def impression_rows(prepared: Sequence[PreparedImpression],
+                    encode: Callable[[Any], Any]) -> list[tuple[Any, ...]]:
+    """Insert parameters for ``impressions`` (column order of both back ends' INSERT); list
+    columns go through ``encode`` (JSON text for SQLite, a JSONB adapter for PostgreSQL)."""
+    return [
+        (p.user_id, encode(p.item_ids), encode(p.scores),
+         None if p.propensities is None else encode(p.propensities), p.preset, p.discovery,
+         p.context, p.timestamp, p.impression_id)
+        for p in prepared
+    ]

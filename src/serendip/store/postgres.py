@@ -31,6 +31,7 @@ from serendip.store._common import (
     events_frame_from_rows,
     fields_frame,
     hash_key,
+    impression_rows,
     is_lookup_id,
     key_lookup,
     new_api_key,
@@ -434,20 +435,7 @@ class PostgresStore:
         """One transaction; returns the new row id when the batch holds one impression."""
         if not prepared:
             return None
-        rows = [
-            (
-                p.user_id,
-                Jsonb(p.item_ids),
-                Jsonb(p.scores),
-                None if p.propensities is None else Jsonb(p.propensities),
-                p.preset,
-                p.discovery,
-                p.context,
-                p.timestamp,
-                p.impression_id,
-            )
-            for p in prepared
-        ]
+        rows = impression_rows(prepared, Jsonb)
         keys = [p.impression_id for p in prepared if p.impression_id is not None]
         sql = (
             "INSERT INTO impressions (user_id, item_ids, scores, propensities, preset, "

@@ -35,6 +35,7 @@ from serendip.store._common import (
     events_frame_from_rows,
     fields_frame,
     hash_key,
+    impression_rows,
     is_lookup_id,
     key_lookup,
     new_api_key,
@@ -123,6 +124,10 @@ _CHUNK = 500  # placeholders per IN (...) query, well under SQLite's variable li
 def _chunks(values: Sequence[str], size: int = _CHUNK) -> Iterator[Sequence[str]]:
     for start in range(0, len(values), size):
         yield values[start : start + size]
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False)
 
 
 class SQLiteStore:
@@ -461,20 +466,7 @@ class SQLiteStore:
         """One transaction; returns the new row ids in batch order."""
         if not prepared:
             return []
-        rows = [
-            (
-                p.user_id,
-                json.dumps(p.item_ids, ensure_ascii=False),
-                json.dumps(p.scores),
-                None if p.propensities is None else json.dumps(p.propensities),
-                p.preset,
-                p.discovery,
-                p.context,
-                p.timestamp,
-                p.impression_id,
-            )
-            for p in prepared
-        ]
+        rows = impression_rows(prepared, _json)
         keys = [p.impression_id for p in prepared if p.impression_id is not None]
         try:
             with self._write() as conn:
