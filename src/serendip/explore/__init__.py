@@ -1,5 +1,6 @@
 """Exploration: bandit logs and off-policy evaluation of recommendation policies."""
 
+from serendip.explore.bandit import FEATURES, LinearTS, LinearTSConfig
 from serendip.explore.log import BanditLog
 from serendip.explore.ope import (
     Estimate,
@@ -34,4 +35,7 @@ __all__ = [
     "EpsilonSlate",
     "EpsilonSlateConfig",
     "EXPLORE_REASON",
+    "LinearTS",
+    "LinearTSConfig",
+    "FEATURES",
 ]

@@ -1,0 +1,149 @@
+"""A contextual bandit that learns online how much discovery people reward.
+
+The ``discovery`` knob of a preset is set once, by a person.  ``LinearTS`` instead learns the
+mix from feedback: each candidate of the blend's pool is described by a few features, the
+expected reward of showing it is linear in them, and Thompson sampling (Agrawal & Goyal 2013,
+"Thompson Sampling for Contextual Bandits with Linear Payoffs") draws a weight vector from the
+Gaussian posterior for every request and shows the k best candidates under that draw.
+
+Features of candidate i for a user (all in [0, 1], so the weights compare):
+
+- ``relevance``: the blend's score, min-max scaled over the pool;
+- ``unexpectedness``: (1 - cosine(history profile, item)) / 2 in the encoder space (0.5
+  without a history);
+- ``novelty``: self-information -log2(users(i) / n_users), divided by its catalog maximum;
+- ``tail``: 1 outside the head (the 20% most popular items), else 0;
+- ``bias``: 1.
+
+Learning is two running sums over shown slots, ``A += x x'`` and ``b += r x`` (ridge
+regression's sufficient statistics), so a slot can be counted as "shown, no reward" at once
+and credited later with ``reward(x)`` (``b += x``) when a click arrives.  Exact propensities of
+a Thompson-sampled slate have no closed form; ``__call__`` estimates each shown (item, slot)
+marginal from ``samples`` posterior draws (the shown draw included, so an estimate is never 0),
+as the Open Bandit Dataset does for its Bernoulli TS logs.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from pydantic import Field
+
+from serendip.component import Component, ComponentConfig
+from serendip.data.dataset import Dataset
+from serendip.errors import ConfigError, DataError
+from serendip.eval.metrics import head_by_item_share
+from serendip.models.semantic import normalized_vectors
+from serendip.types import ItemList, Query
+
+__all__ = ["LinearTS", "LinearTSConfig", "FEATURES"]
+
+FEATURES = ("bias", "relevance", "unexpectedness", "novelty", "tail")
+
+
+class LinearTSConfig(ComponentConfig):
+    prior: float = Field(1.0, gt=0, le=1e6, description="ridge prior precision (A starts at prior x I)")
+    noise: float = Field(0.25, gt=0, le=100, description="posterior scale: larger explores more")
+    samples: int = Field(200, ge=1, le=100_000, description="posterior draws per propensity estimate")
+    seed: int | None = Field(None, ge=0, description="fixed seed (replays, tests); None: fresh")
+
+
+class LinearTS(Component):
+    """Thompson sampling over ``FEATURES`` of the candidates; learns from ``update``."""
+
+    name = "linear_ts"
+    config_class = LinearTSConfig
+    config: LinearTSConfig
+
+    def train(self, data: Dataset) -> None:
+        pop = np.asarray(data.item_popularity, dtype=np.float64)
+        info = -np.log2(np.maximum(pop, 1.0) / max(int(data.n_users), 1))
+        d = len(FEATURES)
+        self._set_state(
+            A=np.eye(d) * self.config.prior, b=np.zeros(d),
+            novelty=info / max(float(info.max()), 1e-12),
+            tail=(~head_by_item_share(pop, 0.2)).astype(np.float64),
+            vectors=normalized_vectors(data, self.name),
+        )
+
+    def _after_load(self) -> None:
+        self._rng = np.random.default_rng(self.config.seed)
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ features
+    def features(self, query: Query, candidates: ItemList) -> np.ndarray:
+        """``len(candidates) x len(FEATURES)`` feature rows (see the module docstring)."""
+        st = self._require_trained()
+        idx = candidates.items
+        s = candidates.scores
+        rel = np.zeros(idx.size)
+        finite = np.isfinite(s)
+        if finite.any():
+            lo, hi = float(s[finite].min()), float(s[finite].max())
+            rel[finite] = (s[finite] - lo) / (hi - lo) if hi > lo else 1.0
+        v = st["vectors"]
+        hist = np.unique(query.history)
+        if hist.size:
+            centre = v[hist].mean(axis=0)
+            norm = float(np.linalg.norm(centre))
+            cos = v[idx] @ (centre / norm) if norm > 0 else np.zeros(idx.size)
+            unexp = (1.0 - cos) / 2.0
+        else:
+            unexp = np.full(idx.size, 0.5)
+        return np.column_stack([np.ones(idx.size), rel, unexp, st["novelty"][idx],
+                                st["tail"][idx]])
+
+    # ------------------------------------------------------------------ policy
+    def posterior(self) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and covariance of the weights (ridge solution, noise^2 A^-1)."""
+        st = self._require_trained()
+        with self._lock:
+            a, b = st["A"].copy(), st["b"].copy()
+        cov = np.linalg.inv(a)
+        return cov @ b, (self.config.noise**2) * cov
+
+    def __call__(self, query: Query, candidates: ItemList, k: int) -> ItemList:  # type: ignore[override]
+        """The k candidates with the best sampled reward, each with ``propensity`` (Monte Carlo
+        marginal of its slot), ``features`` rows and the ``sampled`` score."""
+        if not isinstance(k, int | np.integer) or k < 1:
+            raise ConfigError(f"k must be a positive integer, got {k!r}")
+        x = self.features(query, candidates)
+        k = min(int(k), len(candidates))
+        if k == 0:
+            return ItemList.empty()
+        mean, cov = self.posterior()
+        draws = self._rng.multivariate_normal(mean, cov, size=self.config.samples,
+                                              method="cholesky")
+        scores = draws @ x.T  # samples x candidates
+        # top k of every draw, best first (ties by candidate order)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        shown = order[0]
+        counts = (order == shown[None, :]).sum(axis=0)
+        prop = counts / self.config.samples
+        lst = candidates.take(shown)
+        return (lst.with_scores(scores[0, shown])
+                .with_field("propensity", prop)
+                .with_field("features", x[shown])
+                .with_field("relevance", candidates.scores[shown]))
+
+    def update(self, features: np.ndarray, rewards: np.ndarray) -> None:
+        """Learn from shown slots: their feature rows and rewards (0 = shown, not taken)."""
+        x = np.atleast_2d(np.asarray(features, dtype=np.float64))
+        r = np.asarray(rewards, dtype=np.float64).reshape(-1)
+        if x.shape[1] != len(FEATURES) or x.shape[0] != r.size:
+            raise DataError(
+                f"update needs n x {len(FEATURES)} features and n rewards, got {x.shape} and "
+                f"{r.shape}"
+            )
+        if not (np.isfinite(x).all() and np.isfinite(r).all()):
+            raise DataError("update features and rewards must be finite")
+        st = self._require_trained()
+        with self._lock:
+            st["A"] += x.T @ x
+            st["b"] += x.T @ r
+
+    def weights(self) -> dict[str, float]:
+        """The posterior mean weight of each feature (what the bandit has learned)."""
+        mean, _ = self.posterior()
+        return dict(zip(FEATURES, (float(m) for m in mean), strict=True))
