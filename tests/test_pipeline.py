@@ -64,7 +64,7 @@ def test_candidates_restrict_pool(rec):
 def test_save_load_same_lists(rec, tmp_path):
     rec.save(tmp_path / "m")
     back = Recommender.load(tmp_path / "m")
-    for preset in PRESETS:
+    for preset in ("accurate", "balanced", "discovery"):  # deterministic ones
         a, b = rec.pipeline(preset), back.pipeline(preset)
         qs = [a.query(f"u{u}") for u in range(0, 40, 9)]
         for x, y in zip(a.recommend_many(qs, 5), b.recommend_many(qs, 5), strict=True):

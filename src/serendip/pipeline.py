@@ -26,6 +26,7 @@ from serendip import __version__
 from serendip.component import make_config
 from serendip.data.dataset import Dataset
 from serendip.errors import ConfigError, ModelFormatError
+from serendip.explore.bandit import LinearTS, LinearTSConfig
 from serendip.explore.policies import EpsilonSlate, EpsilonSlateConfig
 from serendip.models import SCORERS, BatchScorer, Hybrid
 from serendip.models.retrieval import LazyRetriever, RetrievalConfig, Retriever
@@ -40,7 +41,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PRESETS = ("accurate", "balanced", "discovery")
+PRESETS = ("accurate", "balanced", "discovery", "adaptive")
 FORMAT_VERSION = 1
 #: Catalogs above this size get the large-catalog default models (no dense item x item ones).
 LARGE_CATALOG = 40_000
@@ -126,6 +127,9 @@ class Preset(BaseModel):
     rerank: list[dict[str, Any]] = Field(default_factory=list)
     #: exploration (``EpsilonSlateConfig``: epsilon, pool, seed); None: lists are deterministic
     explore: dict[str, Any] | None = None
+    #: a bandit choosing the list from the candidates and learning online (``LinearTSConfig``);
+    #: when set it replaces the rerankers and the exploration stage
+    bandit: dict[str, Any] | None = None
 
 
 def load_preset(name_or_path: str) -> Preset:
@@ -147,6 +151,8 @@ def load_preset(name_or_path: str) -> Preset:
     preset: Preset = _validate(Preset, values, f"preset {name_or_path!r}")
     if preset.explore is not None:
         make_config(EpsilonSlateConfig, preset.explore, f"preset {preset.name!r}: explore")
+    if preset.bandit is not None:
+        make_config(LinearTSConfig, preset.bandit, f"preset {preset.name!r}: bandit")
     for stage in preset.rerank:
         if stage.get("name") not in RERANKERS:
             raise ConfigError(
@@ -327,6 +333,10 @@ class Pipeline:
             self.rerankers.append(rr)
         self.explorer = EpsilonSlate(preset.explore or {"epsilon": 0.0})
         self.explorer.train(rec.data)
+        self.bandit: LinearTS | None = None
+        if preset.bandit is not None:
+            self.bandit = LinearTS(preset.bandit)
+            self.bandit.train(rec.data)
 
     def query(self, user_id: str) -> Query:
         """Query for an external user id; unknown users get an empty history (cold start)."""
@@ -358,13 +368,15 @@ class Pipeline:
         eps = self.explorer.config.epsilon if explore is None else explore
         if not 0.0 <= eps <= 1.0:
             raise ConfigError(f"explore must be between 0 and 1, got {explore}")
+        if self.bandit is not None:
+            eps = 0.0  # the bandit explores by itself
         n_items = self.rec.data.n_items
         allowed = None
         if candidates is not None:
             allowed = np.zeros(n_items, dtype=bool)
             allowed[candidates] = True
         out: list[ItemList] = []
-        n_cand = max(self.preset.candidates, k) if self.rerankers else k
+        n_cand = max(self.preset.candidates, k) if self.rerankers or self.bandit else k
         if eps > 0:  # room for the exploration pool after the list
             n_cand = max(n_cand, k + self.explorer.config.pool)
         retriever = self.rec.retriever()
@@ -401,7 +413,7 @@ class Pipeline:
         d = self.preset.discovery if discovery is None else discovery
         eps = self.explorer.config.epsilon if explore is None else explore
         q = Query(query.user, query.history, query.text, discovery=d)
-        n_cand = max(self.preset.candidates, k) if self.rerankers else k
+        n_cand = max(self.preset.candidates, k) if self.rerankers or self.bandit else k
         n_cand = max(n_cand, k + self.explorer.config.pool)
         retriever = self.rec.retriever()
         if retriever is not None:
@@ -411,6 +423,8 @@ class Pipeline:
             row[q.history] = -np.inf
             cands = ItemList(np.arange(row.size), row)
             cands = cands.take(np.flatnonzero(np.isfinite(row))).top(n_cand)
+        if self.bandit is not None:  # Monte Carlo over the bandit's posterior
+            return self.bandit.slot_distribution(q, cands, k)
         lst = cands
         for rr in self.rerankers:
             lst = rr(q, lst, k)
@@ -418,7 +432,12 @@ class Pipeline:
         return self.explorer.action_dist(ranked, cands, eps)
 
     def _finish(self, q: Query, candidates: ItemList, k: int, eps: float) -> ItemList:
-        """Candidates (best first by the blend) -> rerankers -> top k -> reasons -> explore."""
+        """Candidates (best first by the blend) -> rerankers -> top k -> reasons -> explore.
+
+        A bandit preset lets the bandit pick the k items instead (with their propensities).
+        """
+        if self.bandit is not None:
+            return self._explain(q, self.bandit(q, candidates, k))
         lst = candidates
         for rr in self.rerankers:
             lst = rr(q, lst, k)

@@ -42,7 +42,7 @@ def test_features_by_hand(data):
 
 def test_learns_a_known_preference_and_follows_it(data):
     """Users reward only block-B items (indices 10..19); relevance says block A."""
-    b = bandit(data, noise=0.2)
+    b = bandit(data, noise=0.2, prior_mean={})  # no head start: learn from scratch
     scores = np.where(np.arange(20) < 10, 1.0, 0.0) + np.linspace(0, 0.1, 20)
     cands = ItemList(np.arange(20), scores)
     q = Query(0, data.history(0))  # a block-A history: block B is unexpected
@@ -93,3 +93,23 @@ def test_update_checks_and_persistence(data, tmp_path):
     b.save(tmp_path / "ts")
     back = LinearTS.load(tmp_path / "ts")
     assert back.weights() == pytest.approx(b.weights())
+
+
+def test_the_prior_mean_is_where_learning_starts(data):
+    cands = ItemList(np.arange(20), np.linspace(1, 0, 20))
+    b = bandit(data, prior=1e4, noise=1e-3)  # default prior: relevance weight 1
+    assert b.weights()["relevance"] == pytest.approx(1.0)
+    assert b(Query(None), cands, 3).items.tolist() == [0, 1, 2]  # the blend's order at first
+    with pytest.raises(ConfigError, match="unknown features.*'charm'"):
+        LinearTS({"prior_mean": {"charm": 1.0}})
+    b.credit(np.ones((2, 5)))  # two rewards for slots counted as shown
+    a, bb = b.statistics()
+    assert bb[1] == pytest.approx(1e4 + 2)
+    fresh = bandit(data)
+    fresh.set_statistics(a, bb)
+    assert fresh.weights() == pytest.approx(b.weights())
+    with pytest.raises(DataError, match="5x5"):
+        fresh.set_statistics(np.eye(3), np.zeros(3))
+    items, probs = b.slot_distribution(Query(None), cands, 3)
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0)
+    assert items.tolist() == list(range(20)) and probs.shape == (20, 3)

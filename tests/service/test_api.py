@@ -331,7 +331,7 @@ def test_explain(api):
 
 def test_presets(api):
     out = api("GET", "/v1/presets", "read").json()["presets"]
-    assert [p["name"] for p in out] == ["accurate", "balanced", "discovery"]
+    assert [p["name"] for p in out] == ["accurate", "balanced", "discovery", "adaptive"]
     assert all(0 <= p["discovery"] <= 1 and p["description"] for p in out)
 
 

@@ -64,7 +64,7 @@ def test_user_preset_naming_a_missing_model_is_reported_not_fatal(
     e = engine_for(tmp_path, seed_files, no_ease, encoder, presets=(strict, mine))
     try:
         names = [p["name"] for p in e.presets()]
-        assert names == ["accurate", "balanced", "discovery", "mine"]
+        assert names == ["accurate", "balanced", "discovery", "adaptive", "mine"]
         assert len(e.recommend("u1", 4, "mine")["items"]) == 4
         assert len(e.recommend("u1", 4)["items"]) == 4  # default: balanced, adapted
         with pytest.raises(ConfigError, match=r"'strict' is not available.*ease_recent"):

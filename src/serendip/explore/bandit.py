@@ -47,6 +47,18 @@ class LinearTSConfig(ComponentConfig):
     noise: float = Field(0.25, gt=0, le=100, description="posterior scale: larger explores more")
     samples: int = Field(200, ge=1, le=100_000, description="posterior draws per propensity estimate")
     seed: int | None = Field(None, ge=0, description="fixed seed (replays, tests); None: fresh")
+    prior_mean: dict[str, float] = Field(
+        default_factory=lambda: {"relevance": 1.0},
+        description="prior mean weights by feature name (others 0): where learning starts",
+    )
+
+    def model_post_init(self, __context: object) -> None:
+        unknown = sorted(set(self.prior_mean) - set(FEATURES))
+        if unknown:
+            raise ValueError(f"prior_mean names unknown features {unknown}; valid: {list(FEATURES)}")
+        bad = {k: v for k, v in self.prior_mean.items() if not np.isfinite(v) or abs(v) > 1e3}
+        if bad:
+            raise ValueError(f"prior_mean weights must be finite and within +-1000, got {bad}")
 
 
 class LinearTS(Component):
@@ -60,8 +72,9 @@ class LinearTS(Component):
         pop = np.asarray(data.item_popularity, dtype=np.float64)
         info = -np.log2(np.maximum(pop, 1.0) / max(int(data.n_users), 1))
         d = len(FEATURES)
+        m0 = np.array([self.config.prior_mean.get(f, 0.0) for f in FEATURES])
         self._set_state(
-            A=np.eye(d) * self.config.prior, b=np.zeros(d),
+            A=np.eye(d) * self.config.prior, b=self.config.prior * m0,  # posterior mean = m0
             novelty=info / max(float(info.max()), 1e-12),
             tail=(~head_by_item_share(pop, 0.2)).astype(np.float64),
             vectors=normalized_vectors(data, self.name),
@@ -142,6 +155,48 @@ class LinearTS(Component):
         with self._lock:
             st["A"] += x.T @ x
             st["b"] += x.T @ r
+
+    def credit(self, features: np.ndarray) -> None:
+        """Reward 1 for slots already counted by ``update`` as shown with reward 0."""
+        x = np.atleast_2d(np.asarray(features, dtype=np.float64))
+        if x.shape[1] != len(FEATURES) or not np.isfinite(x).all():
+            raise DataError(f"credit needs finite n x {len(FEATURES)} features, got {x.shape}")
+        st = self._require_trained()
+        with self._lock:
+            st["b"] += x.sum(axis=0)
+
+    def statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the learned sums (A, b), e.g. to carry them to a refitted model."""
+        st = self._require_trained()
+        with self._lock:
+            return st["A"].copy(), st["b"].copy()
+
+    def set_statistics(self, a: np.ndarray, b: np.ndarray) -> None:
+        d = len(FEATURES)
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        if a.shape != (d, d) or b.shape != (d,) or not (np.isfinite(a).all() and np.isfinite(b).all()):
+            raise DataError(f"bandit statistics must be finite {d}x{d} and {d}, got {a.shape}, {b.shape}")
+        st = self._require_trained()
+        with self._lock:
+            st["A"][:] = a
+            st["b"][:] = b
+
+    def slot_distribution(self, query: Query, candidates: ItemList, k: int
+                          ) -> tuple[np.ndarray, np.ndarray]:
+        """Monte Carlo estimate of the policy's distribution over items in each slot:
+        ``(items, probs)`` with ``probs[i, p]`` the share of posterior draws that put
+        ``items[i]`` in slot ``p``."""
+        x = self.features(query, candidates)
+        k = min(int(k), len(candidates))
+        mean, cov = self.posterior()
+        draws = self._rng.multivariate_normal(mean, cov, size=self.config.samples,
+                                              method="cholesky")
+        order = np.argsort(-(draws @ x.T), axis=1, kind="stable")[:, :k]
+        probs = np.zeros((len(candidates), k))
+        for p in range(k):
+            probs[:, p] = np.bincount(order[:, p], minlength=len(candidates))
+        probs /= self.config.samples
+        return candidates.items, probs
 
     def weights(self) -> dict[str, float]:
         """The posterior mean weight of each feature (what the bandit has learned)."""

@@ -36,6 +36,7 @@ import math
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ import pandas as pd
 from serendip.data.dataset import Dataset
 from serendip.errors import ConfigError, DataError, SerendipError, UnknownIdError
 from serendip.eval.metrics import head_by_item_share
+from serendip.explore.replay import REWARD_TYPES
 from serendip.models._util import standardize
 from serendip.models.base import TEXT_SPACE
 from serendip.models.ease import EASE
@@ -112,6 +114,8 @@ class EngineConfig:
     #: retrain when the store holds items the model lacks, or this many more events (as a
     #: share of the events at the last fit)
     refresh_events: float = 0.1
+    bandit_window: float = 86_400.0  # seconds in which a reward event credits a bandit's slot
+    bandit_memory: int = 200_000  # shown (user, item) slots remembered for crediting
 
     def all_presets(self) -> dict[str, Preset]:
         out = {name: load_preset(name) for name in PRESETS}
@@ -291,6 +295,10 @@ class Engine:
         self._events_at_fit = 0
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
+        # bandit presets: what each user was shown (features per slot), so that a later
+        # click, like or purchase can credit the bandit; oldest entries are dropped first
+        self._shown: OrderedDict[tuple[str, str], tuple[str, np.ndarray, float]] = OrderedDict()
+        self._shown_lock = threading.Lock()
         self.on_impression: Any = None  # a callable, set by the app for metrics
 
     # ------------------------------------------------------------------- lifecycle
@@ -346,6 +354,7 @@ class Engine:
         works: the next impression starts a new writer thread.
         """
         self._stop.set()
+        self.save_bandits()
         self.impression_writer.close(timeout)
 
     # ------------------------------------------------------------------- automatic refresh
@@ -413,9 +422,11 @@ class Engine:
             current = set(self.store.items_frame()["item_id"].astype(str))
             for iid, i in state.item_pos.items():
                 state.excluded[i] = iid not in current
+            self._carry_bandits(self._state, state)
             self._state = state
             self._events_at_fit = events
             self.version += 1
+        self.save_bandits()
 
     def seed(self) -> None:
         """Fill an empty store: the given seed files, else MovieLens-100K (ratings as events)."""
@@ -583,7 +594,83 @@ class Engine:
     # ------------------------------------------------------------------- users & events
     def append_events(self, events: Sequence[EventRecord]) -> list[EventAck]:
         self.check_items_exist([e.item_id for e in events])
-        return self.event_writer.append_events(events)
+        acks = self.event_writer.append_events(events)
+        self._credit_bandits(events, acks)
+        return acks
+
+    # ------------------------------------------------------------------- bandit feedback
+    def _remember_shown(self, pipe: Pipeline, preset: str, user_id: str | None,
+                        lst: ItemList, s: ModelState) -> None:
+        """Count a bandit's list as shown (reward 0 for now) and remember its slots."""
+        bandit = pipe.bandit
+        x = lst.fields.get("features")
+        if bandit is None or x is None or len(lst) == 0:
+            return
+        bandit.update(x, np.zeros(len(lst)))
+        if user_id is None:
+            return
+        now = time.time()
+        with self._shown_lock:
+            for i, row in zip(lst.items.tolist(), np.asarray(x), strict=True):
+                key = (user_id, s.item_ids[i])
+                self._shown.pop(key, None)
+                self._shown[key] = (preset, row, now)
+            while len(self._shown) > self.config.bandit_memory:
+                self._shown.popitem(last=False)
+
+    def _credit_bandits(self, events: Sequence[EventRecord], acks: Sequence[EventAck]) -> None:
+        """A rewarding event on an item a bandit showed this user (within the window) turns
+        that slot's reward from 0 into 1; each shown slot is credited once."""
+        s = self._state
+        if s is None or not self._shown:
+            return
+        now = time.time()
+        for ev, ack in zip(events, acks, strict=True):
+            if ack.duplicate or ev.type not in REWARD_TYPES:
+                continue
+            with self._shown_lock:
+                hit = self._shown.pop((ev.user_id, ev.item_id), None)
+            if hit is None:
+                continue
+            preset, row, shown_at = hit
+            pipe = s.pipelines.get(preset)
+            if pipe is not None and pipe.bandit is not None and now - shown_at <= self.config.bandit_window:
+                pipe.bandit.credit(row)
+
+    def _bandit_path(self, preset: str) -> Path:
+        return Path(self.config.data_dir) / "bandits" / f"{preset}.npz"
+
+    def save_bandits(self) -> None:
+        """Write every bandit preset's learned statistics to the data directory (atomic)."""
+        s = self._state
+        if s is None:
+            return
+        for name, pipe in s.pipelines.items():
+            if pipe.bandit is None:
+                continue
+            a, b = pipe.bandit.statistics()
+            path = self._bandit_path(name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp.npz")
+            np.savez(tmp, A=a, b=b)
+            tmp.replace(path)
+
+    def _carry_bandits(self, old: ModelState | None, new: ModelState) -> None:
+        """Bandit statistics outlive a model: take them from the old state, else from disk."""
+        for name, pipe in new.pipelines.items():
+            if pipe.bandit is None:
+                continue
+            prev = old.pipelines.get(name) if old is not None else None
+            if prev is not None and prev.bandit is not None:
+                pipe.bandit.set_statistics(*prev.bandit.statistics())
+                continue
+            path = self._bandit_path(name)
+            if path.exists():
+                try:
+                    with np.load(path, allow_pickle=False) as z:
+                        pipe.bandit.set_statistics(z["A"], z["b"])
+                except (OSError, KeyError, ValueError, SerendipError) as e:
+                    log.warning("ignoring unreadable bandit state %s: %s", path, e)
 
     def top_users(self, limit: int) -> list[str]:
         """User ids with the most events first (ties by id): one grouped query."""
@@ -688,6 +775,7 @@ class Engine:
                 lst = ItemList.empty()
             else:
                 lst = pipe.recommend_many([q], k, d, candidates, explore=eps)[0]
+                self._remember_shown(pipe, preset, user_id, lst, s)
             items = self.describe(s, q, lst)
         imp_id = self.log_impression(user_id, items, preset, d, context)
         return {"user_id": user_id, "preset": preset, "discovery": d, "explore": eps,
