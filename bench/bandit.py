@@ -8,8 +8,8 @@ from each policy; a slot is rewarded when its item is one of the user's held-out
 
 - the accurate and balanced presets (deterministic lists),
 - balanced with ``EpsilonSlate`` exploration (epsilon 0.1 over the next 50 candidates),
-- ``LinearTS`` choosing from the balanced blend's 100 best candidates and learning online from
-  every list it shows.
+- the adaptive preset: ``LinearTS`` choosing from its blend's 100 best candidates, starting
+  from the blend's order and learning online from every list it shows.
 
 Reported: the reward per slot over all rounds and over the last quarter, the share of
 long-tail items shown, the novelty of what was shown, catalog coverage, and the weights
@@ -54,26 +54,32 @@ def main(argv: list[str] | None = None) -> int:
     relevant = [set(truth[u].tolist()) for u in users]
     rec = Recommender.fit(train, FitConfig(), progress=False)
     balanced, accurate = rec.pipeline("balanced"), rec.pipeline("accurate")
+    adaptive = rec.pipeline("adaptive")
     fixed = {
         "accurate": [lst.items for lst in accurate.recommend_many(queries, K)],
         "balanced": balanced.recommend_many(queries, K),
     }
-    scores = balanced.hybrid.score_many(queries)
-    pools = []
-    for row, q in zip(scores, queries, strict=True):
-        row = row.copy()
-        row[q.history] = -np.inf
-        pools.append(ItemList(np.arange(row.size), row).top(POOL))
+    def candidates(pipe, n):  # type: ignore[no-untyped-def]
+        out = []
+        for row, q in zip(pipe.hybrid.score_many(queries), queries, strict=True):
+            row = row.copy()
+            row[q.history] = -np.inf
+            out.append(ItemList(np.arange(row.size), row).top(n))
+        return out
+
+    pools = candidates(balanced, POOL)  # the exploration pool of balanced + explore
+    ts_pools = candidates(adaptive, adaptive.preset.candidates)
 
     explorer = EpsilonSlate({"epsilon": 0.1, "pool": 50, "seed": args.seed})
     explorer.train(train)
-    ts = LinearTS({"seed": args.seed})
+    assert adaptive.preset.bandit is not None
+    ts = LinearTS({**adaptive.preset.bandit, "seed": args.seed})  # the preset's, seeded
     ts.train(train)
 
     pop = np.asarray(train.item_popularity, dtype=np.float64)
     head = head_by_item_share(pop, 0.2)
     info = -np.log2(np.maximum(pop, 1.0) / train.n_users)
-    names = ["accurate", "balanced", "balanced + explore 0.1", "LinearTS"]
+    names = ["accurate", "balanced", "balanced + explore 0.1", "adaptive (LinearTS)"]
     rewards = {n: np.zeros((args.rounds, K)) for n in names}
     shown_items: dict[str, list[np.ndarray]] = {n: [] for n in names}
     rng = np.random.default_rng(args.seed)
@@ -85,13 +91,13 @@ def main(argv: list[str] | None = None) -> int:
             "balanced": fixed["balanced"][n].items,
             "balanced + explore 0.1": explorer(q, fixed["balanced"][n], pools[n]).items,
         }
-        chosen = ts(q, pools[n], K)
-        lists["LinearTS"] = chosen.items
+        chosen = ts(q, ts_pools[n], K)
+        lists["adaptive (LinearTS)"] = chosen.items
         for name, items in lists.items():
             r = np.array([float(i in relevant[n]) for i in items.tolist()])
             rewards[name][t, : r.size] = r
             shown_items[name].append(items)
-        ts.update(chosen.fields["features"], rewards["LinearTS"][t, : len(chosen)])
+        ts.update(chosen.fields["features"], rewards["adaptive (LinearTS)"][t, : len(chosen)])
         if (t + 1) % 5000 == 0:
             print(f"round {t + 1}: LinearTS weights {ts.weights()}", file=sys.stderr)
 
@@ -100,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
              f"Command: `{' '.join(['python', 'bench/bandit.py', *sys.argv[1:]])}`", "",
              f"MovieLens-100K temporal split; {args.rounds:,} rounds, each a random test user "
              f"({len(users)} users) served {K} items by every policy; reward: a held-out "
-             f"future item. LinearTS picks from the balanced blend's {POOL} best candidates.",
+             f"future item. The adaptive preset's LinearTS picks from its blend's "
+             f"{adaptive.preset.candidates} best candidates, starting from the blend's order.",
              "", "| policy | reward per slot | last quarter | tail share | novelty (bits) | "
              "coverage |", "|---|---|---|---|---|---|"]
     for name in names:
@@ -110,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{float(np.mean(~head[items])):.3f} | {float(info[items].mean()):.2f} | "
             f"{np.unique(items).size / train.n_items:.3f} |")
     w = ts.weights()
-    lines += ["", "LinearTS's learned weights (posterior mean; features in [0, 1]): "
+    lines += ["", "The adaptive preset's learned weights (posterior mean; features in [0, 1]): "
               + ", ".join(f"{k} {v:+.3f}" for k, v in w.items()) + ".", "",
               "![reward per slot over the rounds](bandit.png)"]
     out = Path(args.out)
