@@ -70,6 +70,13 @@ def test_recommend_with_exploration_writes_propensities(files, capsys):
     rows = list(csv.reader(capsys.readouterr().out.splitlines()))
     # 12 unseen items, 2 ranked: a pool of 10
     assert rows[0][-1] == "propensity" and all(float(r[-1]) in (0.5, 0.05) for r in rows[1:])
+    # a preset that explores by itself writes the column too
+    preset = files / "explorer.toml"
+    preset.write_text('[blend]\nease_recent = 1.0\n[explore]\nepsilon = 0.5\npool = 5\n')
+    assert main(["recommend", "--model", str(files / "model"), "--user", "0u3", "-k", "2",
+                 "--preset", str(preset), "--format", "csv"]) == 0
+    rows = list(csv.reader(capsys.readouterr().out.splitlines()))
+    assert rows[0][-1] == "propensity" and all(float(r[-1]) in (0.5, 0.1) for r in rows[1:])
     with pytest.raises(SystemExit):
         main(["recommend", "--model", str(files / "model"), "--user", "0u3", "--explore", "2"])
     assert "explore must be in [0, 1], got 2" in capsys.readouterr().err

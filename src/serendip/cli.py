@@ -123,7 +123,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             buf.write(json.dumps({"user_id": uid, "items": rows}, ensure_ascii=False) + "\n")
     else:
         w = csv.writer(buf, lineterminator="\n")
-        explored = args.explore is not None and args.explore > 0
+        explored = any("propensity" in lst.fields for lst in lists)  # --explore or the preset
         w.writerow(["user_id", "rank", "item_id", "score", "reasons"]
                    + (["propensity"] if explored else []))
         for uid, lst in zip(user_ids, lists, strict=True):

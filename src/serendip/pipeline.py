@@ -286,6 +286,16 @@ class Recommender:
         return Pipeline(self, loaded)
 
 
+def _top_allowed(row: np.ndarray, q: Query, allowed: np.ndarray | None, n: int) -> ItemList:
+    """The ``n`` best items of a score row, history and items outside ``allowed`` left out."""
+    row = np.array(row, dtype=np.float64)
+    row[q.history] = -np.inf
+    if allowed is not None:
+        row[~allowed] = -np.inf
+    lst = ItemList(np.arange(row.size), row)
+    return lst.take(np.flatnonzero(np.isfinite(row))).top(n)
+
+
 def adapt_shipped_preset(preset: Preset, trained: Mapping[str, BatchScorer]) -> Preset:
     """Move the weight of blend members the model lacks onto their ``SUBSTITUTES``.
 
@@ -376,15 +386,13 @@ class Pipeline:
             allowed = np.zeros(n_items, dtype=bool)
             allowed[candidates] = True
         out: list[ItemList] = []
-        n_cand = max(self.preset.candidates, k) if self.rerankers or self.bandit else k
-        if eps > 0:  # room for the exploration pool after the list
-            n_cand = max(n_cand, k + self.explorer.config.pool)
+        n_rank, n_cand = self._pool_sizes(k, eps)
         retriever = self.rec.retriever()
         if retriever is not None:  # large catalog: retrieve candidates, score them exactly
             for q0 in queries:
                 q = Query(q0.user, q0.history, q0.text, discovery=d)
                 lst = self.hybrid.retrieve(q, retriever, n_cand, allowed)
-                out.append(self._finish(q, lst, k, eps))
+                out.append(self._finish(q, lst, k, eps, n_rank))
             return out
         for start in range(0, len(queries), batch_size):
             batch = [
@@ -393,52 +401,57 @@ class Pipeline:
             ]
             scores = self.hybrid.score_many(batch)
             for row, q in zip(scores, batch, strict=True):
-                row = row.copy()
-                row[q.history] = -np.inf
-                if allowed is not None:
-                    row[~allowed] = -np.inf
-                lst = ItemList(np.arange(n_items), row)
-                lst = lst.take(np.flatnonzero(np.isfinite(row))).top(n_cand)
-                out.append(self._finish(q, lst, k, eps))
+                out.append(self._finish(q, _top_allowed(row, q, allowed, n_cand), k, eps, n_rank))
         return out
 
+    def _pool_sizes(self, k: int, eps: float) -> tuple[int, int]:
+        """(candidates the rerankers or the bandit see, candidates scored): the second adds
+        the exploration pool, so exploring never changes what the rerankers rank."""
+        n_rank = max(self.preset.candidates, k) if self.rerankers or self.bandit else k
+        n_cand = max(n_rank, k + self.explorer.config.pool) if eps > 0 else n_rank
+        return n_rank, n_cand
+
     def slot_distribution(self, query: Query, k: int = 10, discovery: float | None = None,
-                          explore: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                          explore: float | None = None, allowed: np.ndarray | None = None,
+                          ) -> tuple[np.ndarray, np.ndarray]:
         """This pipeline's exact distribution over items in each of ``k`` slots, for ``query``.
 
         Returns ``(items, probs)`` with ``probs[i, p]`` the probability of ``items[i]`` in slot
         ``p`` (columns sum to 1): one-hot for a deterministic list, ``EpsilonSlate``'s marginals
-        with exploration.  What off-policy evaluation needs of a target policy.
+        with exploration, Monte Carlo frequencies for a bandit.  ``allowed`` (a boolean mask)
+        restricts the items as serving does.  What off-policy evaluation needs of a target.
         """
         d = self.preset.discovery if discovery is None else discovery
         eps = self.explorer.config.epsilon if explore is None else explore
+        if self.bandit is not None:
+            eps = 0.0
         q = Query(query.user, query.history, query.text, discovery=d)
-        n_cand = max(self.preset.candidates, k) if self.rerankers or self.bandit else k
-        n_cand = max(n_cand, k + self.explorer.config.pool)
+        n_rank, n_cand = self._pool_sizes(k, eps)
+        n_cand = max(n_cand, k + self.explorer.config.pool)  # for the exploration pool below
         retriever = self.rec.retriever()
         if retriever is not None:
-            cands = self.hybrid.retrieve(q, retriever, n_cand)
+            cands = self.hybrid.retrieve(q, retriever, n_cand, allowed)
         else:
-            row = self.hybrid.score_many([q])[0].copy()
-            row[q.history] = -np.inf
-            cands = ItemList(np.arange(row.size), row)
-            cands = cands.take(np.flatnonzero(np.isfinite(row))).top(n_cand)
+            cands = _top_allowed(self.hybrid.score_many([q])[0], q, allowed, n_cand)
         if self.bandit is not None:  # Monte Carlo over the bandit's posterior
-            return self.bandit.slot_distribution(q, cands, k)
-        lst = cands
+            return self.bandit.slot_distribution(q, cands.take(np.arange(min(n_rank, len(cands)))), k)
+        lst = cands.take(np.arange(min(n_rank, len(cands))))
         for rr in self.rerankers:
             lst = rr(q, lst, k)
         ranked = lst.take(np.arange(min(k, len(lst))))
         return self.explorer.action_dist(ranked, cands, eps)
 
-    def _finish(self, q: Query, candidates: ItemList, k: int, eps: float) -> ItemList:
-        """Candidates (best first by the blend) -> rerankers -> top k -> reasons -> explore.
+    def _finish(self, q: Query, candidates: ItemList, k: int, eps: float,
+                n_rank: int) -> ItemList:
+        """Candidates (best first by the blend) -> rerankers (on the first ``n_rank``) -> top k
+        -> reasons -> explore (its pool: the candidates after the list).
 
         A bandit preset lets the bandit pick the k items instead (with their propensities).
         """
+        ranked_pool = candidates.take(np.arange(min(n_rank, len(candidates))))
         if self.bandit is not None:
-            return self._explain(q, self.bandit(q, candidates, k))
-        lst = candidates
+            return self._explain(q, self.bandit(q, ranked_pool, k))
+        lst = ranked_pool
         for rr in self.rerankers:
             lst = rr(q, lst, k)
         lst = self._explain(q, lst.take(np.arange(min(k, len(lst)))))

@@ -98,3 +98,32 @@ def test_preset_explore_section_is_validated(tmp_path):
         load_preset(str(f))
     f.write_text('[blend]\nals = 1.0\n[explore]\nepsilon = 0.2\npool = 30\n')
     assert load_preset(str(f)).explore == {"epsilon": 0.2, "pool": 30}
+
+
+def test_explored_slots_keep_score_order_and_carry_their_relevance():
+    ranked = ItemList(np.array([7, 3, 9]), np.array([0.9, 0.5, 0.2]),
+                      fields={"relevance": np.array([2.0, 1.5, 1.2])})
+    out = slate(1.0, seed=5)(Query(None), ranked, POOL)
+    np.testing.assert_allclose(out.scores, [0.9, 0.5, 0.2])  # the slots' scores, in order
+    pool_score = dict(zip(POOL.items.tolist(), POOL.scores.tolist(), strict=True))
+    np.testing.assert_allclose(out.fields["relevance"], [pool_score[i] for i in out.items])
+
+
+def test_slot_distribution_is_the_served_policy_for_a_small_rerank_pool(rec):
+    from serendip.pipeline import Preset
+
+    preset = Preset(name="small", blend={"ease_recent": 1.0, "textcf": 0.2}, candidates=5,
+                    discovery=0.8, rerank=[{"name": "multi_objective", "strength": 0.8}])
+    pipe = rec.pipeline(preset)
+    for u in range(0, 60, 7):
+        q = Query(u, rec.data.history(u))
+        served = pipe.recommend_many([q], 3, explore=0.0)[0]
+        items, probs = pipe.slot_distribution(q, 3, explore=0.0)
+        assert [int(items[np.argmax(probs[:, p])]) for p in range(3)] == served.items.tolist()
+        np.testing.assert_allclose(probs.max(axis=0), 1.0)
+        # exploring draws its pool after the list: the ranked slots do not move
+        pipe.explorer = EpsilonSlate({"epsilon": 0.5, "pool": 10, "seed": u})
+        pipe.explorer.train(rec.data)
+        explored = pipe.recommend_many([q], 3, explore=0.5)[0]
+        kept = ~explored.fields["explored"]
+        assert explored.items[kept].tolist() == served.items[kept].tolist()

@@ -107,3 +107,21 @@ def test_ope_command_reads_the_same_logs(api, engine, store, tmp_path, capsys):
         api_view["targets"]["balanced"]["ips"]["value"])
     assert main(["ope", "--store", url, "--model", str(tmp_path / "model"),
                  "--window", "-1"]) == 2
+
+
+def test_replay_respects_skips_and_leaves_filtered_lists_out(api, engine):
+    users = ["u1", "u6", "u25", "u33"]
+    for u in users:  # skip the item each user would have seen first
+        top = api("GET", f"/v1/users/{u}/recommendations?k=1").json()["items"][0]["item_id"]
+        api("POST", "/v1/events", "write", json={"events": [
+            {"user_id": u, "item_id": top, "type": "skip"}]})
+    before = api("GET", "/v1/admin/ope?preset=balanced").json()["impressions"]
+    shown, clicked = serve_and_click(api, users, rounds=2)
+    api("GET", "/v1/users/u1/recommendations?k=4&filter=genres:Drama&explore=0.5")
+    out = api("GET", "/v1/admin/ope?preset=balanced&explore=0.5").json()
+    assert out["impressions"] == before + len(shown)  # the filtered list is not replayed
+    target = out["targets"]["balanced"]
+    assert target["overlap"] == 1.0  # the replayed user state includes the skips
+    new_slots = sum(len(items) for _, items in shown)
+    assert out["rounds"] >= new_slots and target["ips"]["value"] == pytest.approx(
+        out["logged"]["value"])

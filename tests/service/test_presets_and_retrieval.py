@@ -84,6 +84,10 @@ def test_serve_preset_files_are_checked_and_parsed(tmp_path):
         _preset_file(str(tmp_path / "missing.toml"), load_preset)
     with pytest.raises(ConfigError, match=r"\.toml file, got 'weekend'"):
         _preset_file("weekend", load_preset)
+    spaced = tmp_path / "my weekend.toml"
+    spaced.write_text("[blend]\nals = 1.0\n")
+    with pytest.raises(ConfigError, match="'my weekend'.*cannot be requested"):
+        _preset_file(str(spaced), load_preset)
     args = build_parser().parse_args(["serve", "--preset", str(f), "--preset", "b.toml"])
     assert args.preset == [str(f), "b.toml"]
 
@@ -176,3 +180,15 @@ def test_refresh_interval_must_be_a_non_negative_number(capsys):
 
     assert main(["serve", "--refresh-interval", "-1"]) != 0
     assert "--refresh-interval must be >= 0 seconds, got -1" in capsys.readouterr().err
+
+
+def test_refresh_past_the_large_catalog_size_drops_the_dense_models(engine, monkeypatch):
+    import serendip.pipeline
+    import serendip.service.engine
+
+    assert "ease" in engine.fit_config().models  # the model's own config, 24 items
+    monkeypatch.setattr(serendip.pipeline, "LARGE_CATALOG", 20)
+    monkeypatch.setattr(serendip.service.engine, "LARGE_CATALOG", 20)
+    engine.config.fit_config = None
+    models = engine.fit_config().models
+    assert not {"ease", "ease_recent", "knn"} & set(models) and "als" in models

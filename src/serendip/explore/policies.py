@@ -56,6 +56,9 @@ class EpsilonSlate(Component):
 
         Adds the fields ``propensity`` (marginal probability of the item in its slot) and
         ``explored`` (True where a pool item was shown), and a reason on explored items.
+        Scores stay the ranked list's slot scores (so they keep their order and scale); an
+        explored item's own score goes into ``relevance``, which holds the candidates' input
+        score for every slot.
         """
         self._require_trained()
         eps = self.config.epsilon if epsilon is None else float(epsilon)
@@ -68,24 +71,25 @@ class EpsilonSlate(Component):
         pos = np.arange(k)
         src_pool = perm[pos[explore]]
         items = ranked.items.copy()
-        scores = ranked.scores.copy()
         items[explore] = pool.items[src_pool]
-        scores[explore] = pool.scores[src_pool]
         reasons = ranked.reason_lists()
         pool_reasons = pool.reason_lists()
         for slot, j in zip(pos[explore].tolist(), src_pool.tolist(), strict=True):
             reasons[slot] = [EXPLORE_REASON, *pool_reasons[j]]
         prop = np.where(pos < m, 1.0 - eps, 1.0)
         prop[explore] = eps / m if m else 0.0
-        fields = {}
+        fields: dict[str, np.ndarray] = {}
+        relevance = np.asarray(ranked.fields.get("relevance", ranked.scores), dtype=np.float64)
+        fields["relevance"] = relevance.copy()
+        fields["relevance"][explore] = pool.fields.get("relevance", pool.scores)[src_pool]
         for name, values in ranked.fields.items():
-            if name in pool.fields:
+            if name != "relevance" and name in pool.fields:  # fields the pool cannot fill go
                 merged = np.asarray(values).copy()
                 merged[explore] = np.asarray(pool.fields[name])[src_pool]
                 fields[name] = merged
         fields["propensity"] = prop
         fields["explored"] = explore
-        return ItemList(items, scores, tuple(tuple(r) for r in reasons), fields)
+        return ItemList(items, ranked.scores.copy(), tuple(tuple(r) for r in reasons), fields)
 
     def _pool(self, ranked: ItemList, pool: ItemList) -> ItemList:
         """The exploration pool: ``pool`` without the ranked items, its first ``pool`` entries."""

@@ -8,8 +8,10 @@ asked exactly what the logged policy was asked.  Each target's exact slot distri
 (``Pipeline.slot_distribution``) gives its probability of every logged (item, slot), and
 ``estimate_from_target`` turns those into IPS and SNIPS estimates of its reward per slot.
 
-Only personalised lists of known items are used: search results (which answer a text request)
-and anonymous session lists are left out, as are items the current model does not know.
+Only personalised lists of known items are used: search results (which answer a text request),
+filtered lists (logged with their filter as context) and anonymous session lists are left out,
+as are items the current model does not know.  Items the user had skipped or disliked by then
+are left out of the targets' lists, as serving leaves them out.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class ReplayLog:
     queries: list[Query]  # per impression: the user's history when the list was shown
     sizes: list[int]  # per impression: the list length (slots)
     impression_ids: list[str | None]
+    negatives: list[np.ndarray]  # per impression: items skipped or disliked by then
 
 
 def replay_log(
@@ -80,6 +83,7 @@ def replay_log(
     rewarding = set(reward_types)
     rows: list[tuple[int, int, int, float, float]] = []
     queries: list[Query] = []
+    negatives: list[np.ndarray] = []
     sizes: list[int] = []
     ids: list[str | None] = []
     for user, shown, props, t0, imp_id in zip(
@@ -87,8 +91,9 @@ def replay_log(
             imps["timestamp"].astype(float), imps["impression_id"], strict=True):
         ts, items, types = by_user.get(user, ([], [], []))
         cut = bisect.bisect_left(ts, t0)
-        queries.append(Query(user_pos.get(user), _history(items[:cut][-history_limit:],
-                                                          types[:cut][-history_limit:], item_pos)))
+        pos, neg = _history(items[:cut][-history_limit:], types[:cut][-history_limit:], item_pos)
+        queries.append(Query(user_pos.get(user), pos))
+        negatives.append(neg)
         end = bisect.bisect_right(ts, t0 + window)
         later = {items[j] for j in range(cut, end) if types[j] in rewarding}
         n = len(queries) - 1
@@ -96,10 +101,10 @@ def replay_log(
         ids.append(None if imp_id is None or (isinstance(imp_id, float) and np.isnan(imp_id))
                    else str(imp_id))
         for slot, (iid, p) in enumerate(zip(shown, props, strict=True)):
-            pos = item_pos.get(str(iid))
-            if pos is None or not p or p <= 0:
+            index = item_pos.get(str(iid))
+            if index is None or not p or p <= 0:
                 continue
-            rows.append((n, pos, slot, float(str(iid) in later), float(p)))
+            rows.append((n, index, slot, float(str(iid) in later), float(p)))
     if not rows:
         raise DataError(
             "no logged recommendation slots to evaluate: serve personalised lists (they log "
@@ -109,11 +114,13 @@ def replay_log(
     log = BanditLog(action=arr[:, 1].astype(np.int64), position=arr[:, 2].astype(np.int64),
                     reward=arr[:, 3], pscore=arr[:, 4], n_actions=n_items,
                     n_positions=max(sizes))
-    return ReplayLog(log, arr[:, 0].astype(np.int64), queries, sizes, ids)
+    return ReplayLog(log, arr[:, 0].astype(np.int64), queries, sizes, ids, negatives)
 
 
-def _history(items: list[str], types: list[str], item_pos: Mapping[str, int]) -> np.ndarray:
-    """Positive history oldest first; the latest event on an item decides (as in serving)."""
+def _history(items: list[str], types: list[str], item_pos: Mapping[str, int]
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(positive history oldest first, negative items); the latest event on an item decides,
+    as in serving."""
     last: dict[int, bool] = {}
     for iid, ty in zip(items, types, strict=True):
         i = item_pos.get(iid)
@@ -121,17 +128,20 @@ def _history(items: list[str], types: list[str], item_pos: Mapping[str, int]) ->
             continue
         last.pop(i, None)
         last[i] = ty not in NEGATIVE_TYPES
-    return np.fromiter((i for i, ok in last.items() if ok), dtype=np.int64)
+    return (np.fromiter((i for i, ok in last.items() if ok), dtype=np.int64),
+            np.fromiter((i for i, ok in last.items() if not ok), dtype=np.int64))
 
 
 def evaluate_targets(replay: ReplayLog, targets: Mapping[str, object],
-                     explore: float | None = 0.0) -> dict[str, object]:
+                     explore: float | None = 0.0, excluded: np.ndarray | None = None,
+                     ) -> dict[str, object]:
     """IPS and SNIPS per target pipeline (name -> ``Pipeline``), plus the logged value.
 
     ``explore`` is the targets' exploration rate (0: their deterministic lists; None: each
     preset's own).  Returns ``{"logged": Estimate, "rounds": n, "impressions": m,
     "seconds": s, "targets": {name: {"ips": Estimate, "snips": Estimate, "support": x}}}``
-    where support is the share of logged rounds whose (item, slot) the target can show.
+    where overlap is the share of logged rounds whose (item, slot) the target can show.
+    ``excluded`` (a boolean mask) marks items no list may show (deleted from the catalog).
     """
     t0 = time.perf_counter()
     log = replay.log
@@ -143,8 +153,14 @@ def evaluate_targets(replay: ReplayLog, targets: Mapping[str, object],
                                           log.position.tolist(), strict=True)):
             dist = per_imp.get(n)
             if dist is None:
+                allowed = None
+                neg = replay.negatives[n]
+                if neg.size or excluded is not None:
+                    allowed = (np.ones(log.n_actions, dtype=bool) if excluded is None
+                               else ~np.asarray(excluded, dtype=bool))
+                    allowed[neg] = False
                 items, pr = pipe.slot_distribution(  # type: ignore[attr-defined]
-                    replay.queries[n], replay.sizes[n], explore=explore)
+                    replay.queries[n], replay.sizes[n], explore=explore, allowed=allowed)
                 dist = {(int(items[i]), int(s)): float(pr[i, s])
                         for i, s in zip(*np.nonzero(pr), strict=True)}
                 per_imp[n] = dist

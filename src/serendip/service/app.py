@@ -8,6 +8,7 @@ documents (``/docs``, ``/openapi.json``) and the web page at ``/``.  Errors are 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
@@ -433,7 +434,13 @@ def _preset_file(path: str, load: Any) -> Any:
         raise ConfigError(f"--preset takes a .toml file, got {path!r}")
     if not Path(path).is_file():
         raise ConfigError(f"preset file not found: {path!r}")
-    return load(path)
+    preset = load(path)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", preset.name):
+        raise ConfigError(
+            f"preset name {preset.name!r} (from {path!r}) cannot be requested over HTTP: use "
+            "1 to 64 letters, digits, '_', '.' or '-' (rename the file or set 'name')"
+        )
+    return preset
 
 
 def serve(*, store_url: str | None = None, data_dir: str | Path = "serendip-data",

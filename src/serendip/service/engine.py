@@ -52,7 +52,15 @@ from serendip.explore.replay import REWARD_TYPES
 from serendip.models._util import standardize
 from serendip.models.base import TEXT_SPACE
 from serendip.models.ease import EASE
-from serendip.pipeline import PRESETS, FitConfig, Pipeline, Preset, Recommender, load_preset
+from serendip.pipeline import (
+    LARGE_CATALOG,
+    PRESETS,
+    FitConfig,
+    Pipeline,
+    Preset,
+    Recommender,
+    load_preset,
+)
 from serendip.rerank.base import maybe_unit_vectors
 from serendip.service.impressions import ImpressionWriter, new_impression_id
 from serendip.store.base import EVENT_TYPES, EventAck, EventRecord, Impression, ItemRecord, Store
@@ -77,6 +85,8 @@ HEAD_SHARE = 0.2
 SERENDIPITY_QUANTILE = 0.75
 #: Text matches used as session context by search.
 SESSION_ITEMS = 3
+#: Finished and running jobs kept for GET /v1/admin/jobs/{id} (the oldest go first).
+MAX_JOBS = 100
 #: Catalogs larger than this take per-user reference statistics from a sample of this size.
 REFERENCE_ITEMS = 8192
 
@@ -480,10 +490,16 @@ class Engine:
         catalog of ``n_items`` (the store's size when not given)."""
         if self.config.fit_config is not None:
             return self.config.fit_config
+        n = self.store.count_items() if n_items is None else n_items
         s = self._state
         if s is not None:
-            return s.rec.config
-        return FitConfig.default_for(self.store.count_items() if n_items is None else n_items)
+            cfg = s.rec.config
+            dense = {v.get("type", name) for name, v in cfg.models.items()} & {"ease", "knn"}
+            if n > LARGE_CATALOG and dense:  # the catalog outgrew the dense models
+                log.info("catalog of %d items: refitting with the large-catalog defaults", n)
+                return FitConfig.default_for(n)
+            return cfg
+        return FitConfig.default_for(n)
 
     def fit_from_store(self) -> Recommender:
         """Fit every scorer on the store's positive events and current catalog."""
@@ -519,6 +535,8 @@ class Engine:
                     return job
             job = Job(uuid.uuid4().hex, kind=kind, reason=reason)
             self._jobs[job.job_id] = job
+            while len(self._jobs) > MAX_JOBS:  # keep the newest (dicts keep insertion order)
+                self._jobs.pop(next(iter(self._jobs)))
         threading.Thread(target=self._retrain, args=(job,), name=f"retrain-{job.job_id[:8]}",
                          daemon=True).start()
         return job
@@ -707,7 +725,8 @@ class Engine:
         Items unknown to the model (added since the fit) are dropped.
         """
         last: dict[int, bool] = {}
-        for iid, ty in self.store.recent_item_events(user_id, self.config.history_limit):
+        limit = self.config.history_limit
+        for iid, ty in (self.store.recent_item_events(user_id, limit) if limit > 0 else ()):
             i = s.item_pos.get(iid)
             if i is None:
                 continue
@@ -735,8 +754,11 @@ class Engine:
         s = self.state
         hist, neg = self.history(s, user_id)
         q = Query(s.user_pos.get(user_id), hist)
+        # a filtered list answers more than the user's state: its filter is logged as context
+        # (and off-policy replay, which cannot re-apply it, leaves such lists out)
+        context = f"filter: {'; '.join(filters)}" if filters else None
         return self._serve(s, q, user_id, k, preset, discovery, self._allowed(s, filters, neg),
-                           explore=explore)
+                           context, explore=explore)
 
     def recommend_session(self, item_ids: Sequence[str], k: int = 10, preset: str | None = None,
                           discovery: float | None = None) -> dict[str, Any]:
@@ -1023,8 +1045,10 @@ class Engine:
         targets = {n: self._pipeline(s, n) for n in names}
         self.impression_writer.flush(10.0)  # include what was just served
         replay = replay_log(self.store.impressions_frame(), self.store.events_frame(),
-                            s.item_pos, s.user_pos, s.n_items, window, limit)
-        return as_json(evaluate_targets(replay, targets, explore))
+                            s.item_pos, s.user_pos, s.n_items, window, limit,
+                            history_limit=self.config.history_limit)
+        excluded = s.excluded if s.excluded.any() else None
+        return as_json(evaluate_targets(replay, targets, explore, excluded))
 
     def presets(self) -> list[dict[str, Any]]:
         s = self._state
