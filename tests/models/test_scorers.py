@@ -85,7 +85,7 @@ def test_cheap_forms_equal_full_scores(name, trained, data):
     sparse = m.sparse_scores(qs)
     if sparse is not None:
         np.testing.assert_allclose(sparse.toarray(), full, rtol=1e-6, atol=1e-9)
-    expected = {"als", "popularity", "semantic", "textcf"}
+    expected = {"als", "popularity", "semantic", "textcf", "two_tower"}
     assert (form is not None) == (name in expected), name
     assert (sparse is not None) == (name == "transition"), name
 
@@ -186,3 +186,37 @@ def test_dense_models_refuse_catalogs_over_their_limit(name, data):
     with pytest.raises(DataError, match=rf"{name}.*max_items={data.n_items - 1}"):
         m.train(data)
     assert not m.is_trained
+
+
+def test_two_tower_numpy_user_tower_equals_the_torch_one(trained, data):
+    """Scoring re-implements the user tower in NumPy; it must match the trained network."""
+    import torch
+
+    from serendip.models.two_tower import _Towers
+
+    m = trained["two_tower"]
+    st = m._require_trained()
+    text = torch.tensor(st["text"])
+    towers = _Towers(text.shape[1], data.n_items, m.config)
+    towers.load_state_dict({k: torch.tensor(v) for k, v in m._w.items()})
+    for u in (0, 7, 33):
+        h = data.history(u)[-m.config.max_history:]
+        w = 0.5 ** (np.arange(h.size - 1, -1, -1) / m.config.half_life)
+        with torch.no_grad():
+            ref = towers.user(torch.tensor(h[None, :]), torch.tensor((w / w.sum())[None, :],
+                                                                     dtype=torch.float32), text)
+            items = towers.item(torch.arange(data.n_items), text)
+        np.testing.assert_allclose(m.query_factors([Query(u, h)])[0][0], ref[0].numpy(),
+                                   atol=1e-5)
+        np.testing.assert_allclose(st["item_factors"], items.numpy(), atol=1e-5)
+
+
+def test_two_tower_reaches_cold_items_through_text():
+    data = make_blocks(n_users=40, n_items=24, seed=3)
+    inter = data.interactions
+    cold = 4  # a block-A item nobody used: only its text says where it belongs
+    warm = data.with_interactions(inter[inter["item"] != cold].reset_index(drop=True))
+    m = SCORERS["two_tower"]({"epochs": 40})
+    m.train(warm)
+    s = m.score(Query(0, warm.history(0)))  # a block-A user
+    assert s[cold] > np.max(s[12:])  # above every block-B item

@@ -9,15 +9,17 @@ from serendip.models.popularity import Popularity, PopularityConfig
 from serendip.models.semantic import Semantic, SemanticConfig
 from serendip.models.textcf import TextCF, TextCFConfig
 from serendip.models.transition import Transition, TransitionConfig
+from serendip.models.two_tower import TwoTower, TwoTowerConfig
 
 #: name -> scorer class, for configs and the CLI.
 SCORERS: dict[str, type[BatchScorer]] = {
-    cls.name: cls for cls in (Popularity, ItemKNN, EASE, ALS, Semantic, TextCF, Transition)
+    cls.name: cls
+    for cls in (Popularity, ItemKNN, EASE, ALS, Semantic, TextCF, Transition, TwoTower)
 }
 
 __all__ = [
     "SCORERS", "BatchScorer", "Hybrid", "TEXT_MODELS",
     "Popularity", "PopularityConfig", "ItemKNN", "ItemKNNConfig", "EASE", "EASEConfig",
     "ALS", "ALSConfig", "Semantic", "SemanticConfig", "TextCF", "TextCFConfig",
-    "Transition", "TransitionConfig",
+    "Transition", "TransitionConfig", "TwoTower", "TwoTowerConfig",
 ]
