@@ -51,3 +51,25 @@ def test_adaptive_lists_learn_from_clicks_and_persist(api, engine, store, tmp_pa
         np.testing.assert_allclose(b3, b2)
     finally:
         again.close()
+
+
+def test_concurrent_saves_of_bandit_state_do_not_collide(engine, tmp_path):
+    import threading
+
+    errors = []
+
+    def save() -> None:
+        try:
+            for _ in range(20):
+                engine.save_bandits()
+        except Exception as e:  # collected for the assertion
+            errors.append(e)
+
+    threads = [threading.Thread(target=save) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    files = sorted(p.name for p in (tmp_path / "bandits").iterdir())
+    assert files == ["adaptive.npz"]  # no temporary files left behind

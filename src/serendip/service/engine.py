@@ -309,6 +309,7 @@ class Engine:
         # click, like or purchase can credit the bandit; oldest entries are dropped first
         self._shown: OrderedDict[tuple[str, str], tuple[str, np.ndarray, float]] = OrderedDict()
         self._shown_lock = threading.Lock()
+        self._bandit_save_lock = threading.Lock()
         self.on_impression: Any = None  # a callable, set by the app for metrics
 
     # ------------------------------------------------------------------- lifecycle
@@ -659,19 +660,26 @@ class Engine:
         return Path(self.config.data_dir) / "bandits" / f"{preset}.npz"
 
     def save_bandits(self) -> None:
-        """Write every bandit preset's learned statistics to the data directory (atomic)."""
+        """Write every bandit preset's learned statistics to the data directory (each file
+        written under a unique name, then renamed over the old one); a failure is logged, never
+        raised: the statistics are a cache of what the stored events taught."""
         s = self._state
         if s is None:
             return
-        for name, pipe in s.pipelines.items():
-            if pipe.bandit is None:
-                continue
-            a, b = pipe.bandit.statistics()
-            path = self._bandit_path(name)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp.npz")
-            np.savez(tmp, A=a, b=b)
-            tmp.replace(path)
+        with self._bandit_save_lock:
+            for name, pipe in s.pipelines.items():
+                if pipe.bandit is None:
+                    continue
+                a, b = pipe.bandit.statistics()
+                path = self._bandit_path(name)
+                tmp = path.with_name(f"{path.stem}.{uuid.uuid4().hex}.tmp.npz")
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    np.savez(tmp, A=a, b=b)
+                    tmp.replace(path)
+                except OSError as e:
+                    log.warning("could not save bandit state %s: %s", path, e)
+                    tmp.unlink(missing_ok=True)
 
     def _carry_bandits(self, old: ModelState | None, new: ModelState) -> None:
         """Bandit statistics outlive a model: take them from the old state, else from disk."""
