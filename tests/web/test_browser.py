@@ -114,6 +114,25 @@ def test_discovery_slider_refetches_with_the_new_value(web: tuple[Any, PageLog],
     assert_clean(log, live_server)
 
 
+def test_explore_toggle_asks_for_exploration(web: tuple[Any, PageLog],
+                                             live_server: LiveServer) -> None:
+    page, log = web
+    open_page(page, live_server)
+    pick_first_user(page)
+    toggle = page.get_by_test_id("explore-toggle")
+    with page.expect_request(lambda r: "/recommendations?" in r.url and "explore=0.10" in r.url) as req:
+        toggle.check()
+    resp = req.value.response()
+    assert resp is not None and resp.status == 200
+    out = resp.json()
+    assert out["explore"] == 0.1
+    assert all(0 < it["propensity"] <= 1 for it in out["items"])
+    expect(page.get_by_test_id("rec-list")).to_have_attribute("data-state", "ready")
+    with page.expect_request(lambda r: "/recommendations?" in r.url and "explore=" not in r.url):
+        toggle.uncheck()
+    assert_clean(log, live_server)
+
+
 def test_search_shows_result_cards(web: tuple[Any, PageLog], live_server: LiveServer) -> None:
     page, log = web
     open_page(page, live_server)

@@ -13,6 +13,9 @@ const BADGES = {
   explore: { label: "exploring", icon: "?", title: "Shown to learn whether you like it" },
 };
 
+// The exploration rate the "explore" checkbox asks for (the share of slots that may explore).
+const EXPLORE_RATE = 0.1;
+
 const $ = (id) => document.querySelector(`[data-testid="${id}"]`);
 
 const el = {
@@ -27,6 +30,7 @@ const el = {
   preset: $("preset-select"),
   presetDescription: $("preset-description"),
   slider: $("discovery-slider"),
+  explore: $("explore-toggle"),
   sliderValue: $("discovery-value"),
   searchForm: $("search-form"),
   searchInput: $("search-input"),
@@ -321,6 +325,7 @@ async function loadRecommendations({ focus = false, note = "" } = {}) {
   const preset = el.preset.value;
   setBusy(el.recList, true);
   const q = new URLSearchParams({ k: String(K), preset, discovery: d.toFixed(2) });
+  if (el.explore && el.explore.checked) q.set("explore", EXPLORE_RATE.toFixed(2));
   try {
     const data = await api(`/v1/users/${encodeURIComponent(user)}/recommendations?${q}`, {
       signal: ctrl.signal,
@@ -580,6 +585,8 @@ function init() {
     applyPreset(true);
     loadRecommendations();
   });
+
+  if (el.explore) el.explore.addEventListener("change", () => loadRecommendations());
 
   el.slider.addEventListener("input", () => {
     state.sliderTouched = true;
