@@ -126,8 +126,7 @@ class LinearTS(Component):
         if k == 0:
             return ItemList.empty()
         mean, cov = self.posterior()
-        draws = self._rng.multivariate_normal(mean, cov, size=self.config.samples,
-                                              method="cholesky")
+        draws = self._draw(mean, cov)
         scores = draws @ x.T  # samples x candidates
         # top k of every draw, best first (ties by candidate order)
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -139,6 +138,12 @@ class LinearTS(Component):
                 .with_field("propensity", prop)
                 .with_field("features", x[shown])
                 .with_field("relevance", candidates.scores[shown]))
+
+    def _draw(self, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
+        """``samples`` posterior draws; the generator is shared, so draws take the lock."""
+        with self._lock:
+            return self._rng.multivariate_normal(mean, cov, size=self.config.samples,
+                                                 method="cholesky")
 
     def update(self, features: np.ndarray, rewards: np.ndarray) -> None:
         """Learn from shown slots: their feature rows and rewards (0 = shown, not taken)."""
@@ -189,8 +194,7 @@ class LinearTS(Component):
         x = self.features(query, candidates)
         k = min(int(k), len(candidates))
         mean, cov = self.posterior()
-        draws = self._rng.multivariate_normal(mean, cov, size=self.config.samples,
-                                              method="cholesky")
+        draws = self._draw(mean, cov)
         order = np.argsort(-(draws @ x.T), axis=1, kind="stable")[:, :k]
         probs = np.zeros((len(candidates), k))
         for p in range(k):
