@@ -7,6 +7,7 @@ from serendip.models.hybrid import TEXT_MODELS, Hybrid
 from serendip.models.knn import ItemKNN, ItemKNNConfig
 from serendip.models.popularity import Popularity, PopularityConfig
 from serendip.models.semantic import Semantic, SemanticConfig
+from serendip.models.sequential import Sequential, SequentialConfig
 from serendip.models.textcf import TextCF, TextCFConfig
 from serendip.models.transition import Transition, TransitionConfig
 from serendip.models.two_tower import TwoTower, TwoTowerConfig
@@ -14,7 +15,8 @@ from serendip.models.two_tower import TwoTower, TwoTowerConfig
 #: name -> scorer class, for configs and the CLI.
 SCORERS: dict[str, type[BatchScorer]] = {
     cls.name: cls
-    for cls in (Popularity, ItemKNN, EASE, ALS, Semantic, TextCF, Transition, TwoTower)
+    for cls in (Popularity, ItemKNN, EASE, ALS, Semantic, TextCF, Transition, TwoTower,
+                Sequential)
 }
 
 __all__ = [
@@ -22,4 +24,5 @@ __all__ = [
     "Popularity", "PopularityConfig", "ItemKNN", "ItemKNNConfig", "EASE", "EASEConfig",
     "ALS", "ALSConfig", "Semantic", "SemanticConfig", "TextCF", "TextCFConfig",
     "Transition", "TransitionConfig", "TwoTower", "TwoTowerConfig",
+    "Sequential", "SequentialConfig",
 ]
