@@ -24,6 +24,12 @@ from pydantic import Field
 
 from serendip.component import ComponentConfig
 from serendip.data.dataset import Dataset
+from serendip.models._torch import (
+    log_popularity,
+    pick_device,
+    state_to_weights,
+    weights_to_state,
+)
 from serendip.models.base import BatchScorer
 from serendip.models.semantic import normalized_vectors
 from serendip.types import Query
@@ -66,15 +72,13 @@ class Sequential(BatchScorer):
         t0 = time.perf_counter()
         torch.manual_seed(c.seed)
         rng = np.random.default_rng(c.seed)
-        device = torch.device("cuda" if c.device == "auto" and torch.cuda.is_available()
-                              else ("cpu" if c.device == "auto" else c.device))
+        device = pick_device(c.device)
         text_np = normalized_vectors(data, self.name)
         text = torch.tensor(text_np, device=device)
         net = _network(text_np.shape[1], data.n_items, c).to(device)
         opt = torch.optim.AdamW(net.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         seqs = [h for h in (data.history(u) for u in range(data.n_users)) if h.size >= 2]
-        pop = np.maximum(np.asarray(data.item_popularity, dtype=np.float64), 1.0)
-        log_q = torch.tensor(np.log(pop / pop.sum()), dtype=torch.float32, device=device)
+        log_q = log_popularity(data, device)
         steps = 0
         net.train()
         for _ in range(c.epochs):
@@ -99,10 +103,8 @@ class Sequential(BatchScorer):
         net.eval()
         with torch.no_grad():
             factors = net.item(torch.arange(data.n_items, device=device), text).cpu().numpy()
-        state = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
         self._set_state(item_factors=factors.astype(np.float32), text=text_np,
-                        **{f"w_{k.replace('.', '__')}": v.astype(np.float32)
-                           for k, v in state.items()})
+                        **weights_to_state(net))
         log.info("Sequential: %d steps on %s in %.1fs", steps, device, time.perf_counter() - t0)
 
     def _after_load(self) -> None:
@@ -112,8 +114,7 @@ class Sequential(BatchScorer):
         assert st is not None
         text = st["text"]
         self._net = _network(text.shape[1], text.shape[0], self.config)
-        self._net.load_state_dict({k[2:].replace("__", "."): torch.tensor(v)
-                                   for k, v in st.items() if k.startswith("w_")})
+        self._net.load_state_dict({k: torch.tensor(v) for k, v in state_to_weights(st).items()})
         self._net.eval()
         self._text = torch.tensor(text)
 

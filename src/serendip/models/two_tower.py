@@ -25,6 +25,12 @@ from pydantic import Field
 
 from serendip.component import ComponentConfig
 from serendip.data.dataset import Dataset
+from serendip.models._torch import (
+    log_popularity,
+    pick_device,
+    state_to_weights,
+    weights_to_state,
+)
 from serendip.models._util import history_weights
 from serendip.models.base import BatchScorer
 from serendip.models.semantic import normalized_vectors
@@ -65,8 +71,7 @@ class TwoTower(BatchScorer):
         t0 = time.perf_counter()
         torch.manual_seed(c.seed)
         rng = np.random.default_rng(c.seed)
-        device = torch.device("cuda" if c.device == "auto" and torch.cuda.is_available()
-                              else ("cpu" if c.device == "auto" else c.device))
+        device = pick_device(c.device)
         text = torch.tensor(normalized_vectors(data, self.name), device=device)
         n_items, d_text = text.shape
         towers = _Towers(d_text, n_items, c).to(device)
@@ -76,8 +81,7 @@ class TwoTower(BatchScorer):
         users = np.repeat(np.arange(data.n_users), [len(h) for h in histories])
         targets_all = (np.concatenate(histories) if len(users) else np.zeros(0, np.int64))
         full = _padded(histories)
-        pop = np.maximum(np.asarray(data.item_popularity, dtype=np.float64), 1.0)
-        log_q = torch.tensor(np.log(pop / pop.sum()), dtype=torch.float32, device=device)
+        log_q = log_popularity(data, device)
         steps = 0
         for _ in range(c.epochs):
             order = rng.permutation(len(users))
@@ -105,18 +109,15 @@ class TwoTower(BatchScorer):
         towers.eval()
         with torch.no_grad():
             factors = towers.item(torch.arange(n_items, device=device), text).cpu().numpy()
-        state = {k: v.detach().cpu().numpy() for k, v in towers.state_dict().items()}
         self._set_state(item_factors=factors.astype(np.float32),
-                        text=normalized_vectors(data, self.name),
-                        **{f"w_{k.replace('.', '__')}": v.astype(np.float32)
-                           for k, v in state.items()})
+                        text=normalized_vectors(data, self.name), **weights_to_state(towers))
         log.info("TwoTower: %d steps on %s in %.1fs", steps, device, time.perf_counter() - t0)
 
     # scoring (NumPy only) -------------------------------------------------------------------
     def _after_load(self) -> None:
         st = self._state
         assert st is not None
-        self._w = {k[2:].replace("__", "."): v for k, v in st.items() if k.startswith("w_")}
+        self._w = state_to_weights(st)
 
     def _user_vectors(self, queries: Sequence[Query]) -> np.ndarray:
         st = self._require_trained()
