@@ -6,10 +6,25 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
+from serendip.component import ComponentConfig
 from serendip.data.dataset import Dataset
 
-__all__ = ["pick_device", "log_popularity", "weights_to_state", "state_to_weights"]
+__all__ = [
+    "NeuralConfig", "pick_device", "log_popularity", "weights_to_state", "state_to_weights",
+]
+
+
+class NeuralConfig(ComponentConfig):
+    """Training settings every torch-trained scorer has."""
+
+    lr: float = Field(3e-3, gt=0, le=1.0, description="AdamW learning rate")
+    weight_decay: float = Field(1e-5, ge=0, le=1.0)
+    temperature: float = Field(0.05, gt=0, le=10, description="softmax temperature")
+    seed: int = Field(0, ge=0)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                        description="auto: CUDA when available, else CPU")
 
 
 def pick_device(spec: str) -> Any:

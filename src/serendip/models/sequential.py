@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from serendip.component import ComponentConfig
 from serendip.data.dataset import Dataset
 from serendip.models._torch import (
+    NeuralConfig,
     log_popularity,
     pick_device,
     state_to_weights,
@@ -39,7 +39,7 @@ __all__ = ["Sequential", "SequentialConfig"]
 log = logging.getLogger(__name__)
 
 
-class SequentialConfig(ComponentConfig):
+class SequentialConfig(NeuralConfig):
     dim: int = Field(64, ge=4, le=1024, description="model width (a multiple of heads)")
     heads: int = Field(2, ge=1, le=16)
     layers: int = Field(1, ge=1, le=8)
@@ -47,11 +47,6 @@ class SequentialConfig(ComponentConfig):
     dropout: float = Field(0.1, ge=0, lt=1)
     epochs: int = Field(30, ge=1, le=1000)
     batch_size: int = Field(128, ge=2, le=65536, description="sequences per step")
-    lr: float = Field(3e-3, gt=0, le=1.0)
-    weight_decay: float = Field(1e-5, ge=0, le=1.0)
-    temperature: float = Field(0.05, gt=0, le=10)
-    seed: int = Field(0, ge=0)
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
 
     def model_post_init(self, __context: Any) -> None:
         if self.dim % self.heads:

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import Field
 
-from serendip.component import ComponentConfig
 from serendip.data.dataset import Dataset
 from serendip.models._torch import (
+    NeuralConfig,
     log_popularity,
     pick_device,
     state_to_weights,
@@ -41,20 +41,14 @@ __all__ = ["TwoTower", "TwoTowerConfig"]
 log = logging.getLogger(__name__)
 
 
-class TwoTowerConfig(ComponentConfig):
+class TwoTowerConfig(NeuralConfig):
     dim: int = Field(64, ge=2, le=1024, description="output dimension of both towers")
     hidden: int = Field(256, ge=4, le=8192, description="hidden units of each tower's MLP")
     id_dim: int = Field(32, ge=0, le=1024, description="learned item id embedding (0: text only)")
     epochs: int = Field(20, ge=1, le=1000)
     batch_size: int = Field(512, ge=2, le=65536)
-    lr: float = Field(3e-3, gt=0, le=1.0)
-    weight_decay: float = Field(1e-5, ge=0, le=1.0)
-    temperature: float = Field(0.05, gt=0, le=10, description="softmax temperature")
     max_history: int = Field(50, ge=1, le=10_000, description="history items a context keeps")
     half_life: float | None = Field(20.0, gt=0, le=1e6, description="recency weighting of history")
-    seed: int = Field(0, ge=0)
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
-                        description="auto: CUDA when available, else CPU")
 
 
 class TwoTower(BatchScorer):
