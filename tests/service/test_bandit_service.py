@@ -34,6 +34,11 @@ def test_adaptive_lists_learn_from_clicks_and_persist(api, engine, store, tmp_pa
         assert r.status_code == 201
     a2, b2 = stats(engine)
     assert b2[0] == pytest.approx(b1[0] + 1.0)
+    listed = {p["name"]: p for p in api("GET", "/v1/presets", "read").json()["presets"]}
+    learned = listed["adaptive"]["learned"]
+    assert set(learned) == {"bias", "relevance", "unexpectedness", "novelty", "tail"}
+    assert learned == pytest.approx(engine.state.pipelines["adaptive"].bandit.weights(), abs=1e-6)
+    assert listed["balanced"]["learned"] is None
     np.testing.assert_allclose(a2, a1)
     unseen = next(f"i{n}" for n in range(24) if f"i{n}" not in sum(shown, []))
     api("POST", "/v1/events", "write", json={"events": [

@@ -133,6 +133,19 @@ def test_explore_toggle_asks_for_exploration(web: tuple[Any, PageLog],
     assert_clean(log, live_server)
 
 
+def test_adaptive_preset_shows_what_it_has_learned(web: tuple[Any, PageLog],
+                                                   live_server: LiveServer) -> None:
+    page, log = web
+    open_page(page, live_server)
+    pick_first_user(page)
+    with page.expect_request(lambda r: "/recommendations?" in r.url and "preset=adaptive" in r.url):
+        page.get_by_test_id("preset-select").select_option("adaptive")
+    description = page.get_by_test_id("preset-description")
+    expect(description).to_contain_text("learned so far: relevance")
+    expect(description).to_contain_text("unexpectedness")
+    assert_clean(log, live_server)
+
+
 def test_search_shows_result_cards(web: tuple[Any, PageLog], live_server: LiveServer) -> None:
     page, log = web
     open_page(page, live_server)

@@ -1061,8 +1061,10 @@ class Engine:
     def presets(self) -> list[dict[str, Any]]:
         s = self._state
         if s is None:
-            presets = self.config.all_presets()
-        else:
-            presets = {name: pipe.preset for name, pipe in s.pipelines.items()}
-        return [{"name": name, "description": p.description, "discovery": p.discovery}
-                for name, p in presets.items()]
+            return [{"name": name, "description": p.description, "discovery": p.discovery}
+                    for name, p in self.config.all_presets().items()]
+        return [{"name": name, "description": pipe.preset.description,
+                 "discovery": pipe.preset.discovery,
+                 "learned": None if pipe.bandit is None else {
+                     k: round(v, 6) for k, v in pipe.bandit.weights().items()}}
+                for name, pipe in s.pipelines.items()]

@@ -243,6 +243,8 @@ class PresetOut(_Out):
     name: str
     description: str
     discovery: float
+    learned: dict[str, float] | None = Field(
+        None, description="a bandit preset's current feature weights (what it has learned)")
 
 
 class Presets(_Out):

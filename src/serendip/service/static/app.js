@@ -296,7 +296,15 @@ async function loadPresets() {
 
 function applyPreset(setSlider) {
   const p = state.presets.get(el.preset.value);
-  el.presetDescription.textContent = p ? p.description || "" : "";
+  let text = p ? p.description || "" : "";
+  if (p && p.learned) {
+    // a bandit preset: show what it has learned so far (feature weights)
+    const parts = Object.entries(p.learned)
+      .filter(([k]) => k !== "bias")
+      .map(([k, v]) => `${k} ${v >= 0 ? "+" : ""}${Number(v).toFixed(2)}`);
+    text += ` — learned so far: ${parts.join(", ")}`;
+  }
+  el.presetDescription.textContent = text;
   if (setSlider && p && typeof p.discovery === "number") {
     el.slider.value = String(p.discovery);
     showDiscovery();
