@@ -171,6 +171,11 @@ def test_new_catalog_items_reach_lists_through_an_automatic_refresh(
         assert e.refresh_reason() is None  # nothing left to do
         sim = e.similar("new1", 3)["items"]
         assert len(sim) == 3
+        # closed, then started again: the refresher runs again
+        e.close()
+        assert wait_for(lambda: e._refresher is not None and not e._refresher.is_alive())
+        e.start()
+        assert e._refresher is not None and e._refresher.is_alive()
     finally:
         e.close()
 

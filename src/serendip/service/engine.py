@@ -386,18 +386,21 @@ class Engine:
 
     def _start_refresher(self) -> None:
         interval = self.config.refresh_interval
-        if interval is None or self._refresher is not None:
+        if interval is None or (self._refresher is not None and self._refresher.is_alive()):
             return
+        if self._stop.is_set():  # started again after close(): a fresh stop signal
+            self._stop = threading.Event()
+        stop = self._stop
 
         def loop() -> None:
             failures = 0
-            while not self._stop.wait(interval * (1 + min(failures, 10))):  # back off on failure
+            while not stop.wait(interval * (1 + min(failures, 10))):  # back off on failure
                 try:
                     reason = self.refresh_reason()
                     if reason is not None and not self.retraining:
                         log.info("automatic retrain: %s", reason)
                         job = self.retrain(kind="refresh", reason=reason)
-                        while job.status == "running" and not self._stop.wait(0.05):
+                        while job.status == "running" and not stop.wait(0.05):
                             pass
                         failures = failures + 1 if job.status == "failed" else 0
                 except Exception:  # a failed check must not end the loop
