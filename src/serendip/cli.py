@@ -1,4 +1,4 @@
-"""The ``serendip`` command: fit, recommend, evaluate, demo, serve, ope."""
+"""The ``serendip`` command: fit, tune, recommend, evaluate, demo, serve, ope."""
 
 from __future__ import annotations
 
@@ -78,18 +78,89 @@ def _read_user_ids(path: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- commands
+def _input_data(args: argparse.Namespace, cfg):  # type: ignore[no-untyped-def]
+    """The data named by --dataset, or read from --interactions/--items."""
+    from serendip.data import Dataset, load_dataset
+
+    if getattr(args, "dataset", None):
+        if args.interactions or args.items:
+            raise ConfigError("give either --dataset or --interactions/--items, not both")
+        return load_dataset(args.dataset)
+    if not args.interactions or not args.items:
+        raise ConfigError("give --interactions FILE and --items FILE (or --dataset NAME)")
+    return Dataset.from_files(args.interactions, args.items, category_column=cfg.category_column)
+
+
+def _encoded(data, cfg, quiet: bool):  # type: ignore[no-untyped-def]
+    from serendip.text import Encoder, EncoderConfig
+
+    enc = Encoder(EncoderConfig(**cfg.encoder))
+    return data.with_item_vectors(enc.encode_items(data, template=cfg.item_template,
+                                                   progress=not quiet))
+
+
+def _tune_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from serendip.tune import TuneConfig
+
+    values: dict[str, object] = {"budget_seconds": args.budget}
+    if getattr(args, "protocol_tune", None):
+        values["protocol"] = args.protocol_tune
+    from serendip.pipeline import _validate
+
+    return _validate(TuneConfig, values, "tune")
+
+
+def _print_tuning(result) -> None:  # type: ignore[no-untyped-def]
+    print(f"tuned on a {result.protocol} validation split in {result.seconds:.0f}s")
+    for name, m in result.models.items():
+        print(f"  model {name}: {m['params']} (validation NDCG {m['ndcg']:.4f})")
+    acc = result.validation["accurate"]["ndcg"]
+    for name, m in result.validation.items():
+        print(f"  preset {name}: NDCG {m['ndcg']:.4f} ({m['ndcg'] / acc:.3f} x accurate), "
+              f"tail share {m['tail_share']:.3f}, coverage {m['coverage']:.3f}, "
+              f"novelty {m['novelty']:.2f}")
+    for note in result.notes:
+        print(f"  note: {note}")
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
-    from serendip.data import Dataset
     from serendip.pipeline import Recommender, load_fit_config
 
     cfg = load_fit_config(args.config)
     t0 = time.perf_counter()
-    data = Dataset.from_files(args.interactions, args.items, category_column=cfg.category_column)
+    data = _input_data(args, cfg)
     log.info("loaded %r", data)
-    rec = Recommender.fit(data, cfg, progress=not args.quiet)
+    if args.tune:
+        from serendip.tune import tune
+
+        data = _encoded(data, cfg, args.quiet)
+        result = tune(data, _tune_config(args), fit_config=cfg if args.config else None,
+                      progress=not args.quiet)
+        if not args.quiet:
+            _print_tuning(result)
+        rec = Recommender.fit(data, result.fit_config, progress=not args.quiet)
+        rec.presets = dict(result.presets)
+        rec.tuning = result.summary()
+    else:
+        rec = Recommender.fit(data, cfg, progress=not args.quiet)
     rec.save(args.out)
-    print(f"fitted {len(rec.scorers)} models on {data!r} in {time.perf_counter() - t0:.1f}s "
-          f"-> {args.out}")
+    tuned = f", presets tuned: {', '.join(rec.presets)}" if rec.presets else ""
+    print(f"fitted {len(rec.scorers)} models on {data!r} in {time.perf_counter() - t0:.1f}s"
+          f"{tuned} -> {args.out}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from serendip.pipeline import load_fit_config
+    from serendip.tune import tune
+
+    cfg = load_fit_config(args.config)
+    data = _encoded(_input_data(args, cfg), cfg, args.quiet)
+    result = tune(data, _tune_config(args), fit_config=cfg if args.config else None,
+                  progress=not args.quiet)
+    _print_tuning(result)
+    written = result.write(args.out)
+    print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
 
 
@@ -141,37 +212,51 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_eval_data(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from serendip.data import Dataset, load_movielens_100k
-
-    if args.interactions:
-        return Dataset.from_files(args.interactions, args.items)
-    return load_movielens_100k()
+def _cut(value: str) -> float | str:
+    """--cut: a quantile in (0, 1), or a time (number or ISO-8601 date) kept as text."""
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from serendip.data import make_split
     from serendip.eval.report import write_report
     from serendip.eval.runner import run_experiment
-    from serendip.pipeline import load_fit_config
-    from serendip.text import Encoder, EncoderConfig
+    from serendip.pipeline import Preset, load_fit_config, load_preset
 
     cfg = load_fit_config(args.config)
-    data = _load_eval_data(args)
-    enc = Encoder(EncoderConfig(**cfg.encoder))
-    data = data.with_item_vectors(enc.encode_items(data, template=cfg.item_template,
-                                                   progress=not args.quiet))
+    if not args.dataset and not args.interactions:
+        args.dataset = "movielens"
+    data = _encoded(_input_data(args, cfg), cfg, args.quiet)
     frames = []
-    for protocol in args.protocol.split(","):
+    for protocol in [p.strip() for p in args.protocol.split(",") if p.strip()]:
+        kwargs = {"cut": args.cut} if protocol == "time" and args.cut is not None else {}
+        split = make_split(data, protocol, **kwargs)
+        presets: list[str | Preset] = [p for p in args.presets.split(",") if p]
+        fit_cfg = cfg
+        if args.tune:  # tuned on a validation split carved from this split's training part
+            from serendip.tune import tune
+
+            result = tune(split.train, _tune_config(args), progress=not args.quiet)
+            if not args.quiet:
+                _print_tuning(result)
+            fit_cfg = result.fit_config
+            presets = [result.presets[n].model_copy(update={"name": f"{n} (tuned)"})
+                       for n in ("accurate", "balanced", "discovery") if n in result.presets]
+            presets += [load_preset(p).model_copy(update={"name": f"{p} (shipped)"})
+                        for p in args.presets.split(",") if p in ("accurate", "balanced")]
         frames.append(run_experiment(
-            data, protocol.strip(), [m for m in args.models.split(",") if m],
-            [p for p in args.presets.split(",") if p], k=args.k, fit_config=cfg,
-            progress=not args.quiet,
+            data, protocol, [m for m in args.models.split(",") if m], presets, k=args.k,
+            fit_config=fit_cfg, split=split, progress=not args.quiet,
         ))
     results = pd.concat(frames, ignore_index=True)
     cols = ["protocol", "kind", "name", "discovery", "ndcg", "recall", "novelty", "tail_share",
-            "coverage", "serendipity"]
+            "coverage", "max_list_share_tail", "new_item_share", "recall_new"]
+    cols = [c for c in cols if c in results.columns]
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(results[results["kind"] != "sweep"][cols].round(4).to_string(index=False))
     if args.csv:
@@ -185,7 +270,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     ns = argparse.Namespace(
-        interactions=None, items=None, config=None, protocol="temporal,loo,cold-items",
+        interactions=None, items=None, dataset="movielens", config=None,
+        protocol="time,temporal,loo,cold-items", cut=None, tune=False, budget=300.0,
         models="popularity,ease,als,knn,semantic,textcf", presets="accurate,balanced,discovery",
         k=10, csv=str(out / "results.csv"), report=str(out / "report.html"), quiet=args.quiet,
     )
@@ -256,13 +342,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = p.add_subparsers(dest="command", required=True)
 
+    def data_args(a: argparse.ArgumentParser, default: str = "") -> None:
+        a.add_argument("--interactions", help="CSV/Parquet/JSONL: user_id,item_id[,timestamp][,rating]")
+        a.add_argument("--items", help="CSV/Parquet/JSONL: item_id + text columns")
+        a.add_argument("--dataset", choices=("movielens", "goodbooks", "lastfm"),
+                       help=f"a bundled real data set instead of files{default}")
+        a.add_argument("--config", help="TOML fit config (encoder, models, item_template)")
+
+    def tune_args(a: argparse.ArgumentParser) -> None:
+        a.add_argument("--budget", type=float, default=600.0, metavar="SECONDS",
+                       help="time budget of the tuning search (default 600)")
+        a.add_argument("--tune-protocol", dest="protocol_tune",
+                       choices=("time", "random", "temporal", "loo"),
+                       help="validation protocol (default: time when timestamps can be "
+                       "trusted, else random)")
+
     f = sub.add_parser("fit", help="encode the catalog and train every model")
-    f.add_argument("--interactions", required=True, help="CSV/Parquet/JSONL: user_id,item_id[,timestamp][,rating]")
-    f.add_argument("--items", required=True, help="CSV/Parquet/JSONL: item_id + text columns")
+    data_args(f)
     f.add_argument("--out", required=True, help="model directory to write")
-    f.add_argument("--config", help="TOML fit config (encoder, models, item_template)")
     f.add_argument("--preset", help="accepted for symmetry; presets apply at recommend time")
+    f.add_argument("--tune", action="store_true", help="first tune models, blend and presets "
+                   "on a validation split carved from the data; the model keeps the tuned "
+                   "presets")
+    tune_args(f)
     f.set_defaults(func=cmd_fit)
+
+    t = sub.add_parser("tune", help="choose models, blend and presets for this catalog on a "
+                       "validation split; writes fit.toml, presets/*.toml and tuning.json")
+    data_args(t)
+    t.add_argument("--out", required=True, help="directory to write")
+    tune_args(t)
+    t.set_defaults(func=cmd_tune)
 
     r = sub.add_parser("recommend", help="top-k lists from a fitted model")
     r.add_argument("--model", required=True)
@@ -279,10 +389,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_recommend)
 
     e = sub.add_parser("evaluate", help="compare models and presets on a split")
-    e.add_argument("--interactions", help="default: the bundled MovieLens-100K")
-    e.add_argument("--items")
-    e.add_argument("--config")
-    e.add_argument("--protocol", default="temporal", help="temporal | loo | cold-items (comma list)")
+    data_args(e, " (default: movielens)")
+    e.add_argument("--protocol", default="time", help="time (fit on the past, predict the "
+                   "future) | random | temporal | loo | cold-items (comma list)")
+    e.add_argument("--cut", type=_cut, default=None, help="time protocol: quantile of event "
+                   "time (default 0.8), or a time (number or ISO-8601 date)")
+    e.add_argument("--tune", action="store_true", help="also tune presets on a validation "
+                   "split carved from each training part, and evaluate them")
+    tune_args(e)
     e.add_argument("--models", default="popularity,ease,als")
     e.add_argument("--presets", default="accurate,balanced,discovery")
     e.add_argument("-k", type=_positive_int, default=10)
@@ -336,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "evaluate" and bool(args.interactions) != bool(args.items):
+    if args.command in ("evaluate", "fit", "tune") and bool(args.interactions) != bool(args.items):
         print("serendip: error: --interactions and --items go together", file=sys.stderr)
         return 2
     logging.basicConfig(

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from serendip import __version__
 from serendip.component import make_config
@@ -35,7 +35,7 @@ from serendip.text import Encoder, EncoderConfig
 from serendip.types import ItemList, Query
 
 __all__ = [
-    "FitConfig", "Preset", "PRESETS", "load_preset", "load_fit_config",
+    "FitConfig", "Preset", "PRESETS", "load_preset", "load_fit_config", "preset_toml",
     "Recommender", "Pipeline",
 ]
 
@@ -50,6 +50,9 @@ LARGE_CATALOG = 40_000
 SUBSTITUTES: dict[str, tuple[str, ...]] = {
     "ease_recent": ("ease", "als"), "ease": ("ease_recent", "als"), "knn": ("ease", "als"),
 }
+#: Scorers that read the order of each history as time; left out of the default fit when the
+#: data has no trustworthy timestamps (see ``Dataset.time_quality``).
+ORDER_MODELS = ("ease_recent", "transition")
 
 
 def default_cache_dir() -> str:
@@ -94,12 +97,18 @@ class FitConfig(BaseModel):
     retrieval: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
-    def default_for(cls, n_items: int) -> FitConfig:
-        """The default config, without the dense item x item models above ``LARGE_CATALOG``."""
+    def default_for(cls, n_items: int, ordered: bool = True) -> FitConfig:
+        """The default config, without the dense item x item models above ``LARGE_CATALOG``
+        and, when the data has no trustworthy order (``ordered`` False), without the models
+        that read history order as time."""
         if n_items <= LARGE_CATALOG:
-            return cls()
-        return cls(models={"popularity": {}, "als": {}, "semantic": {}, "textcf": {},
-                           "transition": {}})
+            models = cls().models
+        else:
+            models = {"popularity": {}, "als": {}, "semantic": {}, "textcf": {},
+                      "transition": {}}
+        if not ordered:
+            models = {k: v for k, v in models.items() if k not in ORDER_MODELS}
+        return cls(models=models)
 
     def model_post_init(self, __context: Any) -> None:
         for name, values in self.models.items():
@@ -130,6 +139,45 @@ class Preset(BaseModel):
     #: a bandit choosing the list from the candidates and learning online (``LinearTSConfig``);
     #: when set it replaces the rerankers and the exploration stage
     bandit: dict[str, Any] | None = None
+    #: calibration of the discovery knob: ``[knob value, internal discovery]`` pairs, both
+    #: non-decreasing, from ``[0, 0]`` to ``[1, d]`` (written by ``serendip tune`` so that equal
+    #: knob steps cost equal shares of validation accuracy); None: the knob is used as is
+    knob: list[tuple[float, float]] | None = None
+
+    @model_validator(mode="after")
+    def _check_knob(self) -> Preset:
+        if self.knob is None:
+            return self
+        pts = np.asarray(self.knob, dtype=np.float64)
+        ok = (
+            pts.ndim == 2 and pts.shape[0] >= 2 and pts.shape[1] == 2
+            and np.isfinite(pts).all() and (pts >= 0).all() and (pts <= 1).all()
+            and pts[0, 0] == 0.0 and pts[-1, 0] == 1.0
+            and (np.diff(pts[:, 0]) > 0).all() and (np.diff(pts[:, 1]) >= 0).all()
+        )
+        if not ok:
+            raise ValueError(
+                "knob must be [knob, discovery] pairs in [0, 1], knob strictly increasing from "
+                f"0 to 1 and discovery non-decreasing, got {self.knob!r}"
+            )
+        return self
+
+    def internal_discovery(self, knob: float) -> float:
+        """The discovery value the rerankers get for a knob value (identity without a knob)."""
+        if self.knob is None:
+            return float(knob)
+        pts = np.asarray(self.knob, dtype=np.float64)
+        return float(np.interp(knob, pts[:, 0], pts[:, 1]))
+
+
+def preset_toml(preset: Preset, header: Sequence[str] = ()) -> str:
+    """A preset as TOML (``load_preset`` reads it back equal), ``header`` as comment lines."""
+    import tomli_w
+
+    values = preset.model_dump(exclude_none=True)
+    values.pop("name", None)
+    lines = [f"# {h}" for h in header]
+    return "\n".join(lines) + ("\n" if lines else "") + tomli_w.dumps(values)
 
 
 def load_preset(name_or_path: str) -> Preset:
@@ -177,10 +225,15 @@ def load_fit_config(path: str | None) -> FitConfig:
 class Recommender:
     """A fitted model: the training Dataset (with item vectors) and the trained scorers."""
 
-    def __init__(self, data: Dataset, scorers: dict[str, BatchScorer], config: FitConfig):
+    def __init__(self, data: Dataset, scorers: dict[str, BatchScorer], config: FitConfig,
+                 presets: Mapping[str, Preset] | None = None, tuning: dict[str, Any] | None = None):
         self.data = data
         self.scorers = scorers
         self.config = config
+        #: presets tuned for this catalog (``fit --tune``); they replace the shipped ones of the
+        #: same name in ``pipeline``.  ``tuning`` says how they were chosen.
+        self.presets: dict[str, Preset] = dict(presets or {})
+        self.tuning = tuning
         self.use_retrieval(make_config(RetrievalConfig, config.retrieval, "retrieval"))
 
     def use_retrieval(self, config: RetrievalConfig) -> None:
@@ -195,7 +248,7 @@ class Recommender:
     @classmethod
     def fit(cls, data: Dataset, config: FitConfig | None = None, *, progress: bool = True,
             encoder: Encoder | None = None) -> Recommender:
-        config = config or FitConfig.default_for(data.n_items)
+        config = config or FitConfig.default_for(data.n_items, _ordered(data))
         if data.item_vectors is None:
             enc = encoder or Encoder(EncoderConfig(**config.encoder))
             data = data.with_item_vectors(
@@ -231,10 +284,15 @@ class Recommender:
         np.save(tmp / "item_vectors.npy", d.item_vectors, allow_pickle=False)
         for name, scorer in self.scorers.items():
             scorer.save(tmp / "components" / name)
+        for name, preset in self.presets.items():
+            (tmp / "presets").mkdir(exist_ok=True)
+            (tmp / "presets" / f"{name}.toml").write_text(preset_toml(preset))
         meta = {
             "format": FORMAT_VERSION, "serendip": __version__,
             "fit_config": self.config.model_dump(), "category_column": d.category_column,
+            "has_time": bool(getattr(d, "has_time", True)),
             "n_users": d.n_users, "n_items": d.n_items, "n_interactions": len(d.interactions),
+            "tuned_presets": sorted(self.presets), "tuning": self.tuning,
         }
         (tmp / "serendip.json").write_text(json.dumps(meta, indent=2))
         old = final.with_name(final.name + ".tmp-old")
@@ -269,21 +327,37 @@ class Recommender:
         data = Dataset(
             users, items["item_id"].to_numpy(dtype=object), items, inter, meta["category_column"],
             np.load(d / "item_vectors.npy", allow_pickle=False),
+            has_time=bool(meta.get("has_time", True)),
         )
         config = FitConfig.model_validate(meta["fit_config"])
         scorers = {
             name: SCORERS[values.get("type", name)].load(d / "components" / name)  # type: ignore[misc]
             for name, values in config.models.items()
         }
-        return cls(data, scorers, config)  # type: ignore[arg-type]
+        presets = {
+            name: load_preset(str(d / "presets" / f"{name}.toml"))
+            for name in meta.get("tuned_presets", [])
+        }
+        return cls(data, scorers, config, presets, meta.get("tuning"))  # type: ignore[arg-type]
+
+    def preset(self, name: str) -> Preset:
+        """The preset a name means for this model: its tuned one, else the shipped one (adapted
+        to the models it has), else a TOML file path."""
+        if name in self.presets:
+            return self.presets[name]
+        loaded = load_preset(name)
+        return adapt_shipped_preset(loaded, self.scorers) if name in PRESETS else loaded
 
     def pipeline(self, preset: str | Preset = "balanced") -> Pipeline:
         if isinstance(preset, Preset):
             return Pipeline(self, preset)
-        loaded = load_preset(preset)
-        if preset in PRESETS:
-            loaded = adapt_shipped_preset(loaded, self.scorers)
-        return Pipeline(self, loaded)
+        return Pipeline(self, self.preset(preset))
+
+
+def _ordered(data: Dataset) -> bool:
+    """Whether the data's timestamps can be read as time (see ``Dataset.time_quality``)."""
+    quality = getattr(data, "time_quality", None)
+    return bool(quality.ordered) if quality is not None else True
 
 
 def _top_allowed(row: np.ndarray, q: Query, allowed: np.ndarray | None, n: int) -> ItemList:
@@ -313,10 +387,14 @@ def adapt_shipped_preset(preset: Preset, trained: Mapping[str, BatchScorer]) -> 
                 blend[alt] = blend.get(alt, 0.0) + w
                 moved.append(f"{name} -> {alt}")
                 break
+        else:
+            if name in ORDER_MODELS and any(v > 0 for k, v in blend.items() if k != name):
+                del blend[name]  # left out of a fit on data without trustworthy time
+                moved.append(f"{name} left out")
     if not moved:
         return preset
     log.info("preset %r: %s (the model has no %s)", preset.name, ", ".join(moved),
-             ", ".join(m.split(" ->")[0] for m in moved))
+             ", ".join(m.split(" ")[0] for m in moved))
     return preset.model_copy(update={
         "blend": blend, "description": f"{preset.description} ({'; '.join(moved)})",
     })
@@ -375,6 +453,7 @@ class Pipeline:
         d = self.preset.discovery if discovery is None else discovery
         if not 0.0 <= d <= 1.0:
             raise ConfigError(f"discovery must be between 0 and 1, got {d}")
+        d = self.preset.internal_discovery(d)
         eps = self.explorer.config.epsilon if explore is None else explore
         if not 0.0 <= eps <= 1.0:
             raise ConfigError(f"explore must be between 0 and 1, got {explore}")
@@ -421,7 +500,8 @@ class Pipeline:
         with exploration, Monte Carlo frequencies for a bandit.  ``allowed`` (a boolean mask)
         restricts the items as serving does.  What off-policy evaluation needs of a target.
         """
-        d = self.preset.discovery if discovery is None else discovery
+        d = self.preset.internal_discovery(
+            self.preset.discovery if discovery is None else discovery)
         eps = self.explorer.config.epsilon if explore is None else explore
         if self.bandit is not None:
             eps = 0.0

@@ -78,5 +78,17 @@ def test_cold_items_never_in_train(ml):
 def test_bad_split_args(ml):
     with pytest.raises(ConfigError, match="1.5"):
         temporal_split(ml, 1.5)
-    with pytest.raises(ConfigError, match="'random'"):
-        make_split(ml, "random")
+    with pytest.raises(ConfigError, match="'shuffled'"):
+        make_split(ml, "shuffled")
+
+
+def test_movielens_time_cut(ml):
+    # real clock times, but most ratings were entered in bursts within the same second:
+    # 75,772 of the 100,000 events tie with another event of their user
+    q = ml.time_quality
+    assert q.has_time and q.tie_share == pytest.approx(0.75772) and q.ordered
+    s = make_split(ml, "time", cut=0.8)
+    assert len(s.train.interactions) <= 80_000
+    cut = ml.interactions["timestamp"].sort_values().iloc[80_000]
+    assert (s.train.interactions["timestamp"] < cut).all()
+    assert s.new_items is not None and not np.isin(s.new_items, s.train.interactions.item).any()

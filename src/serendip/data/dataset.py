@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from serendip.data.io import read_table
 from serendip.errors import DataError, UnknownIdError
 
-__all__ = ["Dataset", "CATEGORY_COLUMNS"]
+__all__ = ["Dataset", "TimeQuality", "CATEGORY_COLUMNS", "iso_to_seconds"]
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +26,49 @@ log = logging.getLogger(__name__)
 CATEGORY_COLUMNS = ("genres", "genre", "categories", "category", "class", "tags")
 
 
+#: Above this share of same-user timestamp ties a warning says that order within a tie is
+#: only file order (MovieLens-100K: 76%, ratings entered in bursts within one second).
+WARN_TIE_SHARE = 0.5
+#: Above this share the order of a history is mostly unknown: the data counts as unordered,
+#: and the models that read order as time are left out of the default fit.  Between the two,
+#: order-reading models stay and tuning decides how much weight they get.
+MAX_TIE_SHARE = 0.9
+
+
 def _examples(values: np.ndarray | list, n: int = 5) -> str:
     vals = list(values)[:n]
     return ", ".join(repr(v) for v in vals)
+
+
+def iso_to_seconds(values: pd.Series) -> pd.Series:
+    """ISO-8601 strings to float seconds since the Unix epoch (naive dates read as UTC).
+
+    The one conversion used for timestamp columns and for time cuts, so both share a scale;
+    unparsable values become NaN.
+    """
+    parsed = pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601")
+    return (parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+
+
+@dataclass(frozen=True)
+class TimeQuality:
+    """How far a Dataset's timestamps can be trusted as an order of events.
+
+    ``tie_share`` is the share of events whose exact timestamp another event of the same user
+    shares; ``ordered`` says histories have a usable order (real time, ties at most half).
+    """
+
+    has_time: bool
+    tie_share: float
+    ordered: bool
+
+
+def _tie_share(inter: pd.DataFrame) -> float:
+    """Share of events that share their exact timestamp with another event of their user."""
+    if len(inter) == 0:
+        return 0.0
+    sizes = inter.groupby(["user", "timestamp"], sort=False)["item"].transform("size")
+    return float((sizes.to_numpy() > 1).mean())
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,6 +79,11 @@ class Dataset:
     (row order when the source had none) and optional float ``rating``.  ``items`` is the
     catalog, one row per item index, with ``item_id`` and every text column.
     Duplicate (user, item) rows are collapsed to the latest one (by timestamp, then file order).
+
+    ``has_time`` says whether ``timestamp`` is real time (or at least a true order of events).
+    It is False when the source had no timestamp column and the row order stands in for it:
+    then time-based splits refuse the data and order-aware models should stay off, because
+    file order is not time.  ``time_quality`` adds how tied the timestamps are.
     """
 
     user_ids: np.ndarray
@@ -47,6 +92,7 @@ class Dataset:
     interactions: pd.DataFrame
     category_column: str | None = None
     item_vectors: np.ndarray | None = None
+    has_time: bool = True
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -75,21 +121,27 @@ class Dataset:
                 raise DataError(f"column {c!r} has {bad} empty value(s); every row needs an id")
             inter[c] = inter[c].astype(str)
         if "timestamp" in inter.columns:
-            ts = pd.to_numeric(inter["timestamp"], errors="coerce")
+            if pd.api.types.is_datetime64_any_dtype(inter["timestamp"]):
+                # a date-typed column (Parquet, a DataFrame) goes to seconds like ISO strings;
+                # to_numeric would give nanoseconds
+                ts = iso_to_seconds(inter["timestamp"])
+            else:
+                ts = pd.to_numeric(inter["timestamp"], errors="coerce")
             if ts.isna().any():
                 if pd.api.types.is_numeric_dtype(inter["timestamp"]):
                     bad_vals = inter.loc[ts.isna(), "timestamp"].tolist()
                     raise DataError(f"timestamp has non-numeric values, e.g. {_examples(bad_vals)}")
-                parsed = pd.to_datetime(inter["timestamp"], errors="coerce", utc=True, format="ISO8601")
-                if parsed.isna().any():
-                    bad_vals = inter.loc[parsed.isna(), "timestamp"].tolist()
+                ts = iso_to_seconds(inter["timestamp"])
+                if ts.isna().any():
+                    bad_vals = inter.loc[ts.isna(), "timestamp"].tolist()
                     raise DataError(
                         f"timestamp values are neither numbers nor ISO-8601 dates, e.g. {_examples(bad_vals)}"
                     )
-                ts = parsed.astype("int64") / 1e9
             inter["timestamp"] = ts.astype(np.float64)
+            has_time = True
         else:
             inter["timestamp"] = np.arange(len(inter), dtype=np.float64)
+            has_time = False
         if "rating" in inter.columns:
             r = pd.to_numeric(inter["rating"], errors="coerce")
             if r.isna().any():
@@ -159,7 +211,24 @@ class Dataset:
                 f"category column {category_column!r} is not an item column; "
                 f"found {list(items_df.columns)}"
             )
-        return cls(user_ids_arr, item_ids_arr, items_df, out, category_column)
+        if not has_time:
+            log.warning(
+                "no timestamp column: row order is not time; recency and sequence models will "
+                "be switched off"
+            )
+        else:
+            ties = _tie_share(out)
+            if ties > WARN_TIE_SHARE:
+                log.warning(
+                    "timestamps are heavily tied: %.0f%% of events share their timestamp with "
+                    "another event of the same user; order within a tie is file order%s",
+                    100 * ties,
+                    "; recency and sequence models will be switched off"
+                    if ties > MAX_TIE_SHARE else "",
+                )
+        return cls(
+            user_ids_arr, item_ids_arr, items_df, out, category_column, has_time=has_time
+        )
 
     @classmethod
     def from_files(
@@ -242,6 +311,16 @@ class Dataset:
         return ts[ptr[user] : ptr[user + 1]]
 
     @cached_property
+    def time_quality(self) -> TimeQuality:
+        """Whether timestamps are real and how tied they are (see ``TimeQuality``)."""
+        ties = _tie_share(self.interactions)
+        return TimeQuality(
+            has_time=self.has_time,
+            tie_share=ties,
+            ordered=self.has_time and ties <= MAX_TIE_SHARE,
+        )
+
+    @cached_property
     def item_popularity(self) -> np.ndarray:
         """Number of distinct users who interacted with each item."""
         return np.asarray(self.matrix.sum(axis=0)).ravel().astype(np.float64)
@@ -295,6 +374,7 @@ class Dataset:
         return Dataset(
             self.user_ids, self.item_ids, self.items,
             interactions.reset_index(drop=True), self.category_column, self.item_vectors,
+            has_time=self.has_time,
         )
 
     def with_item_vectors(self, vectors: np.ndarray) -> Dataset:
@@ -305,11 +385,11 @@ class Dataset:
             )
         return Dataset(
             self.user_ids, self.item_ids, self.items, self.interactions,
-            self.category_column, vectors,
+            self.category_column, vectors, has_time=self.has_time,
         )
 
     def __repr__(self) -> str:
         return (
             f"Dataset({self.n_users} users, {self.n_items} items, "
-            f"{len(self.interactions)} interactions)"
+            f"{len(self.interactions)} interactions{'' if self.has_time else ', no time'})"
         )

@@ -6,8 +6,8 @@ Conventions shared by every function here:
   lists) and is dropped; any other negative index, or a repeated item, raises ``ValueError``.
 * ``relevant`` is the set of held-out item indices; an empty one raises ``ValueError``.
 * An empty ``rec`` scores 0 on every per-list metric (nothing was recommended).
-* Definitions follow ``/work/shared/DESIGN.md`` ("Metric definitions"); each docstring names
-  the peer implementation whose definition it matches.
+* Definitions follow the project's metric definitions (docs/metrics.md); each docstring names
+  the peer implementation whose definition it matches, or says there is none.
 
 ``compute_metrics`` evaluates a whole run (one row of ``k`` items per user) vectorised over
 users and gives the same numbers as averaging the per-list functions.
@@ -45,6 +45,8 @@ __all__ = [
     "calibration_kl",
     "coverage",
     "gini",
+    "max_list_share",
+    "new_item_share",
     "compute_metrics",
     "ITEM_GROUP_BOUNDS",
 ]
@@ -464,6 +466,57 @@ def gini(lists: np.ndarray | Iterable[np.ndarray], n_items: int) -> float:
     return float(np.sum((2 * j - n_items - 1) * counts) / (n_items * counts.sum()))
 
 
+def _list_rows(lists: np.ndarray | Iterable[np.ndarray], n_items: int) -> list[np.ndarray]:
+    """Each list as its own validated item array (a 2-D array gives one list per row)."""
+    if isinstance(lists, np.ndarray) and lists.ndim != 2:
+        raise ValueError(f"lists must be a 2-D array or a sequence of lists, got shape {lists.shape}")
+    rows = [_as_items(np.asarray(x).reshape(-1), "lists") for x in lists]
+    for r in rows:
+        _check_range(r, n_items, "lists", "the catalog")
+    return rows
+
+
+def max_list_share(
+    lists: np.ndarray | Iterable[np.ndarray], n_items: int, items_mask: np.ndarray | None = None
+) -> float:
+    """Largest share of the lists that one item appears in (over ``items_mask`` items if given).
+
+    Gini summarises the whole exposure distribution; this names its worst case: 0.9 means
+    some item is in nine lists out of ten.  No peer library reports it; it is the maximum of
+    the per-item counts behind RecBole's GiniIndex, divided by the number of lists.  No lists,
+    or no item of the mask recommended: 0.
+    """
+    n_items = _check_n_items(n_items)
+    rows = _list_rows(lists, n_items)
+    if not rows:
+        return 0.0
+    flat = np.concatenate(rows)
+    counts = np.bincount(flat, minlength=n_items)
+    if items_mask is not None:
+        mask = np.asarray(items_mask, dtype=bool)
+        if mask.shape != (n_items,):
+            raise ValueError(f"items_mask must have shape ({n_items},), got {mask.shape}")
+        counts = counts[mask]
+    return float(counts.max()) / len(rows) if counts.size else 0.0
+
+
+def new_item_share(lists: np.ndarray | Iterable[np.ndarray], new_items: np.ndarray) -> float:
+    """Share of all list slots (padding excluded) that hold a new item.
+
+    New items are those first seen after a time cut (``Split.new_items``); compare the share
+    with their share of the test interactions to see whether lists give them their due.  No
+    peer library reports it.  No slots at all: 0.
+    """
+    new = np.unique(_as_items(new_items, "new_items", unique=False))
+    if isinstance(lists, np.ndarray):
+        flat = lists.reshape(-1)
+    else:
+        parts = [np.asarray(x).reshape(-1) for x in lists]
+        flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    items = _as_items(flat, "lists", unique=False)
+    return float(np.isin(items, new).mean()) if items.size else 0.0
+
+
 # --------------------------------------------------------------------------- aggregator
 def _mean(x: np.ndarray | np.floating) -> float:
     """Mean over users; NaN when no user qualifies (e.g. an empty popularity group)."""
@@ -509,6 +562,7 @@ def compute_metrics(
     *,
     primitive_size: int = 50,
     head_share: float = 0.2,
+    new_items: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Mean of every per-list metric over users, plus coverage and Gini over all lists.
 
@@ -516,12 +570,16 @@ def compute_metrics(
     first ``k`` items are evaluated), ``truth[u]`` its held-out items, ``train`` gives popularity, activity,
     histories, vectors and categories.  Keys: ndcg, recall, hit_rate, mrr, map, novelty, arp,
     tail_share (head = ``head_share`` of items), tail_share_elliot (80 %-of-interactions
-    head), serendipity, coverage, gini, ndcg_/recall_ head/mid/tail (relevant set restricted
-    to that popularity group, see ITEM_GROUP_BOUNDS; users with no relevant item in a group are
-    skipped), ndcg_users_low/mid/high (evaluated users split into three equal-size groups by
-    training activity, ties by user index); with vectors: ild, unexpectedness (users with an
-    empty history skipped); with categories: ild_genre, calibration_kl (users without a
-    categorised history item skipped).  A group with no user gives NaN.
+    head), serendipity, coverage, gini, max_list_share and max_list_share_tail (the largest
+    share of the lists one item, or one tail item, appears in), ndcg_/recall_ head/mid/tail
+    (relevant set restricted to that popularity group, see ITEM_GROUP_BOUNDS; users with no
+    relevant item in a group are skipped), ndcg_users_low/mid/high (evaluated users split into
+    three equal-size groups by training activity, ties by user index); with vectors: ild,
+    unexpectedness (users with an empty history skipped); with categories: ild_genre,
+    calibration_kl (users without a categorised history item skipped); with ``new_items``
+    (items first seen after a time cut): new_item_share (of all list slots), new_item_test_share
+    (of the evaluated users' held-out pairs), ndcg_new and recall_new (relevant set restricted
+    to new items; users with none skipped).  A group with no user gives NaN.
     """
     k = _check_k(k)
     head_share = _check_share(head_share, "head_share")
@@ -617,7 +675,8 @@ def compute_metrics(
 
     out["novelty"] = _mean(_list_mean(_self_information(pop, n_users)))
     out["arp"] = _mean(_list_mean(pop))
-    out["tail_share"] = _mean(_list_mean((~head_by_item_share(pop, head_share)).astype(float)))
+    is_tail = ~head_by_item_share(pop, head_share)
+    out["tail_share"] = _mean(_list_mean(is_tail.astype(float)))
     out["tail_share_elliot"] = _mean(
         _list_mean((~head_by_interaction_share(pop, 0.8)).astype(float))
     )
@@ -628,6 +687,26 @@ def compute_metrics(
     # ---- catalog level
     out["coverage"] = coverage(recs, n_items)
     out["gini"] = gini(recs, n_items)
+    # rows are validated duplicate-free, so an item's slot count is its number of lists
+    counts = np.bincount(recs[valid], minlength=n_items)
+    out["max_list_share"] = float(counts.max()) / n_eval
+    out["max_list_share_tail"] = float(counts[is_tail].max()) / n_eval if is_tail.any() else 0.0
+
+    # ---- items first seen after a time cut
+    if new_items is not None:
+        new = _as_items(new_items, "new_items", unique=False)
+        _check_range(new, n_items, "new_items", "the catalog")
+        is_new = np.zeros(n_items, dtype=bool)
+        is_new[new] = True
+        n_slots = int(valid.sum())
+        out["new_item_share"] = float((valid & is_new[safe]).sum()) / n_slots if n_slots else 0.0
+        rel_new = is_new[rel_items]
+        out["new_item_test_share"] = float(rel_new.mean())
+        nrel_new = np.bincount(rel_row_idx[rel_new], minlength=n_eval)
+        keep = nrel_new > 0
+        h_new = hits & is_new[safe]
+        out["ndcg_new"] = _mean(_ndcg_rows(h_new[keep], nrel_new[keep]))
+        out["recall_new"] = _mean(_recall_rows(h_new[keep], nrel_new[keep]))
 
     # ---- accuracy by item-popularity group
     groups = popularity_groups(pop, (head_share, max(head_share, ITEM_GROUP_BOUNDS[1])))

@@ -1,10 +1,16 @@
-"""Experiment runner: models x presets x discovery values on one split, with progress."""
+"""Experiment runner: models x presets x discovery values on one split, with progress.
+
+Lists rank every item the user has not used, except on the cold-item protocol, where only
+the held-out cold items are candidates.  On a time split that full catalog includes the items
+first seen after the cut, so the new-item metrics show whether a mixed list ever shows them.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,7 +53,7 @@ def evaluate_pipeline(
     recs = np.full((len(users), k), -1, dtype=np.int64)
     for r, lst in enumerate(lists):
         recs[r, : len(lst)] = lst.items
-    m = compute_metrics(recs, users, truth, split.train, k)
+    m = compute_metrics(recs, users, truth, split.train, k, new_items=split.new_items)
     m["recommend_seconds"] = seconds
     return m
 
@@ -62,12 +68,15 @@ def run_experiment(
     sweep: Sequence[float] = DEFAULT_SWEEP,
     fit_config: FitConfig | None = None,
     split: Split | None = None,
+    split_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """One row per (model or preset, discovery value) with every metric.
 
     ``data`` should already carry item vectors (encode once, outside the loop); they are
     derived from item text only, so sharing them between train and test leaks nothing.
+    ``protocol`` names the split (see ``serendip.data.PROTOCOLS``) and ``split_kwargs`` are
+    passed to it, e.g. ``{"cut": "2020-06-01"}`` for ``time``; or pass a ready ``split``.
     """
     cfg = fit_config or FitConfig()
     bad = [m for m in models if m not in SCORERS and m not in cfg.models]
@@ -75,7 +84,12 @@ def run_experiment(
         raise ConfigError(
             f"unknown model(s) {bad}; valid: {sorted(set(SCORERS) | set(cfg.models))}"
         )
-    split = split or make_split(data, protocol)
+    if split is not None and split_kwargs:
+        raise ConfigError(
+            f"split_kwargs {sorted(split_kwargs)} only apply when the runner makes the split; "
+            f"a ready split ({split.name!r}) was given"
+        )
+    split = split or make_split(data, protocol, **(split_kwargs or {}))
     needed = dict(cfg.models)
     for m in models:
         needed.setdefault(m, {})
@@ -98,7 +112,7 @@ def run_experiment(
         pipe = Pipeline(rec, preset)
         metrics = evaluate_pipeline(pipe, split, k, d, truth)
         rows.append({
-            "protocol": protocol, "kind": kind, "name": name,
+            "protocol": protocol, "split": split.name, "kind": kind, "name": name,
             "discovery": preset.discovery if d is None else d,
             "fit_seconds": fit_seconds, **metrics,
         })
