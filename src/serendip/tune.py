@@ -306,24 +306,27 @@ def tune(data: Dataset, config: TuneConfig | None = None, *, fit_config: FitConf
             return val.ndcg(val.topk(_score(scorer, val.queries))), scorer
 
         best_so_far: dict[str, dict[str, Any]] = dict(chosen)
+        tried = 0
         for stage in _candidates(name, base, best_so_far, ordered):
             for params in stage:
                 if best[2] is not None and not clock.left(0.45):
-                    break
+                    break  # past the models' share of the budget: keep the best so far
                 p = {**fixed, **{k: v for k, v in params.items() if k != "type"}}
                 if "half_life" in p and p["half_life"] is None:
                     p.pop("half_life")
                 nd, scorer = trial(p)
+                tried += 1
                 if nd > best[0]:
                     best = (nd, p, scorer)
             best_so_far[name] = best[1]
         if best[2] is None:  # no grid for this model: train it as configured
             nd, scorer = trial(fixed)
+            tried += 1
             best = (nd, fixed, scorer)
         assert best[2] is not None
         trained[name] = best[2]
         chosen[name] = best[1]
-        model_report[name] = {"params": best[1], "ndcg": round(best[0], 5)}
+        model_report[name] = {"params": best[1], "ndcg": round(best[0], 5), "tried": tried}
         bar.set_postfix_str(f"{name} {best[0]:.4f}")
         bar.update()
     bar.close()
