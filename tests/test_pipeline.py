@@ -127,3 +127,67 @@ def test_custom_preset_file(rec, tmp_path):
     assert preset.name == "mine"
     lst = rec.pipeline(preset).recommend(rec.pipeline(preset).query("u0"), k=4)
     assert len(lst) == 4
+
+
+# ---------------------------------------------------------------- negative feedback (ratings)
+def _rated(low: float = 1.0) -> tuple:
+    """Block data where u0 rated one item low; that item's vector is the nearest of all to
+    every other block-A item, so an explanation would pick it if it were a like."""
+    import pandas as pd
+
+    from serendip.data import Dataset
+
+    base = make_blocks()
+    inter = base.interactions
+    ratings = np.random.default_rng(0).choice([4.0, 5.0], size=len(inter))
+    u0 = inter["user"].to_numpy() == 0
+    bad_item = int(inter.loc[u0, "item"].iloc[0])
+    ratings[np.flatnonzero(u0)[0]] = low
+    frame = pd.DataFrame({"user_id": base.user_ids[inter.user], "item_id": base.item_ids[inter.item],
+                          "timestamp": inter.timestamp, "rating": ratings})
+    data = Dataset.from_frames(frame, base.items)
+    vec = base.item_vectors.copy()
+    vec[bad_item] = vec[:10].mean(axis=0)
+    vec[bad_item] /= np.linalg.norm(vec[bad_item])
+    return data.with_item_vectors(vec), bad_item
+
+
+def test_low_ratings_are_not_likes(tmp_path):
+    data, bad = _rated()
+    rec = Recommender.fit(data, SMALL, progress=False)
+    assert rec.negative_items(0).tolist() == [bad]
+    assert bad not in rec.data.history(0).tolist()  # not in the profile nor in training
+    assert rec.data.matrix[0, bad] == 0
+    title = data.item_title(bad)
+    for preset in ("accurate", "balanced"):
+        pipe = rec.pipeline(preset)
+        lst = pipe.recommend(pipe.query("u0"), k=8)
+        assert bad not in lst.items.tolist()  # never recommended back
+        assert not any(title in r[0] for r in lst.reason_lists())
+    rec.save(tmp_path / "m")
+    back = Recommender.load(tmp_path / "m")
+    assert back.negative_items(0).tolist() == [bad]
+    pipe = back.pipeline("accurate")
+    assert bad not in pipe.recommend(pipe.query("u0"), k=8).items.tolist()
+
+
+def test_without_the_rule_a_low_rating_is_a_like():
+    data, bad = _rated()
+    rec = Recommender.fit(data, SMALL.model_copy(update={"negative_below": None}), progress=False)
+    assert rec.negative_items(0).size == 0 and bad in rec.data.history(0).tolist()
+
+
+def test_negative_rules():
+    from serendip.pipeline import negative_mask, star_scale_midpoint
+
+    assert star_scale_midpoint(np.array([1.0, 2, 3, 4, 5])) == 3.0
+    assert star_scale_midpoint(np.array([0.5, 1.0, 4.5, 5.0])) == 2.75
+    assert star_scale_midpoint(np.array([3.0, 17, 250])) is None  # play counts: no bad end
+    assert star_scale_midpoint(np.array([1.0, 1.0])) is None  # one level is no scale
+    data, bad = _rated(low=2.0)
+    assert negative_mask(data, FitConfig()).sum() == 1
+    # below the user's own mean: every 4 among 5s, and u0's 2
+    m = negative_mask(data, FitConfig(negative_below=None, negative_below_user_mean=True))
+    r, mean = data.interactions["rating"], data.interactions.groupby("user")["rating"].transform("mean")
+    assert m.sum() == int((r < mean).sum()) and m[np.flatnonzero(r == 2.0)].all()
+    assert negative_mask(data, FitConfig(negative_below=1.5)).sum() == 0

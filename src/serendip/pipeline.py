@@ -16,10 +16,11 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from serendip import __version__
@@ -93,6 +94,13 @@ class FitConfig(BaseModel):
     )
     item_template: str | None = None
     category_column: str | None = None
+    #: ratings below this value are negative feedback: left out of training and of the user's
+    #: profile (so no reason names them), and never recommended back.  "auto": on a star scale
+    #: (ratings in [0, 10] in steps of 0.5) below its midpoint, e.g. 1-2 stars of 1-5; other
+    #: ratings (play counts...) are all positive.  None: every rating is positive.
+    negative_below: float | Literal["auto"] | None = "auto"
+    #: instead, a rating below the user's own mean rating is negative
+    negative_below_user_mean: bool = False
     #: candidate retrieval for large catalogs (``RetrievalConfig``; default: above 20,000 items)
     retrieval: dict[str, Any] = Field(default_factory=dict)
 
@@ -210,6 +218,33 @@ def load_preset(name_or_path: str) -> Preset:
     return preset
 
 
+def negative_mask(data: Dataset, config: FitConfig) -> np.ndarray:
+    """Which interactions are negative feedback under ``config`` (low ratings)."""
+    inter = data.interactions
+    none = np.zeros(len(inter), dtype=bool)
+    if "rating" not in inter.columns or len(inter) == 0:
+        return none
+    r = inter["rating"].to_numpy(dtype=np.float64)
+    if config.negative_below_user_mean:
+        mean = inter.groupby("user")["rating"].transform("mean").to_numpy(dtype=np.float64)
+        return r < mean - 1e-9
+    threshold = config.negative_below
+    if threshold == "auto":
+        threshold = star_scale_midpoint(r)
+    return none if threshold is None else r < float(threshold)
+
+
+def star_scale_midpoint(ratings: np.ndarray) -> float | None:
+    """The midpoint of a star scale (ratings in [0, 10], steps of 0.5, >= 3 levels), else
+    None: counts and other open-ended values are not a scale with a bad end."""
+    r = ratings[np.isfinite(ratings)]
+    if r.size == 0 or r.min() < 0 or r.max() > 10 or np.unique(r).size < 3:
+        return None
+    if not np.allclose(r * 2, np.round(r * 2)):
+        return None
+    return float((r.min() + r.max()) / 2)
+
+
 def load_fit_config(path: str | None) -> FitConfig:
     if path is None:
         return FitConfig()
@@ -226,15 +261,32 @@ class Recommender:
     """A fitted model: the training Dataset (with item vectors) and the trained scorers."""
 
     def __init__(self, data: Dataset, scorers: dict[str, BatchScorer], config: FitConfig,
-                 presets: Mapping[str, Preset] | None = None, tuning: dict[str, Any] | None = None):
+                 presets: Mapping[str, Preset] | None = None, tuning: dict[str, Any] | None = None,
+                 negatives: pd.DataFrame | None = None):
         self.data = data
         self.scorers = scorers
         self.config = config
+        #: (user, item) pairs of negative feedback (low ratings): not in ``data``, never
+        #: recommended back to that user
+        self.negatives = (negatives if negatives is not None
+                          else pd.DataFrame({"user": [], "item": []}, dtype=np.int64))
+        self._negative_rows = sp.csr_matrix(
+            (np.ones(len(self.negatives), dtype=bool),
+             (self.negatives["user"].to_numpy(np.int64), self.negatives["item"].to_numpy(np.int64))),
+            shape=(data.n_users, data.n_items),
+        )
         #: presets tuned for this catalog (``fit --tune``); they replace the shipped ones of the
         #: same name in ``pipeline``.  ``tuning`` says how they were chosen.
         self.presets: dict[str, Preset] = dict(presets or {})
         self.tuning = tuning
         self.use_retrieval(make_config(RetrievalConfig, config.retrieval, "retrieval"))
+
+    def negative_items(self, user: int | None) -> np.ndarray:
+        """Items the user gave negative feedback on (empty for unknown users)."""
+        if user is None or self._negative_rows.nnz == 0 or user >= self._negative_rows.shape[0]:
+            return np.zeros(0, dtype=np.int64)
+        row = self._negative_rows
+        return row.indices[row.indptr[user]:row.indptr[user + 1]].astype(np.int64)
 
     def use_retrieval(self, config: RetrievalConfig) -> None:
         """Set when (and how) pipelines retrieve candidates instead of scoring every item."""
@@ -249,6 +301,13 @@ class Recommender:
     def fit(cls, data: Dataset, config: FitConfig | None = None, *, progress: bool = True,
             encoder: Encoder | None = None) -> Recommender:
         config = config or FitConfig.default_for(data.n_items, _ordered(data))
+        neg = negative_mask(data, config)
+        negatives = None
+        if neg.any():
+            negatives = data.interactions.loc[neg, ["user", "item"]].reset_index(drop=True)
+            data = data.with_interactions(data.interactions[~neg])
+            log.info("%d interactions are negative feedback (low ratings): left out of "
+                     "training and profiles", int(neg.sum()))
         if data.item_vectors is None:
             enc = encoder or Encoder(EncoderConfig(**config.encoder))
             data = data.with_item_vectors(
@@ -262,7 +321,7 @@ class Recommender:
             scorer.train(data)
             scorers[name] = scorer
             log.info("trained %s in %.2fs", name, time.perf_counter() - t0)
-        return cls(data, scorers, config)
+        return cls(data, scorers, config, negatives=negatives)
 
     # persistence ----------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
@@ -280,6 +339,8 @@ class Recommender:
         d.items.to_parquet(tmp / "items.parquet", index=False)
         pd.DataFrame({"user_id": d.user_ids.astype(str)}).to_parquet(tmp / "users.parquet")
         d.interactions.to_parquet(tmp / "interactions.parquet", index=False)
+        if len(self.negatives):
+            self.negatives.to_parquet(tmp / "negatives.parquet", index=False)
         assert d.item_vectors is not None
         np.save(tmp / "item_vectors.npy", d.item_vectors, allow_pickle=False)
         for name, scorer in self.scorers.items():
@@ -338,7 +399,10 @@ class Recommender:
             name: load_preset(str(d / "presets" / f"{name}.toml"))
             for name in meta.get("tuned_presets", [])
         }
-        return cls(data, scorers, config, presets, meta.get("tuning"))  # type: ignore[arg-type]
+        negatives = (pd.read_parquet(d / "negatives.parquet")
+                     if (d / "negatives.parquet").exists() else None)
+        return cls(data, scorers, config, presets, meta.get("tuning"),  # type: ignore[arg-type]
+                   negatives)
 
     def preset(self, name: str) -> Preset:
         """The preset a name means for this model: its tuned one, else the shipped one (adapted
@@ -470,7 +534,7 @@ class Pipeline:
         if retriever is not None:  # large catalog: retrieve candidates, score them exactly
             for q0 in queries:
                 q = Query(q0.user, q0.history, q0.text, discovery=d)
-                lst = self.hybrid.retrieve(q, retriever, n_cand, allowed)
+                lst = self.hybrid.retrieve(q, retriever, n_cand, self._allowed_for(q, allowed))
                 out.append(self._finish(q, lst, k, eps, n_rank))
             return out
         for start in range(0, len(queries), batch_size):
@@ -480,8 +544,18 @@ class Pipeline:
             ]
             scores = self.hybrid.score_many(batch)
             for row, q in zip(scores, batch, strict=True):
-                out.append(self._finish(q, _top_allowed(row, q, allowed, n_cand), k, eps, n_rank))
+                top = _top_allowed(row, q, self._allowed_for(q, allowed), n_cand)
+                out.append(self._finish(q, top, k, eps, n_rank))
         return out
+
+    def _allowed_for(self, q: Query, allowed: np.ndarray | None) -> np.ndarray | None:
+        """``allowed`` less the items this user gave negative feedback on."""
+        neg = self.rec.negative_items(q.user)
+        if neg.size == 0:
+            return allowed
+        mask = np.ones(self.rec.data.n_items, dtype=bool) if allowed is None else allowed.copy()
+        mask[neg] = False
+        return mask
 
     def _pool_sizes(self, k: int, eps: float) -> tuple[int, int]:
         """(candidates the rerankers or the bandit see, candidates scored): the second adds
@@ -509,6 +583,7 @@ class Pipeline:
         n_rank, n_cand = self._pool_sizes(k, eps)
         n_cand = max(n_cand, k + self.explorer.config.pool)  # for the exploration pool below
         retriever = self.rec.retriever()
+        allowed = self._allowed_for(q, allowed)
         if retriever is not None:
             cands = self.hybrid.retrieve(q, retriever, n_cand, allowed)
         else:

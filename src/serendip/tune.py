@@ -44,7 +44,15 @@ from serendip.errors import ConfigError
 from serendip.eval.metrics import compute_metrics
 from serendip.eval.runner import truth_of
 from serendip.models import SCORERS, BatchScorer
-from serendip.pipeline import ORDER_MODELS, FitConfig, Pipeline, Preset, Recommender, preset_toml
+from serendip.pipeline import (
+    ORDER_MODELS,
+    FitConfig,
+    Pipeline,
+    Preset,
+    Recommender,
+    negative_mask,
+    preset_toml,
+)
 from serendip.rerank import RERANKERS
 from serendip.types import ItemList, Query
 
@@ -164,14 +172,15 @@ class _Clock:
 class _Validation:
     """A validation split reduced to what fast scoring needs: queries, truth, history masks."""
 
-    def __init__(self, train: Dataset, test_users: np.ndarray, truth: dict[int, np.ndarray],
-                 new_items: np.ndarray | None, k: int):
+    def __init__(self, train: Dataset, profile: Dataset, test_users: np.ndarray,
+                 truth: dict[int, np.ndarray], new_items: np.ndarray | None, k: int):
         self.train = train
+        self.profile = profile  # ``train`` less negative feedback: what models learn from
         self.users = test_users
         self.truth = {int(u): truth[int(u)] for u in test_users}
         self.new_items = new_items
         self.k = k
-        self.queries = [Query(int(u), train.history(int(u))) for u in test_users]
+        self.queries = [Query(int(u), profile.history(int(u))) for u in test_users]
         n = train.n_items
         rows = np.repeat(np.arange(len(test_users)), [len(self.truth[int(u)]) for u in test_users])
         cols = np.concatenate([self.truth[int(u)] for u in test_users])
@@ -199,22 +208,14 @@ class _Validation:
 
     def metrics(self, recs: np.ndarray) -> dict[str, float]:
         return compute_metrics(recs, self.users, self.truth, self.train, self.k,
-                               **_new_items_kw(self.new_items))
+                               new_items=self.new_items)
 
     def subset(self, n: int, rng: np.random.Generator) -> _Validation:
         if len(self.users) <= n:
             return self
         pick = np.sort(rng.choice(len(self.users), size=n, replace=False))
-        return _Validation(self.train, self.users[pick], self.truth, self.new_items, self.k)
-
-
-def _new_items_kw(new_items: np.ndarray | None) -> dict[str, Any]:
-    """``compute_metrics`` takes ``new_items`` where the installed version knows it."""
-    import inspect
-
-    if new_items is None or "new_items" not in inspect.signature(compute_metrics).parameters:
-        return {}
-    return {"new_items": new_items}
+        return _Validation(self.train, self.profile, self.users[pick], self.truth,
+                           self.new_items, self.k)
 
 
 def _score(scorer: BatchScorer, queries: list[Query], chunk: int = 1024) -> np.ndarray:
@@ -281,7 +282,11 @@ def tune(data: Dataset, config: TuneConfig | None = None, *, fit_config: FitConf
         raise ConfigError(f"the {protocol} validation split holds no user to evaluate; "
                           "the data is too small to tune on")
     users = np.fromiter(truth.keys(), dtype=np.int64)
-    full = _Validation(split.train, users, truth, getattr(split, "new_items", None), cfg.k)
+    neg = negative_mask(split.train, base_cfg)
+    profile = split.train.with_interactions(split.train.interactions[~neg]) if neg.any() \
+        else split.train
+    negatives = split.train.interactions.loc[neg, ["user", "item"]].reset_index(drop=True)
+    full = _Validation(split.train, profile, users, truth, split.new_items, cfg.k)
     val = full.subset(cfg.max_users, rng)
     log.info("tune: %s validation split, %d users (%d used for the search)", protocol,
              len(users), len(val.users))
@@ -302,7 +307,7 @@ def tune(data: Dataset, config: TuneConfig | None = None, *, fit_config: FitConf
 
         def trial(params: dict[str, Any], kind: str = kind) -> tuple[float, BatchScorer]:
             scorer = SCORERS[kind](params)
-            scorer.train(split.train)
+            scorer.train(profile)
             return val.ndcg(val.topk(_score(scorer, val.queries))), scorer
 
         best_so_far: dict[str, dict[str, Any]] = dict(chosen)
@@ -333,7 +338,7 @@ def tune(data: Dataset, config: TuneConfig | None = None, *, fit_config: FitConf
     models_cfg = {n: ({"type": base_cfg.models[n]["type"]} if "type" in base_cfg.models[n]
                       else {}) | chosen[n] for n in base_cfg.models}
     tuned_cfg = base_cfg.model_copy(update={"models": models_cfg})
-    rec = Recommender(split.train, trained, tuned_cfg)
+    rec = Recommender(profile, trained, tuned_cfg, negatives=negatives)
 
     # 2. the accurate blend -----------------------------------------------------------------
     z = {n: _member_scores(rec, n, val.queries) for n in trained}

@@ -46,7 +46,9 @@ def evaluate_pipeline(
     """Recommend for every test user of ``split`` and compute every metric."""
     truth = truth if truth is not None else truth_of(split)
     users = np.fromiter(truth.keys(), dtype=np.int64)
-    queries = [Query(int(u), split.train.history(int(u))) for u in users]
+    # the profile is what the model trained on (negative feedback left out); the model
+    # shares the split's vocabularies, so indices agree
+    queries = [Query(int(u), pipe.rec.data.history(int(u))) for u in users]
     t0 = time.perf_counter()
     lists = pipe.recommend_many(queries, k, discovery, candidates=split.cold_items)
     seconds = time.perf_counter() - t0
