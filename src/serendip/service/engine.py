@@ -518,7 +518,12 @@ class Engine:
             category_column=cfg.category_column,
         )
         enc = self._encoder if self._encoder is not None else self.encoder(cfg)
-        return Recommender.fit(data, cfg, progress=False, encoder=cast(Encoder, enc))
+        rec = Recommender.fit(data, cfg, progress=False, encoder=cast(Encoder, enc))
+        current = self._state
+        if current is not None and current.rec.presets and cfg is current.rec.config:
+            # presets tuned for this catalog stay with the models they were tuned for
+            rec.presets, rec.tuning = dict(current.rec.presets), current.rec.tuning
+        return rec
 
     def encoder(self, cfg: FitConfig | None = None) -> TextEncoder:
         """The one encoder instance (loaded on first use, with the model's encoder config)."""
