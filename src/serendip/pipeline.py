@@ -139,6 +139,9 @@ class Preset(BaseModel):
     description: str = ""
     blend: dict[str, float]
     tail_boost: float = Field(0.0, ge=0, le=100)
+    #: items without interactions get each collaborative model's score at the rank the text
+    #: model gives them (``Hybrid``), so new items are not buried by constant scores
+    cold_fill: bool = True
     candidates: int = Field(200, ge=1, le=100_000)
     discovery: float = Field(0.5, ge=0, le=1)
     rerank: list[dict[str, Any]] = Field(default_factory=list)
@@ -476,7 +479,8 @@ class Pipeline:
     def __init__(self, rec: Recommender, preset: Preset):
         self.rec = rec
         self.preset = preset
-        self.hybrid = Hybrid(rec.scorers, preset.blend, rec.data.item_popularity, preset.tail_boost)
+        self.hybrid = Hybrid(rec.scorers, preset.blend, rec.data.item_popularity, preset.tail_boost,
+                             cold_fill=preset.cold_fill)
         self.rerankers = []
         for stage in preset.rerank:
             values = {k: v for k, v in stage.items() if k != "name"}
@@ -592,7 +596,7 @@ class Pipeline:
             return self.bandit.slot_distribution(q, cands.take(np.arange(min(n_rank, len(cands)))), k)
         lst = cands.take(np.arange(min(n_rank, len(cands))))
         for rr in self.rerankers:
-            lst = rr(q, lst, k)
+            lst = rr(q, lst, k, record=False)  # a what-if: not a list anyone was shown
         ranked = lst.take(np.arange(min(k, len(lst))))
         return self.explorer.action_dist(ranked, cands, eps)
 

@@ -402,24 +402,28 @@ def _member_scores(rec: Recommender, name: str, queries: list[Query]) -> np.ndar
 
 
 def _rerank_trials(rng: np.random.Generator, n: int) -> list[dict[str, Any]]:
-    """Multi-objective configurations to sweep: a fixed spread, then random ones."""
+    """Multi-objective configurations to sweep: a fixed spread, then random ones.  Most
+    spread exposure (a tail item shown to everybody is a hub, not a discovery) and some push
+    new items (``fresh``)."""
     fixed = [
-        {"novelty": 1.0, "tail": 0.0, "diversity": 1.0, "calibration": 0.25},
-        {"novelty": 1.0, "tail": 1.0, "diversity": 0.5},
-        {"novelty": 0.5, "diversity": 0.0, "tail": 0.0, "calibration": 0.0},
-        {"novelty": 1.0, "tail": 0.5, "diversity": 0.5, "unexpectedness": 0.5},
+        {"novelty": 1.0, "diversity": 1.0, "calibration": 0.25, "exposure": 1.0},
+        {"novelty": 1.0, "tail": 1.0, "diversity": 0.5, "exposure": 1.0},
+        {"novelty": 0.5, "exposure": 2.0},
+        {"novelty": 1.0, "tail": 0.5, "diversity": 0.5, "unexpectedness": 0.5,
+         "exposure": 0.5, "fresh": 0.05},
     ]
+    objectives = ("novelty", "tail", "diversity", "unexpectedness", "calibration")
     out = []
     for i in range(n):
         if i < len(fixed):
             w = dict(fixed[i])
         else:
-            w = {o: float(rng.choice([0.0, 0.25, 0.5, 1.0]))
-                 for o in ("novelty", "tail", "diversity", "unexpectedness", "calibration")}
+            w = {o: float(rng.choice([0.0, 0.25, 0.5, 1.0])) for o in objectives}
             if sum(w.values()) == 0:
                 w["novelty"] = 1.0
-        w = {"novelty": 0.0, "tail": 0.0, "diversity": 0.0, "unexpectedness": 0.0,
-             "calibration": 0.0, **w}
+            w["exposure"] = float(rng.choice([0.0, 0.5, 1.0, 2.0]))
+            w["fresh"] = float(rng.choice([0.0, 0.0, 0.05, 0.1]))
+        w = {**dict.fromkeys((*objectives, "fresh", "exposure"), 0.0), **w}
         out.append({"weights": w, "candidates": int([100, 200, 400][i % 3])})
     return out
 

@@ -6,16 +6,24 @@ import numpy as np
 import pytest
 
 from serendip.errors import ConfigError
-from serendip.explore.policies import EXPLORE_REASON, EpsilonSlate
+from serendip.explore.policies import EXPLORE_NEW_REASON, EXPLORE_REASON, EpsilonSlate
 from serendip.pipeline import FitConfig, Recommender, load_preset
 from serendip.types import ItemList, Query
 from tests.conftest import make_blocks
 
 
-def slate(epsilon: float, pool: int = 50, seed: int | None = 0) -> EpsilonSlate:
-    e = EpsilonSlate({"epsilon": epsilon, "pool": pool, "seed": seed})
-    e.train(make_blocks())
+def slate(epsilon: float, pool: int = 50, seed: int | None = 0, new_items: float = 0.0,
+          data=None) -> EpsilonSlate:  # type: ignore[no-untyped-def]
+    e = EpsilonSlate({"epsilon": epsilon, "pool": pool, "seed": seed, "new_items": new_items})
+    e.train(make_blocks() if data is None else data)
     return e
+
+
+def with_new_items():  # type: ignore[no-untyped-def]
+    """Blocks where items 13, 14 and 15 were never used in training."""
+    data = make_blocks()
+    inter = data.interactions
+    return data.with_interactions(inter[~inter.item.isin([13, 14, 15])])
 
 
 RANKED = ItemList(np.array([7, 3, 9]), np.array([3.0, 2.0, 1.0]),
@@ -127,3 +135,79 @@ def test_slot_distribution_is_the_served_policy_for_a_small_rerank_pool(rec):
         explored = pipe.recommend_many([q], 3, explore=0.5)[0]
         kept = ~explored.fields["explored"]
         assert explored.items[kept].tolist() == served.items[kept].tolist()
+
+
+# 7 and 3 repeat the list; 11 and 16 are known, 13, 14, 15 new
+MIXED = ItemList(np.array([7, 11, 13, 3, 14, 15, 16]),
+                 np.array([3.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4]))
+
+
+def monte_carlo(e: EpsilonSlate, items: np.ndarray, probs: np.ndarray, n: int = 20_000
+                ) -> tuple[np.ndarray, dict[tuple[int, bool], str]]:
+    """Slot frequencies over ``n`` lists (checked against ``probs`` and the logged
+    propensities) and the first reason of each (item, explored) seen."""
+    counts = np.zeros_like(probs)
+    first_reasons: dict[tuple[int, bool], str] = {}
+    for _ in range(n):
+        out = e(Query(None), RANKED, MIXED)
+        assert len(set(out.items.tolist())) == 3
+        for slot, (item, prop) in enumerate(zip(out.items, out.fields["propensity"], strict=True)):
+            row = int(np.flatnonzero(items == item)[0])
+            assert prop == pytest.approx(probs[row, slot])
+            counts[row, slot] += 1
+            flag = bool(out.fields["explored"][slot])
+            first_reasons[(int(item), flag)] = out.reason_lists()[slot][0]
+    se = np.sqrt(probs * (1 - probs) / n)
+    assert np.all(np.abs(counts / n - probs) <= 5 * se + 1e-12)
+    return counts, first_reasons
+
+
+def test_new_item_exploration_marginals_hand_computed():
+    """eps 0.4, nu 0.5, pool 3: the others pool is [11, 16], the new pool [13, 14, 15].
+
+    Slots 0 and 1 can draw from both: 0.4 * 0.5 / 2 = 0.1 per known item, 0.4 * 0.5 / 3 per
+    new item; slot 2 has no third known item, so the new pool takes its whole share: 0.4 / 3.
+    """
+    e = slate(0.4, pool=3, seed=2, new_items=0.5, data=with_new_items())
+    items, probs = e.action_dist(RANKED, MIXED)
+    assert items.tolist() == [7, 3, 9, 11, 16, 13, 14, 15]
+    want = np.zeros((8, 3))
+    want[[0, 1, 2], [0, 1, 2]] = 0.6
+    want[3:5, :2] = 0.1
+    want[5:, :2] = 0.2 / 3
+    want[5:, 2] = 0.4 / 3
+    np.testing.assert_allclose(probs, want)
+    counts, why = monte_carlo(e, items, probs)
+    assert counts[5:].sum() > 0 and counts[3:5].sum() > 0
+    assert why[(13, True)] == EXPLORE_NEW_REASON and why[(11, True)] == EXPLORE_REASON
+
+
+def test_only_new_items_when_the_share_is_one():
+    e = slate(1.0, pool=3, seed=4, new_items=1.0, data=with_new_items())
+    items, probs = e.action_dist(RANKED, MIXED)
+    np.testing.assert_allclose(probs[5:], 1.0 / 3)  # every slot, a new item
+    np.testing.assert_allclose(probs[:5], 0.0)
+    out = e(Query(None), RANKED, MIXED)
+    assert set(out.items.tolist()) == {13, 14, 15}
+    np.testing.assert_allclose(out.fields["propensity"], 1.0 / 3)
+
+
+def test_new_items_share_without_new_candidates_changes_nothing():
+    """With no new item among the candidates the lists are those of new_items = 0, draw for
+    draw; with new_items = 0 new items stay in the ordinary pool."""
+    plain, keen = slate(0.5, pool=4, seed=9), slate(0.5, pool=4, seed=9, new_items=0.7)
+    for _ in range(50):
+        a, b = plain(Query(None), RANKED, POOL), keen(Query(None), RANKED, POOL)
+        assert a.items.tolist() == b.items.tolist()
+        np.testing.assert_array_equal(a.fields["propensity"], b.fields["propensity"])
+    e = slate(0.4, pool=3, seed=2, new_items=0.0, data=with_new_items())
+    items, probs = e.action_dist(RANKED, MIXED)
+    assert items.tolist() == [7, 3, 9, 11, 13, 14]  # the next three candidates, new or not
+    np.testing.assert_allclose(probs[3:], 0.4 / 3)
+
+
+def test_new_items_share_is_validated():
+    with pytest.raises(ConfigError, match="new_items"):
+        EpsilonSlate({"new_items": 1.5})
+    with pytest.raises(ConfigError, match="new_items"):
+        EpsilonSlate({"new_items": -0.1})

@@ -231,3 +231,12 @@ def test_neither_vectors_nor_categories() -> None:
             continue
         r.train(data)
         check_list(r(Query(0, np.array([0]), discovery=1.0), cand, 2), cand, 2)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_record_false_gives_the_same_list(name: str) -> None:
+    r = RERANKERS[name]()
+    r.train(make_blocks())
+    a = r(query(), candidates(), 5, record=False)
+    b = r(query(), candidates(), 5)
+    assert a.items.tolist() == b.items.tolist() and a.reasons == b.reasons

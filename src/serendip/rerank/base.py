@@ -163,7 +163,11 @@ class GreedyReranker(Reranker):
         """Catalog size at training time; every reranker stores it as ``n_items``."""
         return int(self._require_trained()["n_items"])
 
-    def __call__(self, query: Query, items: ItemList, k: int) -> ItemList:
+    def __call__(self, query: Query, items: ItemList, k: int, *, record: bool = True
+                 ) -> ItemList:
+        """The ``k`` picks.  ``record`` matters only to rerankers that remember their lists
+        (multi-objective with exposure): False reranks without remembering, e.g. to compute a
+        policy's distribution off-line."""
         self._require_trained()
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
             raise ValueError(f"k must be a non-negative integer, got {k!r}")

@@ -3,15 +3,35 @@
 At each step every remaining item gets ``(1 - lam) * rel + lam * sum_o w_o * obj_o / sum_o w_o``
 over the objectives available for the query: relevance, novelty (self-information
 ``-log2(pop / n_users)`` scaled to [0, 1]), tail (outside the head), diversity (1 - max cosine
-to the picks so far), unexpectedness (1 - mean cosine to the history) and calibration (the
-decrease of Steck's KL when the item joins the list, over ``log(1 / alpha)``).  An objective
-without its data (no vectors, no categories, no history) drops out of the weight sum.  This is
-the reranker the presets use.
+to the picks so far), unexpectedness (1 - mean cosine to the history), calibration (the
+decrease of Steck's KL when the item joins the list, over ``log(1 / alpha)``) and fresh
+(``1 / (1 + pop)``: 1 for an item nobody has used yet).  An objective without its data (no
+vectors, no categories, no history) drops out of the weight sum.  Exposure is a penalty outside
+that sum, ``- lam * w_exposure * share``, with ``share`` the item's share of the recent lists
+this reranker produced: almost every item has a share near 0, so as a term of the mix it would
+only dilute the other objectives.  This is the reranker the presets use.
+
+Novelty and tail read training popularity, which says nothing yet about an item nobody has
+used: they would rate every new item as the rarest there is and, once the blend gives new
+items real scores, flood the lists with them.  So a never-seen candidate gets the mean novelty
+(and tail value) of the seen candidates of the same call, and how far new items are pushed is
+the ``fresh`` weight's decision alone.
+
+Exposure makes a batch of lists (or a service over time) spread its slots: without it a tail
+item that suits everybody goes into nearly every list.  The reranker remembers the items of
+its last ``exposure_window`` lists; the ``exposure`` weight penalises an item by its share of
+them, and ``exposure_cap`` bounds that share outright (an item may always appear once; when the
+cap leaves fewer than ``k`` candidates the least shown of the others fill the list).  At
+discovery 0 the list is the blend's top-k, as for every reranker, but it is still remembered.
+The memory is per instance, guarded by a lock, and read once per call, so one call on a given
+state is deterministic; ``record=False`` reranks without remembering.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections import deque
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -32,14 +52,33 @@ from serendip.rerank.calibration import CalibrationState, history_mix, interest_
 from serendip.rerank.mmr import variety_reason
 from serendip.rerank.serendipity import history_similarity, unexpected_reason
 from serendip.rerank.tail import tail_reason
-from serendip.types import Query
+from serendip.types import ItemList, Query
 
-__all__ = ["MultiObjective", "MultiObjectiveConfig", "ObjectiveWeights", "OBJECTIVES"]
+__all__ = [
+    "MultiObjective", "MultiObjectiveConfig", "ObjectiveWeights", "OBJECTIVES",
+    "fresh_reason", "exposure_reason",
+]
 
 log = logging.getLogger(__name__)
 
 #: The objectives, in the order used internally (ties in "largest contribution" go left).
-OBJECTIVES = ("relevance", "novelty", "tail", "diversity", "unexpectedness", "calibration")
+OBJECTIVES = ("relevance", "novelty", "tail", "diversity", "unexpectedness", "calibration",
+              "fresh", "exposure")
+_NOV, _TAIL, _DIV, _UNEXP, _CAL, _FRESH, _EXPO = range(1, len(OBJECTIVES))
+
+
+def fresh_reason(popularity: float) -> str:
+    """Why a new or barely used item was picked."""
+    if int(popularity) == 0:
+        return "new in the catalog: nobody has seen it yet"
+    return f"still new here: {people(popularity)} seen it so far"
+
+
+def exposure_reason(share: float) -> str:
+    """Why an item few recent lists showed was picked (``share`` of those lists)."""
+    if share <= 0:
+        return "given a turn: not recommended to anyone lately"
+    return f"given a turn: rarely recommended lately (in {share:.0%} of recent lists)"
 
 
 class ObjectiveWeights(BaseModel):
@@ -56,6 +95,15 @@ class ObjectiveWeights(BaseModel):
     )
     calibration: float = Field(
         default=0.5, ge=0, le=100, description="decrease of the genre-mix KL to the history"
+    )
+    fresh: float = Field(
+        default=0.0, ge=0, le=100,
+        description="1 / (1 + training popularity): 1 for items nobody has used yet",
+    )
+    exposure: float = Field(
+        default=0.0, ge=0, le=100,
+        description="penalty on the item's share of this reranker's recent lists (outside "
+                    "the weight sum; spreads slots)",
     )
 
     @model_validator(mode="after")
@@ -78,14 +126,27 @@ class MultiObjectiveConfig(RerankConfig):
     alpha: float = Field(
         0.01, gt=0, lt=1, description="calibration smoothing of the list's genre mix"
     )
+    exposure_window: int = Field(
+        1000, ge=1, le=1_000_000,
+        description="recent lists remembered for the exposure objective and cap",
+    )
+    exposure_cap: float | None = Field(
+        None, gt=0, le=1,
+        description="largest share of the recent lists one item may be in (None: no cap); "
+                    "an item's first appearance is always allowed",
+    )
 
 
 class MultiObjective(GreedyReranker):
-    """Greedy weighted sum of relevance, novelty, tail, diversity, unexpectedness, calibration."""
+    """Greedy weighted sum of relevance, novelty, tail, diversity, unexpectedness,
+    calibration, freshness and exposure."""
 
     name = "multi_objective"
     config_class = MultiObjectiveConfig
     config: MultiObjectiveConfig
+    _lock: threading.Lock
+    _window: deque[np.ndarray]  # the items of each remembered list, oldest first
+    _shown: np.ndarray  # per item: how many remembered lists hold it
 
     def train(self, data: Dataset) -> None:
         pop = data.item_popularity.astype(np.float64)
@@ -108,6 +169,67 @@ class MultiObjective(GreedyReranker):
             category_names=names,
         )
 
+    # ------------------------------------------------------------------ exposure memory
+    def _after_load(self) -> None:
+        self._lock = threading.Lock()
+        self.reset_exposure()
+
+    @property
+    def tracks_exposure(self) -> bool:
+        """Whether this reranker remembers its lists (an exposure weight or cap is set)."""
+        return self.config.weights.exposure > 0 or self.config.exposure_cap is not None
+
+    def reset_exposure(self) -> None:
+        """Forget the remembered lists."""
+        n = int(self._require_trained()["n_items"])
+        with self._lock:
+            self._window = deque(maxlen=self.config.exposure_window)
+            self._shown = np.zeros(n, dtype=np.int64)
+
+    def exposure_shares(self) -> np.ndarray:
+        """Each item's share of the remembered lists (all zeros before the first list)."""
+        self._require_trained()
+        with self._lock:
+            n = len(self._window)
+            return self._shown / n if n else np.zeros(self._shown.size)
+
+    def _remember(self, items: np.ndarray) -> None:
+        if len(self._window) == self._window.maxlen:
+            self._shown[self._window[0]] -= 1  # deque drops it on append
+        kept = np.unique(np.asarray(items, dtype=np.int64))
+        self._window.append(kept)
+        self._shown[kept] += 1
+
+    def __call__(self, query: Query, items: ItemList, k: int, *, record: bool = True
+                 ) -> ItemList:
+        """The reranked list; with exposure tracking on it also joins the remembered lists,
+        unless ``record`` is False (e.g. when computing a policy's distribution off-line)."""
+        self._require_trained()
+        if not self.tracks_exposure:
+            return super().__call__(query, items, k)
+        with self._lock:
+            out = super().__call__(query, items, k)
+            if record:
+                self._remember(out.items)
+        return out
+
+    def _exposure(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """For candidates: share of the remembered lists, and (with a cap) which may not be
+        picked now.  Called under the lock."""
+        n = len(self._window)
+        counts = self._shown[items]
+        share = counts / n if n else np.zeros(items.size)
+        cap = self.config.exposure_cap
+        if cap is None:
+            return share, None
+        # the cap holds over the lists remembered after this one: the oldest may drop out
+        if n == self._window.maxlen:
+            counts = counts - np.isin(items, self._window[0])
+        n_after = min(n + 1, self.config.exposure_window)
+        limit = max(1, int(np.floor(cap * n_after + 1e-9)))
+        return share, counts + 1 > limit
+
+    # ------------------------------------------------------------------ selection
     def select(self, query: Query, cand: Candidates, k: int, lam: float) -> Selection:
         st = self._require_trained()
         w = self.config.weights
@@ -119,55 +241,82 @@ class MultiObjective(GreedyReranker):
             w.diversity if has_vec else 0.0,
             w.unexpectedness if has_vec and cand.history.size else 0.0,
             w.calibration if p is not None else 0.0,
+            w.fresh,
+            0.0,  # exposure is a penalty outside the mix, below
         ])
         total = weight.sum()
-        if total <= 0:
+        if total <= 0 and not self.tracks_exposure:
             return Selection(np.arange(k), cand.rel[:k], [relevance_reason(i, n) for i in range(k)])
-        weight = lam * weight / total
+        weight = lam * weight / total if total > 0 else weight
+        weight[_EXPO] = lam * w.exposure
+        pop = st["popularity"][cand.items]
         # static objectives, one row each (dynamic rows are filled per step)
         obj = np.zeros((len(OBJECTIVES), n))
         obj[0] = cand.rel
-        obj[1] = st["novelty"][cand.items]
-        obj[2] = ~st["head"][cand.items]
+        obj[_NOV] = st["novelty"][cand.items]
+        obj[_TAIL] = ~st["head"][cand.items]
+        new = pop == 0
+        if new.any():  # popularity says nothing of new items: neutral, see the module doc
+            seen = ~new
+            obj[_NOV, new] = obj[_NOV, seen].mean() if seen.any() else 0.0
+            obj[_TAIL, new] = obj[_TAIL, seen].mean() if seen.any() else 0.0
+        obj[_FRESH] = 1.0 / (1.0 + pop)
+        capped = None
+        share = np.zeros(n)
+        if self.tracks_exposure:
+            share, capped = self._exposure(cand.items)
+            obj[_EXPO] = -share
         sim_hist = np.zeros(n)
-        if weight[4] > 0:
+        if weight[_UNEXP] > 0:
             sim_hist = history_similarity(st["vectors"], cand.items, cand.history)
-            obj[4] = np.clip(1.0 - sim_hist, 0.0, 1.0)
-        vecs = st["vectors"][cand.items] if weight[3] > 0 else None
+            obj[_UNEXP] = np.clip(1.0 - sim_hist, 0.0, 1.0)
+        vecs = st["vectors"][cand.items] if weight[_DIV] > 0 else None
         cal = None
-        if p is not None and weight[5] > 0:
+        if p is not None and weight[_CAL] > 0:
             cal = CalibrationState(p, st["genres"][cand.items].astype(np.float64), self.config.alpha)
             kl_scale = np.log(1.0 / self.config.alpha)
         max_sim = np.zeros(n)
-        obj[3] = 1.0
-        static = (1.0 - lam) * cand.rel + weight[:3] @ obj[:3] + weight[4] * obj[4]
+        obj[_DIV] = 1.0
+        static_rows = [0, _NOV, _TAIL, _UNEXP, _FRESH, _EXPO]
+        static = (1.0 - lam) * cand.rel + weight[static_rows] @ obj[static_rows]
+        # for the reason, exposure counts by how much less shown the item is than the most shown
+        expo_gain = share.max() - share if n else share
         avail = np.ones(n, dtype=bool)
+        allowed = avail if capped is None else ~capped
         picks: list[int] = []
         values: list[float] = []
         reasons: list[str] = []
-        pop = st["popularity"][cand.items]
         names = st["category_names"]
         for _ in range(k):
             kl_new = None
             if cal is not None:
                 kl_new = cal.kl_if_added()
-                obj[5] = (cal.kl - kl_new) / kl_scale
-            val = static + weight[3] * obj[3] + weight[5] * obj[5]
-            val = np.where(avail, val, -np.inf)
-            j = int(np.argmax(val))
+                obj[_CAL] = (cal.kl - kl_new) / kl_scale
+            val = static + weight[_DIV] * obj[_DIV] + weight[_CAL] * obj[_CAL]
+            open_ = avail & allowed
+            if open_.any():
+                j = int(np.argmax(np.where(open_, val, -np.inf)))
+            else:  # the cap leaves too few: the least shown of the rest, best value first
+                rest = np.flatnonzero(avail)
+                j = int(rest[np.lexsort((-val[rest], share[rest]))[0]])
             contrib = weight[1:] * obj[1:, j]
+            contrib[_EXPO - 1] = weight[_EXPO] * expo_gain[j]
             o = int(np.argmax(contrib)) + 1
             name = OBJECTIVES[o] if contrib[o - 1] > 1e-9 else "relevance"
             genre = cal.missing_genre(j) if cal is not None and name == "calibration" else None
-            if name == "novelty":
+            if name == "fresh" or (name in ("novelty", "tail") and new[j]):
+                reasons.append(fresh_reason(pop[j]))
+            elif name == "novelty":
                 reasons.append(f"a rare find: {people(pop[j])} seen it "
-                               f"(novelty {obj[1, j]:.2f})")
+                               f"(novelty {obj[_NOV, j]:.2f})")
             elif name == "tail":
                 reasons.append(tail_reason(pop[j]))
             elif name == "diversity" and len(picks) > 0:
                 reasons.append(variety_reason(float(max_sim[j])))
             elif name == "unexpectedness":
                 reasons.append(unexpected_reason(float(sim_hist[j])))
+            elif name == "exposure":
+                reasons.append(exposure_reason(float(share[j])))
             elif genre is not None and p is not None:
                 reasons.append(interest_reason(str(names[genre]), float(p[genre])))
             else:
@@ -178,7 +327,7 @@ class MultiObjective(GreedyReranker):
             if vecs is not None:
                 sim = (vecs @ vecs[j]).astype(np.float64)
                 max_sim = sim if len(picks) == 1 else np.maximum(max_sim, sim)
-                obj[3] = np.clip(1.0 - max_sim, 0.0, 1.0)
+                obj[_DIV] = np.clip(1.0 - max_sim, 0.0, 1.0)
             if cal is not None and kl_new is not None:
                 cal.add(j, float(kl_new[j]))
         return Selection(np.asarray(picks), np.asarray(values), reasons)
