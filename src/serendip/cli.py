@@ -226,7 +226,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from serendip.data import make_split
     from serendip.eval.report import write_report
     from serendip.eval.runner import run_experiment
-    from serendip.pipeline import Preset, load_fit_config, load_preset
+    from serendip.pipeline import Preset, adapt_shipped_preset, load_fit_config, load_preset
 
     cfg = load_fit_config(args.config)
     if not args.dataset and not args.interactions:
@@ -247,7 +247,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             fit_cfg = result.fit_config
             presets = [result.presets[n].model_copy(update={"name": f"{n} (tuned)"})
                        for n in ("accurate", "balanced", "discovery") if n in result.presets]
-            presets += [load_preset(p).model_copy(update={"name": f"{p} (shipped)"})
+            presets += [adapt_shipped_preset(load_preset(p), dict.fromkeys(fit_cfg.models))
+                        .model_copy(update={"name": f"{p} (shipped)"})
                         for p in args.presets.split(",") if p in ("accurate", "balanced")]
         frames.append(run_experiment(
             data, protocol, [m for m in args.models.split(",") if m], presets, k=args.k,

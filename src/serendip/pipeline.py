@@ -437,8 +437,9 @@ def _top_allowed(row: np.ndarray, q: Query, allowed: np.ndarray | None, n: int) 
     return lst.take(np.flatnonzero(np.isfinite(row))).top(n)
 
 
-def adapt_shipped_preset(preset: Preset, trained: Mapping[str, BatchScorer]) -> Preset:
-    """Move the weight of blend members the model lacks onto their ``SUBSTITUTES``.
+def adapt_shipped_preset(preset: Preset, trained: Mapping[str, Any]) -> Preset:
+    """Move the weight of blend members the model lacks (``trained``: the model's members
+    by name) onto their ``SUBSTITUTES``; order-reading members without one are dropped.
 
     Only shipped presets are adapted (a user's preset file is taken as written); the result
     says what was moved in its description.

@@ -21,7 +21,7 @@ from serendip.data.splits import Split, make_split
 from serendip.errors import ConfigError
 from serendip.eval.metrics import compute_metrics
 from serendip.models import SCORERS
-from serendip.pipeline import FitConfig, Pipeline, Preset, Recommender, load_preset
+from serendip.pipeline import FitConfig, Pipeline, Preset, Recommender
 from serendip.types import Query
 
 __all__ = ["evaluate_pipeline", "run_experiment", "truth_of", "DEFAULT_SWEEP"]
@@ -100,7 +100,9 @@ def run_experiment(
     rec = Recommender.fit(split.train, cfg, progress=progress)
     fit_seconds = time.perf_counter() - t0
     truth = truth_of(split)
-    preset_objs = [p if isinstance(p, Preset) else load_preset(p) for p in presets]
+    # a name means what it means for this model: its tuned preset, else the shipped one
+    # adapted to the models it has, else a preset file
+    preset_objs = [p if isinstance(p, Preset) else rec.preset(p) for p in presets]
     jobs: list[tuple[str, str, Preset, float | None]] = []
     for model in models:
         jobs.append(("model", model, Preset(name=model, blend={model: 1.0}), None))
