@@ -110,3 +110,35 @@ def test_evaluate_writes_report(files, tmp_path, capsys):
     res = pd.read_csv(tmp_path / "r.csv")
     assert {"temporal", "loo"} == set(res.protocol)
     assert (res[res.name == "ease"].ndcg.to_numpy() > res[res.name == "popularity"].ndcg.to_numpy()).all()
+
+
+def test_evaluate_time_protocol_rolling_cuts(tmp_path, capsys):
+    from tests.test_tune import make_chains
+
+    data = make_chains(n_users=100)
+    inter = data.interactions
+    pd.DataFrame({"user_id": data.user_ids[inter.user], "item_id": data.item_ids[inter.item],
+                  "timestamp": inter.timestamp}).to_csv(tmp_path / "e.csv", index=False)
+    data.items.to_csv(tmp_path / "i.csv", index=False)
+    report = tmp_path / "r.html"
+    assert main(["-q", "evaluate", "--interactions", str(tmp_path / "e.csv"), "--items",
+                 str(tmp_path / "i.csv"), "--protocol", "time", "--cut", "0.6,0.8",
+                 "--models", "transition,popularity", "--presets", "accurate",
+                 "--csv", str(tmp_path / "r.csv"), "--report", str(report)]) == 0
+    res = pd.read_csv(tmp_path / "r.csv")
+    assert set(res.protocol) == {"time@0.6", "time@0.8", "time, mean of 2 cuts"}
+    t = res[res.name == "transition"].set_index("protocol")["ndcg"]
+    assert t["time, mean of 2 cuts"] == pytest.approx((t["time@0.6"] + t["time@0.8"]) / 2)
+    # chain ends are reached only in late rounds: new after the cut, and counted as such
+    from serendip.data import make_split
+
+    s = make_split(data, "time", cut=0.6)
+    share = s.test["item"].isin(s.new_items).mean()
+    assert 0 < share < 1
+    assert res[res.protocol == "time@0.6"]["new_item_test_share"].tolist() == pytest.approx([share] * 3)
+    html = report.read_text()
+    assert "time@0.6" in html and "mean of 2 cuts" in html
+    # a bad cut: one line naming it
+    assert main(["-q", "evaluate", "--interactions", str(tmp_path / "e.csv"), "--items",
+                 str(tmp_path / "i.csv"), "--protocol", "time", "--cut", "1.5"]) == 2
+    assert "1.5" in capsys.readouterr().err

@@ -233,9 +233,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.dataset = "movielens"
     data = _encoded(_input_data(args, cfg), cfg, args.quiet)
     frames = []
-    for protocol in [p.strip() for p in args.protocol.split(",") if p.strip()]:
-        kwargs = {"cut": args.cut} if protocol == "time" and args.cut is not None else {}
-        split = make_split(data, protocol, **kwargs)
+    cuts = [_cut(c.strip()) for c in args.cut.split(",") if c.strip()] if args.cut else [None]
+    jobs = [(p.strip(), c) for p in args.protocol.split(",") if p.strip()
+            for c in (cuts if p.strip() == "time" else [None])]
+    for protocol, cut in jobs:
+        split = make_split(data, protocol, **({"cut": cut} if cut is not None else {}))
         presets: list[str | Preset] = [p for p in args.presets.split(",") if p]
         fit_cfg = cfg
         if args.tune:  # tuned on a validation split carved from this split's training part
@@ -250,12 +252,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             presets += [adapt_shipped_preset(load_preset(p), dict.fromkeys(fit_cfg.models))
                         .model_copy(update={"name": f"{p} (shipped)"})
                         for p in args.presets.split(",") if p in ("accurate", "balanced")]
-        frames.append(run_experiment(
+        frame = run_experiment(
             data, protocol, [m for m in args.models.split(",") if m], presets, k=args.k,
             fit_config=fit_cfg, split=split, progress=not args.quiet,
-        ))
+        )
+        if protocol == "time" and len(cuts) > 1:
+            frame["protocol"] = f"time@{cut}"
+        frames.append(frame)
     results = pd.concat(frames, ignore_index=True)
-    cols = ["protocol", "kind", "name", "discovery", "ndcg", "recall", "novelty", "tail_share",
+    rolled = results[results["protocol"].str.startswith("time@")]
+    if len(rolled):  # rolling origin: the mean over the cuts too
+        mean = rolled.groupby(["kind", "name", "discovery"], sort=False).mean(numeric_only=True)
+        mean = mean.reset_index().assign(protocol=f"time, mean of {len(cuts)} cuts",
+                                         split=",".join(str(c) for c in cuts))
+        results = pd.concat([results, mean[results.columns]], ignore_index=True)
+    cols = ["protocol", "split", "kind", "name", "discovery", "ndcg", "recall", "novelty", "tail_share",
             "coverage", "max_list_share_tail", "new_item_share", "recall_new"]
     cols = [c for c in cols if c in results.columns]
     with pd.option_context("display.width", 200, "display.max_columns", 20):
@@ -393,8 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     data_args(e, " (default: movielens)")
     e.add_argument("--protocol", default="time", help="time (fit on the past, predict the "
                    "future) | random | temporal | loo | cold-items (comma list)")
-    e.add_argument("--cut", type=_cut, default=None, help="time protocol: quantile of event "
-                   "time (default 0.8), or a time (number or ISO-8601 date)")
+    e.add_argument("--cut", default=None, help="time protocol: quantile of event time "
+                   "(default 0.8), or a time (number or ISO-8601 date); several, comma "
+                   "separated, evaluate each cut (rolling origin) and their mean")
     e.add_argument("--tune", action="store_true", help="also tune presets on a validation "
                    "split carved from each training part, and evaluate them")
     tune_args(e)

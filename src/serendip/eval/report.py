@@ -19,12 +19,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-__all__ = ["write_report", "frontier_figure", "group_figure", "TABLE_COLUMNS"]
+__all__ = ["write_report", "frontier_figure", "group_figure", "new_items_figure", "TABLE_COLUMNS"]
 
 TABLE_COLUMNS = [
     "ndcg", "recall", "hit_rate", "mrr", "map", "novelty", "arp", "tail_share",
-    "tail_share_elliot", "coverage", "gini", "ild", "ild_genre", "unexpectedness",
-    "serendipity", "calibration_kl", "recommend_seconds",
+    "tail_share_elliot", "coverage", "gini", "max_list_share_tail", "ild", "ild_genre",
+    "unexpectedness", "serendipity", "calibration_kl", "ndcg_head", "ndcg_mid", "ndcg_tail",
+    "new_item_share", "new_item_test_share", "recall_new", "recommend_seconds",
 ]
 FRONTIER_AXES = [("novelty", "novelty (bits)"), ("tail_share", "tail share (APLT)"),
                  ("coverage", "catalog coverage")]
@@ -82,6 +83,29 @@ def group_figure(results: pd.DataFrame, protocol: str, prefix: str, groups: list
     return fig
 
 
+def new_items_figure(results: pd.DataFrame, protocol: str) -> plt.Figure | None:
+    """Items first seen after the cut: their share of list slots against their share of the
+    test interactions, and recall on them, per model and preset."""
+    sub = results[(results["protocol"] == protocol) & (results["kind"] != "sweep")]
+    if "new_item_share" not in sub.columns or sub["new_item_share"].isna().all():
+        return None
+    fig, (a, b) = plt.subplots(1, 2, figsize=(max(8, 1.4 * len(sub)), 3.8))
+    xs = list(range(len(sub)))
+    a.bar(xs, sub["new_item_share"].fillna(0), color="#4a7")
+    a.axhline(float(sub["new_item_test_share"].iloc[0]), color="black", linestyle="--",
+              label="their share of the test interactions")
+    a.set_ylabel("share of list slots on new items")
+    a.legend(fontsize=8)
+    b.bar(xs, sub["recall_new"].fillna(0), color="#47a")
+    b.set_ylabel("recall@K on new-item interactions")
+    for ax in (a, b):
+        ax.set_xticks(xs)
+        ax.set_xticklabels(sub["name"], rotation=30, ha="right")
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"New items (no training interaction) — {protocol}")
+    return fig
+
+
 def _table(results: pd.DataFrame) -> str:
     rows = results[results["kind"] != "sweep"]
     cols = ["protocol", "kind", "name", "discovery"] + [c for c in TABLE_COLUMNS if c in rows]
@@ -101,7 +125,9 @@ def write_report(results: pd.DataFrame, path: str | Path, title: str = "serendip
         "table.results th{background:#f3f3f3}img{max-width:100%}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         f"<p>Generated {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}. "
-        "Full ranking of unseen items; metric definitions in docs/metrics.md. "
+        "Full ranking of unseen items; metric definitions in docs/metrics.md. The time "
+        "protocol (fit on the past, predict the future, new items included) mirrors "
+        "deployment; per-user protocols are secondary. "
         "Sweep rows (the discovery knob from 0 to 1) are in the plots and the CSV.</p>",
         "<h2>Results</h2>", _table(results),
     ]
@@ -110,6 +136,10 @@ def write_report(results: pd.DataFrame, path: str | Path, title: str = "serendip
         if (results[(results["protocol"] == protocol)]["kind"] == "sweep").any():
             parts.append(f"<img alt='frontier {protocol}' src='data:image/png;base64,"
                          f"{_png(frontier_figure(results, protocol))}'>")
+        fig_new = new_items_figure(results, protocol)
+        if fig_new is not None:
+            parts.append(f"<img alt='new items {protocol}' src='data:image/png;base64,"
+                         f"{_png(fig_new)}'>")
         for prefix, groups, ttl in (
             ("ndcg_", ["head", "mid", "tail"], "NDCG by item-popularity group"),
             ("ndcg_users_", ["low", "mid", "high"], "NDCG by user-activity group"),
