@@ -97,8 +97,8 @@ class FitConfig(BaseModel):
     #: ratings below this value are negative feedback: left out of training and of the user's
     #: profile (so no reason names them), and never recommended back.  "auto": on a star scale
     #: (ratings in [0, 10] in steps of 0.5) below its midpoint, e.g. 1-2 stars of 1-5; other
-    #: ratings (play counts...) are all positive.  None: every rating is positive.
-    negative_below: float | Literal["auto"] | None = "auto"
+    #: ratings (play counts...) are all positive.  "off" (or None): every rating is positive.
+    negative_below: float | Literal["auto", "off"] | None = "auto"
     #: instead, a rating below the user's own mean rating is negative
     negative_below_user_mean: bool = False
     #: candidate retrieval for large catalogs (``RetrievalConfig``; default: above 20,000 items)
@@ -234,7 +234,7 @@ def negative_mask(data: Dataset, config: FitConfig) -> np.ndarray:
     threshold = config.negative_below
     if threshold == "auto":
         threshold = star_scale_midpoint(r)
-    return none if threshold is None else r < float(threshold)
+    return none if threshold is None or threshold == "off" else r < float(threshold)
 
 
 def star_scale_midpoint(ratings: np.ndarray) -> float | None:
