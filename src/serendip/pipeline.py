@@ -221,20 +221,29 @@ def load_preset(name_or_path: str) -> Preset:
     return preset
 
 
+def negative_threshold(data: Dataset, config: FitConfig) -> float | None:
+    """The rating below which an interaction is negative feedback (None: no such rating;
+    also None under the per-user-mean rule, which has no single threshold)."""
+    inter = data.interactions
+    if "rating" not in inter.columns or len(inter) == 0 or config.negative_below_user_mean:
+        return None
+    threshold = config.negative_below
+    if threshold == "auto":
+        return star_scale_midpoint(inter["rating"].to_numpy(dtype=np.float64))
+    return None if threshold is None or threshold == "off" else float(threshold)
+
+
 def negative_mask(data: Dataset, config: FitConfig) -> np.ndarray:
     """Which interactions are negative feedback under ``config`` (low ratings)."""
     inter = data.interactions
-    none = np.zeros(len(inter), dtype=bool)
     if "rating" not in inter.columns or len(inter) == 0:
-        return none
+        return np.zeros(len(inter), dtype=bool)
     r = inter["rating"].to_numpy(dtype=np.float64)
     if config.negative_below_user_mean:
         mean = inter.groupby("user")["rating"].transform("mean").to_numpy(dtype=np.float64)
         return r < mean - 1e-9
-    threshold = config.negative_below
-    if threshold == "auto":
-        threshold = star_scale_midpoint(r)
-    return none if threshold is None or threshold == "off" else r < float(threshold)
+    threshold = negative_threshold(data, config)
+    return np.zeros(len(inter), dtype=bool) if threshold is None else r < threshold
 
 
 def star_scale_midpoint(ratings: np.ndarray) -> float | None:
@@ -265,8 +274,11 @@ class Recommender:
 
     def __init__(self, data: Dataset, scorers: dict[str, BatchScorer], config: FitConfig,
                  presets: Mapping[str, Preset] | None = None, tuning: dict[str, Any] | None = None,
-                 negatives: pd.DataFrame | None = None):
+                 negatives: pd.DataFrame | None = None, negative_below: float | None = None):
         self.data = data
+        #: ratings below this were negative feedback at fit time; the service applies it to
+        #: rating events that arrive later
+        self.negative_below = negative_below
         self.scorers = scorers
         self.config = config
         #: (user, item) pairs of negative feedback (low ratings): not in ``data``, never
@@ -305,6 +317,7 @@ class Recommender:
             encoder: Encoder | None = None) -> Recommender:
         config = config or FitConfig.default_for(data.n_items, _ordered(data))
         neg = negative_mask(data, config)
+        threshold = negative_threshold(data, config)
         negatives = None
         if neg.any():
             negatives = data.interactions.loc[neg, ["user", "item"]].reset_index(drop=True)
@@ -324,7 +337,7 @@ class Recommender:
             scorer.train(data)
             scorers[name] = scorer
             log.info("trained %s in %.2fs", name, time.perf_counter() - t0)
-        return cls(data, scorers, config, negatives=negatives)
+        return cls(data, scorers, config, negatives=negatives, negative_below=threshold)
 
     # persistence ----------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
@@ -357,6 +370,7 @@ class Recommender:
             "has_time": bool(getattr(d, "has_time", True)),
             "n_users": d.n_users, "n_items": d.n_items, "n_interactions": len(d.interactions),
             "tuned_presets": sorted(self.presets), "tuning": self.tuning,
+            "negative_below": self.negative_below,
         }
         (tmp / "serendip.json").write_text(json.dumps(meta, indent=2))
         old = final.with_name(final.name + ".tmp-old")
@@ -405,7 +419,7 @@ class Recommender:
         negatives = (pd.read_parquet(d / "negatives.parquet")
                      if (d / "negatives.parquet").exists() else None)
         return cls(data, scorers, config, presets, meta.get("tuning"),  # type: ignore[arg-type]
-                   negatives)
+                   negatives, meta.get("negative_below"))
 
     def preset(self, name: str) -> Preset:
         """The preset a name means for this model: its tuned one, else the shipped one (adapted

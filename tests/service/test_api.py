@@ -419,3 +419,21 @@ def test_happy_path_on_postgres(request, tmp_path, seed_files, fitted, encoder):
             assert c.get("/v1/presets", headers={"X-API-Key": "bad"}).status_code == 401
     finally:
         store.close()
+
+
+def test_low_rating_is_negative_feedback(api, engine, monkeypatch):
+    # the model treats ratings below 3 as negative (as a fit on a 1-5 star log does)
+    monkeypatch.setattr(engine.state.rec, "negative_below", 3.0)
+    first = [it["item_id"] for it in api("GET", "/v1/users/u5/recommendations?k=5").json()["items"]]
+    low, high = first[0], first[1]
+    api("POST", "/v1/events", "write", json={"events": [
+        {"user_id": "u5", "item_id": low, "type": "rating", "value": 1},
+        {"user_id": "u5", "item_id": high, "type": "rating", "value": 5}]})
+    pos, neg = engine.history(engine.state, "u5")
+    i_low, i_high = engine.state.item_pos[low], engine.state.item_pos[high]
+    assert i_low in neg.tolist() and i_low not in pos.tolist()
+    assert i_high in pos.tolist() and i_high not in neg.tolist()
+    items = api("GET", "/v1/users/u5/recommendations?k=8").json()["items"]
+    assert low not in [it["item_id"] for it in items]
+    title = engine.title(low, engine.state)
+    assert not any(title in r for it in items for r in it["reasons"])

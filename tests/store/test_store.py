@@ -198,10 +198,12 @@ def test_user_events(store: Store) -> None:
     with pytest.raises(DataError, match="-1"):
         store.user_events("u1", limit=-1)
 
-    # the request path's lean read: the same events, (item, type) tuples, oldest first
-    store.append_events([EventRecord("u1", "i2", "skip", timestamp=9.0)])
-    assert store.recent_item_events("u1", 3) == [("i3", "interaction"), ("i4", "interaction"),
-                                                 ("i2", "skip")]
+    # the request path's lean read: the same events, (item, type, value), oldest first
+    store.append_events([EventRecord("u1", "i2", "skip", timestamp=9.0),
+                         EventRecord("u1", "i5", "rating", value=2.0, timestamp=10.0)])
+    assert store.recent_item_events("u1", 4) == [
+        ("i3", "interaction", None), ("i4", "interaction", None), ("i2", "skip", None),
+        ("i5", "rating", 2.0)]
     assert store.recent_item_events("nobody", 5) == []
     with pytest.raises(DataError, match="got 0"):
         store.recent_item_events("u1", 0)

@@ -8,7 +8,8 @@ object only, so a retrain that swaps in a new state never changes a request half
 Online update without retraining: a request takes the user's history from the store
 (``user_events``, one indexed query) and maps it to the model's item indices, so feedback
 posted a moment ago changes the next list.  ``skip`` and ``dislike`` are negative feedback:
-they never count as history and their items are left out of the user's lists.
+they never count as history and their items are left out of the user's lists; so is a
+``rating`` below the model's ``negative_below`` (1-2 stars of 5 by default).
 
 Badges on a recommended item (thresholds are relative, so they mean the same on any catalog):
 
@@ -513,10 +514,14 @@ class Engine:
         events = events[events["item_id"].isin(items["item_id"])]
         if len(events) == 0:
             raise DataError("the store holds no positive events on catalog items; nothing to fit")
-        data = Dataset.from_frames(
-            events[["user_id", "item_id", "timestamp"]], items,
-            category_column=cfg.category_column,
-        )
+        columns = ["user_id", "item_id", "timestamp"]
+        rated = (events["type"] == "rating") & events["value"].notna()
+        if rated.any():  # ratings decide negative feedback (FitConfig.negative_below); any
+            # other positive event counts as the top of the scale
+            values = events["value"].where(rated)
+            events = events.assign(rating=values.fillna(float(values.max())))
+            columns.append("rating")
+        data = Dataset.from_frames(events[columns], items, category_column=cfg.category_column)
         enc = self._encoder if self._encoder is not None else self.encoder(cfg)
         rec = Recommender.fit(data, cfg, progress=False, encoder=cast(Encoder, enc))
         current = self._state
@@ -742,12 +747,14 @@ class Engine:
         """
         last: dict[int, bool] = {}
         limit = self.config.history_limit
-        for iid, ty in (self.store.recent_item_events(user_id, limit) if limit > 0 else ()):
+        low = s.rec.negative_below  # a rating below it is negative feedback, as in training
+        for iid, ty, value in (self.store.recent_item_events(user_id, limit) if limit > 0 else ()):
             i = s.item_pos.get(iid)
             if i is None:
                 continue
             last.pop(i, None)  # re-insert: dict order = order of each item's last event
-            last[i] = ty not in NEGATIVE_TYPES
+            last[i] = ty not in NEGATIVE_TYPES and not (
+                ty == "rating" and low is not None and value is not None and value < low)
         pos = np.fromiter((i for i, ok in last.items() if ok), dtype=np.int64)
         neg = np.fromiter((i for i, ok in last.items() if not ok), dtype=np.int64)
         return pos, neg

@@ -106,9 +106,10 @@ class Store(Protocol):
         """Events as ``user_id, item_id, timestamp, type, value`` in insertion order."""
 
     def user_events(self, user_id: str, limit: int | None = None) -> pd.DataFrame: ...
-    def recent_item_events(self, user_id: str, limit: int) -> list[tuple[str, str]]:
-        """``(item_id, type)`` of the user's ``limit`` most recent events, oldest first (the
-        request path's history read: no data frame)."""
+    def recent_item_events(self, user_id: str, limit: int
+                           ) -> list[tuple[str, str, float | None]]:
+        """``(item_id, type, value)`` of the user's ``limit`` most recent events, oldest first
+        (the request path's history read: no data frame)."""
         ...
     def count_events(self) -> int: ...
     def top_users(self, limit: int) -> list[str]:

@@ -396,17 +396,19 @@ class PostgresStore:
         rows.reverse()
         return events_frame_from_rows(rows)
 
-    def recent_item_events(self, user_id: str, limit: int) -> list[tuple[str, str]]:
+    def recent_item_events(self, user_id: str, limit: int
+                           ) -> list[tuple[str, str, float | None]]:
         check_limit(limit)
         if not is_lookup_id(user_id):
             return []
         with self._read() as cur:
             rows = cur.execute(
-                "SELECT item_id, type FROM events WHERE user_id = %s "
+                "SELECT item_id, type, value FROM events WHERE user_id = %s "
                 "ORDER BY event_id DESC LIMIT %s",
                 (user_id, limit),
             ).fetchall()
-        return [(str(i), str(t)) for i, t in reversed(rows)]
+        return [(str(i), str(t), None if v is None or v != v else float(v))
+                for i, t, v in reversed(rows)]
 
     def count_events(self) -> int:
         return self._count("events")

@@ -431,16 +431,18 @@ class SQLiteStore:
         rows.reverse()
         return events_frame_from_rows(rows)
 
-    def recent_item_events(self, user_id: str, limit: int) -> list[tuple[str, str]]:
+    def recent_item_events(self, user_id: str, limit: int
+                           ) -> list[tuple[str, str, float | None]]:
         check_limit(limit)
         if not is_lookup_id(user_id):
             return []
         with self._read() as conn:
             rows = conn.execute(
-                "SELECT item_id, type FROM events WHERE user_id = ? ORDER BY event_id DESC LIMIT ?",
+                "SELECT item_id, type, value FROM events WHERE user_id = ? ORDER BY event_id DESC LIMIT ?",
                 (user_id, limit),
             ).fetchall()
-        return [(str(i), str(t)) for i, t in reversed(rows)]
+        return [(str(i), str(t), None if v is None or v != v else float(v))
+                for i, t, v in reversed(rows)]
 
     def count_events(self) -> int:
         with self._read() as conn:
