@@ -164,3 +164,16 @@ def test_cli_tune_and_fit_tune(tmp_path, capsys):
     # bad input: one line naming the value, exit 2
     assert main(["tune", *files, "--out", str(tmp_path / "x"), "--budget", "-5"]) == 2
     assert "budget_seconds" in capsys.readouterr().err
+
+
+def test_deep_models_in_the_fit_config_are_offered_to_the_blend():
+    data = make_chains(n_users=60)
+    small = {"epochs": 1, "dim": 8, "heads": 1, "batch_size": 32}
+    cfg = FitConfig(models={"popularity": {}, "transition": {},
+                            "sequential": small, "two_tower": {"epochs": 1, "dim": 8}})
+    r = tune(data, TuneConfig(budget_seconds=60, rerank_trials=1), fit_config=cfg,
+             progress=False)
+    # trained once each (no grid), scored on validation, offered to the blend
+    assert r.models["sequential"]["tried"] == 1 and r.models["two_tower"]["tried"] == 1
+    assert {"sequential", "two_tower"} <= set(r.fit_config.models)
+    assert r.fit_config.models["sequential"] == small

@@ -105,6 +105,8 @@ def _tune_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     values: dict[str, object] = {"budget_seconds": args.budget}
     if getattr(args, "protocol_tune", None):
         values["protocol"] = args.protocol_tune
+    if getattr(args, "deep", False):
+        values["deep"] = True
     from serendip.pipeline import _validate
 
     return _validate(TuneConfig, values, "tune")
@@ -368,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=("time", "random", "temporal", "loo"),
                        help="validation protocol (default: time when timestamps can be "
                        "trusted, else random)")
+        a.add_argument("--deep", action="store_true", help="also train the two-tower and "
+                       "sequential models and let the blend weigh them (default: only when a "
+                       "CUDA GPU is present; minutes on CPUs)")
 
     f = sub.add_parser("fit", help="encode the catalog and train every model")
     data_args(f)

@@ -90,6 +90,11 @@ class TuneConfig(BaseModel):
     knob_span: float = Field(0.2, gt=0, le=1,
                              description="share of accurate's NDCG that knob 1 gives up")
     seed: int = Field(0, ge=0)
+    deep: bool | None = Field(
+        None, description="also train the deep models over the text vectors (two-tower; the "
+                          "sequential Transformer on ordered data) and let the blend weigh "
+                          "them; None: when a CUDA GPU is present (on CPUs they train for "
+                          "minutes on catalogs of this size)")
 
 
 @dataclass
@@ -218,6 +223,14 @@ class _Validation:
                            self.new_items, self.k)
 
 
+def _has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return False
+    return bool(torch.cuda.is_available())
+
+
 def _score(scorer: BatchScorer, queries: list[Query], chunk: int = 1024) -> np.ndarray:
     parts = [scorer.score_many(queries[i:i + chunk]) for i in range(0, len(queries), chunk)]
     return np.vstack(parts).astype(np.float32)
@@ -272,6 +285,9 @@ def tune(data: Dataset, config: TuneConfig | None = None, *, fit_config: FitConf
         notes.append("timestamps missing or heavily tied: order-reading models left out, "
                      f"validation by a per-user {protocol} split")
     base_cfg = fit_config or FitConfig.default_for(data.n_items, ordered)
+    if cfg.deep or (cfg.deep is None and fit_config is None and _has_cuda()):
+        deep = {"two_tower": {}, **({"sequential": {}} if ordered else {})}
+        base_cfg = base_cfg.model_copy(update={"models": {**base_cfg.models, **deep}})
     if not ordered:
         base_cfg = base_cfg.model_copy(update={"models": {
             k: v for k, v in base_cfg.models.items() if k not in ORDER_MODELS}})
