@@ -286,7 +286,7 @@ def tune(data: Dataset, config: TuneConfig | None = None, *, fit_config: FitConf
                      f"validation by a per-user {protocol} split")
     base_cfg = fit_config or FitConfig.default_for(data.n_items, ordered)
     if cfg.deep or (cfg.deep is None and fit_config is None and _has_cuda()):
-        deep = {"two_tower": {}, **({"sequential": {}} if ordered else {})}
+        deep: dict[str, dict[str, Any]] = {"two_tower": {}, **({"sequential": {}} if ordered else {})}
         base_cfg = base_cfg.model_copy(update={"models": {**base_cfg.models, **deep}})
     if not ordered:
         base_cfg = base_cfg.model_copy(update={"models": {
