@@ -61,7 +61,7 @@ __all__ = ["TuneConfig", "TuneResult", "tune", "discovery_score"]
 log = logging.getLogger(__name__)
 
 #: Knob values at which each re-ranking configuration is measured.
-KNOB_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+KNOB_GRID = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 #: Relative weights tried for each blend member in the coordinate ascent.
 BLEND_STEPS = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5)
 
