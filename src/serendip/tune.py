@@ -87,6 +87,9 @@ class TuneConfig(BaseModel):
                                    description="discovery NDCG >= this x accurate")
     hub_cap: float = Field(0.10, gt=0, le=1,
                            description="largest share of lists one tail item may appear in")
+    significance: float = Field(
+        1.0, ge=0, le=10, description="a blend change is kept only when it raises validation "
+        "NDCG by this many standard errors of the paired per-user difference")
     knob_span: float = Field(0.2, gt=0, le=1,
                              description="share of accurate's NDCG that knob 1 gives up")
     seed: int = Field(0, ge=0)
@@ -204,12 +207,15 @@ class _Validation:
         order = np.argsort(-np.take_along_axis(s, part, axis=1), axis=1, kind="stable")
         return np.take_along_axis(part, order, axis=1)
 
-    def ndcg(self, recs: np.ndarray) -> float:
-        """Mean NDCG@k of lists (one row per validation user), computed in bulk."""
+    def ndcg_rows(self, recs: np.ndarray) -> np.ndarray:
+        """NDCG@k of each list (one row per validation user), computed in bulk."""
         hits = np.asarray(self.relevant[np.arange(recs.shape[0])[:, None], recs].todense())
         disc = 1.0 / np.log2(np.arange(2, recs.shape[1] + 2))
         ideal = np.cumsum(1.0 / np.log2(np.arange(2, self.k + 2)))
-        return float(np.mean((hits * disc).sum(axis=1) / ideal[np.minimum(self.n_rel, self.k) - 1]))
+        return np.asarray((hits * disc).sum(axis=1) / ideal[np.minimum(self.n_rel, self.k) - 1])
+
+    def ndcg(self, recs: np.ndarray) -> float:
+        return float(np.mean(self.ndcg_rows(recs)))
 
     def metrics(self, recs: np.ndarray) -> dict[str, float]:
         return compute_metrics(recs, self.users, self.truth, self.train, self.k,
@@ -362,11 +368,20 @@ def tune(data: Dataset, config: TuneConfig | None = None, *, fit_config: FitConf
     weights = {n: 0.0 for n in trained}
     weights[ranked[0]] = 1.0
 
-    def blend_ndcg(w: Mapping[str, float]) -> float:
+    def blend_rows(w: Mapping[str, float]) -> np.ndarray:
         total = sum(v * z[n] for n, v in w.items() if v > 0)
-        return val.ndcg(val.topk(np.asarray(total)))
+        return val.ndcg_rows(val.topk(np.asarray(total)))
 
-    best_nd = blend_ndcg(weights)
+    def better(new: np.ndarray, cur: np.ndarray) -> bool:
+        """A significant gain: the paired per-user difference's mean exceeds
+        ``significance`` standard errors (a small validation set moves only on clear gains)."""
+        d = new - cur
+        if d.mean() <= 1e-9:
+            return False
+        se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else 0.0
+        return bool(d.mean() > cfg.significance * se)
+
+    best_rows = blend_rows(weights)
     for _ in range(2):
         improved = False
         for n in ranked[1:] + ranked[:1]:
@@ -376,11 +391,12 @@ def tune(data: Dataset, config: TuneConfig | None = None, *, fit_config: FitConf
                 if step == weights[n] or (n == ranked[0] and step == 0.0):
                     continue
                 w = {**weights, n: step}
-                nd = blend_ndcg(w)
-                if nd > best_nd + 1e-6:
-                    best_nd, weights, improved = nd, w, True
+                rows = blend_rows(w)
+                if better(rows, best_rows):
+                    best_rows, weights, improved = rows, w, True
         if not improved:
             break
+    best_nd = float(best_rows.mean())
     blend = {n: float(v) for n, v in weights.items() if v > 0}
     accurate = Preset(name="accurate", description="Highest accuracy: relevance blend tuned "
                       "for this catalog, no re-ranking", candidates=cfg.k, discovery=0.0,
