@@ -178,3 +178,12 @@ def test_deep_models_in_the_fit_config_are_offered_to_the_blend():
     assert r.models["sequential"]["tried"] == 1 and r.models["two_tower"]["tried"] == 1
     assert {"sequential", "two_tower"} <= set(r.fit_config.models)
     assert r.fit_config.models["sequential"] == small
+
+
+def test_default_models_follow_the_data():
+    unordered = make_chains(n_users=40, timed=False)
+    cfg = FitConfig().for_data(unordered)  # e.g. a fit config file without [models]
+    assert "transition" not in cfg.models and "ease_recent" not in cfg.models
+    assert "transition" in FitConfig().for_data(make_chains(n_users=40)).models
+    explicit = FitConfig(models={"transition": {}})
+    assert explicit.for_data(unordered) is explicit  # models given: taken as written

@@ -228,7 +228,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from serendip.data import make_split
     from serendip.eval.report import write_report
     from serendip.eval.runner import run_experiment
-    from serendip.pipeline import Preset, adapt_shipped_preset, load_fit_config, load_preset
+    from serendip.pipeline import Preset, load_fit_config
 
     cfg = load_fit_config(args.config)
     if not args.dataset and not args.interactions:
@@ -240,24 +240,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             for c in (cuts if p.strip() == "time" else [None])]
     for protocol, cut in jobs:
         split = make_split(data, protocol, **({"cut": cut} if cut is not None else {}))
+        models = [m for m in args.models.split(",") if m]
         presets: list[str | Preset] = [p for p in args.presets.split(",") if p]
-        fit_cfg = cfg
         if args.tune:  # tuned on a validation split carved from this split's training part
             from serendip.tune import tune
 
             result = tune(split.train, _tune_config(args), progress=not args.quiet)
             if not args.quiet:
                 _print_tuning(result)
-            fit_cfg = result.fit_config
-            presets = [result.presets[n].model_copy(update={"name": f"{n} (tuned)"})
-                       for n in ("accurate", "balanced", "discovery") if n in result.presets]
-            presets += [adapt_shipped_preset(load_preset(p), dict.fromkeys(fit_cfg.models))
-                        .model_copy(update={"name": f"{p} (shipped)"})
-                        for p in args.presets.split(",") if p in ("accurate", "balanced")]
-        frame = run_experiment(
-            data, protocol, [m for m in args.models.split(",") if m], presets, k=args.k,
-            fit_config=fit_cfg, split=split, progress=not args.quiet,
-        )
+            tuned = [result.presets[n].model_copy(update={"name": f"{n} (tuned)"})
+                     for n in ("accurate", "balanced", "discovery") if n in result.presets]
+            # the tuned presets and models on the tuned fit; the shipped presets on the
+            # default fit they were made for
+            parts = [run_experiment(data, protocol, models, tuned, k=args.k,
+                                    fit_config=result.fit_config, split=split,
+                                    progress=not args.quiet)]
+            shipped = [p for p in presets if p in ("accurate", "balanced", "discovery")]
+            if shipped:
+                part = run_experiment(data, protocol, [], shipped, k=args.k, fit_config=cfg,
+                                      split=split, progress=not args.quiet)
+                parts.append(part.assign(name=part["name"] + " (shipped)"))
+            frame = pd.concat(parts, ignore_index=True)
+        else:
+            frame = run_experiment(data, protocol, models, presets, k=args.k, fit_config=cfg,
+                                   split=split, progress=not args.quiet)
         if protocol == "time" and len(cuts) > 1:
             frame["protocol"] = f"time@{cut}"
         frames.append(frame)

@@ -118,6 +118,14 @@ class FitConfig(BaseModel):
             models = {k: v for k, v in models.items() if k not in ORDER_MODELS}
         return cls(models=models)
 
+    def for_data(self, data: Dataset) -> FitConfig:
+        """This config, with the default models for ``data`` (its size, whether its time can
+        be trusted) when no models were given explicitly."""
+        if "models" in self.model_fields_set:
+            return self
+        return self.model_copy(update={
+            "models": FitConfig.default_for(data.n_items, _ordered(data)).models})
+
     def model_post_init(self, __context: Any) -> None:
         for name, values in self.models.items():
             kind = values.get("type", name)
@@ -315,7 +323,7 @@ class Recommender:
     @classmethod
     def fit(cls, data: Dataset, config: FitConfig | None = None, *, progress: bool = True,
             encoder: Encoder | None = None) -> Recommender:
-        config = config or FitConfig.default_for(data.n_items, _ordered(data))
+        config = (config or FitConfig()).for_data(data)
         neg = negative_mask(data, config)
         threshold = negative_threshold(data, config)
         negatives = None

@@ -290,7 +290,7 @@ def tune(data: Dataset, config: TuneConfig | None = None, *, fit_config: FitConf
     if not ordered:
         notes.append("timestamps missing or heavily tied: order-reading models left out, "
                      f"validation by a per-user {protocol} split")
-    base_cfg = fit_config or FitConfig.default_for(data.n_items, ordered)
+    base_cfg = (fit_config or FitConfig()).for_data(data)
     if cfg.deep or (cfg.deep is None and fit_config is None and _has_cuda()):
         deep: dict[str, dict[str, Any]] = {"two_tower": {}, **({"sequential": {}} if ordered else {})}
         base_cfg = base_cfg.model_copy(update={"models": {**base_cfg.models, **deep}})

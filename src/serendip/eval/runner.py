@@ -80,7 +80,7 @@ def run_experiment(
     ``protocol`` names the split (see ``serendip.data.PROTOCOLS``) and ``split_kwargs`` are
     passed to it, e.g. ``{"cut": "2020-06-01"}`` for ``time``; or pass a ready ``split``.
     """
-    cfg = fit_config or FitConfig()
+    cfg = (fit_config or FitConfig()).for_data(data)
     bad = [m for m in models if m not in SCORERS and m not in cfg.models]
     if bad:
         raise ConfigError(
