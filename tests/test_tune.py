@@ -110,8 +110,9 @@ def test_budget_stops_the_search():
 def test_knob_map_hand_computed():
     curve = [(0.0, {"ndcg": 0.20}), (0.2, {"ndcg": 0.20}), (0.4, {"ndcg": 0.19}),
              (0.6, {"ndcg": 0.18}), (0.8, {"ndcg": 0.15})]
-    # costs 0, 0.01, 0.02, 0.05 of a span of 0.2 * 0.20 = 0.04 -> knob 0.25, 0.5, 1 (capped)
-    assert _knob_map(curve, 0.2) == [(0.0, 0.0), (0.25, 0.4), (0.5, 0.6), (1.0, 0.8)]
+    # costs 0, 0.01, 0.02, 0.05 of a span of 0.2 * 0.20 = 0.04 -> knob 0.25, 0.5, 1.25; knob 1
+    # lies between the last two: 0.6 + (1 - 0.5) / (1.25 - 0.5) * 0.2
+    assert _knob_map(curve, 0.2) == [(0.0, 0.0), (0.25, 0.4), (0.5, 0.6), (1.0, 0.7333)]
     # a sweep that never loses the span: its last point is knob 1
     flat = [(0.0, {"ndcg": 0.2}), (0.5, {"ndcg": 0.199}), (1.0, {"ndcg": 0.198})]
     assert _knob_map(flat, 0.2) == [(0.0, 0.0), (0.025, 0.5), (1.0, 1.0)]

@@ -541,18 +541,22 @@ def _search_operating_points(
 def _knob_map(curve: list[tuple[float, dict[str, float]]], span: float
               ) -> list[tuple[float, float]]:
     """Knob calibration from one configuration's sweep: knob ``x`` is the internal value at
-    which NDCG has dropped by ``x * span`` of its value at 0 (linear between measured points;
-    the last measured point is knob 1 when the sweep never loses that much)."""
+    which NDCG has dropped by ``x * span`` of its value at 0, linear between measured points
+    (so knob 1 falls between the last point below the span and the first past it); when the
+    sweep never loses that much, its last point is knob 1."""
     ds = np.array([d for d, _ in curve])
     base = curve[0][1]["ndcg"]
     cost = np.array([base - m["ndcg"] for _, m in curve]) / max(span * base, 1e-12)
-    x = np.minimum(np.maximum.accumulate(np.maximum(cost, 0.0)), 1.0)
+    x = np.maximum.accumulate(np.maximum(cost, 0.0))
     pts: list[tuple[float, float]] = [(0.0, 0.0)]
     for xi, di in zip(x[1:], ds[1:], strict=True):
+        if xi >= 1.0:
+            x0, d0 = pts[-1]
+            d1 = d0 + (1.0 - x0) / (xi - x0) * (di - d0)
+            pts.append((1.0, round(float(d1), 4)))
+            break
         if xi > pts[-1][0] + 1e-4:
             pts.append((round(float(xi), 4), float(di)))
-        if xi >= 1.0:
-            break
     if pts[-1][0] < 1.0:
         if len(pts) > 1 and pts[-1][1] >= ds[-1]:
             pts[-1] = (1.0, pts[-1][1])
