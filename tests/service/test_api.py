@@ -437,3 +437,21 @@ def test_low_rating_is_negative_feedback(api, engine, monkeypatch):
     assert low not in [it["item_id"] for it in items]
     title = engine.title(low, engine.state)
     assert not any(title in r for it in items for r in it["reasons"])
+
+
+def test_refit_keeps_tuned_presets(store, tmp_path, seed_files, fitted, encoder):
+    from serendip.pipeline import Preset, Recommender
+    from tests.service.conftest import build_engine
+
+    tuned = Recommender(fitted.data, fitted.scorers, fitted.config, presets={
+        "accurate": Preset(name="accurate", description="tuned here", blend={"ease": 1.0}),
+        "odd": Preset(name="odd", blend={"two_tower": 1.0}),  # a model the refit lacks
+    }, tuning={"protocol": "time"})
+    engine = build_engine(store, tmp_path, seed_files, tuned, encoder)
+    try:
+        assert engine.state.pipelines["accurate"].preset.description == "tuned here"
+        rec = engine.fit_from_store()
+        assert set(rec.presets) == {"accurate"} and rec.tuning == {"protocol": "time"}
+        assert rec.pipeline("accurate").preset.description == "tuned here"
+    finally:
+        engine.close()

@@ -525,9 +525,11 @@ class Engine:
         enc = self._encoder if self._encoder is not None else self.encoder(cfg)
         rec = Recommender.fit(data, cfg, progress=False, encoder=cast(Encoder, enc))
         current = self._state
-        if current is not None and current.rec.presets and cfg is current.rec.config:
-            # presets tuned for this catalog stay with the models they were tuned for
-            rec.presets, rec.tuning = dict(current.rec.presets), current.rec.tuning
+        if current is not None and current.rec.presets:
+            # presets tuned for this catalog carry over while the refit has their models
+            rec.presets = {n: p for n, p in current.rec.presets.items()
+                           if set(p.blend) <= set(rec.scorers)}
+            rec.tuning = current.rec.tuning
         return rec
 
     def encoder(self, cfg: FitConfig | None = None) -> TextEncoder:
