@@ -88,3 +88,23 @@ def test_without_categories_returns_top_k() -> None:
     cand = ItemList(np.array([3, 1, 2, 0]), np.array([0.1, 0.9, 0.5, 0.7]))
     out = r(Query(0, np.array([0, 1]), discovery=1.0), cand, 3)
     np.testing.assert_array_equal(out.items, [1, 0, 2])
+
+
+def test_calibration_state_on_a_column_subset_matches_the_full_one():
+    from serendip.rerank.calibration import CalibrationState
+
+    rng = np.random.default_rng(0)
+    genres = rng.random((30, 12)) * (rng.random((30, 12)) < 0.3)
+    genres /= np.maximum(genres.sum(axis=1, keepdims=True), 1e-12)
+    p = np.zeros(12)
+    p[[1, 4, 7]] = [0.5, 0.3, 0.2]
+    full = CalibrationState(p, genres, 0.01)
+    cols = np.array([1, 4, 7])
+    sub = CalibrationState(p[cols], genres[:, cols], 0.01, row_mass=genres.sum(axis=1))
+    for j in (3, 11, 20):
+        np.testing.assert_allclose(sub.kl_if_added(), full.kl_if_added(), rtol=1e-12)
+        kl = full.kl_if_added()[j]
+        full.add(j, kl)
+        sub.add(j, kl)
+        m = full.missing_genre(5)
+        assert (m is None and sub.missing_genre(5) is None) or cols[sub.missing_genre(5)] == m

@@ -48,29 +48,34 @@ class CalibrationState:
     Only genres with ``p > 0`` enter the KL, so those columns are kept apart once.
     """
 
-    def __init__(self, p: np.ndarray, genres: np.ndarray, alpha: float):
+    def __init__(self, p: np.ndarray, genres: np.ndarray, alpha: float,
+                 row_mass: np.ndarray | None = None):
+        """``genres`` may hold only some genre columns (those of ``p``); ``row_mass`` is then
+        each candidate's genre mass over all genres, which normalises the list's mix."""
         self.p, self.genres, self.alpha = p, genres, alpha
         mask = p > 0
         self._pp = p[mask]
         self._cols = genres[:, mask]
-        self._row_mass = genres.sum(axis=1)
+        self._row_mass = genres.sum(axis=1) if row_mass is None else row_mass
         self._const = float(self._pp @ np.log(self._pp))
         self.mass_sum = np.zeros(p.size)
+        self.mass_total = 0.0
         self.kl = float(kl_divergence(p, self.mass_sum, alpha)[0])
 
     def kl_if_added(self) -> np.ndarray:
-        total = self.mass_sum.sum() + self._row_mass
+        total = self.mass_total + self._row_mass
         q = (self.mass_sum[self.p > 0] + self._cols) / np.where(total > 0, total, 1.0)[:, None]
         qt = (1.0 - self.alpha) * q + self.alpha * self._pp
         return np.asarray(self._const - np.log(qt) @ self._pp)
 
     def add(self, j: int, kl_new: float) -> None:
         self.mass_sum = self.mass_sum + self.genres[j]
+        self.mass_total += float(self._row_mass[j])
         self.kl = kl_new
 
     def missing_genre(self, j: int) -> int | None:
         """The genre of item ``j`` that the list so far most under-represents, if any."""
-        total = self.mass_sum.sum()
+        total = self.mass_total
         q = self.mass_sum / total if total > 0 else self.mass_sum
         deficit = np.where(self.genres[j] > 0, self.p - q, -np.inf)
         g = int(np.argmax(deficit))

@@ -61,6 +61,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Calibration reads at most this many of the user's genres (the largest shares of p(g|u)).
+MAX_CALIBRATION_GENRES = 24
+
 #: The objectives, in the order used internally (ties in "largest contribution" go left).
 OBJECTIVES = ("relevance", "novelty", "tail", "diversity", "unexpectedness", "calibration",
               "fresh", "exposure")
@@ -272,8 +275,16 @@ class MultiObjective(GreedyReranker):
             obj[_UNEXP] = np.clip(1.0 - sim_hist, 0.0, 1.0)
         vecs = st["vectors"][cand.items] if weight[_DIV] > 0 else None
         cal = None
+        cols = np.zeros(0, dtype=np.int64)
         if p is not None and weight[_CAL] > 0:
-            cal = CalibrationState(p, st["genres"][cand.items].astype(np.float64), self.config.alpha)
+            # the user's main genres only: with free-form tags (a thousand on a book catalog)
+            # the rest carry little of p(g|u) and cost most of the time
+            cols = np.flatnonzero(p)
+            if cols.size > MAX_CALIBRATION_GENRES:
+                cols = np.sort(cols[np.argsort(-p[cols], kind="stable")[:MAX_CALIBRATION_GENRES]])
+            rows = st["genres"][cand.items]
+            cal = CalibrationState(p[cols] / p[cols].sum(), rows[:, cols].astype(np.float64),
+                                   self.config.alpha, row_mass=rows.sum(axis=1, dtype=np.float64))
             kl_scale = np.log(1.0 / self.config.alpha)
         max_sim = np.zeros(n)
         obj[_DIV] = 1.0
@@ -318,7 +329,7 @@ class MultiObjective(GreedyReranker):
             elif name == "exposure":
                 reasons.append(exposure_reason(float(share[j])))
             elif genre is not None and p is not None:
-                reasons.append(interest_reason(str(names[genre]), float(p[genre])))
+                reasons.append(interest_reason(str(names[cols[genre]]), float(p[cols[genre]])))
             else:
                 reasons.append(relevance_reason(j, n))
             picks.append(j)
