@@ -194,6 +194,26 @@ def sasrec_max_len(train: Dataset) -> int:
     return int(np.clip(np.percentile(act, 95), 10, 50)) if act.size else 10
 
 
+class _TorchThreads:
+    """One torch thread while a SASRec trains (as ALS runs one BLAS thread): on a shared
+    machine, two threads that wait on each other slow training down many times over."""
+
+    def __init__(self, n: int = 1):
+        self.n = n
+        self.before = 0
+
+    def __enter__(self) -> None:
+        import torch
+
+        self.before = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        torch.set_num_threads(self.before)
+
+
 def _sasrec_model(epochs: int, params: Mapping[str, Any], max_len: int, **extra: Any) -> Any:
     import cornac
 
@@ -251,8 +271,9 @@ def cornac_sasrec(split: Split, users: np.ndarray, embedding_dim: int = 64,
     ds = _cached(tr, "cornac_seq", lambda: _cornac_sequences(tr))
     ml = max_len or sasrec_max_len(tr)
     model = _sasrec_model(n_epochs, {"embedding_dim": embedding_dim, **params}, ml)
-    model.fit(ds)
-    return _sasrec_scores(model, ds, tr, users, ml)
+    with _TorchThreads(1):
+        model.fit(ds)
+        return _sasrec_scores(model, ds, tr, users, ml)
 
 
 class _NoValidationData:
@@ -269,6 +290,7 @@ class _StopTraining(Exception):
 def sasrec_epochs_search(split: Split, users: np.ndarray, k: int, params: Params, *,
                          max_epochs: int = 20, patience: int = 3,
                          budget_seconds: float | None = 240.0,
+                         on_trial: Callable[[Params, float, float], None] | None = None,
                          ) -> list[tuple[Params, float, float]]:
     """SASRec's epochs, chosen in one training run with early stopping on validation NDCG.
 
@@ -295,6 +317,8 @@ def sasrec_epochs_search(split: Split, users: np.ndarray, k: int, params: Params
         nd = compute_metrics(top_k(scores, users, split, k), users, truth, tr, k)["ndcg"]
         trials.append(({**params, "n_epochs": len(trials) + 1}, nd,
                        time.perf_counter() - t0))
+        if on_trial is not None:
+            on_trial(*trials[-1])
         best = int(np.argmax([t[1] for t in trials]))
         if len(trials) - 1 - best >= patience:
             raise _StopTraining
@@ -306,7 +330,8 @@ def sasrec_epochs_search(split: Split, users: np.ndarray, k: int, params: Params
     original = sasrec_module.val_score
     sasrec_module.val_score = hook
     try:
-        model.fit(ds, val_set=_NoValidationData())
+        with _TorchThreads(1):
+            model.fit(ds, val_set=_NoValidationData())
     except _StopTraining:
         pass
     finally:
@@ -409,54 +434,77 @@ def transition_scores(split: Split, users: np.ndarray, window: int = 3,
 # --------------------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class Peer:
-    """A peer recommender: its score function, defaults and hyperparameter grid."""
+    """A peer recommender: its score function, defaults and hyperparameter grid.
+
+    ``axes`` maps each tuned hyperparameter to the values tried; the grid is their product.
+    """
 
     name: str
     fit_score: ScoreFn
-    grid: tuple[Params, ...]
+    axes: Mapping[str, Sequence[Any]]
     defaults: Params = field(default_factory=dict)
     needs_order: bool = False
     #: validation users at most for tuning (peers that score one user at a time)
     max_tune_users: int | None = None
     about: str = ""
     #: a search run once per grid entry in place of one fit per entry (SASRec: one training
-    #: run scored at several epochs); called as search(split, users, k, params, **options)
+    #: run scored at several epochs); called as
+    #: search(split, users, k, params, on_trial=callback, **options)
     search: Callable[..., list[tuple[Params, float, float]]] | None = None
     options: Params = field(default_factory=dict)
 
-
-def _grid(**axes: Sequence[Any]) -> tuple[Params, ...]:
-    keys = list(axes)
-    combos: list[Params] = [{}]
-    for key in keys:
-        combos = [{**c, key: v} for c in combos for v in axes[key]]
-    return tuple(combos)
+    @property
+    def grid(self) -> tuple[Params, ...]:
+        combos: list[Params] = [{}]
+        for key, values in self.axes.items():
+            combos = [{**c, key: v} for c in combos for v in values]
+        return tuple(combos)
 
 
 PEERS: dict[str, Peer] = {
     p.name: p
     for p in (
         Peer("implicit-ALS", implicit_als,
-             _grid(factors=(32, 64, 128), regularization=(0.01, 0.1, 1.0), alpha=(1.0, 5.0, 20.0)),
+             {"factors": (32, 64, 128), "regularization": (0.01, 0.1, 1.0),
+              "alpha": (1.0, 5.0, 20.0)},
              {"factors": 64, "regularization": 0.05, "alpha": 2.0},
              about="implicit's ALS (Hu, Koren & Volinsky 2008)"),
         Peer("cornac-EASE", cornac_ease,
-             _grid(lamb=(10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)), {"lamb": 500.0},
+             {"lamb": (10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)}, {"lamb": 500.0},
              about="Cornac's EASE (Steck 2019)"),
-        Peer("lenskit-ItemKNN", lenskit_itemknn, _grid(max_nbrs=(10, 20, 50, 100)),
+        Peer("lenskit-ItemKNN", lenskit_itemknn, {"max_nbrs": (10, 20, 50, 100)},
              {"max_nbrs": 20}, max_tune_users=2000, about="LensKit's item k-NN"),
-        Peer("lenskit-ImplicitMF", lenskit_implicit_mf, _grid(embedding_size=(32, 64, 128)),
+        Peer("lenskit-ImplicitMF", lenskit_implicit_mf, {"embedding_size": (32, 64, 128)},
              {"embedding_size": 64}, max_tune_users=2000, about="LensKit's implicit MF"),
         Peer("transition", transition_scores,
-             _grid(window=(1, 3, 5, 10), normalize=(True, False)),
+             {"window": (1, 3, 5, 10), "normalize": (True, False)},
              {"window": 3, "normalize": True}, needs_order=True,
              about="first-order item-to-item transitions over the last W events"),
-        Peer("cornac-SASRec", cornac_sasrec, _grid(embedding_dim=(64,)),
+        Peer("cornac-SASRec", cornac_sasrec, {"embedding_dim": (64,)},
              {"embedding_dim": 64, "n_epochs": 10}, needs_order=True, max_tune_users=2000,
              about="Cornac's SASRec (Kang & McAuley 2018)", search=sasrec_epochs_search,
              options={"max_epochs": 20, "patience": 3, "budget_seconds": 240.0}),
     )
 }
+
+
+def _beyond(values: Sequence[Any], best: Any) -> Any | None:
+    """The next value past the end of a numeric axis that ``best`` sits on, else None.
+
+    One geometric step further (the ratio of the two end values); integers stay integers
+    and at least 1.
+    """
+    if isinstance(best, bool) or not isinstance(best, int | float):
+        return None
+    vals = sorted({v for v in values if isinstance(v, int | float) and not isinstance(v, bool)})
+    if len(vals) < 2 or vals[0] <= 0 or best not in (vals[0], vals[-1]):
+        return None
+    nxt = vals[-1] * vals[-1] / vals[-2] if best == vals[-1] else vals[0] * vals[0] / vals[1]
+    if isinstance(best, int):
+        nxt = int(round(nxt))
+        if nxt < 1 or nxt in vals:
+            return None
+    return nxt
 
 
 # --------------------------------------------------------------------------- tuning
@@ -481,14 +529,16 @@ def _peer(name: str | Peer) -> Peer:
 
 def search_peer(name: str | Peer, val_split: Split, users: np.ndarray | None = None, *,
                 k: int = 10, grid: Sequence[Params] | None = None,
-                budget_seconds: float | None = None,
+                budget_seconds: float | None = None, extend: int = 2,
                 on_trial: Callable[[Params, float, float], None] | None = None) -> PeerSearch:
     """Grid search for one peer on a validation split (NDCG@``k`` by ``compute_metrics``).
 
     ``users`` are the validation users to rank for (default: every one with held-out items,
-    capped at the peer's ``max_tune_users``).  Ties go to the earlier grid entry.  With
-    ``budget_seconds`` the search stops after the trial that passes it (at least one trial
-    always runs).
+    capped at the peer's ``max_tune_users``).  Ties go to the earlier grid entry.  When the
+    best setting sits at the end of a numeric axis of the peer's own grid, that axis is
+    extended one step further, up to ``extend`` times, so a grid edge is not mistaken for an
+    optimum.  With ``budget_seconds`` the search stops after the trial that passes it (at
+    least one trial always runs).
     """
     peer = _peer(name)
     if users is None:
@@ -502,24 +552,38 @@ def search_peer(name: str | Peer, val_split: Split, users: np.ndarray | None = N
     t_start = time.perf_counter()
     trials: list[tuple[Params, float, float]] = []
     best: tuple[float, Params] = (-1.0, dict(peer.defaults))
-    for params in (grid if grid is not None else peer.grid):
+    axes = {key: list(values) for key, values in peer.axes.items()}
+    queue = list(grid if grid is not None else peer.grid)
+    extended = 0
+    while queue:
+        params = queue.pop(0)
         t0 = time.perf_counter()
         p = {**peer.defaults, **params}
         if peer.search is not None:
-            found = peer.search(val_split, users, k, p, **peer.options)
+            found = peer.search(val_split, users, k, p, on_trial=on_trial, **peer.options)
+            for tp, nd, _ in found:
+                if nd > best[0]:
+                    best = (nd, tp)
+            trials += found
         else:
             scores = peer.fit_score(val_split, users, **p)
             recs = top_k(scores, users, val_split, k)
             nd = compute_metrics(recs, users, truth, val_split.train, k)["ndcg"]
-            found = [(p, nd, time.perf_counter() - t0)]
-        for tp, nd, secs in found:
-            trials.append((tp, nd, secs))
+            secs = time.perf_counter() - t0
+            trials.append((p, nd, secs))
             if on_trial is not None:
-                on_trial(tp, nd, secs)
+                on_trial(p, nd, secs)
             if nd > best[0]:
-                best = (nd, tp)
+                best = (nd, p)
         if budget_seconds is not None and time.perf_counter() - t_start > budget_seconds:
             break
+        if not queue and grid is None and peer.search is None and extended < extend:
+            extended += 1
+            for key, values in axes.items():
+                nxt = _beyond(values, best[1].get(key))
+                if nxt is not None:
+                    values.append(nxt)
+                    queue.append({**best[1], key: nxt})
     return PeerSearch(peer.name, best[1], best[0], trials, time.perf_counter() - t_start)
 
 

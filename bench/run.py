@@ -82,22 +82,38 @@ def say(msg: str) -> None:
     print(f"[{time.perf_counter() - _T0:7.1f}s] {msg}", flush=True)
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, digits: int = 4) -> str:
     if isinstance(v, float | np.floating):
-        return "–" if math.isnan(v) else f"{v:.4f}"
+        return "–" if math.isnan(v) else f"{v:.{digits}f}"
     return str(v)
 
 
 def md_table(df: pd.DataFrame, cols: list[str]) -> str:
     cols = [c for c in cols if c in df.columns]
     head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
-    body = "".join("| " + " | ".join(_fmt(r[c]) for c in cols) + " |\n"
-                   for _, r in df[cols].iterrows())
+    body = "".join(
+        "| " + " | ".join(_fmt(r[c], 2 if c.endswith("seconds") else 4) for c in cols) + " |\n"
+        for _, r in df[cols].iterrows())
     return head + body
 
 
+def _clean(v: Any) -> Any:
+    """JSON-safe: NaN becomes null."""
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_clean(x) for x in v]
+    if isinstance(v, float | np.floating):
+        return None if math.isnan(v) else float(v)
+    return v
+
+
+def _value_text(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def _params_text(p: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.items())
+    return ", ".join(f"{k}={_value_text(v)}" for k, v in p.items())
 
 
 # --------------------------------------------------------------------------- systems
@@ -112,27 +128,43 @@ def peer_rows(split: Split, val: Split | None, truth: dict[int, np.ndarray], k: 
         if peer.needs_order and not ordered:
             say(f"peer {name}: skipped (reads event order; this data has none)")
             continue
-        tune_seconds = 0.0
-        params = dict(peer.defaults)
-        val_ndcg = float("nan")
-        if tune and val is not None:
-            vusers = eval_users(val, min(max_val_users, peer.max_tune_users or max_val_users))
-            say(f"peer {name}: tuning on {len(vusers)} validation users, "
-                f"{len(peer.grid)} grid point(s)")
-            found = search_peer(peer, val, vusers, k=k, on_trial=lambda p, nd, s: say(
-                f"    {_params_text(p)}: validation NDCG@{k} {nd:.4f} ({s:.1f}s)"))
-            params, val_ndcg, tune_seconds = found.params, found.ndcg, found.seconds
-        t0 = time.perf_counter()
-        scores = peer.fit_score(split, users, **params)
-        recs = top_k(scores, users, split, k)
-        seconds = time.perf_counter() - t0
-        m = compute_metrics(recs, users, truth, split.train, k, new_items=split.new_items)
-        say(f"peer {name} ({_params_text(params)}): test NDCG@{k} {m['ndcg']:.4f}, "
-            f"fit+score {seconds:.1f}s")
-        rows.append({"system": name, "kind": "peer", "params": _params_text(params),
-                     "validation_ndcg": val_ndcg, "tune_seconds": tune_seconds,
-                     "fit_seconds": seconds, **m})
+        try:
+            row = _one_peer(peer, split, val, truth, users, k, tune, max_val_users)
+        except Exception as e:  # a peer library too old or broken must not stop the run
+            say(f"peer {name}: failed, left out ({type(e).__name__}: {e})")
+            SKIPPED.append(f"{name}: {type(e).__name__}: {e}")
+            continue
+        rows.append(row)
     return rows
+
+
+#: peers that failed in this run, with the reason (listed on the data set's page)
+SKIPPED: list[str] = []
+
+
+def _one_peer(peer: Peer, split: Split, val: Split | None, truth: dict[int, np.ndarray],
+              users: np.ndarray, k: int, tune: bool, max_val_users: int) -> dict[str, Any]:
+    name = peer.name
+    tune_seconds = 0.0
+    params = dict(peer.defaults)
+    val_ndcg = float("nan")
+    if tune and val is not None:
+        vusers = eval_users(val, min(max_val_users, peer.max_tune_users or max_val_users))
+        say(f"peer {name}: tuning on {len(vusers)} validation users, "
+            f"{len(peer.grid)} grid point(s)")
+        found = search_peer(peer, val, vusers, k=k, on_trial=lambda p, nd, s: say(
+            f"    {_params_text(p)}: validation NDCG@{k} {nd:.4f} ({s:.1f}s)"))
+        params, val_ndcg, tune_seconds = found.params, found.ndcg, found.seconds
+    t0 = time.perf_counter()
+    scores = peer.fit_score(split, users, **params)
+    recs = top_k(scores, users, split, k)
+    seconds = time.perf_counter() - t0
+    m = compute_metrics(recs, users, truth, split.train, k, new_items=split.new_items)
+    say(f"peer {name} ({_params_text(params)}): test NDCG@{k} {m['ndcg']:.4f}, "
+        f"fit+score {seconds:.1f}s")
+    return {"system": name, "kind": "peer", "params": _params_text(params),
+            "validation_ndcg": val_ndcg, "tune_seconds": tune_seconds, "fit_seconds": seconds,
+            **m}
 
 
 def serendip_rows(rec: Recommender, split: Split, k: int, label: str,
@@ -196,11 +228,12 @@ def headline_split(data: Dataset) -> tuple[str, Split, Split]:
         split = time_split(data, cut=0.8)
         return "time", split, validation_split(split.train, "time", cut=0.8)
     split = random_split(data, test_ratio=0.2, seed=42)
-    return "random", split, validation_split(split.train, "random", test_ratio=0.2, seed=7)
+    return "random", split, validation_split(split.train, "random")
 
 
 def bench_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
     k = args.k
+    SKIPPED.clear()
     say(f"== {name}: loading and encoding")
     data, encode_seconds = encode(load_dataset(name))
     ordered = bool(data.time_quality.ordered)
@@ -281,7 +314,8 @@ def bench_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
     checks = dataset_targets(df, name, protocol, timing)
     return {"name": name, "data": data, "split": split, "protocol": protocol, "df": df,
             "best_peer": best_peer, "timing": timing, "checks": checks,
-            "tune_note": tune_note, "tune_choices": tune_choices, "n_test_users": int(len(users)),
+            "tune_note": tune_note, "tune_choices": tune_choices,
+            "skipped": list(SKIPPED), "n_test_users": int(len(users)),
             "n_val_users": int(len(truth_of(val))), "n_new": n_new}
 
 
@@ -330,6 +364,34 @@ def dataset_targets(df: pd.DataFrame, name: str, protocol: str,
     return checks
 
 
+def peer_notes(names: list[str], ordered: bool) -> list[str]:
+    """One line per peer: what it is and the grid it was tuned over."""
+    lines = []
+    for name in names:
+        peer = PEERS[name]
+        grid = "; ".join(f"{key} ∈ {{{', '.join(_value_text(v) for v in vals)}}}"
+                         for key, vals in peer.axes.items())
+        if peer.needs_order and not ordered:
+            lines.append(f"- `{name}`: {peer.about}; not run (this data has no order).")
+            continue
+        extra = ""
+        if peer.search is not None:
+            o = peer.options
+            extra = (f"; epochs chosen by early stopping on validation NDCG@10 (at most "
+                     f"{o.get('max_epochs')}, patience {o.get('patience')}, "
+                     f"{o.get('budget_seconds', 0):.0f}s budget for the validation run), input "
+                     "= the last events of each history, one torch thread")
+        lines.append(f"- `{name}`: {peer.about}; grid {grid}{extra}.")
+    lines.append(
+        "Numeric axes are extended one step past their end when the best setting sits on it "
+        "(up to twice), so a grid edge is not taken for an optimum. Every peer trains on the "
+        "binary (user, item) pairs of the training part; each ranks over the same items. "
+        "RecBole 1.2.1's SASRec is not among them: it does not run with NumPy 2 "
+        "(`np.float_`, and its `ray` 2.6 dependency's `np.bool8`) nor load its checkpoints "
+        "with torch ≥ 2.6.")
+    return lines
+
+
 def check_lines(checks: list[Check]) -> list[str]:
     lines = []
     for label, value, target, op in checks:
@@ -367,8 +429,11 @@ def legacy_protocol(data: Dataset, protocol: str, k: int, peer_names: list[str],
         timing[f"{deep_name}_fit_seconds"] = time.perf_counter() - t0
         rows += serendip_rows(deep, split, k, "", {f"{deep_name}-only": Preset(
             name=deep_name, blend={deep_name: 1.0})}, {})[0]
-    # cold items: peers cannot score never-trained items, so there is nothing to tune
+    # cold items: no peer can score a never-trained item (their lists are random among the
+    # cold items), so there is nothing to tune, and SASRec's training is not spent on it
     val = None if protocol == "cold-items" else validation_split(split.train, protocol)
+    if val is None:
+        peer_names = [n for n in peer_names if n != "cornac-SASRec"]
     rows += peer_rows(split, val, truth, k, peer_names, True, tune=val is not None,
                       max_val_users=max_val_users)
     df = pd.DataFrame(rows)
@@ -387,7 +452,10 @@ def run_legacy(data: Dataset, args: argparse.Namespace) -> tuple[list[str], list
         say(f"== movielens legacy protocol {protocol}")
         df, timing = legacy_protocol(data, protocol, args.k, args.peers, args.max_val_users)
         res[protocol] = df
-        md += [f"## Per-user protocol: {protocol}", "",
+        how = ("peers untuned: none can score a never-trained item" if protocol == "cold-items"
+               else "peers tuned on a validation split carved from the training part by the "
+               "same protocol")
+        md += [f"## Per-user protocol: {protocol}", "", f"Shipped presets; {how}.", "",
                md_table(df, ["system", "ndcg_vs_best_peer", *LEGACY_COLUMNS, "params"]), "",
                f"fit {timing['fit_seconds']:.1f}s (fitted on their own: two-tower "
                f"{timing['two_tower_fit_seconds']:.1f}s, sequential "
@@ -525,6 +593,9 @@ def write_dataset(res: dict[str, Any], args: argparse.Namespace, enc_speed: dict
     ]
     if res["tune_choices"]:
         md += ["### What serendip tune chose", "", *res["tune_choices"], ""]
+    md += ["### Peers", "", *peer_notes(args.peers, bool(data.time_quality.ordered)), ""]
+    if res["skipped"]:
+        md += ["Peers that failed and are left out: " + "; ".join(res["skipped"]) + ".", ""]
     if legacy is not None:
         md += legacy[0]
     out = ROOT / f"BENCHMARKS-{name}.md"
@@ -545,9 +616,13 @@ def write_dataset(res: dict[str, Any], args: argparse.Namespace, enc_speed: dict
                      "threshold": c[2], "op": c[3]} for c in all_checks],
         "seconds": round(time.perf_counter() - res["t_start"], 1),
     }
-    (RESULTS / f"benchmarks-{name}.json").write_text(json.dumps(summary, indent=2))
+    (RESULTS / f"benchmarks-{name}.json").write_text(json.dumps(_clean(summary), indent=2))
     say(f"wrote {out.relative_to(ROOT)}")
     return out
+
+
+def _num(v: Any) -> float:
+    return math.nan if v is None else float(v)
 
 
 def _met(t: dict[str, Any]) -> bool | None:
@@ -580,7 +655,7 @@ def write_index() -> Path:
             f"({s['best_peer_ndcg']:.4f}) | {ratio(f'serendip {label} accurate')} | "
             f"{ratio(f'serendip {label} balanced')} | "
             f"{ratio('serendip untuned accurate')} | "
-            f"{sysd.get(f'serendip {label} balanced', {}).get('tail_share', float('nan')):.3f}"
+            f"{_fmt(_num(sysd.get(f'serendip {label} balanced', {}).get('tail_share')), 3)}"
             f" | {met} / {total} |")
     md = [
         "# Benchmarks",
