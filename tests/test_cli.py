@@ -113,16 +113,11 @@ def test_evaluate_writes_report(files, tmp_path, capsys):
 
 
 def test_evaluate_time_protocol_rolling_cuts(tmp_path, capsys):
-    from tests.test_tune import make_chains
+    from tests.test_tune import chain_files
 
-    data = make_chains(n_users=100)
-    inter = data.interactions
-    pd.DataFrame({"user_id": data.user_ids[inter.user], "item_id": data.item_ids[inter.item],
-                  "timestamp": inter.timestamp}).to_csv(tmp_path / "e.csv", index=False)
-    data.items.to_csv(tmp_path / "i.csv", index=False)
+    data, files = chain_files(tmp_path, n_users=100)
     report = tmp_path / "r.html"
-    assert main(["-q", "evaluate", "--interactions", str(tmp_path / "e.csv"), "--items",
-                 str(tmp_path / "i.csv"), "--protocol", "time", "--cut", "0.6,0.8",
+    assert main(["-q", "evaluate", *files, "--protocol", "time", "--cut", "0.6,0.8",
                  "--models", "transition,popularity", "--presets", "accurate",
                  "--csv", str(tmp_path / "r.csv"), "--report", str(report)]) == 0
     res = pd.read_csv(tmp_path / "r.csv")
@@ -139,7 +134,6 @@ def test_evaluate_time_protocol_rolling_cuts(tmp_path, capsys):
     html = report.read_text()
     assert "time@0.6" in html and "mean of 2 cuts" in html
     # a bad cut: one line naming it
-    assert main(["-q", "evaluate", "--interactions", str(tmp_path / "e.csv"), "--items",
-                 str(tmp_path / "i.csv"), "--protocol", "time", "--cut", "soon"]) == 2
+    assert main(["-q", "evaluate", *files, "--protocol", "time", "--cut", "soon"]) == 2
     err = capsys.readouterr().err
     assert "'soon'" in err and len(err.strip().splitlines()) == 1

@@ -44,6 +44,17 @@ def make_chains(n_users: int = 240, seed: int = 0, timed: bool = True) -> Datase
     return Dataset.from_frames(inter, items).with_item_vectors(v / np.linalg.norm(v, axis=1)[:, None])
 
 
+def chain_files(directory, n_users: int) -> tuple[Dataset, list[str]]:
+    """The chain data written as events/items CSV files; returns it and the CLI arguments."""
+    data = make_chains(n_users=n_users)
+    inter = data.interactions
+    pd.DataFrame({"user_id": data.user_ids[inter.user], "item_id": data.item_ids[inter.item],
+                  "timestamp": inter.timestamp}).to_csv(directory / "events.csv", index=False)
+    data.items.to_csv(directory / "items.csv", index=False)
+    return data, ["--interactions", str(directory / "events.csv"),
+                  "--items", str(directory / "items.csv")]
+
+
 @pytest.fixture(scope="module")
 def timed_result():
     return tune(make_chains(), TuneConfig(budget_seconds=300, rerank_trials=2),
@@ -146,12 +157,7 @@ def test_tuned_presets_live_in_the_model_directory(timed_result, tmp_path):
 def test_cli_tune_and_fit_tune(tmp_path, capsys):
     from serendip.cli import main
 
-    data = make_chains(n_users=120)
-    inter = data.interactions
-    pd.DataFrame({"user_id": data.user_ids[inter.user], "item_id": data.item_ids[inter.item],
-                  "timestamp": inter.timestamp}).to_csv(tmp_path / "events.csv", index=False)
-    data.items.to_csv(tmp_path / "items.csv", index=False)
-    files = ["--interactions", str(tmp_path / "events.csv"), "--items", str(tmp_path / "items.csv")]
+    _, files = chain_files(tmp_path, n_users=120)
     assert main(["-q", "tune", *files, "--out", str(tmp_path / "tuned"), "--budget", "8"]) == 0
     out = capsys.readouterr().out
     assert "tuned on a time validation split" in out and "preset accurate" in out
