@@ -353,9 +353,10 @@ def _lenskit_dataset(train: Dataset) -> Any:
 
 def _lenskit_scores(scorer: Any, split: Split, users: np.ndarray) -> np.ndarray:
     from lenskit.data import ItemList, RecQuery
+    from lenskit.training import TrainingOptions
 
     tr = split.train
-    scorer.train(_cached(tr, "lenskit", lambda: _lenskit_dataset(tr)))
+    scorer.train(_cached(tr, "lenskit", lambda: _lenskit_dataset(tr)), TrainingOptions(rng=42))
     all_items = tr.item_ids.astype(str)
     cand = ItemList(item_ids=all_items)
     out = np.full((len(users), tr.n_items), -np.inf, dtype=np.float32)

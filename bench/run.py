@@ -54,9 +54,10 @@ from serendip.data import (  # noqa: E402
 )
 from serendip.data.splits import Split  # noqa: E402
 from serendip.eval.metrics import compute_metrics  # noqa: E402
-from serendip.eval.runner import evaluate_pipeline, truth_of  # noqa: E402
+from serendip.eval.runner import truth_of  # noqa: E402
 from serendip.pipeline import FitConfig, Preset, Recommender  # noqa: E402
 from serendip.text import Encoder, EncoderConfig  # noqa: E402
+from serendip.types import Query  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -140,6 +141,8 @@ def peer_rows(split: Split, val: Split | None, truth: dict[int, np.ndarray], k: 
 
 #: peers that failed in this run, with the reason (listed on the data set's page)
 SKIPPED: list[str] = []
+#: every system's lists on the current data set's test split (for the intervals)
+RECS: dict[str, np.ndarray] = {}
 
 
 def _one_peer(peer: Peer, split: Split, val: Split | None, truth: dict[int, np.ndarray],
@@ -148,6 +151,7 @@ def _one_peer(peer: Peer, split: Split, val: Split | None, truth: dict[int, np.n
     tune_seconds = 0.0
     params = dict(peer.defaults)
     val_ndcg = float("nan")
+    note = ""
     if tune and val is not None:
         vusers = eval_users(val, min(max_val_users, peer.max_tune_users or max_val_users))
         say(f"peer {name}: tuning on {len(vusers)} validation users, "
@@ -155,16 +159,64 @@ def _one_peer(peer: Peer, split: Split, val: Split | None, truth: dict[int, np.n
         found = search_peer(peer, val, vusers, k=k, on_trial=lambda p, nd, s: say(
             f"    {_params_text(p)}: validation NDCG@{k} {nd:.4f} ({s:.1f}s)"))
         params, val_ndcg, tune_seconds = found.params, found.ndcg, found.seconds
+        limit = peer.options.get("max_epochs")
+        if (peer.search is not None and limit and found.trials
+                and params is found.trials[-1][0] and len(found.trials) < limit):
+            note = " (still improving when the validation budget ran out)"
     t0 = time.perf_counter()
     scores = peer.fit_score(split, users, **params)
     recs = top_k(scores, users, split, k)
     seconds = time.perf_counter() - t0
     m = compute_metrics(recs, users, truth, split.train, k, new_items=split.new_items)
+    RECS[name] = recs
     say(f"peer {name} ({_params_text(params)}): test NDCG@{k} {m['ndcg']:.4f}, "
         f"fit+score {seconds:.1f}s")
-    return {"system": name, "kind": "peer", "params": _params_text(params),
+    return {"system": name, "kind": "peer", "params": _params_text(params) + note,
             "validation_ndcg": val_ndcg, "tune_seconds": tune_seconds, "fit_seconds": seconds,
             **m}
+
+
+def evaluate(pipe: Any, split: Split, k: int, truth: dict[int, np.ndarray]
+             ) -> tuple[dict[str, float], np.ndarray]:
+    """``serendip.eval.runner.evaluate_pipeline``, keeping the lists (for the intervals)."""
+    users = np.fromiter(truth.keys(), dtype=np.int64)
+    queries = [Query(int(u), pipe.rec.data.history(int(u))) for u in users]
+    t0 = time.perf_counter()
+    lists = pipe.recommend_many(queries, k, None, candidates=split.cold_items)
+    seconds = time.perf_counter() - t0
+    recs = np.full((len(users), k), -1, dtype=np.int64)
+    for r, lst in enumerate(lists):
+        recs[r, : len(lst)] = lst.items
+    m = compute_metrics(recs, users, truth, split.train, k, new_items=split.new_items)
+    m["recommend_seconds"] = seconds
+    return m, recs
+
+
+def per_user_ndcg(recs: np.ndarray, users: np.ndarray, truth: dict[int, np.ndarray],
+                  k: int) -> np.ndarray:
+    """NDCG@k of each list (the per-user values ``compute_metrics`` averages)."""
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    out = np.zeros(len(users))
+    for r, u in enumerate(users):
+        rel = truth[int(u)]
+        top = recs[r, :k]
+        hits = np.isin(top, rel) & (top >= 0)
+        out[r] = float((hits * disc[: top.size]).sum()) / float(disc[: min(k, len(rel))].sum())
+    return out
+
+
+def ratio_interval(a: np.ndarray, b: np.ndarray, draws: int = 1000, seed: int = 0
+                   ) -> tuple[float, float]:
+    """95% paired-bootstrap interval (over users) of mean(a) / mean(b)."""
+    rng = np.random.default_rng(seed)
+    n = len(a)
+    ratios = []
+    for s in range(0, draws, 200):
+        idx = rng.integers(0, n, size=(min(200, draws - s), n))
+        den = b[idx].mean(axis=1)
+        ratios.append(np.where(den > 0, a[idx].mean(axis=1) / np.maximum(den, 1e-300), np.nan))
+    lo, hi = np.nanpercentile(np.concatenate(ratios), [2.5, 97.5])
+    return float(lo), float(hi)
 
 
 def serendip_rows(rec: Recommender, split: Split, k: int, label: str,
@@ -173,9 +225,10 @@ def serendip_rows(rec: Recommender, split: Split, k: int, label: str,
     rows, seconds = [], {}
     truth = truth_of(split)
     for name, preset in presets.items():
-        m = evaluate_pipeline(rec.pipeline(preset), split, k, None, truth)
+        m, recs = evaluate(rec.pipeline(preset), split, k, truth)
         seconds[name] = m["recommend_seconds"]
         system = " ".join(x for x in ("serendip", label, name) if x)
+        RECS[system] = recs
         say(f"{system}: NDCG@{k} {m['ndcg']:.4f}, tail share {m['tail_share']:.3f}, "
             f"recommend {m['recommend_seconds']:.2f}s")
         rows.append({"system": system,
@@ -234,6 +287,7 @@ def headline_split(data: Dataset) -> tuple[str, Split, Split]:
 def bench_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
     k = args.k
     SKIPPED.clear()
+    RECS.clear()
     say(f"== {name}: loading and encoding")
     data, encode_seconds = encode(load_dataset(name))
     ordered = bool(data.time_quality.ordered)
@@ -311,6 +365,14 @@ def bench_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
     best_peer = str(peers.loc[peers.ndcg.idxmax(), "system"]) if len(peers) else ""
     ref = float(peers.ndcg.max()) if len(peers) else float("nan")
     df["ndcg_vs_best_peer"] = df["ndcg"] / ref if ref > 0 else float("nan")
+    if best_peer and best_peer in RECS:
+        base = per_user_ndcg(RECS[best_peer], users, truth, k)
+        cis = {}
+        for system in df.system:
+            if system in RECS and system != best_peer:
+                lo, hi = ratio_interval(per_user_ndcg(RECS[system], users, truth, k), base)
+                cis[system] = f"{lo:.3f}–{hi:.3f}"
+        df["ratio_95ci"] = df.system.map(cis).fillna("–")
     checks = dataset_targets(df, name, protocol, timing)
     return {"name": name, "data": data, "split": split, "protocol": protocol, "df": df,
             "best_peer": best_peer, "timing": timing, "checks": checks,
@@ -361,6 +423,11 @@ def dataset_targets(df: pd.DataFrame, name: str, protocol: str,
     t_bal = timing.get(f"recommend_seconds_{label}_balanced", float("nan"))
     checks.append((f"{label} batch recommend time: balanced ≤ 2 × accurate", t_bal / t_acc,
                    2.0, "<="))
+    if name == "movielens":
+        checks.append(("fit on ML-100K (default fit, encoding cached), seconds < 30",
+                       timing["fit_seconds"], 30.0, "<="))
+        checks.append((f"recommend for all test users ({label} balanced), seconds < 10", t_bal,
+                       10.0, "<="))
     return checks
 
 
@@ -382,6 +449,7 @@ def peer_notes(names: list[str], ordered: bool) -> list[str]:
                      f"{o.get('budget_seconds', 0):.0f}s budget for the validation run), input "
                      "= the last events of each history, one torch thread")
         lines.append(f"- `{name}`: {peer.about}; grid {grid}{extra}.")
+    lines.append("")
     lines.append(
         "Numeric axes are extended one step past their end when the best setting sits on it "
         "(up to twice), so a grid edge is not taken for an optimum. Every peer trains on the "
@@ -571,8 +639,10 @@ def write_dataset(res: dict[str, Any], args: argparse.Namespace, enc_speed: dict
     md += [
         f"## {protocol} protocol",
         "",
-        md_table(df, ["system", "ndcg_vs_best_peer", *COLUMNS]),
+        md_table(df, ["system", "ndcg_vs_best_peer", "ratio_95ci", *COLUMNS]),
         "",
+        "`ratio_95ci`: 95% paired-bootstrap interval (1,000 resamples of the test users) of "
+        "the NDCG@10 ratio to the best tuned peer.",
         "`max_list_share_tail`: the largest share of lists one tail item appears in. "
         "`new_item_share`: share of list slots holding items first seen after the cut; "
         "`recall_new`: recall@10 on those items (users with one in test).",
