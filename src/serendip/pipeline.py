@@ -33,6 +33,7 @@ from serendip.models import SCORERS, BatchScorer, Hybrid
 from serendip.models.retrieval import LazyRetriever, RetrievalConfig, Retriever
 from serendip.rerank import RERANKERS
 from serendip.text import Encoder, EncoderConfig
+from serendip.text.templates import natural_title
 from serendip.types import ItemList, Query
 
 __all__ = [
@@ -304,6 +305,29 @@ class Recommender:
         self.tuning = tuning
         self.use_retrieval(make_config(RetrievalConfig, config.retrieval, "retrieval"))
 
+    def trending(self) -> np.ndarray:
+        """What a person with no history is shown first: ``log(1 + recent popularity)``.
+
+        With real time, each interaction counts ``0.5 ** (age / half_life)`` with the age
+        measured from the latest event and the half-life a tenth of the data's time span
+        (items popular lately rank first); without time, every interaction counts 1.
+        Computed once per model.
+        """
+        got = getattr(self, "_trending", None)
+        if got is None:
+            inter = self.data.interactions
+            weights = np.ones(len(inter))
+            if self.data.has_time and len(inter):
+                t = inter["timestamp"].to_numpy(np.float64)
+                span = float(t.max() - t.min())
+                if span > 0:
+                    weights = 0.5 ** ((t.max() - t) / (0.1 * span))
+            counts = np.bincount(inter["item"].to_numpy(np.int64), weights=weights,
+                                 minlength=self.data.n_items)
+            got = np.log1p(counts * (len(inter) / max(float(weights.sum()), 1e-12)))
+            self._trending = got
+        return got
+
     def negative_items(self, user: int | None) -> np.ndarray:
         """Items the user gave negative feedback on (empty for unknown users)."""
         if user is None or self._negative_rows.nnz == 0 or user >= self._negative_rows.shape[0]:
@@ -459,6 +483,41 @@ def _top_allowed(row: np.ndarray, q: Query, allowed: np.ndarray | None, n: int) 
     return lst.take(np.flatnonzero(np.isfinite(row))).top(n)
 
 
+#: A second history item is named in "because you liked A and B" when its cosine to the pick
+#: is at least this share of the first one's.
+BOTH_NAMED = 0.95
+#: A list for a person without history takes items from this many of the top trending ones
+#: (at most a fifth of the catalog): variety (maximal marginal relevance on the item vectors)
+#: or the preset's rerankers choose among them, so discovery never means the rarest items for
+#: someone the model knows nothing about.
+COLD_POOL = 50
+COLD_VARIETY = 0.3
+
+
+def _vary(data: Dataset, lst: ItemList, k: int) -> ItemList:
+    """A varied list from trending candidates: greedy maximal marginal relevance with
+    ``(1 - COLD_VARIETY) * rank score - COLD_VARIETY * max cosine to the items already picked``,
+    so a new person sees popular items that are not all alike."""
+    v = data.item_vectors
+    n = min(len(lst), COLD_POOL)
+    if v is None or n <= 1:
+        return lst
+    pool = lst.take(np.arange(n))
+    vec = np.asarray(v[pool.items], dtype=np.float64)
+    vec /= np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12)
+    rank = 1.0 - np.arange(n) / n  # 1 for the most trending, falling linearly
+    picked: list[int] = []
+    max_sim = np.full(n, -np.inf)
+    for _ in range(min(k, n)):
+        value = (1 - COLD_VARIETY) * rank - COLD_VARIETY * np.where(np.isfinite(max_sim),
+                                                                    max_sim, 0.0)
+        value[picked] = -np.inf
+        j = int(np.argmax(value))
+        picked.append(j)
+        max_sim = np.maximum(max_sim, vec @ vec[j])
+    return pool.take(np.asarray(picked, dtype=np.int64))
+
+
 def adapt_shipped_preset(preset: Preset, trained: Mapping[str, Any]) -> Preset:
     """Move the weight of blend members the model lacks (``trained``: the model's members
     by name) onto their ``SUBSTITUTES``; order-reading members without one are dropped.
@@ -561,7 +620,11 @@ class Pipeline:
         if retriever is not None:  # large catalog: retrieve candidates, score them exactly
             for q0 in queries:
                 q = Query(q0.user, q0.history, q0.text, discovery=d)
-                lst = self.hybrid.retrieve(q, retriever, n_cand, self._allowed_for(q, allowed))
+                if len(q.history) == 0:
+                    lst = _top_allowed(self.rec.trending(), q, self._allowed_for(q, allowed),
+                                       n_cand)
+                else:
+                    lst = self.hybrid.retrieve(q, retriever, n_cand, self._allowed_for(q, allowed))
                 out.append(self._finish(q, lst, k, eps, n_rank))
             return out
         for start in range(0, len(queries), batch_size):
@@ -569,10 +632,23 @@ class Pipeline:
                 Query(q.user, q.history, q.text, discovery=d)
                 for q in queries[start : start + batch_size]
             ]
-            scores = self.hybrid.score_many(batch)
+            scores = self._score_many(batch)
             for row, q in zip(scores, batch, strict=True):
                 top = _top_allowed(row, q, self._allowed_for(q, allowed), n_cand)
                 out.append(self._finish(q, top, k, eps, n_rank))
+        return out
+
+    def _score_many(self, queries: Sequence[Query]) -> np.ndarray:
+        """The blend's scores; a query without history (a new or anonymous person, about whom
+        nothing is known) gets the trending scores instead (``Recommender.trending``)."""
+        cold = [n for n, q in enumerate(queries) if len(q.history) == 0]
+        if not cold:
+            return self.hybrid.score_many(queries)
+        warm = [n for n in range(len(queries)) if n not in set(cold)]
+        out = np.empty((len(queries), self.rec.data.n_items), dtype=np.float64)
+        if warm:
+            out[warm] = self.hybrid.score_many([queries[n] for n in warm])
+        out[cold] = self.rec.trending()
         return out
 
     def _allowed_for(self, q: Query, allowed: np.ndarray | None) -> np.ndarray | None:
@@ -611,10 +687,10 @@ class Pipeline:
         n_cand = max(n_cand, k + self.explorer.config.pool)  # for the exploration pool below
         retriever = self.rec.retriever()
         allowed = self._allowed_for(q, allowed)
-        if retriever is not None:
+        if retriever is not None and len(q.history):
             cands = self.hybrid.retrieve(q, retriever, n_cand, allowed)
         else:
-            cands = _top_allowed(self.hybrid.score_many([q])[0], q, allowed, n_cand)
+            cands = _top_allowed(self._score_many([q])[0], q, allowed, n_cand)
         if self.bandit is not None:  # Monte Carlo over the bandit's posterior
             return self.bandit.slot_distribution(q, cands.take(np.arange(min(n_rank, len(cands)))), k)
         lst = cands.take(np.arange(min(n_rank, len(cands))))
@@ -630,10 +706,14 @@ class Pipeline:
 
         A bandit preset lets the bandit pick the k items instead (with their propensities).
         """
+        if len(q.history) == 0:  # nothing known: discovery chooses among the trending items
+            n_rank = max(k, min(n_rank, COLD_POOL, self.rec.data.n_items // 5))
         ranked_pool = candidates.take(np.arange(min(n_rank, len(candidates))))
         if self.bandit is not None:
             return self._explain(q, self.bandit(q, ranked_pool, k))
         lst = ranked_pool
+        if len(q.history) == 0 and not self.rerankers:
+            lst = _vary(self.rec.data, lst, k)
         for rr in self.rerankers:
             lst = rr(q, lst, k)
         lst = self._explain(q, lst.take(np.arange(min(k, len(lst)))))
@@ -642,17 +722,30 @@ class Pipeline:
         return lst
 
     def _explain(self, q: Query, lst: ItemList) -> ItemList:
-        """Prepend a data-grounded reason: the history item that most supports each pick."""
-        if len(q.history) == 0 or len(lst) == 0:
+        """Prepend a data-grounded reason to each pick.
+
+        With a history: the one or two history items most like the pick (encoder cosine;
+        the second is named only when it is nearly as close as the first).  Without one:
+        that the item is popular (lately, when the data has time): nothing about a person's
+        taste is claimed for someone the model knows nothing about.
+        """
+        if len(lst) == 0:
             return lst
         data = self.rec.data
+        if len(q.history) == 0:
+            first = "popular right now" if data.has_time else "popular with many people"
+            return lst.with_reasons([[first, *r] for r in lst.reason_lists()])
         v = data.item_vectors
         assert v is not None
-        recent = q.history[-50:]
-        sims = v[lst.items] @ v[recent].T
-        best = recent[np.argmax(sims, axis=1)]
-        reasons = [
-            [f"because you liked {data.item_title(int(b))}", *r]
-            for b, r in zip(best, lst.reason_lists(), strict=True)
-        ]
+        recent = np.unique(q.history[-50:])
+        sims = np.asarray(v[lst.items] @ v[recent].T, dtype=np.float64)
+        reasons = []
+        for row, item, r in zip(sims, lst.items.tolist(), lst.reason_lists(), strict=True):
+            row = np.where(recent == item, -np.inf, row)
+            order = np.argsort(-row, kind="stable")
+            names = [natural_title(data.item_title(int(recent[order[0]])))]
+            if (len(order) > 1 and np.isfinite(row[order[1]])
+                    and row[order[1]] >= BOTH_NAMED * row[order[0]] > 0):
+                names.append(natural_title(data.item_title(int(recent[order[1]]))))
+            reasons.append([f"because you liked {' and '.join(names)}", *r])
         return lst.with_reasons(reasons)

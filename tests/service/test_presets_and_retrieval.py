@@ -139,7 +139,8 @@ def test_search_on_the_retrieval_path(retrieving):
     assert len(out["items"]) == 5 and len(out["session_items"]) == 3
     titles = [x["title"] for x in out["items"]]
     assert sum("funny space cartoon" in t for t in titles) >= 3  # the request wins over taste
-    assert all(x["reasons"][0].startswith("matches your request") for x in out["items"])
+    assert all(x["reasons"][0].endswith("matches \u201cfunny space cartoon\u201d")
+               for x in out["items"])
     hist = {h["item_id"] for h in retrieving.history_rows("u30", 500)}
     assert not hist & {x["item_id"] for x in out["items"]}
 
@@ -166,16 +167,17 @@ def test_new_catalog_items_reach_lists_through_an_automatic_refresh(
         assert e.state.index("new1") is None  # not in the model yet
         assert wait_for(lambda: e.version > version and not e.retraining)
         assert e.state.index("new1") is not None
-        jobs = [j for j in e._jobs.values() if j.kind == "refresh"]
+        jobs = [j for j in e.lifecycle._jobs.values() if j.kind == "refresh"]
         assert jobs and jobs[-1].status == "succeeded" and "1 new item" in (jobs[-1].reason or "")
         assert e.refresh_reason() is None  # nothing left to do
         sim = e.similar("new1", 3)["items"]
         assert len(sim) == 3
         # closed, then started again: the refresher runs again
         e.close()
-        assert wait_for(lambda: e._refresher is not None and not e._refresher.is_alive())
+        loops = e.lifecycle._threads
+        assert wait_for(lambda: not loops["serendip-refresh"].is_alive())
         e.start()
-        assert e._refresher is not None and e._refresher.is_alive()
+        assert loops["serendip-refresh"].is_alive()
     finally:
         e.close()
 
@@ -189,11 +191,11 @@ def test_refresh_interval_must_be_a_non_negative_number(capsys):
 
 def test_refresh_past_the_large_catalog_size_drops_the_dense_models(engine, monkeypatch):
     import serendip.pipeline
-    import serendip.service.engine
+    import serendip.service.lifecycle
 
     assert "ease" in engine.fit_config().models  # the model's own config, 24 items
     monkeypatch.setattr(serendip.pipeline, "LARGE_CATALOG", 20)
-    monkeypatch.setattr(serendip.service.engine, "LARGE_CATALOG", 20)
+    monkeypatch.setattr(serendip.service.lifecycle, "LARGE_CATALOG", 20)
     engine.config.fit_config = None
     models = engine.fit_config().models
     assert not {"ease", "ease_recent", "knn"} & set(models) and "als" in models

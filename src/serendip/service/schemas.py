@@ -8,7 +8,7 @@ misspelt field is an error naming it rather than a silently ignored value.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -186,6 +186,7 @@ class RecItem(_Out):
         1.0, ge=0, le=1,
         description="probability that this item was shown in this slot (1 without exploration)",
     )
+    fields: dict[str, str] = Field(default_factory=dict, description="the item's own catalog fields")
 
 
 class Recommendations(_Out):
@@ -203,6 +204,9 @@ class Recommendations(_Out):
 class SearchResults(Recommendations):
     query: str
     session_items: list[str]
+    match: Literal["good", "weak", "none"] = "good"
+    note: str | None = None
+    understood: dict[str, Any] = Field(default_factory=dict)
 
 
 class SimilarItem(_Out):
@@ -210,6 +214,7 @@ class SimilarItem(_Out):
     title: str
     score: float
     reasons: list[str]
+    fields: dict[str, str] = Field(default_factory=dict, description="the item's own catalog fields")
 
 
 class Similar(_Out):
@@ -224,8 +229,10 @@ class Because(_Out):
 
 
 class Popularity(_Out):
-    users: int
-    percentile: float
+    users: int = Field(description="people in the training data who chose the item")
+    of_people: int = Field(0, description="people in the training data")
+    percentile: float = Field(description="share (%) of items at most as popular")
+    more_popular_than_share: float = Field(0.0, description="share (%) of items less popular")
 
 
 class Explanation(_Out):

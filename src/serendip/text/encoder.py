@@ -194,6 +194,17 @@ class Encoder:
         self._model = model
         return model
 
+    def vocabulary(self) -> frozenset[str]:
+        """Whole words the encoder's tokenizer knows (word pieces left out): a dictionary for
+        telling a request with real words from one like "xqzv" (cached)."""
+        got = getattr(self, "_vocabulary", None)
+        if got is None:
+            tok = getattr(self._load(), "tokenizer", None)
+            vocab = tok.get_vocab() if tok is not None and hasattr(tok, "get_vocab") else {}
+            got = frozenset(w for w in vocab if w.isalpha() and len(w) > 1)
+            self._vocabulary = got
+        return got
+
     def _forward(self, texts: list[str]) -> np.ndarray:
         """One batch through the model: raw (unnormalised) float32 sentence embeddings."""
         import torch

@@ -7,6 +7,7 @@ text summarises their history in words, so users and items live in one embedding
 from __future__ import annotations
 
 import math
+import re
 import string
 from collections import Counter
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ import numpy as np
 from serendip.data.dataset import Dataset
 from serendip.errors import ConfigError, DataError
 
-__all__ = ["item_texts", "user_text", "request_text", "MAX_REQUEST_CHARS"]
+__all__ = ["item_texts", "user_text", "request_text", "natural_title", "MAX_REQUEST_CHARS"]
 
 #: Longest natural-language request accepted (characters, after trimming).
 MAX_REQUEST_CHARS = 2000
@@ -173,3 +174,21 @@ def request_text(text: str, max_chars: int = MAX_REQUEST_CHARS) -> str:
             f"a request may have at most {max_chars} characters, got {len(clean)}; shorten it"
         )
     return clean
+
+
+_ARTICLE = re.compile(r"^(?P<body>.+?),\s*(?P<art>The|A|An|Les|La|Le|L'|Il|Das|Der|Die|El)"
+                      r"(?P<rest>\s*\(.*\))?$")
+
+
+def natural_title(title: str) -> str:
+    """A catalog title as a person writes it: "Close Shave, A (1995)" -> "A Close Shave (1995)".
+
+    Library catalogs move a leading article to the end; anything else is returned unchanged,
+    and the function is idempotent.
+    """
+    m = _ARTICLE.match(title.strip())
+    if m is None:
+        return title
+    art = m.group("art")
+    sep = "" if art.endswith("'") else " "
+    return f"{art}{sep}{m.group('body').strip()}{m.group('rest') or ''}"

@@ -1,0 +1,56 @@
+"""``EngineConfig``: where the engine keeps its model, how it seeds, fits and serves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from serendip.pipeline import PRESETS, FitConfig, Preset, load_preset
+
+__all__ = ["EngineConfig"]
+
+
+@dataclass
+class EngineConfig:
+    """Where the engine keeps its model and how it seeds, fits and serves."""
+
+    data_dir: Path
+    fit_config: FitConfig | None = None  # None: the loaded model's config, else the default
+    seed_interactions: str | None = None  # seed an empty store from these files ...
+    seed_items: str | None = None  # ... instead of MovieLens-100K
+    #: seed events on items missing from the seed catalog: "error" (nothing is loaded) or
+    #: "drop" (dropped, with a warning giving the count)
+    unknown_items: str = "error"
+    history_limit: int = 500  # most recent events read per request
+    similar_semantic_weight: float = 0.5  # semantic share of the similar-items blend
+    search_user_weight: float = 0.5  # weight of the hybrid (taste) z-scores in search
+    warm_encoder: bool = False  # load the encoder in the background once a model is ready
+    #: presets beside (or replacing, by name) the shipped ones, e.g. from ``serve --preset``
+    presets: tuple[Preset, ...] = ()
+    default_preset: str = "balanced"  # used by search and when a request names none
+    #: seconds between checks for catalog or event growth that calls for a retrain (None: off)
+    refresh_interval: float | None = None
+    #: retrain when the store holds items the model lacks, or this many more events (as a
+    #: share of the events at the last fit)
+    refresh_events: float = 0.1
+    #: seconds between checks of the store's catalog version: a deletion made through another
+    #: instance on the same store stops being served within about this long (None: off)
+    catalog_poll: float | None = 1.0
+    #: impressions (with the search text logged with them) older than this many seconds are
+    #: deleted by a maintenance pass every ``retention_check`` seconds (None: kept)
+    retention: float | None = None
+    retention_check: float = 3600.0
+    #: when set, user ids are stored and modelled as keyed hashes of the given ids
+    #: (HMAC-SHA256 with this key, which is never written to the store)
+    user_id_key: bytes | None = None
+    bandit_window: float = 86_400.0  # seconds in which a reward event credits a bandit's slot
+    bandit_memory: int = 200_000  # shown (user, item) slots remembered for crediting
+
+    def all_presets(self) -> dict[str, Preset]:
+        out = {name: load_preset(name) for name in PRESETS}
+        out.update({p.name: p for p in self.presets})
+        return out
+
+    @property
+    def model_dir(self) -> Path:
+        return Path(self.data_dir) / "model"
