@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -52,8 +53,9 @@ def test_head_mask_is_the_most_popular_share() -> None:
 def test_genre_shares_weight_each_genre_by_one_over_count() -> None:
     data = make_blocks()
     m, names = genre_shares(data)
+    assert sp.issparse(m) and m.nnz == data.n_items
     assert list(names) == ["A", "B"]
-    np.testing.assert_array_equal(m.sum(axis=1), np.ones(data.n_items))
+    np.testing.assert_array_equal(np.asarray(m.sum(axis=1)).ravel(), np.ones(data.n_items))
     assert m[0, 0] == 1.0 and m[-1, 1] == 1.0
 
 

@@ -43,7 +43,7 @@ def test_moves_genre_mix_toward_history() -> None:
     data = make_blocks()
     r = Calibration(strength=1.0)
     r.train(data)
-    genres = r._require_trained()["genres"]
+    genres = r._rows("genres").toarray()
     hist = mixed_history()
     cand = a_first().exclude(hist)
     plain = r(Query(0, hist, discovery=0.0), cand, 6)
@@ -59,7 +59,7 @@ def test_each_step_is_the_greedy_argmax() -> None:
     data = make_blocks()
     r = Calibration(strength=0.7)
     r.train(data)
-    genres = r._require_trained()["genres"].astype(np.float64)
+    genres = r._rows("genres").toarray()
     hist = mixed_history()
     rng = np.random.default_rng(5)
     cand = ItemList(rng.permutation(20), rng.normal(size=20)).exclude(hist)
@@ -108,3 +108,37 @@ def test_calibration_state_on_a_column_subset_matches_the_full_one():
         sub.add(j, kl)
         m = full.missing_genre(5)
         assert (m is None and sub.missing_genre(5) is None) or cols[sub.missing_genre(5)] == m
+
+
+def test_calibration_state_matches_the_kl_formula_for_any_row_mass():
+    """Sparse rows, unequal row masses (several normalisers at once): every extension's KL
+    is KL(p || (1 - alpha) (mass + x_c) / (total + m_c) + alpha p), computed densely here."""
+    import scipy.sparse as sp
+
+    from serendip.rerank.calibration import CalibrationState
+
+    rng = np.random.default_rng(3)
+    x = rng.random((25, 9)) * (rng.random((25, 9)) < 0.35)
+    mass = x.sum(axis=1) + rng.random(25) * (rng.random(25) < 0.5)  # genres outside p too
+    p = np.array([0.3, 0.0, 0.1, 0.2, 0.0, 0.25, 0.15, 0.0, 0.0])
+    alpha = 0.02
+    cal = CalibrationState(p, sp.csr_matrix(x), alpha, row_mass=mass)
+    picked: list[int] = []
+    for j in (4, 17, 0, 9):
+        m_sum = x[picked].sum(axis=0)
+        total = mass[picked].sum()
+        expect = []
+        for c in range(25):
+            t = total + mass[c]
+            q = (m_sum + x[c]) / (t if t > 0 else 1.0)
+            qt = (1 - alpha) * q + alpha * p
+            on = p > 0
+            expect.append(float((p[on] * np.log(p[on] / qt[on])).sum()))
+        np.testing.assert_allclose(cal.kl_if_added(), expect, rtol=1e-12, atol=1e-14)
+        # the genre of item j most short in the list so far, among those of p
+        q_now = m_sum / total if total > 0 else m_sum
+        deficit = np.where(x[j] > 0, p - q_now, -np.inf)
+        want = int(np.argmax(deficit)) if deficit.max() > 0 else None
+        assert cal.missing_genre(j) == want
+        cal.add(j, float(cal.kl_if_added()[j]))
+        picked.append(j)

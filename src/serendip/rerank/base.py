@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Literal, TypeAlias, overload
 
 import numpy as np
+import scipy.sparse as sp
 from pydantic import Field
 
 from serendip.component import ComponentConfig, Reranker
 from serendip.data.dataset import Dataset
 from serendip.errors import DataError, UnknownIdError
+from serendip.limits import MAX_CATEGORIES_PER_ITEM, MAX_CATEGORIES_TOTAL
 from serendip.types import ItemList, Query
 
 __all__ = [
@@ -27,7 +30,17 @@ __all__ = [
     "minmax",
     "unit_vectors",
     "maybe_unit_vectors",
+    "Rows",
+    "category_matrix",
     "genre_shares",
+    "restrict_columns",
+    "local_columns",
+    "take_rows",
+    "dots_with_row",
+    "row_norms_sq",
+    "csr_state",
+    "rows_state",
+    "names_state",
     "head_mask",
     "relevance_reason",
     "people",
@@ -90,46 +103,197 @@ def relevance_reason(position: int, n: int) -> str:
     return f"a top match for your taste (#{position + 1} of {n} by relevance)"
 
 
-def unit_vectors(data: Dataset, who: str) -> np.ndarray:
+#: Item vectors as rerankers hold them: dense (encoder vectors) or sparse (category rows).
+Rows: TypeAlias = np.ndarray | sp.csr_matrix
+
+
+@overload
+def unit_vectors(data: Dataset, who: str, *, sparse: Literal[False] = ...) -> np.ndarray: ...
+@overload
+def unit_vectors(data: Dataset, who: str, *, sparse: bool) -> Rows: ...
+def unit_vectors(data: Dataset, who: str, *, sparse: bool = False) -> Rows:
     """Row-normalised item vectors (encoder space), falling back to normalised genre rows.
 
     Zero rows stay zero (cosine 0 to everything).  With neither source, raise DataError.
+    ``sparse=True`` returns the genre fallback as a CSR matrix (encoder vectors stay dense).
     """
-    v = maybe_unit_vectors(data, who, required=True)
+    v = maybe_unit_vectors(data, who, required=True, sparse=sparse)
     assert v is not None
     return v
 
 
-def maybe_unit_vectors(data: Dataset, who: str, *, required: bool = False) -> np.ndarray | None:
-    """Like ``unit_vectors`` but returns None when the dataset has neither source."""
+@overload
+def maybe_unit_vectors(data: Dataset, who: str, *, required: bool = ...,
+                       sparse: Literal[False] = ...) -> np.ndarray | None: ...
+@overload
+def maybe_unit_vectors(data: Dataset, who: str, *, required: bool = ...,
+                       sparse: bool) -> Rows | None: ...
+def maybe_unit_vectors(data: Dataset, who: str, *, required: bool = False,
+                       sparse: bool = False) -> Rows | None:
+    """Like ``unit_vectors`` but returns None when the dataset has neither source.
+
+    The genre fallback reads the bounded category matrix (``category_matrix``); dense, it
+    still takes ``n_items x n_categories`` floats, so callers that can should ask for
+    ``sparse=True`` (memory proportional to the (item, category) pairs).
+    """
     if data.item_vectors is not None:
         v = np.asarray(data.item_vectors, dtype=np.float32)
-    elif data.item_categories is not None and data.item_categories.shape[1] > 0:
+        norms = np.linalg.norm(v, axis=1, keepdims=True)
+        return (v / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    cats = category_matrix(data, who)
+    if cats is not None:
         log.info("%s: no item vectors, using genre indicator vectors for similarity", who)
-        v = data.item_categories.toarray().astype(np.float32)
-    elif required:
+        m = cats[0]
+        counts = np.diff(m.indptr)
+        scale = 1.0 / np.sqrt(np.maximum(counts, 1)).astype(np.float32)
+        unit = sp.csr_matrix(
+            (np.repeat(scale, counts).astype(np.float32), m.indices, m.indptr), shape=m.shape
+        )
+        return unit if sparse else unit.toarray()
+    if required:
         raise DataError(
             f"{who} needs item vectors (Dataset.with_item_vectors) or item categories; "
             f"{data!r} has neither"
         )
-    else:
-        return None
-    norms = np.linalg.norm(v, axis=1, keepdims=True)
-    return (v / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    return None
 
 
-def genre_shares(data: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Dense item x genre distribution p(g|i) (each genre 1/|genres|) and the genre names.
+def restrict_columns(m: sp.csr_matrix, cols: np.ndarray) -> sp.csr_matrix:
+    """The entries of ``m`` in the sorted columns ``cols``, renumbered 0..len(cols)-1."""
+    m = sp.csr_matrix(m)
+    cols = np.asarray(cols, dtype=np.int64)
+    pos = np.searchsorted(cols, m.indices)
+    hit = pos < cols.size
+    hit[hit] = cols[pos[hit]] == m.indices[hit]
+    counts = np.bincount(np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))[hit],
+                         minlength=m.shape[0])
+    indptr = np.zeros(m.shape[0] + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return sp.csr_matrix((m.data[hit], pos[hit], indptr), shape=(m.shape[0], cols.size))
 
-    Items without genres get an all-zero row; a dataset without categories gives zero columns.
+
+def local_columns(m: sp.csr_matrix) -> sp.csr_matrix:
+    """The same rows over only the columns they use (renumbered in order), so that work on
+    them is proportional to their entries, not to the width of the matrix they came from."""
+    cols, inv = np.unique(m.indices, return_inverse=True)
+    return sp.csr_matrix((m.data, inv.reshape(-1), m.indptr), shape=(m.shape[0], cols.size))
+
+
+def take_rows(vectors: Rows, items: np.ndarray) -> Rows:
+    """Rows ``items`` of the vectors; sparse rows come in float64 over their own columns."""
+    if sp.issparse(vectors):
+        return local_columns(vectors[items]).astype(np.float64)
+    return vectors[items]
+
+
+def dots_with_row(vecs: Rows, j: int) -> np.ndarray:
+    """``vecs @ vecs[j]``: the dot product of every row with row ``j``."""
+    if sp.issparse(vecs):
+        return np.asarray(vecs @ vecs[j].toarray().ravel()).ravel()
+    return np.asarray(vecs @ vecs[j])
+
+
+def row_norms_sq(vecs: Rows) -> np.ndarray:
+    """The squared norm of every row."""
+    if isinstance(vecs, np.ndarray):
+        return np.einsum("ij,ij->i", vecs, vecs)
+    return np.asarray(vecs.multiply(vecs).sum(axis=1)).ravel()
+
+
+def category_matrix(data: Dataset, who: str) -> tuple[sp.csr_matrix, list[str]] | None:
+    """The item x category 0/1 matrix (CSR) and the category names, within the limits.
+
+    Over ``MAX_CATEGORIES_TOTAL`` categories, only the most frequent are kept (ties: name
+    order); an item over ``MAX_CATEGORIES_PER_ITEM`` keeps its most frequent ones.  Each cut
+    logs a warning.  None when the dataset has no category column or no category.
     """
     cats = data.item_categories
     if cats is None or cats.shape[1] == 0:
-        return np.zeros((data.n_items, 0), np.float32), np.zeros(0, dtype="<U1")
-    m = cats.toarray().astype(np.float32)
-    counts = m.sum(axis=1, keepdims=True)
-    m = m / np.where(counts > 0, counts, 1.0)
-    return m, np.asarray(data.category_names, dtype=np.str_)
+        return None
+    m = sp.csr_matrix(cats, dtype=np.float32, copy=True)
+    m.sum_duplicates()
+    m.eliminate_zeros()
+    m.data[:] = 1.0
+    names = list(data.category_names)
+    if m.shape[1] > MAX_CATEGORIES_TOTAL:
+        freq = np.bincount(m.indices, minlength=m.shape[1])
+        keep = np.sort(np.argsort(-freq, kind="stable")[:MAX_CATEGORIES_TOTAL])
+        log.warning(
+            "%s: the items carry %d distinct categories; keeping the %d most frequent "
+            "(MAX_CATEGORIES_TOTAL), the other %d are ignored",
+            who, m.shape[1], MAX_CATEGORIES_TOTAL, m.shape[1] - MAX_CATEGORIES_TOTAL,
+        )
+        m = restrict_columns(m, keep)
+        names = [names[i] for i in keep]
+    counts = np.diff(m.indptr)
+    if m.shape[0] and counts.max() > MAX_CATEGORIES_PER_ITEM:
+        freq = np.bincount(m.indices, minlength=m.shape[1])
+        row = np.repeat(np.arange(m.shape[0]), counts)
+        order = np.lexsort((m.indices, -freq[m.indices], row))  # by row, most frequent first
+        rank = np.empty(order.size, dtype=np.int64)
+        rank[order] = np.arange(order.size) - m.indptr[row[order]]
+        keep_entry = rank < MAX_CATEGORIES_PER_ITEM
+        log.warning(
+            "%s: %d item(s) carry more than %d categories (up to %d); each keeps its %d most "
+            "frequent (MAX_CATEGORIES_PER_ITEM)",
+            who, int((counts > MAX_CATEGORIES_PER_ITEM).sum()), MAX_CATEGORIES_PER_ITEM,
+            int(counts.max()), MAX_CATEGORIES_PER_ITEM,
+        )
+        indptr = np.zeros(m.shape[0] + 1, dtype=np.int64)
+        np.cumsum(np.minimum(counts, MAX_CATEGORIES_PER_ITEM), out=indptr[1:])
+        m = sp.csr_matrix((m.data[keep_entry], m.indices[keep_entry], indptr), shape=m.shape)
+    m.sort_indices()
+    return m, names
+
+
+def genre_shares(data: Dataset, who: str = "rerank") -> tuple[sp.csr_matrix, list[str]]:
+    """Sparse item x genre distribution p(g|i) (each genre 1/|genres|) and the genre names.
+
+    Items without genres get an empty row; a dataset without categories gives zero columns.
+    The genres are those of ``category_matrix`` (bounded in number, per item and in total).
+    """
+    cats = category_matrix(data, who)
+    if cats is None:
+        return sp.csr_matrix((data.n_items, 0), dtype=np.float64), []
+    m, names = cats
+    counts = np.diff(m.indptr)
+    shares = np.repeat(1.0 / np.maximum(counts, 1), counts)
+    return sp.csr_matrix((shares, m.indices, m.indptr), shape=m.shape), names
+
+
+def csr_state(prefix: str, m: sp.csr_matrix) -> dict[str, np.ndarray]:
+    """A CSR matrix as plain arrays for a component's saved state (see ``state_rows``)."""
+    return {
+        f"{prefix}_data": m.data,
+        f"{prefix}_indices": m.indices.astype(np.int32),
+        f"{prefix}_indptr": m.indptr.astype(np.int64),
+        f"{prefix}_ncols": np.asarray(m.shape[1], dtype=np.int64),
+    }
+
+
+def rows_state(prefix: str, rows: Rows) -> dict[str, np.ndarray]:
+    """Dense rows are saved as they are, sparse ones as ``csr_state``."""
+    return csr_state(prefix, rows) if sp.issparse(rows) else {prefix: rows}
+
+
+def names_state(prefix: str, names: list[str]) -> dict[str, np.ndarray]:
+    """Strings as one UTF-8 byte array plus offsets (a fixed-width string array would take
+    ``len(names) x longest name`` characters)."""
+    encoded = [n.encode("utf-8") for n in names]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    return {f"{prefix}_text": np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(),
+            f"{prefix}_offsets": offsets}
+
+
+def _state_names(state: dict[str, np.ndarray], prefix: str) -> list[str]:
+    if f"{prefix}_offsets" in state:
+        raw = state[f"{prefix}_text"].tobytes()
+        off = state[f"{prefix}_offsets"].tolist()
+        return [raw[a:b].decode("utf-8") for a, b in zip(off[:-1], off[1:], strict=True)]
+    if f"{prefix}_names" in state:  # older state: a fixed-width string array
+        return [str(x) for x in state[f"{prefix}_names"]]
+    return []
 
 
 def head_mask(popularity: np.ndarray, share: float) -> np.ndarray:
@@ -150,6 +314,29 @@ class GreedyReranker(Reranker):
     """
 
     config: RerankConfig
+    _csr: dict[str, sp.csr_matrix]
+    _category_names: list[str]
+
+    def _after_load(self) -> None:
+        """Rebuild the sparse matrices and category names held as plain arrays."""
+        st = self._require_trained()
+        self._csr = {}
+        for key in st:
+            if key.endswith("_indptr"):
+                prefix = key[: -len("_indptr")]
+                indptr = st[key]
+                self._csr[prefix] = sp.csr_matrix(
+                    (st[f"{prefix}_data"], st[f"{prefix}_indices"], indptr),
+                    shape=(indptr.size - 1, int(st[f"{prefix}_ncols"])),
+                )
+        if "genres" in st:  # older state: a dense item x genre matrix
+            self._csr["genres"] = sp.csr_matrix(np.asarray(st["genres"], dtype=np.float64))
+        self._category_names = _state_names(st, "category")
+
+    def _rows(self, name: str) -> Rows:
+        """A trained matrix by name: sparse when saved as ``csr_state``, else dense."""
+        st = self._require_trained()
+        return self._csr[name] if name in self._csr else st[name]
 
     def trade_off(self, query: Query) -> float:
         """``lam = strength * discovery``, the query's discovery overriding the default."""
@@ -234,5 +421,6 @@ class VectorReranker(GreedyReranker):
     """A greedy reranker whose only learned state is the unit item vectors."""
 
     def train(self, data: Dataset) -> None:
-        vectors = unit_vectors(data, self.name)
-        self._set_state(n_items=np.asarray(data.n_items, dtype=np.int64), vectors=vectors)
+        vectors = unit_vectors(data, self.name, sparse=True)
+        self._set_state(n_items=np.asarray(data.n_items, dtype=np.int64),
+                        **rows_state("vectors", vectors))

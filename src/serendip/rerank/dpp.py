@@ -22,7 +22,10 @@ from serendip.rerank.base import (
     RerankConfig,
     Selection,
     VectorReranker,
+    dots_with_row,
     relevance_reason,
+    row_norms_sq,
+    take_rows,
 )
 from serendip.rerank.mmr import variety_reason
 from serendip.types import Query
@@ -94,15 +97,15 @@ class DPP(VectorReranker):
     config: DPPConfig
 
     def select(self, query: Query, cand: Candidates, k: int, lam: float) -> Selection:
-        vecs = self._require_trained()["vectors"][cand.items].astype(np.float64)
+        vecs = take_rows(self._rows("vectors"), cand.items).astype(np.float64)
         n = cand.items.size
         q = np.exp(dpp_alpha(lam) * (cand.rel - 1.0))
-        sq = np.einsum("ij,ij->i", vecs, vecs)
+        sq = row_norms_sq(vecs)
         max_sim = np.full(n, -np.inf)
         cos_rows: dict[int, np.ndarray] = {}
 
         def row(j: int) -> np.ndarray:
-            cos = vecs @ vecs[j]
+            cos = dots_with_row(vecs, j)
             cos_rows[j] = cos
             return q[j] * (1.0 + cos) / 2.0 * q
 
@@ -118,7 +121,7 @@ class DPP(VectorReranker):
                 else variety_reason(float(max_sim[j]))
             )
             avail[j] = False
-            np.maximum(max_sim, cos_rows.get(j, vecs @ vecs[j]), out=max_sim)
+            np.maximum(max_sim, cos_rows.get(j, dots_with_row(vecs, j)), out=max_sim)
         # early stop: fill by relevance, below every greedy pick
         rest = np.flatnonzero(avail)[: k - len(picks)]
         floor = values[-1] if values else 0.0

@@ -10,7 +10,9 @@ from serendip.rerank.base import (
     RerankConfig,
     Selection,
     VectorReranker,
+    dots_with_row,
     relevance_reason,
+    take_rows,
 )
 from serendip.types import Query
 
@@ -38,7 +40,7 @@ class MMR(VectorReranker):
     config: MMRConfig
 
     def select(self, query: Query, cand: Candidates, k: int, lam: float) -> Selection:
-        vecs = self._require_trained()["vectors"][cand.items]
+        vecs = take_rows(self._rows("vectors"), cand.items)
         n = cand.items.size
         base = (1.0 - lam) * cand.rel
         max_sim = np.zeros(n)  # max over the empty set counts as 0 (no redundancy yet)
@@ -54,7 +56,7 @@ class MMR(VectorReranker):
                 relevance_reason(j, n) if j == best_rel else variety_reason(float(max_sim[j]))
             )
             avail[j] = False
-            sim = vecs @ vecs[j]
+            sim = dots_with_row(vecs, j)
             if len(picks) == 1:
                 max_sim = sim.astype(np.float64)
             else:

@@ -42,13 +42,18 @@ from serendip.rerank.base import (
     GreedyReranker,
     RerankConfig,
     Selection,
+    csr_state,
+    dots_with_row,
     genre_shares,
     head_mask,
     maybe_unit_vectors,
+    names_state,
     people,
     relevance_reason,
+    rows_state,
+    take_rows,
 )
-from serendip.rerank.calibration import CalibrationState, history_mix, interest_reason
+from serendip.rerank.calibration import CalibrationState, genre_rows, history_mix, interest_reason
 from serendip.rerank.mmr import variety_reason
 from serendip.rerank.serendipity import history_similarity, unexpected_reason
 from serendip.rerank.tail import tail_reason
@@ -156,24 +161,25 @@ class MultiObjective(GreedyReranker):
         info = -np.log2(np.maximum(pop, 1.0) / max(data.n_users, 1))
         top = info.max() if info.size else 0.0
         novelty = info / top if top > 0 else np.zeros_like(info)
-        vectors = maybe_unit_vectors(data, self.name)
+        vectors = maybe_unit_vectors(data, self.name, sparse=True)
         if vectors is None:
             log.warning("%s: no item vectors or categories; diversity and unexpectedness "
                         "are left out", self.name)
             vectors = np.zeros((data.n_items, 0), np.float32)
-        genres, names = genre_shares(data)
+        genres, names = genre_shares(data, self.name)
         self._set_state(
             n_items=np.asarray(data.n_items, dtype=np.int64),
             popularity=pop,
             novelty=novelty,
             head=head_mask(pop, self.config.head_share),
-            vectors=vectors,
-            genres=genres,
-            category_names=names,
+            **rows_state("vectors", vectors),
+            **csr_state("genres", genres),
+            **names_state("category", names),
         )
 
     # ------------------------------------------------------------------ exposure memory
     def _after_load(self) -> None:
+        super()._after_load()
         self._lock = threading.Lock()
         self.reset_exposure()
 
@@ -237,13 +243,14 @@ class MultiObjective(GreedyReranker):
         st = self._require_trained()
         w = self.config.weights
         n = cand.items.size
-        has_vec = st["vectors"].shape[1] > 0
-        p = history_mix(st["genres"], cand.history)
+        vectors = self._rows("vectors")
+        has_vec = vectors.shape[1] > 0
+        mix = history_mix(self._rows("genres"), cand.history)
         weight = np.array([
             w.relevance, w.novelty, w.tail,
             w.diversity if has_vec else 0.0,
             w.unexpectedness if has_vec and cand.history.size else 0.0,
-            w.calibration if p is not None else 0.0,
+            w.calibration if mix is not None else 0.0,
             w.fresh,
             0.0,  # exposure is a penalty outside the mix, below
         ])
@@ -271,20 +278,21 @@ class MultiObjective(GreedyReranker):
             obj[_EXPO] = -share
         sim_hist = np.zeros(n)
         if weight[_UNEXP] > 0:
-            sim_hist = history_similarity(st["vectors"], cand.items, cand.history)
+            sim_hist = history_similarity(vectors, cand.items, cand.history)
             obj[_UNEXP] = np.clip(1.0 - sim_hist, 0.0, 1.0)
-        vecs = st["vectors"][cand.items] if weight[_DIV] > 0 else None
+        vecs = take_rows(vectors, cand.items) if weight[_DIV] > 0 else None
         cal = None
-        cols = np.zeros(0, dtype=np.int64)
-        if p is not None and weight[_CAL] > 0:
+        cols = np.zeros(0, dtype=np.int64)  # the calibrated genres (columns of the genre matrix)
+        p = np.zeros(0)  # their shares of the history
+        if mix is not None and weight[_CAL] > 0:
             # the user's main genres only: with free-form tags (a thousand on a book catalog)
             # the rest carry little of p(g|u) and cost most of the time
-            cols = np.flatnonzero(p)
+            cols, p = mix
             if cols.size > MAX_CALIBRATION_GENRES:
-                cols = np.sort(cols[np.argsort(-p[cols], kind="stable")[:MAX_CALIBRATION_GENRES]])
-            rows = st["genres"][cand.items]
-            cal = CalibrationState(p[cols] / p[cols].sum(), rows[:, cols].astype(np.float64),
-                                   self.config.alpha, row_mass=rows.sum(axis=1, dtype=np.float64))
+                main = np.sort(np.argsort(-p, kind="stable")[:MAX_CALIBRATION_GENRES])
+                cols, p = cols[main], p[main]
+            rows, mass = genre_rows(self._rows("genres"), cand.items, cols)
+            cal = CalibrationState(p / p.sum(), rows, self.config.alpha, row_mass=mass)
             kl_scale = np.log(1.0 / self.config.alpha)
         max_sim = np.zeros(n)
         obj[_DIV] = 1.0
@@ -297,7 +305,7 @@ class MultiObjective(GreedyReranker):
         picks: list[int] = []
         values: list[float] = []
         reasons: list[str] = []
-        names = st["category_names"]
+        names = self._category_names
         for _ in range(k):
             kl_new = None
             if cal is not None:
@@ -328,15 +336,15 @@ class MultiObjective(GreedyReranker):
                 reasons.append(unexpected_reason(float(sim_hist[j])))
             elif name == "exposure":
                 reasons.append(exposure_reason(float(share[j])))
-            elif genre is not None and p is not None:
-                reasons.append(interest_reason(str(names[cols[genre]]), float(p[cols[genre]])))
+            elif genre is not None:
+                reasons.append(interest_reason(names[int(cols[genre])], float(p[genre])))
             else:
                 reasons.append(relevance_reason(j, n))
             picks.append(j)
             values.append(val[j])
             avail[j] = False
             if vecs is not None:
-                sim = (vecs @ vecs[j]).astype(np.float64)
+                sim = dots_with_row(vecs, j).astype(np.float64)
                 max_sim = sim if len(picks) == 1 else np.maximum(max_sim, sim)
                 obj[_DIV] = np.clip(1.0 - max_sim, 0.0, 1.0)
             if cal is not None and kl_new is not None:

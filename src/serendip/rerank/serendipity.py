@@ -10,13 +10,16 @@ and the list is the top-k by relevance.
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 from pydantic import Field
 
 from serendip.rerank.base import (
     Candidates,
     RerankConfig,
+    Rows,
     Selection,
     VectorReranker,
+    local_columns,
     relevance_reason,
 )
 from serendip.types import Query
@@ -34,8 +37,14 @@ class SerendipityConfig(RerankConfig):
     )
 
 
-def history_similarity(vectors: np.ndarray, items: np.ndarray, history: np.ndarray) -> np.ndarray:
-    """Mean cosine of each item to the history items (unit vectors: a dot with the mean)."""
+def history_similarity(vectors: Rows, items: np.ndarray, history: np.ndarray) -> np.ndarray:
+    """Mean cosine of each item to the history items (unit vectors: a dot with the mean).
+
+    Sparse vectors are read over the columns of these rows only."""
+    if sp.issparse(vectors):
+        rows = local_columns(vectors[np.concatenate([history, items])]).astype(np.float64)
+        centre_ = np.asarray(rows[: history.size].mean(axis=0)).ravel()
+        return np.asarray(rows[history.size:] @ centre_).ravel()
     centre = vectors[history].astype(np.float64).mean(axis=0)
     return np.asarray(vectors[items].astype(np.float64) @ centre)
 
@@ -55,7 +64,7 @@ class Serendipity(VectorReranker):
         n = cand.items.size
         if cand.history.size == 0:
             return Selection(np.arange(k), cand.rel[:k], [relevance_reason(i, n) for i in range(k)])
-        sim = history_similarity(self._require_trained()["vectors"], cand.items, cand.history)
+        sim = history_similarity(self._rows("vectors"), cand.items, cand.history)
         unexp = np.clip(1.0 - sim, 0.0, 1.0)
         val = (1.0 - lam) * cand.rel + lam * cand.rel * unexp
         picks = np.argsort(-val, kind="stable")[:k]
