@@ -32,6 +32,8 @@ from serendip.explore.policies import EpsilonSlate, EpsilonSlateConfig
 from serendip.models import SCORERS, BatchScorer, Hybrid
 from serendip.models.retrieval import LazyRetriever, RetrievalConfig, Retriever
 from serendip.rerank import RERANKERS
+from serendip.rerank.base import RELEVANCE_REASONS
+from serendip.rerank.mmr import VARIETY
 from serendip.text import Encoder, EncoderConfig
 from serendip.text.templates import natural_title
 from serendip.types import ItemList, Query
@@ -494,6 +496,16 @@ COLD_POOL = 50
 COLD_VARIETY = 0.3
 
 
+def with_relevance_rank(lst: ItemList, ranked: ItemList) -> ItemList:
+    """``lst`` with field ``relevance_rank``: each item's position (0 = best) in ``ranked``, the
+    candidates best first by the blend's relevance; items not among them get its length.  One
+    scale for every preset, whatever its rerankers do to the scores."""
+    pos = {int(i): p for p, i in enumerate(ranked.items.tolist())}
+    ranks = np.fromiter((pos.get(int(i), len(ranked)) for i in lst.items.tolist()),
+                        dtype=np.int64, count=len(lst))
+    return lst.with_field("relevance_rank", ranks)
+
+
 def _vary(data: Dataset, lst: ItemList, k: int) -> ItemList:
     """A varied list from trending candidates: greedy maximal marginal relevance with
     ``(1 - COLD_VARIETY) * rank score - COLD_VARIETY * max cosine to the items already picked``,
@@ -710,7 +722,8 @@ class Pipeline:
             n_rank = max(k, min(n_rank, COLD_POOL, self.rec.data.n_items // 5))
         ranked_pool = candidates.take(np.arange(min(n_rank, len(candidates))))
         if self.bandit is not None:
-            return self._explain(q, self.bandit(q, ranked_pool, k))
+            return with_relevance_rank(self._explain(q, self.bandit(q, ranked_pool, k)),
+                                       candidates)
         lst = ranked_pool
         if len(q.history) == 0 and not self.rerankers:
             lst = _vary(self.rec.data, lst, k)
@@ -719,28 +732,30 @@ class Pipeline:
         lst = self._explain(q, lst.take(np.arange(min(k, len(lst)))))
         if eps > 0:
             lst = self.explorer(q, lst, candidates, eps)
-        return lst
+        return with_relevance_rank(lst, candidates)
 
     def _explain(self, q: Query, lst: ItemList) -> ItemList:
-        """Prepend a data-grounded reason to each pick.
+        """Put a data-grounded reason first and make the rerankers' reasons read true.
 
         With a history: the one or two history items most like the pick (encoder cosine;
         the second is named only when it is nearly as close as the first).  Without one:
-        that the item is popular (lately, when the data has time): nothing about a person's
-        taste is claimed for someone the model knows nothing about.
+        that the item is popular (lately, when the data has time), and no reason that claims
+        to know the person's taste.  A pick made for variety says what sets it apart when
+        the catalog has categories: "unlike the rest of this list: a documentary".
         """
         if len(lst) == 0:
             return lst
         data = self.rec.data
+        rest = [self._reword(q, lst, n, r) for n, r in enumerate(lst.reason_lists())]
         if len(q.history) == 0:
             first = "popular right now" if data.has_time else "popular with many people"
-            return lst.with_reasons([[first, *r] for r in lst.reason_lists()])
+            return lst.with_reasons([[first, *r] for r in rest])
         v = data.item_vectors
         assert v is not None
         recent = np.unique(q.history[-50:])
         sims = np.asarray(v[lst.items] @ v[recent].T, dtype=np.float64)
         reasons = []
-        for row, item, r in zip(sims, lst.items.tolist(), lst.reason_lists(), strict=True):
+        for row, item, r in zip(sims, lst.items.tolist(), rest, strict=True):
             row = np.where(recent == item, -np.inf, row)
             order = np.argsort(-row, kind="stable")
             names = [natural_title(data.item_title(int(recent[order[0]])))]
@@ -749,3 +764,31 @@ class Pipeline:
                 names.append(natural_title(data.item_title(int(recent[order[1]]))))
             reasons.append([f"because you liked {' and '.join(names)}", *r])
         return lst.with_reasons(reasons)
+
+    def _reword(self, q: Query, lst: ItemList, n: int, reasons: list[str]) -> list[str]:
+        out = []
+        for r in reasons:
+            if r in RELEVANCE_REASONS and len(q.history) == 0:
+                continue  # "popular right now" says it; nothing is known of their taste
+            if r == VARIETY:
+                apart = self._apart(lst, n)
+                r = f"{VARIETY}: {apart}" if apart else r
+            out.append(r)
+        return out
+
+    def _apart(self, lst: ItemList, n: int) -> str | None:
+        """A category of item ``n`` that no other item of the list has (None if none)."""
+        cats = self.rec.data.item_categories
+        if cats is None:
+            return None
+        names = self.rec.data.category_names
+        own = set(cats[int(lst.items[n])].indices.tolist())
+        others = set(cats[np.delete(lst.items, n)].indices.tolist())
+        alone = sorted(own - others)
+        if not alone:
+            return None
+        name = names[alone[0]].strip()
+        if "genre" not in (self.rec.data.category_column or "").casefold():
+            return f"tagged \u201c{name}\u201d"
+        word = name.casefold() if name[:1].isupper() and name[1:2].islower() else name
+        return f"{'an' if word[:1].casefold() in 'aeiou' else 'a'} {word}"

@@ -27,7 +27,7 @@ def test_high_lam_picks_from_both_blocks() -> None:
     assert set(mixed.items.tolist()) & B
     assert set(mixed.items.tolist()) & A
     b_pos = [i for i, x in enumerate(mixed.items) if x in B]
-    assert "adds variety" in mixed.reasons[b_pos[0]][-1]
+    assert "unlike the rest of this list" in mixed.reasons[b_pos[0]][-1]
 
 
 def test_hand_computed_three_items() -> None:

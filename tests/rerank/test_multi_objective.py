@@ -56,20 +56,20 @@ def test_tail_only_puts_tail_items_first_by_relevance() -> None:
     out = r(Query(0, discovery=1.0), cand, 10)
     tail_items = [i for i in range(20) if not head[i]]
     np.testing.assert_array_equal(out.items, tail_items[:10])
-    assert out.reasons[0][-1].startswith("long-tail pick")
+    assert out.reasons[0][-1].startswith("few people have found it yet")
 
 
 def test_diversity_only_alternates_blocks() -> None:
     out = only("diversity")(Query(0, discovery=1.0), a_first(), 2)
     assert out.items[0] == 0 and out.items[1] >= 10
-    assert out.reasons[1][-1].startswith("adds variety")
+    assert out.reasons[1][-1].startswith("unlike the rest of this list")
 
 
 def test_unexpectedness_only_leaves_the_history_block() -> None:
     data = make_blocks()
     out = only("unexpectedness")(Query(0, data.history(0), discovery=1.0), a_first(), 3)
     assert set(out.items.tolist()) <= set(range(10, 20))
-    assert out.reasons[0][-1].startswith("unexpected for you")
+    assert out.reasons[0][-1].startswith("unlike what you usually choose")
 
 
 def test_novelty_only_prefers_the_rarest() -> None:
@@ -131,9 +131,9 @@ def test_fresh_only_puts_new_items_first_hand_computed() -> None:
     assert out.items[:2].tolist() == [4, 14]
     np.testing.assert_allclose(out.scores, 1.0 / (1.0 + pop[out.items]))
     why = out.reason_lists()
-    assert why[0][-1] == "new in the catalog: nobody has seen it yet"
+    assert why[0][-1] == "new in the catalog: nobody has chosen it yet"
     rest = why[2][-1]
-    assert rest.startswith("still new here: only ") and rest.endswith("seen it so far")
+    assert rest.startswith("new here: only ") and rest.endswith("chosen it so far")
     # half discovery: (1 - 0.5) * rel + 0.5 * fresh, with rel min-max scaled over candidates
     cand = ItemList(np.array([0, 4, 1]), np.array([3.0, 1.0, 2.0]))
     half = r(Query(0, discovery=0.5), cand, 3)

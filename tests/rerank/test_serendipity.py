@@ -21,8 +21,8 @@ def test_prefers_the_far_item_among_equally_relevant() -> None:
     assert plain.items[0] == near  # tie keeps the earlier entry
     out = r(Query(0, hist, discovery=0.5), cand, 2)
     np.testing.assert_array_equal(out.items, [far, near])
-    assert out.reasons[0][-1].startswith("unexpected for you (similarity ")
-    assert "top match" in out.reasons[1][-1]
+    assert out.reasons[0][-1].startswith("unlike what you usually choose")
+    assert "closest matches" in out.reasons[1][-1]
 
 
 def test_score_formula_and_irrelevant_items_stay_last() -> None:

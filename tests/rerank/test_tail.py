@@ -39,8 +39,8 @@ def test_hand_computed(binary: bool) -> None:
         np.testing.assert_allclose(out.scores, [0.75, 0.55, 0.45, 0.25, 0.0])
     else:  # smooth: 0.575 at step 3 is clipped to the running minimum 0.55
         np.testing.assert_allclose(out.scores, [0.75, 0.55, 0.55, 0.25 + 0.25 * 2 / 3, 0.125])
-    assert out.reasons[1][-1] == "long-tail pick: only 5 people have seen it"
-    assert "top match" in out.reasons[0][-1]
+    assert out.reasons[1][-1] == "few people have found it yet (5 so far)"
+    assert "closest matches" in out.reasons[0][-1]
 
 
 def test_user_preference_steers_promotion() -> None:

@@ -2,7 +2,7 @@
 
 Covers: key from the URL fragment, picking a user, recommendation cards, the discovery slider
 re-ranking (a new request with the new value, and the list re-rendered for it), natural-language
-search, like -> event acknowledged -> list refreshed, "why this?" explanations, keyboard use,
+search, like -> event acknowledged -> "Liked ✓" -> list updated on request, "why this?" explanations, keyboard use,
 labels and landmarks, no console errors and no request leaving the app's origin.
 """
 
@@ -15,40 +15,15 @@ from urllib.parse import parse_qs, urlparse
 
 from playwright.sync_api import expect
 
-from tests.web.conftest import LiveServer, PageLog
-
-K = 10
-
-
-def card_titles(page: Any, list_id: str = "rec-list") -> list[str]:
-    return page.locator(f"[data-testid={list_id}] [data-testid=card-title]").all_inner_texts()
-
-
-def open_page(page: Any, server: LiveServer) -> None:
-    page.goto(f"{server.url}/#key={server.key}")
-    expect(page.get_by_test_id("key-status")).to_have_text("API key: set")
-    # The presets and the users arrive from the API.
-    expect(page.locator("[data-testid=preset-select] option")).not_to_have_count(0)
-    expect(page.locator("[data-testid=user-options] option").first).to_be_attached()
-
-
-def pick_first_user(page: Any) -> str:
-    user = page.locator("[data-testid=user-options] option").first.get_attribute("value")
-    assert user
-    with page.expect_response(lambda r: "/recommendations?" in r.url) as resp:
-        page.get_by_test_id("user-input").fill(user)
-        page.get_by_test_id("user-input").press("Enter")
-    assert resp.value.status == 200
-    expect(page.get_by_test_id("rec-list")).to_have_attribute("data-state", "ready")
-    expect(page.get_by_test_id("rec-list")).to_have_attribute("data-user", user)
-    return user
-
-
-def assert_clean(page_log: PageLog, server: LiveServer) -> None:
-    assert page_log.console_errors == []
-    outside = [u for u in page_log.requests
-               if not (u.startswith(server.url + "/") or u.startswith("data:"))]
-    assert outside == []
+from tests.web.conftest import (
+    K,
+    LiveServer,
+    PageLog,
+    assert_clean,
+    card_titles,
+    open_page,
+    pick_first_user,
+)
 
 
 def test_page_shows_recommendations_for_a_picked_user(web: tuple[Any, PageLog],
@@ -155,7 +130,7 @@ def test_search_shows_result_cards(web: tuple[Any, PageLog], live_server: LiveSe
         page.get_by_test_id("search-input").press("Enter")
     body = json.loads(req.value.post_data or "{}")
     assert body["query"] == "a funny space adventure for kids" and body["user_id"] == user
-    assert 0.0 <= body["discovery"] <= 1.0
+    assert "discovery" not in body  # the server's search default until the slider is moved
     assert req.value.response().status == 200
     results = page.get_by_test_id("search-list")
     expect(results).to_have_attribute("data-state", "ready")
@@ -163,12 +138,18 @@ def test_search_shows_result_cards(web: tuple[Any, PageLog], live_server: LiveSe
     expect(results.get_by_test_id("rec-card").first).to_be_visible()
     assert 1 <= results.get_by_test_id("rec-card").count() <= K
     expect(page.get_by_test_id("search-heading")).to_contain_text("a funny space adventure")
+    page.get_by_test_id("discovery-slider").focus()
+    page.get_by_test_id("discovery-slider").press("Home")
+    with page.expect_request(lambda r: r.url.endswith("/v1/search")) as req2:
+        page.get_by_test_id("search-submit").click()
+    assert json.loads(req2.value.post_data or "{}")["discovery"] == 0.0
+    expect(results).to_have_attribute("data-state", "ready")
     page.get_by_test_id("search-clear").click()
     expect(page.get_by_test_id("search-section")).to_be_hidden()
     assert_clean(log, live_server)
 
 
-def test_like_posts_an_event_and_refreshes(web: tuple[Any, PageLog], live_server: LiveServer) -> None:
+def test_like_posts_an_event_and_shows_it(web: tuple[Any, PageLog], live_server: LiveServer) -> None:
     page, log = web
     open_page(page, live_server)
     user = pick_first_user(page)
@@ -176,8 +157,7 @@ def test_like_posts_an_event_and_refreshes(web: tuple[Any, PageLog], live_server
     item_id = first.get_attribute("data-item-id")
     title = first.get_by_test_id("card-title").inner_text()
 
-    with page.expect_response(lambda r: r.url.endswith("/v1/events")) as ev, \
-            page.expect_response(lambda r: "/recommendations?" in r.url) as refreshed:
+    with page.expect_response(lambda r: r.url.endswith("/v1/events")) as ev:
         first.get_by_test_id("like-button").click()
     assert ev.value.status == 201
     sent = json.loads(ev.value.request.post_data or "{}")["events"]
@@ -187,21 +167,41 @@ def test_like_posts_an_event_and_refreshes(web: tuple[Any, PageLog], live_server
                         sent[0]["idempotency_key"])
     ack = ev.value.json()["acks"][0]
     assert isinstance(ack["event_id"], int) and ack["duplicate"] is False
-    assert refreshed.value.status == 200
+    # The card confirms the like and keeps saying so: the list is not swapped under the user.
+    like = first.get_by_test_id("like-button")
+    expect(like).to_have_text("Liked ✓")
+    expect(like).to_have_attribute("aria-pressed", "true")
+    expect(like).to_be_disabled()
+    expect(first.get_by_test_id("card-ack")).to_have_text(f"Saved as event {ack['event_id']}.")
     expect(page.get_by_test_id("live-status")).to_contain_text(f"Liked “{title}”")
-    expect(page.get_by_test_id("rec-list")).to_have_attribute("data-state", "ready")
-    # The liked item is now history: it shows in the side panel and leaves the list.
+    # The liked item is now history: it shows in the side panel...
     expect(page.locator(f"[data-testid=history-item][data-item-id='{item_id}']")).to_be_visible()
-    expect(page.locator(f"[data-testid=rec-list] [data-item-id='{item_id}']")).to_have_count(0)
-    expect(page.get_by_test_id("rec-list").get_by_test_id("rec-card")).to_have_count(K)
+    expect(page.get_by_test_id("rec-list").get_by_test_id("rec-card").first).to_have_attribute(
+        "data-item-id", item_id or "")
+    expect(like).to_have_text("Liked ✓")
 
-    # "Not for me" sends a skip.
+    # "Not for me" sends a skip and stays marked too.
     second = page.get_by_test_id("rec-list").get_by_test_id("rec-card").nth(1)
     with page.expect_response(lambda r: r.url.endswith("/v1/events")) as ev2:
         second.get_by_test_id("skip-button").click()
     assert ev2.value.status == 201
     assert json.loads(ev2.value.request.post_data or "{}")["events"][0]["type"] == "skip"
     expect(page.get_by_test_id("live-status")).to_contain_text("Marked not for me")
+    expect(second.get_by_test_id("skip-button")).to_have_text("Not for me ✓")
+    skipped = second.get_attribute("data-item-id")
+
+    # ...and leaves the list when the user asks for the update.
+    refresh = page.get_by_test_id("rec-refresh")
+    expect(refresh).to_have_text("Update list (2 new signals)")
+    with page.expect_response(lambda r: "/recommendations?" in r.url) as refreshed:
+        refresh.click()
+    assert refreshed.value.status == 200
+    expect(refresh).to_be_hidden()
+    expect(page.get_by_test_id("rec-list")).to_have_attribute("data-state", "ready")
+    for gone in (item_id, skipped):
+        expect(page.locator(f"[data-testid=rec-list] [data-item-id='{gone}']")).to_have_count(0)
+    expect(page.get_by_test_id("rec-list").get_by_test_id("rec-card")).to_have_count(K)
+    expect(page.get_by_test_id("discovery-change")).to_contain_text("After your feedback")
     assert_clean(log, live_server)
 
 
@@ -253,7 +253,7 @@ def test_controls_are_labelled_and_keyboard_operable(web: tuple[Any, PageLog],
     assert unlabelled == []
     for role in ("banner", "main", "complementary", "search", "contentinfo"):
         expect(page.get_by_role(role)).to_have_count(1)
-    expect(page.get_by_label("accuracy ↔ discovery")).to_be_visible()
+    expect(page.get_by_label("Discovery")).to_be_visible()
     assert page.get_by_test_id("live-status").get_attribute("aria-live") == "polite"
 
     # Keyboard only: tab to the user field, type, Enter; then tab onto a card's like button.

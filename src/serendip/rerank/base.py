@@ -42,7 +42,7 @@ __all__ = [
     "rows_state",
     "names_state",
     "head_mask",
-    "relevance_reason",
+    "relevance_reason", "RELEVANCE_REASONS", "RELEVANCE_TOP", "RELEVANCE_GOOD",
     "people",
 ]
 
@@ -95,12 +95,22 @@ def people(n: float) -> str:
     n = int(n)
     if n == 0:
         return "nobody has"
-    return "only 1 person has" if n == 1 else f"only {n} people have"
+    return "only 1 person has" if n == 1 else f"only {n:,} people have"
+
+
+#: What a pick made on relevance says (``relevance_reason``).  A reason is a sentence fragment
+#: for a person: no scores, no ranks.  For someone without history the pipeline rewords these,
+#: since their "relevance" is popularity, not taste.
+RELEVANCE_TOP = "one of your closest matches"
+RELEVANCE_GOOD = "a good match for you"
+RELEVANCE_REASONS = (RELEVANCE_TOP, RELEVANCE_GOOD)
+#: Candidates within this share of the top (at least the first 10) are "closest matches".
+TOP_SHARE = 0.05
 
 
 def relevance_reason(position: int, n: int) -> str:
-    """The reason for a pick made on relevance: its rank among the candidates."""
-    return f"a top match for your taste (#{position + 1} of {n} by relevance)"
+    """The reason for a pick made on relevance: among the closest matches, or a good one."""
+    return RELEVANCE_TOP if position < max(10, TOP_SHARE * n) else RELEVANCE_GOOD
 
 
 #: Item vectors as rerankers hold them: dense (encoder vectors) or sparse (category rows).

@@ -158,7 +158,7 @@ def genre_rows(genres: sp.csr_matrix, items: np.ndarray, cols: np.ndarray
 
 
 def interest_reason(name: str, share: float) -> str:
-    return f"brings back your interest in {name} ({share:.0%} of your history)"
+    return f"brings back your interest in {name} ({share:.0%} of what you chose)"
 
 
 class Calibration(GreedyReranker):

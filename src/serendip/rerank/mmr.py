@@ -25,8 +25,14 @@ class MMRConfig(RerankConfig):
     )
 
 
+#: What a pick made for variety says; the pipeline adds what sets it apart when the catalog
+#: has categories ("unlike the rest of this list: a documentary").
+VARIETY = "unlike the rest of this list"
+
+
 def variety_reason(max_sim: float) -> str:
-    return f"adds variety: unlike the other picks (closest similarity {max_sim:.2f})"
+    """The reason for a pick made for variety (``max_sim``: its closest cosine to the others)."""
+    return VARIETY
 
 
 class MMR(VectorReranker):

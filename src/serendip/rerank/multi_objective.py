@@ -61,7 +61,7 @@ from serendip.types import ItemList, Query
 
 __all__ = [
     "MultiObjective", "MultiObjectiveConfig", "ObjectiveWeights", "OBJECTIVES",
-    "fresh_reason", "exposure_reason",
+    "fresh_reason", "exposure_reason", "novelty_reason",
 ]
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,16 @@ _NOV, _TAIL, _DIV, _UNEXP, _CAL, _FRESH, _EXPO = range(1, len(OBJECTIVES))
 def fresh_reason(popularity: float) -> str:
     """Why a new or barely used item was picked."""
     if int(popularity) == 0:
-        return "new in the catalog: nobody has seen it yet"
-    return f"still new here: {people(popularity)} seen it so far"
+        return "new in the catalog: nobody has chosen it yet"
+    return f"new here: {people(popularity)} chosen it so far"
+
+
+def novelty_reason(popularity: float, tail: bool) -> str:
+    """Why an item picked for novelty was picked: rare when it is in the long tail, else
+    less known than the other candidates."""
+    if tail:
+        return f"a rare find: {people(popularity)} chosen it"
+    return "less well known than the usual picks"
 
 
 def exposure_reason(share: float) -> str:
@@ -320,14 +328,20 @@ class MultiObjective(GreedyReranker):
                 j = int(rest[np.lexsort((-val[rest], share[rest]))[0]])
             contrib = weight[1:] * obj[1:, j]
             contrib[_EXPO - 1] = weight[_EXPO] * expo_gain[j]
+            # a reason must be true of the item: an objective names it only where the item is
+            # above the candidates' median on it (Titanic is never "less well known")
+            pool = obj[1:, open_ if open_.any() else avail]
+            above = (obj[1:, j] >= np.median(pool, axis=1)) & (obj[1:, j] > pool.min(axis=1))
+            above[_EXPO - 1] = (expo_gain[j] >= np.median(expo_gain)) & (
+                expo_gain[j] > expo_gain.min())
+            contrib = np.where(above, contrib, 0.0)
             o = int(np.argmax(contrib)) + 1
             name = OBJECTIVES[o] if contrib[o - 1] > 1e-9 else "relevance"
             genre = cal.missing_genre(j) if cal is not None and name == "calibration" else None
             if name == "fresh" or (name in ("novelty", "tail") and new[j]):
                 reasons.append(fresh_reason(pop[j]))
             elif name == "novelty":
-                reasons.append(f"a rare find: {people(pop[j])} seen it "
-                               f"(novelty {obj[_NOV, j]:.2f})")
+                reasons.append(novelty_reason(pop[j], not bool(st["head"][cand.items[j]])))
             elif name == "tail":
                 reasons.append(tail_reason(pop[j]))
             elif name == "diversity" and len(picks) > 0:

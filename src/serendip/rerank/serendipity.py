@@ -50,7 +50,7 @@ def history_similarity(vectors: Rows, items: np.ndarray, history: np.ndarray) ->
 
 
 def unexpected_reason(similarity: float) -> str:
-    return f"unexpected for you (similarity {similarity:.2f} to your history) yet relevant"
+    return "unlike what you usually choose, yet a good match"
 
 
 class Serendipity(VectorReranker):

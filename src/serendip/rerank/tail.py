@@ -19,7 +19,6 @@ from serendip.rerank.base import (
     RerankConfig,
     Selection,
     head_mask,
-    people,
     relevance_reason,
 )
 from serendip.types import Query
@@ -43,7 +42,10 @@ class TailXQuADConfig(RerankConfig):
 
 
 def tail_reason(popularity: float) -> str:
-    return f"long-tail pick: {people(popularity)} seen it"
+    n = int(popularity)
+    if n == 0:
+        return "nobody has chosen it yet"
+    return f"few people have found it yet ({n:,} so far)"
 
 
 class TailXQuAD(GreedyReranker):

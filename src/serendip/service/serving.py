@@ -21,7 +21,8 @@ import numpy as np
 from serendip.errors import ConfigError, UnknownIdError
 from serendip.models._util import standardize
 from serendip.models.base import TEXT_SPACE
-from serendip.pipeline import Pipeline
+from serendip.pipeline import Pipeline, with_relevance_rank
+from serendip.rerank.base import RELEVANCE_REASONS
 from serendip.service.catalog import Catalog
 from serendip.service.feedback import Feedback
 from serendip.service.impressions import ImpressionWriter, new_impression_id
@@ -213,10 +214,13 @@ class Serving:
         # a list without exploration is deterministic given the user's state: propensity 1
         prop = np.asarray(lst.fields.get("propensity", np.ones(idx.size)), dtype=np.float64)
         explored = np.asarray(lst.fields.get("explored", np.zeros(idx.size, bool)), dtype=bool)
+        # score: the share of the catalog the item outranks by relevance for this request
+        # (1 = the best match), the same scale for every preset; an explored item gets its own
+        rank = np.asarray(lst.fields.get("relevance_rank", np.arange(idx.size)), dtype=np.float64)
+        score_of = 1.0 - rank / max(s.n_items, 1)
         out = []
-        for n, (i, score, reasons) in enumerate(
-            zip(idx.tolist(), lst.scores.tolist(), lst.reason_lists(), strict=True)
-        ):
+        for n, (i, reasons) in enumerate(zip(idx.tolist(), lst.reason_lists(), strict=True)):
+            score = float(score_of[n])
             badges = [b for b, on in (("tail", tail[n]), ("novel", novel[n]),
                                       ("serendipitous", serendipitous[n]),
                                       ("explore", explored[n])) if on]
@@ -345,10 +349,11 @@ class Serving:
         lst = pool
         for rr in pipe.rerankers:
             lst = rr(q, lst, k)
-        lst = lst.take(np.arange(min(k, len(lst))))
-        lst = lst.with_reasons([[*self._request_reasons(s, parsed, mentions, i, cos(i)), *r]
-                                for i, r in zip(lst.items.tolist(), lst.reason_lists(),
-                                                strict=True)])
+        lst = with_relevance_rank(lst.take(np.arange(min(k, len(lst)))), pool)
+        lst = lst.with_reasons([
+            [*self._request_reasons(s, parsed, mentions, i, cos(i)),
+             *(x for x in r if x not in RELEVANCE_REASONS)]  # the request says why
+            for i, r in zip(lst.items.tolist(), lst.reason_lists(), strict=True)])
         items = self.describe(s, Query(u, hist), lst)
         imp_id = self.log_impression(user_id, items, preset, d, text)
         best = max((cos(i) for i in lst.items.tolist()), default=0.0)

@@ -1,10 +1,17 @@
 // serendip web page: plain ES module, no build step, no third-party code.
 // Talks to the same-origin JSON API under /v1 with the X-API-Key header.
+// Everything here is CSP-friendly: no inline handlers, no style attributes, no eval.
 
 const KEY_STORAGE = "serendip.apiKey";
 const USER_STORAGE = "serendip.lastUser";
 const DEBOUNCE_MS = 250;
 const K = 10;
+const SIMILAR_K = 6;
+const USER_OPTIONS = 200;
+// After this long, a pending search says why it may be slow (the first one loads a model).
+const SLOW_MS = 3000;
+// Colours for image placeholders (see .ph-0 ... .ph-7 in style.css).
+const PLACEHOLDER_COLOURS = 8;
 
 const BADGES = {
   tail: { label: "long tail", icon: "◆", title: "Less popular item from the long tail" },
@@ -27,26 +34,35 @@ const el = {
   userForm: $("user-form"),
   userInput: $("user-input"),
   userOptions: $("user-options"),
+  userHint: $("user-hint"),
   preset: $("preset-select"),
   presetDescription: $("preset-description"),
   slider: $("discovery-slider"),
   explore: $("explore-toggle"),
   sliderValue: $("discovery-value"),
+  discoveryChange: $("discovery-change"),
   searchForm: $("search-form"),
   searchInput: $("search-input"),
   searchSection: $("search-section"),
   searchHeading: $("search-heading"),
+  searchState: $("search-state"),
+  searchNote: $("search-note"),
   searchList: $("search-list"),
   searchClear: $("search-clear"),
   status: $("live-status"),
   error: $("error"),
   recHeading: $("rec-heading"),
+  recRefresh: $("rec-refresh"),
   recEmpty: $("rec-empty"),
+  recState: $("rec-state"),
+  recNote: $("rec-note"),
   recList: $("rec-list"),
   historyEmpty: $("history-empty"),
   historyList: $("history-list"),
   explainBody: $("explain-body"),
   explainHeading: document.getElementById("explain-heading"),
+  similarBody: $("similar-body"),
+  similarHeading: document.getElementById("similar-heading"),
   cardTemplate: document.getElementById("card-template"),
 };
 
@@ -57,9 +73,116 @@ const state = {
   recSeq: 0,
   recAbort: null,
   searchSeq: 0,
+  similarSeq: 0,
+  explainSeq: 0,
   debounce: 0,
+  slowTimer: 0,
   sliderTouched: false,
+  // the last list shown for the current user, to say what a change of settings changed
+  lastList: null,
+  // history length of the current user: null while unknown
+  historyCount: null,
+  // the note the last recommendations response carried, if any
+  recApiNote: "",
+  // item id -> "like" | "skip": feedback given to the current user's cards
+  feedback: new Map(),
+  pendingFeedback: 0,
+  // item id -> Promise of its catalog fields (only used when a list omits them)
+  fieldCache: new Map(),
 };
+
+// ---------------------------------------------------------------- text helpers
+
+// "Close Shave, A (1995)" -> "A Close Shave (1995)"; natural titles are left as they are.
+const TRAILING_ARTICLE = /^(.+?),\s+(The|A|An)((?:\s+\([^()]*\))*)\s*$/i;
+
+function naturalTitle(title) {
+  const t = String(title ?? "").trim();
+  const m = TRAILING_ARTICLE.exec(t);
+  return m ? `${m[2]} ${m[1]}${m[3]}` : t;
+}
+
+const IMAGE_FIELD = /image|cover|poster|thumbnail|picture/i;
+const HTTP_URL = /^https?:\/\//i;
+
+/** The catalog image URL among an item's fields, or "". */
+function imageUrl(fields) {
+  for (const [name, value] of Object.entries(fields || {})) {
+    if (IMAGE_FIELD.test(name) && typeof value === "string" && HTTP_URL.test(value.trim())) {
+      return value.trim();
+    }
+  }
+  return "";
+}
+
+function hashString(s) {
+  // FNV-1a, 32 bits: a stable colour per item id
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) {
+    h ^= s.charCodeAt(i);
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h >>> 0;
+}
+
+function initials(title, id) {
+  const words = naturalTitle(title)
+    .replace(/\([^)]*\)/g, " ")
+    .split(/[^\p{L}\p{N}]+/u)
+    .filter(Boolean);
+  const significant = words.filter((w) => !/^(the|a|an)$/i.test(w));
+  const use = significant.length ? significant : words;
+  const letters = use.slice(0, 2).map((w) => [...w][0].toUpperCase()).join("");
+  return letters || String(id).slice(0, 2).toUpperCase() || "?";
+}
+
+function humanName(column) {
+  const s = String(column).replace(/[_-]+/g, " ").trim();
+  return s ? s[0].toUpperCase() + s.slice(1) : s;
+}
+
+function displayValue(value) {
+  let v = String(value ?? "").trim();
+  if (/^-?\d+\.0+$/.test(v)) v = v.replace(/\.0+$/, ""); // a year stored as a float
+  if (v.includes("|")) v = v.split("|").map((p) => p.trim()).filter(Boolean).join(", ");
+  return v;
+}
+
+const LONG_TEXT = 80;
+const MAX_SHORT_FIELDS = 4;
+const HIDDEN_FIELDS = /^(title|name|item_?id|id)$/i;
+// Prose fields: shown as a short paragraph whatever their length.
+const TEXT_FIELD = /desc|summary|overview|plot|synopsis|blurb|about/i;
+
+// Fields people look for first on a card; the rest follow in the catalog's order.
+const FIELD_PRIORITY = [/author|artist|creator|director|writer|band/i, /year|date/i, /genre|categor|tag|subject/i];
+const ID_FIELD = /(^|_)id$|isbn/i;
+
+function fieldRank(name) {
+  const i = FIELD_PRIORITY.findIndex((re) => re.test(name));
+  return i < 0 ? FIELD_PRIORITY.length : i;
+}
+
+/** Split an item's fields into short facts (name, value) and one longer text, for a card. */
+function describeFields(fields) {
+  const short = [];
+  let text = "";
+  const entries = Object.entries(fields || {})
+    .map((e, i) => [e, i])
+    .sort((a, b) => fieldRank(a[0][0]) - fieldRank(b[0][0]) || a[1] - b[1])
+    .map(([e]) => e);
+  for (const [name, raw] of entries) {
+    if (HIDDEN_FIELDS.test(name) || IMAGE_FIELD.test(name) || ID_FIELD.test(name)) continue;
+    const value = displayValue(raw);
+    if (!value || value.toLowerCase() === "nan" || HTTP_URL.test(value)) continue;
+    if (value.length > LONG_TEXT || TEXT_FIELD.test(name)) {
+      if (!text) text = value;
+    } else if (short.length < MAX_SHORT_FIELDS) {
+      short.push([humanName(name), value]);
+    }
+  }
+  return { short, text };
+}
 
 // ---------------------------------------------------------------- api key
 
@@ -127,20 +250,33 @@ async function api(path, { method = "GET", body, signal } = {}) {
     }
   }
   if (!res.ok) {
-    let detail = data && (data.detail ?? data.error ?? data.message);
+    let detail = data && (data.detail ?? data.message ?? data.error);
     if (detail && typeof detail === "object") detail = detail.message ?? JSON.stringify(detail);
-    throw new ApiError(res.status, detail || `${res.status} ${res.statusText}`);
+    throw new ApiError(res.status, detail || res.statusText || "error");
   }
   return data;
 }
 
-function showError(err) {
-  if (err && err.name === "AbortError") return;
-  let msg = err && err.message ? err.message : String(err);
-  if (err instanceof ApiError && (err.status === 401 || err.status === 403)) {
-    msg = `The server refused the API key (${err.status}). Paste a valid key in “API key” above.`;
-    el.keyBox.open = true;
+/** "What failed: why", e.g. "Could not load recommendations for user 42: 503 model not loaded yet". */
+function failure(what, err) {
+  if (err instanceof ApiError) {
+    if (err.status === 401 || err.status === 403) {
+      return `${what}: the server refused the API key (${err.status}). Paste a valid key in “API key” above.`;
+    }
+    return `${what}: ${err.status} ${err.message}`;
   }
+  const why = err && err.message ? err.message : String(err);
+  return `${what}: no answer from the server (${why}).`;
+}
+
+function isAbort(err) {
+  return err && err.name === "AbortError";
+}
+
+function showError(what, err) {
+  if (isAbort(err)) return;
+  const msg = err === undefined ? what : failure(what, err);
+  if (err instanceof ApiError && (err.status === 401 || err.status === 403)) el.keyBox.open = true;
   el.error.textContent = msg;
   el.error.hidden = false;
 }
@@ -164,6 +300,40 @@ function newKey() {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
+// ---------------------------------------------------------------- list states
+
+/** Show a loading / empty / idle state above a list ("Searching…" with a spinner). */
+function setListState(box, kind, text = "") {
+  box.dataset.state = kind;
+  box.replaceChildren();
+  if (kind === "idle") {
+    box.hidden = true;
+    return;
+  }
+  if (kind === "loading") {
+    const spin = document.createElement("span");
+    spin.className = "spinner";
+    spin.dataset.testid = "spinner";
+    spin.setAttribute("aria-hidden", "true");
+    box.append(spin);
+  }
+  const span = document.createElement("span");
+  span.className = "state-text";
+  span.textContent = text;
+  box.append(span);
+  box.hidden = false;
+}
+
+function setNote(box, text) {
+  box.textContent = text;
+  box.hidden = !text;
+}
+
+function setBusy(list, busy) {
+  list.setAttribute("aria-busy", String(busy));
+  list.dataset.state = busy ? "loading" : "ready";
+}
+
 // ---------------------------------------------------------------- rendering
 
 function discovery() {
@@ -172,19 +342,107 @@ function discovery() {
 
 function showDiscovery() {
   const d = discovery();
-  const where = d < 0.34 ? "closer to accuracy" : d > 0.66 ? "closer to discovery" : "between accuracy and discovery";
+  const where = d < 0.34 ? "closer to familiar" : d > 0.66 ? "closer to surprising" : "between familiar and surprising";
   el.sliderValue.textContent = d.toFixed(2);
   el.slider.setAttribute("aria-valuetext", `${d.toFixed(2)} (${where})`);
 }
 
+function placeholder(title, id) {
+  const ph = document.createElement("div");
+  ph.className = `placeholder ph-${hashString(String(id)) % PLACEHOLDER_COLOURS}`;
+  ph.dataset.testid = "card-placeholder";
+  ph.setAttribute("aria-hidden", "true");
+  ph.textContent = initials(title, id);
+  return ph;
+}
+
+/** The picture for an item: its catalog image, falling back to initials on a colour. */
+function renderMedia(box, title, id, fields) {
+  const url = imageUrl(fields);
+  if (!url) {
+    box.replaceChildren(placeholder(title, id));
+    box.dataset.kind = "placeholder";
+    return;
+  }
+  const img = document.createElement("img");
+  img.dataset.testid = "card-image";
+  img.alt = title;
+  img.loading = "lazy";
+  img.decoding = "async";
+  img.referrerPolicy = "no-referrer";
+  img.setAttribute("referrerpolicy", "no-referrer");
+  // the placeholder stays underneath: it shows while the image loads, and if it fails
+  img.addEventListener("error", () => {
+    img.remove();
+    box.dataset.kind = "placeholder";
+  }, { once: true });
+  img.src = url;
+  box.replaceChildren(placeholder(title, id), img);
+  box.dataset.kind = "image";
+}
+
+function fillFields(node, item, fields) {
+  const title = node.dataset.title;
+  renderMedia(node.querySelector(".card-media"), title, item.item_id, fields);
+  const { short, text } = describeFields(fields);
+  const dl = node.querySelector(".card-fields");
+  dl.replaceChildren();
+  for (const [name, value] of short) {
+    const div = document.createElement("div");
+    div.dataset.field = name;
+    const dt = document.createElement("dt");
+    dt.textContent = name;
+    const dd = document.createElement("dd");
+    dd.textContent = value;
+    div.append(dt, dd);
+    dl.append(div);
+  }
+  dl.hidden = !short.length;
+  const p = node.querySelector(".card-text");
+  p.textContent = text;
+  p.hidden = !text;
+}
+
+/** An item's catalog fields: from the list itself, else looked up once per item. */
+function itemFields(item) {
+  if (item.fields && typeof item.fields === "object") return item.fields;
+  const id = String(item.item_id);
+  let p = state.fieldCache.get(id);
+  if (!p) {
+    p = api(`/v1/items/${encodeURIComponent(id)}`)
+      .then((data) => (data && data.fields) || {})
+      .catch(() => ({}));
+    state.fieldCache.set(id, p);
+  }
+  return p;
+}
+
+function withFields(node, item) {
+  const f = itemFields(item);
+  if (f instanceof Promise) {
+    fillFields(node, item, {});
+    node.dataset.fields = "loading";
+    f.then((fields) => {
+      fillFields(node, item, fields);
+      node.dataset.fields = "ready";
+    });
+  } else {
+    fillFields(node, item, f);
+    node.dataset.fields = "ready";
+  }
+}
+
 function renderCard(item, source) {
   const node = el.cardTemplate.content.firstElementChild.cloneNode(true);
-  node.dataset.itemId = String(item.item_id);
+  const id = String(item.item_id);
+  node.dataset.itemId = id;
   node.dataset.source = source;
-  const title = item.title || String(item.item_id);
+  const title = naturalTitle(item.title || id);
+  node.dataset.title = title;
   node.querySelector(".card-title").textContent = title;
   const score = typeof item.score === "number" ? item.score.toFixed(3) : "–";
   node.querySelector(".score").textContent = `score ${score}`;
+  withFields(node, item);
 
   const badges = node.querySelector(".badges");
   for (const b of item.badges || []) {
@@ -212,6 +470,8 @@ function renderCard(item, source) {
   for (const btn of node.querySelectorAll("button[data-action]")) {
     btn.setAttribute("aria-label", `${btn.textContent}: ${title}`);
   }
+  const given = state.feedback.get(id);
+  if (given) showFeedback(node, given);
   return node;
 }
 
@@ -221,9 +481,16 @@ function renderList(list, items, source) {
   list.replaceChildren(frag);
 }
 
-function setBusy(list, busy) {
-  list.setAttribute("aria-busy", String(busy));
-  list.dataset.state = busy ? "loading" : "ready";
+function markNew(list, newIds) {
+  for (const card of list.querySelectorAll(".card")) {
+    if (!newIds.has(card.dataset.itemId)) continue;
+    card.classList.add("is-new");
+    const chip = document.createElement("span");
+    chip.className = "new-chip";
+    chip.dataset.testid = "card-new";
+    chip.textContent = "new";
+    card.querySelector(".meta").append(" ", chip);
+  }
 }
 
 function formatTime(ts) {
@@ -244,7 +511,7 @@ function renderHistory(items) {
     li.dataset.itemId = String(h.item_id);
     const t = document.createElement("span");
     t.className = "h-title";
-    t.textContent = h.title || String(h.item_id);
+    t.textContent = naturalTitle(h.title || String(h.item_id));
     const meta = document.createElement("span");
     meta.className = "h-meta";
     const bits = [h.type, formatTime(h.timestamp)];
@@ -259,16 +526,21 @@ function renderHistory(items) {
 
 async function loadUsers() {
   try {
-    const data = await api("/v1/users?limit=50");
+    const data = await api(`/v1/users?limit=${USER_OPTIONS}`);
     const frag = document.createDocumentFragment();
-    for (const id of data.users || []) {
+    const users = data.users || [];
+    for (const id of users) {
       const o = document.createElement("option");
       o.value = String(id);
       frag.append(o);
     }
     el.userOptions.replaceChildren(frag);
+    if (users.length) {
+      el.userHint.textContent =
+        `Type to filter the ${users.length} most active users, or enter any id: a new user gets general picks.`;
+    }
   } catch (err) {
-    showError(err);
+    showError("Could not load the list of users", err);
   }
 }
 
@@ -290,7 +562,7 @@ async function loadPresets() {
     // Start the slider at the preset's own discovery value unless the user already moved it.
     applyPreset(!state.sliderTouched);
   } catch (err) {
-    showError(err);
+    showError("Could not load the presets", err);
   }
 }
 
@@ -312,14 +584,54 @@ function applyPreset(setSlider) {
 }
 
 async function loadHistory(user) {
+  let items = [];
   try {
     const data = await api(`/v1/users/${encodeURIComponent(user)}/history?limit=20`);
-    if (user !== state.user) return;
-    renderHistory(data.items || []);
+    items = data.items || [];
   } catch (err) {
-    if (err instanceof ApiError && err.status === 404) renderHistory([]);
-    else showError(err);
+    if (!(err instanceof ApiError && err.status === 404)) {
+      if (user === state.user) showError(`Could not load the history of user ${user}`, err);
+      return;
+    }
   }
+  if (user !== state.user) return;
+  renderHistory(items);
+  state.historyCount = items.length;
+  showRecNote();
+}
+
+/** The note above the recommendations: the API's own, else the cold-start explanation. */
+function showRecNote() {
+  let text = state.recApiNote;
+  const shown = el.recList.dataset.user === state.user && el.recList.children.length > 0;
+  if (!text && shown && state.historyCount === 0) {
+    text = `No recommendations yet: user ${state.user} has no history — showing general picks, not personal ones.`;
+  }
+  setNote(el.recNote, text);
+}
+
+/** What changed between two settings, e.g. "discovery 0.50 → 0.90". */
+function settingsChange(prev, cur) {
+  const parts = [];
+  if (prev.discovery !== cur.discovery) parts.push(`discovery ${prev.discovery} → ${cur.discovery}`);
+  if (prev.preset !== cur.preset) parts.push(`preset ${prev.preset} → ${cur.preset}`);
+  if (prev.explore !== cur.explore) parts.push(cur.explore ? "exploration on" : "exploration off");
+  return parts.join(", ");
+}
+
+function describeChange(prev, cur, ids) {
+  const before = new Set(prev.ids);
+  const fresh = new Set(ids.filter((id) => !before.has(id)));
+  const what = settingsChange(prev, cur) || "after your feedback";
+  let text;
+  if (!ids.length) text = `${what}: the list is now empty.`;
+  else if (fresh.size === 0) {
+    const same = ids.every((id, i) => prev.ids[i] === id) && ids.length === prev.ids.length;
+    text = `${what}: the same ${ids.length} items${same ? ", in the same order" : ", re-ordered"}.`;
+  } else {
+    text = `${what}: ${fresh.size} of ${ids.length} items are new.`;
+  }
+  return { text, fresh };
 }
 
 async function loadRecommendations({ focus = false, note = "" } = {}) {
@@ -331,9 +643,12 @@ async function loadRecommendations({ focus = false, note = "" } = {}) {
   const seq = ++state.recSeq;
   const d = discovery();
   const preset = el.preset.value;
+  const explore = Boolean(el.explore && el.explore.checked);
   setBusy(el.recList, true);
+  el.recEmpty.hidden = true;
+  setListState(el.recState, "loading", `Loading recommendations for user ${user}…`);
   const q = new URLSearchParams({ k: String(K), preset, discovery: d.toFixed(2) });
-  if (el.explore && el.explore.checked) q.set("explore", EXPLORE_RATE.toFixed(2));
+  if (explore) q.set("explore", EXPLORE_RATE.toFixed(2));
   try {
     const data = await api(`/v1/users/${encodeURIComponent(user)}/recommendations?${q}`, {
       signal: ctrl.signal,
@@ -341,6 +656,7 @@ async function loadRecommendations({ focus = false, note = "" } = {}) {
     if (seq !== state.recSeq) return; // a newer request superseded this one
     clearError();
     const items = data.items || [];
+    const ids = items.map((it) => String(it.item_id));
     renderList(el.recList, items, "recommendations");
     el.recList.dataset.discovery = d.toFixed(2);
     el.recList.dataset.preset = preset;
@@ -349,16 +665,36 @@ async function loadRecommendations({ focus = false, note = "" } = {}) {
       el.recList.dataset.impressionId = String(data.impression_id);
     }
     el.recHeading.textContent = `Recommendations for user ${user}`;
-    el.recEmpty.hidden = items.length > 0;
-    el.recEmpty.textContent = items.length ? "" : "No recommendations for this user.";
     setBusy(el.recList, false);
+    setListState(el.recState, items.length ? "idle" : "empty",
+      `Nothing to recommend for user ${user} with these settings.`);
+    state.recApiNote = typeof data.note === "string" ? data.note : "";
+    showRecNote();
+    state.pendingFeedback = 0;
+    el.recRefresh.hidden = true;
+
+    const cur = { user, ids, discovery: d.toFixed(2), preset, explore };
+    const prev = state.lastList;
+    let change = "";
+    if (prev && prev.user === user) {
+      const { text, fresh } = describeChange(prev, cur, ids);
+      change = text;
+      markNew(el.recList, fresh);
+      el.discoveryChange.textContent = text[0].toUpperCase() + text.slice(1);
+      el.discoveryChange.hidden = false;
+    }
+    state.lastList = cur;
     announce(
-      `${note}${items.length} recommendations for user ${user}, preset ${preset}, discovery ${d.toFixed(2)}.`
+      `${note}${items.length} recommendations for user ${user}, preset ${preset}, discovery ${d.toFixed(2)}.` +
+        (change ? ` ${el.discoveryChange.textContent}` : "")
     );
     if (focus) el.recHeading.focus();
   } catch (err) {
-    if (seq === state.recSeq) setBusy(el.recList, false);
-    showError(err);
+    if (seq !== state.recSeq || isAbort(err)) return;
+    setBusy(el.recList, false);
+    el.recList.dataset.state = "error";
+    setListState(el.recState, "idle");
+    showError(`Could not load recommendations for user ${user}`, err);
   }
 }
 
@@ -367,13 +703,50 @@ function scheduleRecommendations() {
   state.debounce = setTimeout(() => loadRecommendations(), DEBOUNCE_MS);
 }
 
+function clearSearch() {
+  state.searchSeq++;
+  clearTimeout(state.slowTimer);
+  el.searchSection.hidden = true;
+  el.searchList.replaceChildren();
+  el.searchList.dataset.state = "idle";
+  delete el.searchList.dataset.query;
+  setListState(el.searchState, "idle");
+  setNote(el.searchNote, "");
+}
+
+/** Forget everything shown for the previous user. */
+function resetForNewUser() {
+  if (state.recAbort) state.recAbort.abort();
+  clearTimeout(state.debounce);
+  state.recSeq++;
+  state.lastList = null;
+  state.historyCount = null;
+  state.recApiNote = "";
+  state.feedback.clear();
+  state.pendingFeedback = 0;
+  el.recRefresh.hidden = true;
+  el.recList.replaceChildren();
+  el.recList.dataset.state = "idle";
+  delete el.recList.dataset.user;
+  setNote(el.recNote, "");
+  el.discoveryChange.hidden = true;
+  el.discoveryChange.textContent = "";
+  el.historyList.replaceChildren();
+  el.historyEmpty.hidden = false;
+  el.historyEmpty.textContent = "Loading…";
+  resetExplanation();
+  resetSimilar();
+  clearSearch();
+}
+
 function selectUser(user) {
   user = user.trim();
   if (!user) {
-    showError(new Error("Type or pick a user id first."));
+    showError("Type or pick a user id first.");
     el.userInput.focus();
     return;
   }
+  if (user !== state.user) resetForNewUser();
   state.user = user;
   try {
     localStorage.setItem(USER_STORAGE, user);
@@ -381,7 +754,6 @@ function selectUser(user) {
     // ignore
   }
   clearError();
-  resetExplanation();
   loadHistory(user);
   loadRecommendations();
 }
@@ -395,61 +767,142 @@ async function runSearch(query) {
   const seq = ++state.searchSeq;
   el.searchSection.hidden = false;
   setBusy(el.searchList, true);
-  const body = { query, k: K, discovery: discovery() };
-  if (state.user) body.user_id = state.user;
+  setNote(el.searchNote, "");
+  setListState(el.searchState, "loading", `Searching for “${query}”…`);
+  clearTimeout(state.slowTimer);
+  state.slowTimer = setTimeout(() => {
+    if (seq !== state.searchSeq) return;
+    setListState(el.searchState, "loading",
+      `Searching for “${query}”… the first search loads the language model, which can take a while.`);
+  }, SLOW_MS);
+  // The request itself says what is wanted: the server's search default (no discovery push)
+  // applies until the user moves the slider, whose value then applies to search too.
+  const body = { query, k: K };
+  if (state.sliderTouched) body.discovery = discovery();
+  const user = state.user;
+  if (user) body.user_id = user;
   try {
     const data = await api("/v1/search", { method: "POST", body });
     if (seq !== state.searchSeq) return;
+    clearTimeout(state.slowTimer);
     clearError();
     const items = data.items || [];
     renderList(el.searchList, items, "search");
     el.searchList.dataset.query = query;
     el.searchHeading.textContent = `Results for “${query}”`;
     setBusy(el.searchList, false);
-    announce(`${items.length} results for “${query}”.`);
+    let note = typeof data.note === "string" ? data.note : "";
+    if (!items.length) {
+      // nothing at all: the API's sentence (or ours) is the list's state, not a note above it
+      setListState(el.searchState, "empty", note || `Nothing in the catalog matches “${query}”.`);
+      setNote(el.searchNote, "");
+    } else {
+      setListState(el.searchState, "idle");
+      if (!note && data.match === "weak") {
+        note = "Nothing in the catalog matches that well: these are the closest items.";
+      }
+      setNote(el.searchNote, note);
+    }
+    announce(`${items.length} results for “${query}”.${note ? ` ${note}` : ""}`);
   } catch (err) {
-    if (seq === state.searchSeq) setBusy(el.searchList, false);
-    showError(err);
+    if (seq !== state.searchSeq) return;
+    clearTimeout(state.slowTimer);
+    setBusy(el.searchList, false);
+    el.searchList.dataset.state = "error";
+    setListState(el.searchState, "idle");
+    showError(`Could not search for “${query}”`, err);
   }
 }
 
 // ---------------------------------------------------------------- card actions
 
+const FEEDBACK = {
+  like: { done: "Liked ✓", verb: "Liked", noun: "like" },
+  skip: { done: "Not for me ✓", verb: "Marked not for me", noun: "“not for me”" },
+};
+
+/** Show that feedback was recorded: the button stays pressed, both stay disabled. */
+function showFeedback(card, type) {
+  card.dataset.acked = type;
+  for (const b of card.querySelectorAll("button[data-action=like], button[data-action=skip]")) {
+    const mine = b.dataset.action === type;
+    b.disabled = true;
+    b.setAttribute("aria-pressed", String(mine));
+    if (mine) {
+      b.textContent = FEEDBACK[type].done;
+      b.classList.add("done");
+    }
+  }
+}
+
+function cardsFor(itemId) {
+  return [...document.querySelectorAll(".card")].filter((c) => c.dataset.itemId === itemId);
+}
+
 async function sendFeedback(card, type) {
   const user = state.user;
-  const title = card.querySelector(".card-title").textContent;
+  const title = card.dataset.title;
+  const itemId = card.dataset.itemId;
   const ack = card.querySelector(".ack");
+  const cardError = card.querySelector(".card-error");
+  const spec = FEEDBACK[type];
   if (!user) {
-    showError(new Error("Pick a user before giving feedback."));
+    showError("Pick a user before giving feedback.");
     el.userInput.focus();
     return;
   }
-  const buttons = card.querySelectorAll("button[data-action]");
+  const buttons = card.querySelectorAll("button[data-action=like], button[data-action=skip]");
+  const button = card.querySelector(`button[data-action=${type}]`);
+  const label = button.textContent;
   for (const b of buttons) b.disabled = true;
-  const event = { user_id: user, item_id: card.dataset.itemId, type, idempotency_key: newKey() };
+  button.textContent = "Saving…";
+  cardError.hidden = true;
+  const event = { user_id: user, item_id: itemId, type, idempotency_key: newKey() };
   try {
     const data = await api("/v1/events", { method: "POST", body: { events: [event] } });
+    if (user !== state.user) return;
     const a = (data.acks || [])[0] || {};
-    const verb = type === "like" ? "Liked" : "Marked not for me";
-    const dup = a.duplicate ? " (already recorded)" : "";
-    ack.textContent = `${verb}: recorded${a.event_id !== undefined ? ` as event ${a.event_id}` : ""}${dup}.`;
-    card.dataset.acked = type;
-    clearError();
-    const note = `${verb} “${title}”. `;
-    announce(`${note}Refreshing…`);
+    state.feedback.set(itemId, type);
+    for (const c of cardsFor(itemId)) {
+      showFeedback(c, type);
+      const dup = a.duplicate ? " (already recorded)" : "";
+      c.querySelector(".ack").textContent =
+        `Saved${a.event_id !== undefined ? ` as event ${a.event_id}` : ""}${dup}.`;
+    }
+    state.pendingFeedback++;
+    const n = state.pendingFeedback;
+    el.recRefresh.textContent = `Update list (${n} new ${n === 1 ? "signal" : "signals"})`;
+    el.recRefresh.hidden = false;
+    announce(`${spec.verb} “${title}”. Choose “Update list” to see recommendations that use it.`);
     loadHistory(user);
-    await loadRecommendations({ note });
   } catch (err) {
+    button.textContent = label;
     for (const b of buttons) b.disabled = false;
-    showError(err);
+    ack.textContent = "";
+    cardError.textContent = failure(`Could not save your ${spec.noun} for “${title}”`, err);
+    cardError.hidden = false;
   }
 }
 
 function resetExplanation() {
+  state.explainSeq++;
+  for (const c of document.querySelectorAll(".card.selected")) c.classList.remove("selected");
   const p = document.createElement("p");
   p.className = "empty";
   p.textContent = "Choose “why this?” on a card to see what led to it.";
   el.explainBody.replaceChildren(p);
+  el.explainBody.dataset.state = "idle";
+  delete el.explainBody.dataset.itemId;
+}
+
+function resetSimilar() {
+  state.similarSeq++;
+  const p = document.createElement("p");
+  p.className = "empty";
+  p.textContent = "Choose “similar” on a card to see items like it.";
+  el.similarBody.replaceChildren(p);
+  el.similarBody.dataset.state = "idle";
+  delete el.similarBody.dataset.itemId;
 }
 
 function ordinal(n) {
@@ -461,22 +914,35 @@ function ordinal(n) {
   return `${n}th`;
 }
 
+function loadingLine(text) {
+  const p = document.createElement("p");
+  p.className = "list-state";
+  const spin = document.createElement("span");
+  spin.className = "spinner";
+  spin.setAttribute("aria-hidden", "true");
+  const t = document.createElement("span");
+  t.textContent = text;
+  p.append(spin, t);
+  return p;
+}
+
 async function explain(card) {
   const user = state.user;
-  const title = card.querySelector(".card-title").textContent;
+  const title = card.dataset.title;
   if (!user) {
-    showError(new Error("Pick a user to see why an item fits them."));
+    showError("Pick a user to see why an item fits them.");
     return;
   }
+  const seq = ++state.explainSeq;
   for (const c of document.querySelectorAll(".card.selected")) c.classList.remove("selected");
   card.classList.add("selected");
-  const loading = document.createElement("p");
-  loading.textContent = `Loading why “${title}”…`;
-  el.explainBody.replaceChildren(loading);
+  el.explainBody.replaceChildren(loadingLine(`Loading why “${title}”…`));
   el.explainBody.dataset.state = "loading";
+  const what = `Could not explain “${title}” for user ${user}`;
   try {
     const path = `/v1/users/${encodeURIComponent(user)}/recommendations/${encodeURIComponent(card.dataset.itemId)}/explain`;
     const data = await api(path);
+    if (seq !== state.explainSeq) return;
     const frag = document.createDocumentFragment();
     const h = document.createElement("h3");
     h.textContent = title;
@@ -491,14 +957,14 @@ async function explain(card) {
     const because = data.because || [];
     if (because.length) {
       const sub = document.createElement("h4");
-      sub.textContent = "From your history";
+      sub.textContent = "From the history";
       const ol = document.createElement("ol");
       ol.className = "because";
       ol.dataset.testid = "explain-because";
       for (const b of because) {
         const li = document.createElement("li");
         const name = document.createElement("span");
-        name.textContent = b.title || String(b.item_id);
+        name.textContent = naturalTitle(b.title || String(b.item_id));
         li.append(name);
         if (typeof b.similarity === "number") {
           const sim = document.createElement("span");
@@ -521,7 +987,13 @@ async function explain(card) {
       dl.append(dt, dd);
     };
     const pop = data.popularity || {};
-    if (pop.percentile !== undefined && pop.percentile !== null) {
+    if (typeof pop.users === "number" && typeof pop.of_people === "number") {
+      fact("Chosen by", `${pop.users} of ${pop.of_people} ${pop.of_people === 1 ? "person" : "people"}`);
+    }
+    if (typeof pop.more_popular_than_share === "number") {
+      fact("Popularity", `more popular than ${Math.round(pop.more_popular_than_share)}% of the catalog ` +
+        `(${ordinal(Math.round(Number(pop.percentile)))} percentile)`);
+    } else if (pop.percentile !== undefined && pop.percentile !== null) {
       // percentile is 0-100: the share of the catalog at most as popular as this item
       const users = pop.users !== undefined ? ` (${pop.users} ${pop.users === 1 ? "person" : "people"})` : "";
       fact("Popularity", `${ordinal(Math.round(Number(pop.percentile)))} percentile${users}`);
@@ -535,11 +1007,77 @@ async function explain(card) {
     announce(`Explanation for “${title}” shown.`);
     el.explainHeading.focus();
   } catch (err) {
+    if (seq !== state.explainSeq) return;
     el.explainBody.dataset.state = "error";
     const p = document.createElement("p");
-    p.textContent = `Could not explain “${title}”.`;
+    p.className = "panel-error";
+    p.textContent = failure(what, err);
     el.explainBody.replaceChildren(p);
-    showError(err);
+  }
+}
+
+async function showSimilar(card) {
+  const title = card.dataset.title;
+  const itemId = card.dataset.itemId;
+  const seq = ++state.similarSeq;
+  el.similarBody.replaceChildren(loadingLine(`Finding items like “${title}”…`));
+  el.similarBody.dataset.state = "loading";
+  try {
+    const data = await api(`/v1/items/${encodeURIComponent(itemId)}/similar?k=${SIMILAR_K}`);
+    if (seq !== state.similarSeq) return;
+    const frag = document.createDocumentFragment();
+    const h = document.createElement("h3");
+    h.textContent = `Like “${title}”`;
+    frag.append(h);
+    const items = data.items || [];
+    if (!items.length) {
+      const p = document.createElement("p");
+      p.className = "empty";
+      p.textContent = "No similar items found.";
+      frag.append(p);
+    }
+    const ol = document.createElement("ol");
+    ol.className = "similar-list";
+    ol.dataset.testid = "similar-list";
+    for (const it of items) {
+      const li = document.createElement("li");
+      li.dataset.testid = "similar-item";
+      li.dataset.itemId = String(it.item_id);
+      const name = naturalTitle(it.title || String(it.item_id));
+      li.dataset.title = name;
+      const media = document.createElement("div");
+      media.className = "card-media small";
+      const text = document.createElement("div");
+      const t = document.createElement("span");
+      t.className = "s-title";
+      t.textContent = name;
+      const why = document.createElement("span");
+      why.className = "s-meta";
+      why.textContent = (it.reasons || []).join("; ");
+      text.append(t, why);
+      li.append(media, text);
+      const f = itemFields(it);
+      if (f instanceof Promise) {
+        renderMedia(media, name, it.item_id, {});
+        f.then((fields) => renderMedia(media, name, it.item_id, fields));
+      } else {
+        renderMedia(media, name, it.item_id, f);
+      }
+      ol.append(li);
+    }
+    if (items.length) frag.append(ol);
+    el.similarBody.replaceChildren(frag);
+    el.similarBody.dataset.state = "ready";
+    el.similarBody.dataset.itemId = itemId;
+    announce(`${items.length} items like “${title}” shown.`);
+    el.similarHeading.focus();
+  } catch (err) {
+    if (seq !== state.similarSeq) return;
+    el.similarBody.dataset.state = "error";
+    const p = document.createElement("p");
+    p.className = "panel-error";
+    p.textContent = failure(`Could not find items like “${title}”`, err);
+    el.similarBody.replaceChildren(p);
   }
 }
 
@@ -549,6 +1087,7 @@ function onCardAction(ev) {
   const card = btn.closest(".card");
   const action = btn.dataset.action;
   if (action === "why") explain(card);
+  else if (action === "similar") showSimilar(card);
   else sendFeedback(card, action);
 }
 
@@ -583,8 +1122,10 @@ function init() {
     ev.preventDefault();
     selectUser(el.userInput.value);
   });
-  // Picking from the datalist fires "change" (as does leaving the field after typing).
-  el.userInput.addEventListener("change", () => {
+  // Picking an entry of the datalist replaces the text in one go: show that user at once.
+  // (Typing waits for Enter or "Show", so a half-typed id is never requested.)
+  el.userInput.addEventListener("input", (ev) => {
+    if (ev.inputType !== "insertReplacementText" && ev.inputType !== undefined) return;
     const v = el.userInput.value.trim();
     if (v && v !== state.user) selectUser(v);
   });
@@ -602,15 +1143,14 @@ function init() {
     scheduleRecommendations();
   });
 
+  el.recRefresh.addEventListener("click", () => loadRecommendations({ focus: true }));
+
   el.searchForm.addEventListener("submit", (ev) => {
     ev.preventDefault();
     runSearch(el.searchInput.value);
   });
   el.searchClear.addEventListener("click", () => {
-    state.searchSeq++;
-    el.searchSection.hidden = true;
-    el.searchList.replaceChildren();
-    el.searchList.dataset.state = "idle";
+    clearSearch();
     el.searchInput.value = "";
     el.searchInput.focus();
     announce("Search cleared.");
@@ -624,7 +1164,7 @@ function init() {
     loadUsers();
   } else {
     el.keyBox.open = true;
-    showError(new Error("No API key yet: paste the key that “serendip serve” printed into “API key” above."));
+    showError("No API key yet: paste the key that “serendip serve” printed into “API key” above.");
   }
   let last = "";
   try {
