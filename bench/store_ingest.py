@@ -3,7 +3,7 @@
 Every ``append_events`` call is one transaction that returns only after its commit is durable
 (SQLite: WAL + synchronous=FULL; PostgreSQL: synchronous_commit=on, fsync on), so the batch
 size decides how many commits (fsyncs) each event pays for.  SQLite runs on a temp file in its
-three thread modes (split: one locked writer + a reader per thread, the default; per_thread;
+two connection modes (split: one locked writer + a bounded pool of readers, the default;
 shared: one connection behind a lock);
 PostgreSQL on a throwaway server started from the local binaries (skipped when missing).
 Each back end also runs behind ``GroupCommitter`` ("+group"), as the service does: concurrent
@@ -114,7 +114,7 @@ def backends(tmp: Path) -> Iterator[list[tuple[str, Callable[[], Store]]]]:
             return s
         return make
 
-    for mode in ("split", "per_thread", "shared"):
+    for mode in ("split", "shared"):
         made.append((f"sqlite {mode}", sqlite_factory(mode)))
     server: PostgresServer | None = None
     if find_pg_bin() is not None:
@@ -149,7 +149,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="serendip-bench-") as tmp, backends(Path(tmp)) as bes:
         grouped = [
             (f"{name} +group", lambda make=make: Grouped(make()))
-            for name, make in bes if name != "sqlite per_thread" and name != "sqlite shared"
+            for name, make in bes if name != "sqlite shared"
         ]
         configs = [
             (name, make, threads, batch)

@@ -27,6 +27,7 @@ from serendip.store import (
     UserRecord,
     role_at_least,
 )
+from serendip.store.sqlite import SCHEMA_VERSION
 
 ODD_IDS = ["007", "a,b", "ünï", " padded ", "line\nbreak", "quote'\"", "😀", "%s", "?", "$1"]
 INJECTION_IDS = [
@@ -411,7 +412,7 @@ def test_migration_from_version_1_keeps_impressions(
 ) -> None:
     _create_v1(backend, store_url)
     store = open_fresh()  # migrates
-    assert store.schema_version() == 2  # type: ignore[attr-defined]
+    assert store.schema_version() == SCHEMA_VERSION  # type: ignore[attr-defined]
     frame = store.impressions_frame()  # type: ignore[attr-defined]
     assert frame["user_id"].tolist() == ["old-user", None]
     assert frame.iloc[0]["item_ids"] == ["a", "b"] and frame.iloc[0]["scores"] == [0.9, 0.1]
@@ -422,7 +423,7 @@ def test_migration_from_version_1_keeps_impressions(
         store.log_impressions([_imp("new-1", 3)])
     assert store.impressions_frame()["impression_id"].tolist() == [  # type: ignore[attr-defined]
         None, None, "new-1", None]
-    assert store.migrate() == 2 and open_fresh().count_impressions() == 4
+    assert store.migrate() == SCHEMA_VERSION and open_fresh().count_impressions() == 4
 
 
 # API keys ----------------------------------------------------------------------------------

@@ -2,7 +2,14 @@
 
 from serendip.data.bundled import BUNDLED, DATASETS, bundled_path, load_bundled, load_dataset
 from serendip.data.dataset import Dataset, TimeQuality
-from serendip.data.io import read_table
+from serendip.data.io import (
+    UNKNOWN_ITEMS,
+    drop_unknown_items,
+    item_filter_mask,
+    read_events,
+    read_items,
+    read_table,
+)
 from serendip.data.movielens import find_movielens_100k, load_movielens_100k
 from serendip.data.obd import find_open_bandit, load_open_bandit
 from serendip.data.splits import (
@@ -22,6 +29,11 @@ __all__ = [
     "Dataset",
     "TimeQuality",
     "read_table",
+    "read_events",
+    "read_items",
+    "drop_unknown_items",
+    "item_filter_mask",
+    "UNKNOWN_ITEMS",
     "load_movielens_100k",
     "find_movielens_100k",
     "load_open_bandit",

@@ -15,7 +15,15 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from serendip.data.io import read_table
+from serendip.data.io import (
+    _row_locator,
+    drop_unknown_items,
+    iso_to_seconds,
+    parse_ratings,
+    parse_timestamps,
+    read_events,
+    read_items,
+)
 from serendip.errors import DataError, UnknownIdError
 
 __all__ = ["Dataset", "TimeQuality", "CATEGORY_COLUMNS", "iso_to_seconds"]
@@ -38,16 +46,6 @@ MAX_TIE_SHARE = 0.9
 def _examples(values: np.ndarray | list, n: int = 5) -> str:
     vals = list(values)[:n]
     return ", ".join(repr(v) for v in vals)
-
-
-def iso_to_seconds(values: pd.Series) -> pd.Series:
-    """ISO-8601 strings to float seconds since the Unix epoch (naive dates read as UTC).
-
-    The one conversion used for timestamp columns and for time cuts, so both share a scale;
-    unparsable values become NaN.
-    """
-    parsed = pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601")
-    return (parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -103,8 +101,16 @@ class Dataset:
         *,
         category_column: str | None = None,
         users: np.ndarray | list[str] | None = None,
+        unknown_items: str = "error",
+        source: str | None = None,
     ) -> Dataset:
-        """Validate raw frames (external string ids) and build a Dataset."""
+        """Validate raw frames (external string ids) and build a Dataset.
+
+        ``unknown_items`` says what events on items missing from ``items`` do: ``"error"``
+        (the default) raises naming how many and some of them, ``"drop"`` leaves them out
+        with a warning.  ``source`` names where the events came from (a file name) in errors
+        and warnings; with it, collapsing repeated (user, item) pairs is a warning too.
+        """
         if not isinstance(interactions, pd.DataFrame):
             raise DataError(f"interactions must be a DataFrame, got {type(interactions).__name__}")
         missing = [c for c in ("user_id", "item_id") if c not in interactions.columns]
@@ -114,40 +120,26 @@ class Dataset:
             )
         if len(interactions) == 0:
             raise DataError("interactions are empty: at least one (user_id, item_id) row is needed")
-        inter = interactions.copy()
+        inter = interactions.reset_index(drop=True)
+        where = _row_locator(source, None)
         for c in ("user_id", "item_id"):
-            if inter[c].isna().any():
-                bad = int(inter[c].isna().sum())
-                raise DataError(f"column {c!r} has {bad} empty value(s); every row needs an id")
-            inter[c] = inter[c].astype(str)
+            empty = inter[c].isna().to_numpy()
+            if empty.any():
+                bad = int(empty.sum())
+                raise DataError(
+                    f"column {c!r} has {bad} empty value(s) (first at "
+                    f"{where(int(np.flatnonzero(empty)[0]))}); every row needs an id"
+                )
+        inter = inter.assign(user_id=inter["user_id"].astype(str),
+                             item_id=inter["item_id"].astype(str))
         if "timestamp" in inter.columns:
-            if pd.api.types.is_datetime64_any_dtype(inter["timestamp"]):
-                # a date-typed column (Parquet, a DataFrame) goes to seconds like ISO strings;
-                # to_numeric would give nanoseconds
-                ts = iso_to_seconds(inter["timestamp"])
-            else:
-                ts = pd.to_numeric(inter["timestamp"], errors="coerce")
-            if ts.isna().any():
-                if pd.api.types.is_numeric_dtype(inter["timestamp"]):
-                    bad_vals = inter.loc[ts.isna(), "timestamp"].tolist()
-                    raise DataError(f"timestamp has non-numeric values, e.g. {_examples(bad_vals)}")
-                ts = iso_to_seconds(inter["timestamp"])
-                if ts.isna().any():
-                    bad_vals = inter.loc[ts.isna(), "timestamp"].tolist()
-                    raise DataError(
-                        f"timestamp values are neither numbers nor ISO-8601 dates, e.g. {_examples(bad_vals)}"
-                    )
-            inter["timestamp"] = ts.astype(np.float64)
+            inter["timestamp"] = parse_timestamps(inter["timestamp"], where=where).to_numpy()
             has_time = True
         else:
             inter["timestamp"] = np.arange(len(inter), dtype=np.float64)
             has_time = False
         if "rating" in inter.columns:
-            r = pd.to_numeric(inter["rating"], errors="coerce")
-            if r.isna().any():
-                bad_vals = inter.loc[r.isna(), "rating"].tolist()
-                raise DataError(f"rating has non-numeric values, e.g. {_examples(bad_vals)}")
-            inter["rating"] = r.astype(np.float64)
+            inter["rating"] = parse_ratings(inter["rating"], where=where).to_numpy()
 
         if items is None:
             item_ids = pd.unique(inter["item_id"])
@@ -165,12 +157,11 @@ class Dataset:
                     f"items have {int(dup.sum())} duplicate item_id value(s), e.g. "
                     f"{_examples(items_df.loc[dup, 'item_id'].unique())}"
                 )
-            unknown = ~inter["item_id"].isin(items_df["item_id"])
-            if unknown.any():
-                u = inter.loc[unknown, "item_id"].unique()
-                raise UnknownIdError(
-                    f"interactions reference {len(u)} item id(s) not in the items table, "
-                    f"e.g. {_examples(u)}"
+            inter = drop_unknown_items(inter, items_df["item_id"], unknown_items=unknown_items,
+                                       source=source or "interactions").reset_index(drop=True)
+            if len(inter) == 0:
+                raise DataError(
+                    f"{source or 'interactions'}: no events are left on catalog items"
                 )
         items_df = items_df.reset_index(drop=True)
         item_ids_arr = items_df["item_id"].to_numpy(dtype=object)
@@ -202,7 +193,12 @@ class Dataset:
             .reset_index(drop=True)
         )
         if len(out) < before:
-            log.info("collapsed %d duplicate (user, item) rows to the latest", before - len(out))
+            n = before - len(out)
+            log.log(
+                logging.WARNING if source else logging.INFO,
+                "%s%d repeated (user, item) %s collapsed to the latest event",
+                f"{source}: " if source else "", n, "row" if n == 1 else "rows",
+            )
 
         if category_column is None:
             category_column = next((c for c in CATEGORY_COLUMNS if c in items_df.columns), None)
@@ -237,11 +233,20 @@ class Dataset:
         items: str | Path | None = None,
         *,
         category_column: str | None = None,
+        unknown_items: str = "error",
+        sep: str | None = None,
+        encoding: str | None = None,
     ) -> Dataset:
-        """Read interactions (``user_id,item_id[,timestamp][,rating]``) and an item catalog."""
-        inter = read_table(interactions, id_columns=("user_id", "item_id"))
-        items_df = None if items is None else read_table(items, id_columns=("item_id",))
-        return cls.from_frames(inter, items_df, category_column=category_column)
+        """Read interactions (``user_id,item_id[,timestamp][,rating]``) and an item catalog.
+
+        Both go through ``read_events`` / ``read_items`` (``sep``: the CSV delimiter, found
+        from the header when None; ``encoding``: default UTF-8); ``unknown_items`` as in
+        ``from_frames``.
+        """
+        inter = read_events(interactions, sep=sep, encoding=encoding)
+        items_df = None if items is None else read_items(items, sep=sep, encoding=encoding)
+        return cls.from_frames(inter, items_df, category_column=category_column,
+                               unknown_items=unknown_items, source=Path(interactions).name)
 
     # ---------------------------------------------------------------- derived views
     @property
@@ -387,6 +392,16 @@ class Dataset:
             self.user_ids, self.item_ids, self.items, self.interactions,
             self.category_column, vectors, has_time=self.has_time,
         )
+
+    def describe(self) -> str:
+        """Its size in words, for people: '943 users, 1,682 items and 100,000 interactions'."""
+
+        def n(count: int, word: str) -> str:
+            return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+        return (f"{n(self.n_users, 'user')}, {n(self.n_items, 'item')} and "
+                f"{n(len(self.interactions), 'interaction')}"
+                f"{'' if self.has_time else ' (no timestamps)'}")
 
     def __repr__(self) -> str:
         return (

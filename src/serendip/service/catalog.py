@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from serendip.data.dataset import CATEGORY_COLUMNS
 from serendip.errors import UnknownIdError
+from serendip.limits import check_categories, parse_categories
 from serendip.service.lifecycle import Lifecycle
 from serendip.service.state import TITLE_COLUMNS, ModelState, natural_title
 from serendip.store.base import ItemRecord, Store
@@ -26,7 +28,11 @@ class Catalog:
         self.lifecycle = lifecycle
 
     def upsert(self, records: Sequence[ItemRecord]) -> int:
-        _check_categories(records)
+        """Write items (all or none); more categories per item or in total than the limits
+        (``serendip.limits``) is an error naming the item and the limit."""
+        cfg = self.lifecycle.config.fit_config
+        _check_categories(records, self.lifecycle.current,
+                          cfg.category_column if cfg is not None else None)
         with self.lifecycle.lock:
             n = self.store.upsert_items(records)
             s = self.lifecycle.current
@@ -74,12 +80,29 @@ class Catalog:
         return item_id
 
 
-def _check_categories(records: Sequence[ItemRecord]) -> None:
-    """Bound the categories (genres, tags) per item: the calibration and multi-objective
-    rerankers keep an item x category structure."""
-    try:
-        from serendip.limits import check_categories
-    except ImportError:  # pragma: no cover
-        return
-    check_categories((r.item_id, v) for r in records for k, v in r.fields.items()
-                     if k.casefold() in ("genres", "genre", "categories", "category", "tags"))
+def _check_categories(records: Sequence[ItemRecord], s: ModelState | None,
+                      configured: str | None) -> None:
+    """Bound the categories (genres, tags) per item and in total, per category field: the
+    calibration and multi-objective rerankers keep an item x category structure."""
+    columns = {c for c in CATEGORY_COLUMNS}
+    if configured:
+        columns.add(configured)
+    for col in sorted(columns):
+        values = [(r.item_id, r.fields[col]) for r in records if col in r.fields]
+        if not values:
+            continue
+        check_categories(values, existing=_model_categories(s, col))
+
+
+def _model_categories(s: ModelState | None, col: str) -> frozenset[str]:
+    """The category names of the model's catalog in field ``col`` (cached per model)."""
+    if s is None or col not in s.rec.data.items.columns:
+        return frozenset()
+    cache: dict[str, frozenset[str]] = s.__dict__.setdefault("_category_names", {})
+    got = cache.get(col)
+    if got is None:
+        names: set[str] = set()
+        for v in s.rec.data.items[col].tolist():
+            names.update(parse_categories(v))
+        got = cache[col] = frozenset(names)
+    return got

@@ -217,6 +217,8 @@ class Engine:
 
     def erase_user(self, user_id: str) -> dict[str, Any]:
         """Remove everything stored about the user, and their row in the served model."""
+        # lists served a moment ago are still queued: write them first, so they are erased too
+        self.impression_writer.flush(10.0)
         out = self.feedback.erase(self.uid(user_id))
         out["user_id"] = user_id
         return out

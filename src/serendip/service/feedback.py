@@ -130,7 +130,7 @@ class Feedback:
         """
         s = self.lifecycle.current
         known = self.user_known(user_id, s)
-        removed: dict[str, Any] = dict(self.store.erase_user(user_id))  # type: ignore[attr-defined]
+        removed: dict[str, Any] = dict(self.store.erase_user(user_id))
         with self._shown_lock:
             gone = [key for key in self._shown if key[0] == user_id]
             for key in gone:
@@ -149,7 +149,7 @@ class Feedback:
 
     def export(self, user_id: str) -> dict[str, Any]:
         """Everything stored about ``user_id`` (complete: no event limit)."""
-        got: dict[str, Any] = dict(self.store.export_user(user_id))  # type: ignore[attr-defined]
+        got: dict[str, Any] = dict(self.store.export_user(user_id))
         s = self.lifecycle.current
         if not any(got.get(k) for k in ("user", "events", "impressions")) and not (
                 s is not None and s.user_index(user_id) is not None):

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-import pandas as pd
 
 from serendip.data.dataset import Dataset
 from serendip.errors import DataError, SerendipError, UnknownIdError
@@ -238,30 +237,11 @@ class Lifecycle:
         return records, events
 
     def _read_seed_files(self) -> Dataset:
-        """The seed files through the one reader ``fit`` uses; unknown items per config."""
-        from serendip.data.io import read_table
-
-        path = cast(str, self.config.seed_interactions)
-        inter = read_table(path, id_columns=("user_id", "item_id"))
-        if self.config.seed_items is not None:
-            items = read_table(self.config.seed_items, id_columns=("item_id",))
-            known = set(items["item_id"].astype(str))
-            unknown = ~inter["item_id"].astype(str).isin(known)
-            if unknown.any():
-                ids = pd.unique(inter.loc[unknown, "item_id"].astype(str))
-                shown = ", ".join(repr(x) for x in ids[:5])
-                if self.config.unknown_items == "drop":
-                    log.warning("dropped %d seed event(s) on %d item(s) not in %s (e.g. %s)",
-                                int(unknown.sum()), len(ids), self.config.seed_items, shown)
-                    inter = inter[~unknown]
-                else:
-                    raise DataError(
-                        f"{int(unknown.sum())} event(s) in {path} name {len(ids)} item(s) not in "
-                        f"{self.config.seed_items}, e.g. {shown}; pass --unknown-items drop to "
-                        "leave them out")
-        else:
-            items = pd.DataFrame({"item_id": pd.unique(inter["item_id"].astype(str))})
-        return Dataset.from_frames(inter, items)
+        """The seed files through the one reader and the same checks as ``serendip fit``
+        (ids verbatim, ISO-8601 or epoch timestamps, errors naming the line; events on items
+        missing from the seed catalog per ``unknown_items``)."""
+        return Dataset.from_files(cast(str, self.config.seed_interactions),
+                                  self.config.seed_items, unknown_items=self.config.unknown_items)
 
     # ------------------------------------------------------------------- fitting
     def fit_config(self, n_items: int | None = None) -> FitConfig:

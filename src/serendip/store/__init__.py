@@ -1,6 +1,8 @@
 """Persistence behind one :class:`Store` protocol: SQLite (embedded default) and PostgreSQL.
 
 ``open_store(url)`` picks the back end from the URL and brings the schema up to date.
+``redact_url(url)`` hides a URL's password: use it (or ``store.display_url``) wherever a URL
+is printed or logged.
 """
 
 from __future__ import annotations
@@ -9,16 +11,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from serendip.errors import ConfigError
-from serendip.store._common import KEY_PREFIX, role_at_least
+from serendip.store._common import KEY_PREFIX, redact_url, role_at_least
 from serendip.store.base import (
     EVENT_TYPES,
     ROLES,
+    ApiKeyInfo,
     EventAck,
     EventRecord,
     Impression,
     ItemRecord,
     Role,
     Store,
+    StoreUnavailableError,
     UserRecord,
 )
 from serendip.store.sqlite import SQLiteStore
@@ -29,7 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Role", "ROLES", "EVENT_TYPES", "ItemRecord", "UserRecord", "EventRecord", "EventAck",
     "Impression", "Store", "SQLiteStore", "PostgresStore", "open_store", "role_at_least",
-    "KEY_PREFIX",
+    "KEY_PREFIX", "ApiKeyInfo", "StoreUnavailableError", "redact_url",
 ]
 
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
@@ -48,11 +52,14 @@ def open_store(url: str) -> Store:
     """Open (and migrate) the store at ``url``.
 
     Accepted: ``sqlite:///abs/path.db``, a bare path ending ``.db``/``.sqlite``/``.sqlite3``,
-    ``postgresql://...`` or ``postgres://...``.  In-memory SQLite is refused: events must
-    survive a restart.
+    ``postgresql://...`` or ``postgres://...`` (``?pool_size=N&pool_timeout=S`` set the
+    connection pool).  In-memory SQLite is refused: events must survive a restart.  Messages
+    show the URL with its password hidden.  An unreachable database raises
+    StoreUnavailableError.
     """
     if not isinstance(url, str) or not url.strip():
         raise ConfigError(f"store URL must be a non-empty string, got {url!r}")
+    shown = redact_url(url)
     store: Store
     if url.startswith(("postgresql://", "postgres://")):
         from serendip.store.postgres import PostgresStore
@@ -75,7 +82,7 @@ def open_store(url: str) -> Store:
         store = SQLiteStore(Path(url))
     else:
         raise ConfigError(
-            f"unknown store URL {url!r}; use sqlite:///abs/path.db, a path ending .db or "
+            f"unknown store URL {shown!r}; use sqlite:///abs/path.db, a path ending .db or "
             ".sqlite, or postgresql://user@host:port/dbname"
         )
     try:

@@ -58,6 +58,14 @@ __all__ = [
     "verify_key",
     "events_frame_from_rows",
     "fields_frame",
+    "redact_url",
+    "scrub_secret",
+    "check_timestamp",
+    "check_version",
+    "check_count",
+    "KEY_TOUCH_INTERVAL",
+    "DEFAULT_POOL_SIZE",
+    "DEFAULT_POOL_TIMEOUT",
 ]
 
 #: Every plaintext key starts with this, so a leaked key is easy to recognise (and grep for).
@@ -70,7 +78,67 @@ IMPRESSION_COLUMNS = [
 #: Public impression ids: short, URL- and log-safe tokens.
 _IMPRESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _HASH_SCHEME = "hmac-sha256"
+#: ``last_used_at`` of a key is rewritten at most this often (seconds): a write per request
+#: would cost more than the answer is worth.
+KEY_TOUCH_INTERVAL = 60.0
+#: Connections a store keeps at most (PostgreSQL pool, SQLite readers), and how long an
+#: operation waits for one of them before raising StoreUnavailableError (seconds).
+DEFAULT_POOL_SIZE = 8
+DEFAULT_POOL_TIMEOUT = 10.0
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# password=... in a URL query or a key=value connection string, quoted or not.
+_PASSWORD_PARAM = re.compile(
+    r"(?P<key>\bpassword\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'?|[^\s&;]*)", re.IGNORECASE
+)
 _MAX_ID_LEN = 1024
+
+
+def _userinfo(url: str) -> tuple[str, str, str] | None:
+    """``(scheme://, userinfo, @rest)`` of a URL that has a userinfo part, else None.
+
+    The userinfo runs to the last "@" before the query (or to the last "@" at all when a raw
+    "?" or "#" precedes it): a password holding a raw "@" or "/" is still cut out whole, at
+    worst along with the host.
+    """
+    m = _URL_SCHEME.match(url)
+    if m is None:
+        return None
+    rest = url[m.end():]
+    stop = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    at = rest.rfind("@", 0, stop)
+    if at < 0:
+        at = rest.rfind("@")
+    if at < 0:
+        return None
+    return m.group(0), rest[:at], rest[at:]
+
+
+def redact_url(url: str) -> str:
+    """``url`` with every password replaced by ``***`` (for logs, reprs and messages).
+
+    Handles ``scheme://user:secret@host/...`` and ``password=secret`` in a query string or a
+    ``key=value`` connection string; anything else comes back unchanged.
+    """
+    text = str(url)
+    parts = _userinfo(text)
+    if parts is not None and ":" in parts[1]:
+        head, userinfo, tail = parts
+        text = head + userinfo.split(":", 1)[0] + ":***" + tail
+    return _PASSWORD_PARAM.sub(lambda p: p.group("key") + "***", text)
+
+
+def scrub_secret(message: str, url: str) -> str:
+    """``message`` (say, a driver's error text) with the password of ``url`` hidden."""
+    found: list[str] = []
+    parts = _userinfo(url)
+    if parts is not None and ":" in parts[1]:
+        found.append(parts[1].split(":", 1)[1])
+    found += [p.group("value").strip("'") for p in _PASSWORD_PARAM.finditer(url)]
+    out = str(message)
+    for secret in sorted(found, key=len, reverse=True):
+        if secret and secret != "***":
+            out = out.replace(secret, "***")
+    return out
 
 
 def role_at_least(role: Role | None, required: Role) -> bool:
@@ -127,6 +195,31 @@ def _finite(value: object, what: str) -> float:
     out = float(value)
     if not math.isfinite(out):
         raise DataError(f"{what} must be finite, got {value!r}")
+    return out
+
+
+def check_timestamp(value: object, what: str = "timestamp") -> float:
+    """A finite number of seconds since the epoch."""
+    return _finite(value, what)
+
+
+def check_version(value: object) -> int:
+    """A catalog version: a non-negative integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DataError(f"catalog version must be a non-negative integer, got {value!r}")
+    return value
+
+
+def check_count(value: object, what: str, default: int) -> int:
+    """A positive integer option (``None`` gives ``default``), as a ConfigError naming it."""
+    if value is None:
+        return default
+    try:
+        out = int(str(value)) if isinstance(value, str) else value
+    except ValueError:
+        raise ConfigError(f"{what} must be a positive integer, got {value!r}") from None
+    if isinstance(out, bool) or not isinstance(out, int) or out < 1:
+        raise ConfigError(f"{what} must be a positive integer, got {value!r}")
     return out
 
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import pandas as pd
 
+from serendip.errors import StoreError
+
 __all__ = [
     "Role", "ROLES", "ItemRecord", "UserRecord", "EventRecord", "EventAck", "Impression",
-    "Store", "EVENT_TYPES",
+    "Store", "EVENT_TYPES", "ApiKeyInfo", "StoreUnavailableError",
 ]
 
 Role = Literal["read", "write", "admin"]
@@ -23,6 +25,37 @@ ROLES: tuple[Role, ...] = ("read", "write", "admin")
 
 #: Event types the API accepts; ``value`` carries the rating for "rating".
 EVENT_TYPES = ("interaction", "click", "like", "skip", "dislike", "rating", "purchase", "view")
+
+
+class StoreUnavailableError(StoreError):
+    """The database cannot be reached right now, or no connection became free in time.
+
+    The request may well succeed later: the HTTP layer answers 503 with a ``Retry-After`` of
+    ``retry_after`` seconds.  Messages name the store by its redacted URL.
+    """
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class ApiKeyInfo:
+    """What the store says about an API key: never the key, never its hash.
+
+    ``revoked_at`` is None while the key is active (keys revoked before schema version 3
+    carry the time of that upgrade).  ``last_used_at`` is refreshed at most once a minute.
+    """
+
+    name: str
+    role: Role
+    created_at: float
+    revoked_at: float | None = None
+    last_used_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
 
 
 @dataclass(frozen=True)
@@ -78,17 +111,32 @@ class Impression:
 class Store(Protocol):
     """Persistence for catalog, users, events, impressions and API keys."""
 
-    url: str
+    url: str  # usable for connecting: it may hold a password, so never print it
+
+    @property
+    def display_url(self) -> str:
+        """``url`` with any password replaced by ``***``: for logs, reprs and messages."""
+        ...
 
     def migrate(self) -> int:
         """Create or upgrade the schema; returns the schema version now in place."""
 
     def close(self) -> None: ...
 
+    def ping(self) -> None:
+        """Return when the database answers; raise StoreUnavailableError when it does not."""
+
     # catalog -------------------------------------------------------------------------
     def upsert_items(self, items: Sequence[ItemRecord]) -> int: ...
     def get_item(self, item_id: str) -> ItemRecord | None: ...
     def delete_items(self, item_ids: Sequence[str]) -> int: ...
+    def catalog_version(self) -> int:
+        """A counter bumped (in the same transaction) by every ``upsert_items`` or
+        ``delete_items`` that changes the catalog: 0 on a fresh database.  Read it before
+        ``items_frame`` so that a change made in between is seen at the next poll."""
+
+    def deleted_items_since(self, version: int) -> list[str]:
+        """Ids deleted by catalog versions after ``version`` and not stored again since."""
     def items_frame(self) -> pd.DataFrame:
         """All items: ``item_id`` plus one column per field name (missing fields empty)."""
 
@@ -135,5 +183,27 @@ class Store(Protocol):
     def create_api_key(self, name: str, role: Role) -> str:
         """Create a key and return its plaintext once; only a hash is stored."""
 
-    def check_api_key(self, key: str) -> Role | None: ...
-    def revoke_api_key(self, name: str) -> bool: ...
+    def check_api_key(self, key: str) -> Role | None:
+        """The role of an active key, or None (unknown, malformed or revoked)."""
+
+    def revoke_api_key(self, name: str) -> bool:
+        """Revoke the key named ``name``; False when no active key has that name."""
+
+    def list_api_keys(self) -> list[ApiKeyInfo]:
+        """Every key ever created, revoked ones included, oldest first."""
+
+    def count_api_keys(self, role: Role | None = None, active_only: bool = True) -> int: ...
+
+    # a person's data -----------------------------------------------------------------
+    def erase_user(self, user_id: str) -> dict[str, int]:
+        """Delete the user's events, impressions (with their logged request text) and user
+        record in one transaction; returns ``{"events": n, "impressions": m, "users": 0|1}``."""
+
+    def export_user(self, user_id: str) -> dict[str, Any]:
+        """Everything stored about the user, read in one snapshot, JSON-serialisable:
+        ``{"user_id", "user": {"fields", "updated_at"} | None, "events": [...],
+        "impressions": [...]}``."""
+
+    def purge_before(self, timestamp: float) -> dict[str, int]:
+        """Retention: delete impressions older than ``timestamp`` (seconds since the epoch);
+        returns ``{"impressions": n}``.  Events are training data and are kept."""

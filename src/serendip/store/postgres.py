@@ -1,15 +1,17 @@
 """PostgreSQL back end (psycopg 3): the same schema and semantics as the SQLite store.
 
-Each thread gets its own autocommit connection and wraps every write in one explicit
+Connections come from a bounded pool (``psycopg_pool``): an operation checks one out, runs,
+and gives it back, so a store holds at most ``pool_size`` server backends however many threads
+come and go.  Connections are in autocommit mode and every write runs in one explicit
 transaction, so a method returns only after its commit (``synchronous_commit`` as configured on
 the server, ``on`` by default).  Upserts and idempotency use ``ON CONFLICT``; every value travels
-as a query parameter.
+as a query parameter.  When the server cannot be reached, or no connection becomes free within
+``pool_timeout`` seconds, operations raise StoreUnavailableError.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -18,15 +20,22 @@ from typing import Any
 import pandas as pd
 import psycopg
 from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from serendip.errors import ConfigError, DataError, StoreError
 from serendip.store._common import (
+    DEFAULT_POOL_SIZE,
+    DEFAULT_POOL_TIMEOUT,
     IMPRESSION_COLUMNS,
+    KEY_TOUCH_INTERVAL,
     PreparedImpression,
+    check_count,
     check_event_types,
     check_key_name,
     check_limit,
     check_role,
+    check_timestamp,
+    check_version,
     duplicate_impression_ids,
     events_frame_from_rows,
     fields_frame,
@@ -39,11 +48,25 @@ from serendip.store._common import (
     prepare_impressions,
     prepare_items,
     prepare_users,
+    redact_url,
+    scrub_secret,
     verify_key,
 )
-from serendip.store.base import EventAck, EventRecord, Impression, ItemRecord, Role, UserRecord
+from serendip.store.base import (
+    ApiKeyInfo,
+    EventAck,
+    EventRecord,
+    Impression,
+    ItemRecord,
+    Role,
+    StoreUnavailableError,
+    UserRecord,
+)
 
-__all__ = ["PostgresStore", "POSTGRES_MIGRATIONS"]
+__all__ = ["PostgresStore", "POSTGRES_MIGRATIONS", "POOL_OPTIONS"]
+
+#: Query options of a store URL read by the store itself (and removed before connecting).
+POOL_OPTIONS = ("pool_size", "pool_timeout")
 
 #: Ordered schema steps; version N is applied once, inside one transaction, by ``migrate``.
 POSTGRES_MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
@@ -104,6 +127,31 @@ POSTGRES_MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "CREATE UNIQUE INDEX impressions_impression_id ON impressions (impression_id)",
         ),
     ),
+    (
+        3,
+        (
+            # Listable keys: when a key was revoked and last used.  Keys revoked before this
+            # version get the time of the upgrade (they were revoked at or before it).
+            "ALTER TABLE api_keys ADD COLUMN revoked_at DOUBLE PRECISION",
+            "ALTER TABLE api_keys ADD COLUMN last_used_at DOUBLE PRECISION",
+            "UPDATE api_keys SET revoked_at = extract(epoch FROM now()) WHERE revoked",
+            # One counter bumped by every catalog change, and the ids each change deleted, so
+            # that several service instances on one database notice changes cheaply.
+            """CREATE TABLE catalog_state (
+                id INTEGER PRIMARY KEY CHECK (id = 1),
+                version BIGINT NOT NULL
+            )""",
+            "INSERT INTO catalog_state (id, version) VALUES (1, 0)",
+            """CREATE TABLE item_deletions (
+                version BIGINT NOT NULL,
+                item_id TEXT NOT NULL,
+                PRIMARY KEY (version, item_id)
+            )""",
+            # Erasing or exporting a person's data, and retention, find impressions by index.
+            "CREATE INDEX impressions_user ON impressions (user_id)",
+            "CREATE INDEX impressions_timestamp ON impressions (timestamp)",
+        ),
+    ),
 )
 SCHEMA_VERSION = POSTGRES_MIGRATIONS[-1][0]
 # Any fixed number: migrations of one database take this advisory lock, so two processes
@@ -111,68 +159,135 @@ SCHEMA_VERSION = POSTGRES_MIGRATIONS[-1][0]
 _MIGRATION_LOCK = 0x5E4E_D1F0
 
 
-class PostgresStore:
-    """A :class:`~serendip.store.base.Store` in a PostgreSQL database (one connection per thread)."""
+def _split_pool_options(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without the store's own query options, and those options.
 
-    def __init__(self, url: str, *, connect_timeout: int = 10) -> None:
+    Other query parameters are kept byte for byte (libpq reads them)."""
+    base, sep, query = url.partition("?")
+    if not sep:
+        return url, {}
+    query, hash_sep, fragment = query.partition("#")
+    kept: list[str] = []
+    found: dict[str, str] = {}
+    for part in query.split("&"):
+        key, _, value = part.partition("=")
+        if key in POOL_OPTIONS:
+            found[key] = value
+        elif part:
+            kept.append(part)
+    out = base + ("?" + "&".join(kept) if kept else "")
+    return out + (hash_sep + fragment if hash_sep else ""), found
+
+
+def _positive_seconds(value: object, what: str) -> float:
+    try:
+        out = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a positive number of seconds, got {value!r}") from None
+    if isinstance(value, bool) or not 0 < out < float("inf"):
+        raise ConfigError(f"{what} must be a positive number of seconds, got {value!r}")
+    return out
+
+
+class PostgresStore:
+    """A :class:`~serendip.store.base.Store` in a PostgreSQL database.
+
+    At most ``pool_size`` connections (default 8; also ``?pool_size=`` in the URL); an operation
+    waits up to ``pool_timeout`` seconds (default 10; ``?pool_timeout=``) for a free one.
+    Arguments given here win over the URL's options.  ``url`` keeps the rest of the URL as given,
+    usable for connecting; ``display_url`` hides the password.
+    """
+
+    def __init__(self, url: str, *, connect_timeout: int = 10, pool_size: int | None = None,
+                 pool_timeout: float | None = None) -> None:
         if not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://")):
-            raise ConfigError(f"PostgreSQL URL must start with postgresql://, got {url!r}")
-        self.url = url
+            shown = redact_url(url) if isinstance(url, str) else repr(url)
+            raise ConfigError(f"PostgreSQL URL must start with postgresql://, got {shown!r}")
+        self.url, options = _split_pool_options(url)
+        self.pool_size = check_count(
+            pool_size if pool_size is not None else options.get("pool_size"),
+            "pool_size", DEFAULT_POOL_SIZE)
+        self.pool_timeout = _positive_seconds(
+            pool_timeout if pool_timeout is not None
+            else options.get("pool_timeout", DEFAULT_POOL_TIMEOUT), "pool_timeout")
         self._connect_timeout = int(connect_timeout)
-        self._local = threading.local()
-        self._all: list[psycopg.Connection[Any]] = []
-        self._all_lock = threading.Lock()
         self._closed = False
-        self._conn()  # fail early on a wrong URL or an unreachable server
+        # One direct connection first: a wrong URL or an unreachable server fails here with the
+        # server's own reason (a pool would only time out).
+        try:
+            psycopg.connect(self.url, autocommit=True,
+                            connect_timeout=self._connect_timeout).close()
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailableError(
+                f"cannot connect to {self.display_url}: {self._scrub(exc)}") from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot connect to {self.display_url}: {self._scrub(exc)}") from exc
+        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            self.url,
+            kwargs={"autocommit": True, "connect_timeout": self._connect_timeout},
+            min_size=1,
+            max_size=self.pool_size,
+            timeout=self.pool_timeout,
+            open=False,
+            name="serendip-store",
+        )
+        self._pool.open(wait=False)
+
+    @property
+    def display_url(self) -> str:
+        return redact_url(self.url)
+
+    def _scrub(self, exc: BaseException | str) -> str:
+        return scrub_secret(str(exc), self.url)
 
     # connections -----------------------------------------------------------------------
-    def _conn(self) -> psycopg.Connection[Any]:
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
         if self._closed:
-            raise StoreError(f"store {self._safe_url()} is closed")
-        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
-        if conn is not None and not conn.closed and not conn.broken:
-            return conn
+            raise StoreError(f"store {self.display_url} is closed")
         try:
-            conn = psycopg.connect(
-                self.url, autocommit=True, connect_timeout=self._connect_timeout
-            )
-        except psycopg.Error as exc:
-            raise StoreError(f"cannot connect to {self._safe_url()}: {exc}") from exc
-        self._local.conn = conn
-        with self._all_lock:
-            self._all = [c for c in self._all if not c.closed]
-            self._all.append(conn)
-        return conn
+            with self._pool.connection() as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise StoreUnavailableError(
+                f"no connection to {self.display_url} within {self.pool_timeout:g} s "
+                f"(pool of {self.pool_size}): the server is unreachable or every connection "
+                "is busy"
+            ) from exc
+        except PoolClosed as exc:
+            raise StoreError(f"store {self.display_url} is closed") from exc
+        except psycopg.OperationalError as exc:
+            # The server went away (or refused): drop the pool's dead idle connections now
+            # rather than one failing request at a time.
+            try:
+                self._pool.check()
+            except psycopg.Error:  # pragma: no cover - checking is best effort
+                pass
+            raise StoreUnavailableError(
+                f"PostgreSQL store {self.display_url} is unavailable: {self._scrub(exc)}"
+            ) from exc
 
     @contextmanager
     def _write(self) -> Iterator[psycopg.Cursor[Any]]:
-        conn = self._conn()
-        with conn.transaction(), conn.cursor() as cur:
+        with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
             yield cur
 
     @contextmanager
     def _read(self) -> Iterator[psycopg.Cursor[Any]]:
-        with self._conn().cursor() as cur:
+        with self._connection() as conn, conn.cursor() as cur:
             yield cur
 
-    def _safe_url(self) -> str:
-        """The URL with any password hidden, for messages."""
-        try:
-            info = psycopg.conninfo.conninfo_to_dict(self.url)
-        except psycopg.Error:
-            return "<postgres url>"
-        info.pop("password", None)
-        return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items()})
+    def ping(self) -> None:
+        """Raise StoreUnavailableError unless the server answers within the pool timeout."""
+        with self._read() as cur:
+            cur.execute("SELECT 1").fetchone()
 
     def close(self) -> None:
-        with self._all_lock:
-            self._closed = True
-            for conn in self._all:
-                try:
-                    conn.close()
-                except psycopg.Error:  # pragma: no cover - closing is best effort
-                    pass
-            self._all.clear()
+        """Close the pool: idle connections now, ones in use when they are given back."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.close()
 
     def __enter__(self) -> PostgresStore:
         return self
@@ -181,7 +296,7 @@ class PostgresStore:
         self.close()
 
     def __repr__(self) -> str:
-        return f"PostgresStore({self._safe_url()!r})"
+        return f"PostgresStore({self.display_url!r})"
 
     # schema ----------------------------------------------------------------------------
     def schema_version(self) -> int:
@@ -202,7 +317,7 @@ class PostgresStore:
             current = int(row[0] or 0) if row else 0
             if current > SCHEMA_VERSION:
                 raise StoreError(
-                    f"{self._safe_url()} has schema version {current}, newer than this code "
+                    f"{self.display_url} has schema version {current}, newer than this code "
                     f"understands ({SCHEMA_VERSION}); upgrade serendip"
                 )
             for version, steps in POSTGRES_MIGRATIONS:
@@ -218,9 +333,10 @@ class PostgresStore:
         return current
 
     # catalog ---------------------------------------------------------------------------
-    def _upsert_fields(self, table: str, id_col: str, rows: dict[str, dict[str, str]]) -> int:
-        if not rows:
-            return 0
+    @staticmethod
+    def _upsert_fields(cur: psycopg.Cursor[Any], table: str, id_col: str,
+                       rows: dict[str, dict[str, str]]) -> int:
+        """Insert or replace records; returns how many rows changed (identical ones do not)."""
         now = time.time()
         # One statement over one JSON object {id: fields} (ids are unique after prepare_*):
         # several times faster than a statement per row, or than arrays of jsonb, on
@@ -229,17 +345,32 @@ class PostgresStore:
             f"INSERT INTO {table} ({id_col}, fields, updated_at) "
             "SELECT key, value, %s FROM jsonb_each(%s::jsonb) "
             f"ON CONFLICT ({id_col}) DO UPDATE SET fields = EXCLUDED.fields, "
-            "updated_at = EXCLUDED.updated_at"
+            f"updated_at = EXCLUDED.updated_at WHERE {table}.fields IS DISTINCT FROM "
+            "EXCLUDED.fields"
         )
-        with self._write() as cur:
-            cur.execute(
-                sql,  # type: ignore[arg-type]  # table/id_col are fixed identifiers
-                (now, json.dumps(rows, ensure_ascii=False)),
-            )
-        return len(rows)
+        cur.execute(
+            sql,  # type: ignore[arg-type]  # table/id_col are fixed identifiers
+            (now, json.dumps(rows, ensure_ascii=False)),
+        )
+        return max(cur.rowcount, 0)
+
+    @staticmethod
+    def _bump_catalog(cur: psycopg.Cursor[Any]) -> int:
+        # The row lock orders concurrent catalog writers: each gets its own version.
+        row = cur.execute(
+            "UPDATE catalog_state SET version = version + 1 WHERE id = 1 RETURNING version"
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
 
     def upsert_items(self, items: Sequence[ItemRecord]) -> int:
-        return self._upsert_fields("items", "item_id", prepare_items(items))
+        rows = prepare_items(items)
+        if not rows:
+            return 0
+        with self._write() as cur:
+            if self._upsert_fields(cur, "items", "item_id", rows):
+                self._bump_catalog(cur)
+        return len(rows)
 
     def get_item(self, item_id: str) -> ItemRecord | None:
         if not is_lookup_id(item_id):
@@ -251,12 +382,38 @@ class PostgresStore:
     def delete_items(self, item_ids: Sequence[str]) -> int:
         if isinstance(item_ids, str):
             raise DataError(f"item_ids must be a sequence of ids, got the string {item_ids!r}")
-        ids = [i for i in item_ids if is_lookup_id(i)]
+        ids = list(dict.fromkeys(i for i in item_ids if is_lookup_id(i)))
         if not ids:
             return 0
         with self._write() as cur:
-            cur.execute("DELETE FROM items WHERE item_id = ANY(%s)", (ids,))
-            return max(cur.rowcount, 0)
+            found = [r[0] for r in cur.execute(
+                "DELETE FROM items WHERE item_id = ANY(%s) RETURNING item_id", (ids,)
+            ).fetchall()]
+            if found:
+                version = self._bump_catalog(cur)
+                cur.execute(
+                    "INSERT INTO item_deletions (version, item_id) "
+                    "SELECT %s, unnest(%s::text[])",
+                    (version, found),
+                )
+        return len(found)
+
+    def catalog_version(self) -> int:
+        with self._read() as cur:
+            row = cur.execute("SELECT version FROM catalog_state WHERE id = 1").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def deleted_items_since(self, version: int) -> list[str]:
+        version = check_version(version)
+        with self._read() as cur:
+            rows = cur.execute(
+                "SELECT DISTINCT d.item_id COLLATE \"C\" FROM item_deletions d "
+                "WHERE d.version > %s "
+                "AND NOT EXISTS (SELECT 1 FROM items i WHERE i.item_id = d.item_id) "
+                "ORDER BY 1",
+                (version,),
+            ).fetchall()
+        return [str(r[0]) for r in rows]
 
     def items_frame(self) -> pd.DataFrame:
         with self._read() as cur:
@@ -275,7 +432,12 @@ class PostgresStore:
 
     # users -----------------------------------------------------------------------------
     def upsert_users(self, users: Sequence[UserRecord]) -> int:
-        return self._upsert_fields("users", "user_id", prepare_users(users))
+        rows = prepare_users(users)
+        if not rows:
+            return 0
+        with self._write() as cur:
+            self._upsert_fields(cur, "users", "user_id", rows)
+        return len(rows)
 
     def get_user(self, user_id: str) -> UserRecord | None:
         if not is_lookup_id(user_id):
@@ -493,7 +655,10 @@ class PostgresStore:
                 (name, key_lookup(key), hash_key(key), role, time.time()),
             ).fetchone()
             if row is None:
-                raise ConfigError(f"an API key named {name!r} already exists")
+                old = cur.execute("SELECT revoked FROM api_keys WHERE name = %s",
+                                  (name,)).fetchone()
+                state = " (revoked; names are not reused)" if old and old[0] else ""
+                raise ConfigError(f"an API key named {name!r} already exists{state}")
         return key
 
     def check_api_key(self, key: str) -> Role | None:
@@ -501,22 +666,61 @@ class PostgresStore:
             return None
         with self._read() as cur:
             rows = cur.execute(
-                "SELECT key_hash, role FROM api_keys WHERE key_lookup = %s AND NOT revoked",
+                "SELECT id, key_hash, role, last_used_at FROM api_keys "
+                "WHERE key_lookup = %s AND NOT revoked",
                 (key_lookup(key),),
             ).fetchall()
-        for stored, role in rows:
+        for key_id, stored, role, last_used in rows:
             if verify_key(key, stored):
+                self._touch_key(int(key_id), last_used)
                 return check_role(role)
         return None
+
+    def _touch_key(self, key_id: int, last_used: float | None) -> None:
+        now = time.time()
+        if last_used is not None and now - float(last_used) < KEY_TOUCH_INTERVAL:
+            return
+        try:
+            with self._read() as cur:  # one statement: autocommit is its transaction
+                cur.execute("UPDATE api_keys SET last_used_at = %s WHERE id = %s", (now, key_id))
+        except StoreUnavailableError:  # the key is still good; the timestamp can wait
+            pass
 
     def revoke_api_key(self, name: str) -> bool:
         if not is_lookup_id(name):
             return False
         with self._write() as cur:
             cur.execute(
-                "UPDATE api_keys SET revoked = TRUE WHERE name = %s AND NOT revoked", (name,)
+                "UPDATE api_keys SET revoked = TRUE, revoked_at = %s "
+                "WHERE name = %s AND NOT revoked",
+                (time.time(), name),
             )
             return cur.rowcount > 0
+
+    def list_api_keys(self) -> list[ApiKeyInfo]:
+        with self._read() as cur:
+            rows = cur.execute(
+                "SELECT name, role, created_at, revoked_at, last_used_at, revoked FROM api_keys "
+                "ORDER BY id"
+            ).fetchall()
+        return [
+            ApiKeyInfo(str(n), check_role(r), float(c),
+                       None if not rv else float(c if ra is None else ra),
+                       None if lu is None else float(lu))
+            for n, r, c, ra, lu, rv in rows
+        ]
+
+    def count_api_keys(self, role: Role | None = None, active_only: bool = True) -> int:
+        sql = "SELECT COUNT(*) FROM api_keys WHERE TRUE"
+        params: list[str] = []
+        if role is not None:
+            sql += " AND role = %s"
+            params.append(check_role(role))
+        if active_only:
+            sql += " AND NOT revoked"
+        with self._read() as cur:
+            row = cur.execute(sql, params).fetchone()  # type: ignore[arg-type]  # fixed parts
+        return int(row[0]) if row else 0
 
     def api_keys_frame(self) -> pd.DataFrame:
         """Key names, roles and state (never hashes)."""
@@ -526,3 +730,64 @@ class PostgresStore:
             ).fetchall()
         frame = pd.DataFrame.from_records(rows, columns=["name", "role", "created_at", "revoked"])
         return frame.astype({"revoked": bool})
+
+    # a person's data -------------------------------------------------------------------
+    def erase_user(self, user_id: str) -> dict[str, int]:
+        """Delete everything stored about ``user_id`` in one transaction (see the protocol).
+
+        The rows are gone for every reader at commit; their bytes stay in the table files until
+        (auto)vacuum reuses the space, as with any PostgreSQL delete.
+        """
+        counts = {"events": 0, "impressions": 0, "users": 0}
+        if not is_lookup_id(user_id):
+            return counts
+        with self._write() as cur:
+            for table in ("events", "impressions", "users"):
+                cur.execute(
+                    f"DELETE FROM {table} WHERE user_id = %s",  # type: ignore[arg-type]
+                    (user_id,),
+                )
+                counts[table] = max(cur.rowcount, 0)
+        return counts
+
+    def export_user(self, user_id: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"user_id": user_id, "user": None, "events": [], "impressions": []}
+        if not is_lookup_id(user_id):
+            return out
+        with self._write() as cur:  # one snapshot for all three reads
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            user = cur.execute(
+                "SELECT fields, updated_at FROM users WHERE user_id = %s", (user_id,)
+            ).fetchone()
+            events = cur.execute(
+                "SELECT event_id, item_id, type, timestamp, value, idempotency_key, created_at "
+                "FROM events WHERE user_id = %s ORDER BY event_id",
+                (user_id,),
+            ).fetchall()
+            imps = cur.execute(
+                "SELECT id, impression_id, item_ids, scores, propensities, preset, discovery, "
+                "context, timestamp FROM impressions WHERE user_id = %s ORDER BY id",
+                (user_id,),
+            ).fetchall()
+        if user is not None:
+            out["user"] = {"fields": dict(user[0]), "updated_at": float(user[1])}
+        out["events"] = [
+            {"event_id": int(e), "item_id": i, "type": t, "timestamp": float(ts),
+             "value": None if v is None else float(v), "idempotency_key": k,
+             "created_at": float(c)}
+            for e, i, t, ts, v, k, c in events
+        ]
+        out["impressions"] = [
+            {"id": int(r), "impression_id": k, "item_ids": list(a),
+             "scores": [float(x) for x in sc],
+             "propensities": None if p is None else [float(x) for x in p],
+             "preset": pr, "discovery": float(d), "context": c, "timestamp": float(ts)}
+            for r, k, a, sc, p, pr, d, c, ts in imps
+        ]
+        return out
+
+    def purge_before(self, timestamp: float) -> dict[str, int]:
+        cutoff = check_timestamp(timestamp, "purge_before timestamp")
+        with self._write() as cur:
+            cur.execute("DELETE FROM impressions WHERE timestamp < %s", (cutoff,))
+            return {"impressions": max(cur.rowcount, 0)}

@@ -1,36 +1,48 @@
 """SQLite back end: the embedded default, one file, durable on every acknowledged write.
 
 WAL journal with ``synchronous=FULL`` (a commit returns only after the WAL is fsynced), foreign
-keys on, a busy timeout for other processes.  Threads share one write connection behind a lock
-and each get their own read connection ("split"), so reads run in parallel with a write.
-Writes in this process queue on the lock rather than on SQLite's busy handler, whose back-off
-sleeps (up to 100 ms) would stall waiting writers; one writer connection also keeps its page
-cache valid between commits.  ``bench/store_ingest.py`` measured ingestion fsync-bound and
-about equal in all three modes, and concurrent reads about 3x faster than with one shared
-connection.
+keys on, ``secure_delete`` on (erased rows are overwritten, not just unlinked), a busy timeout
+for other processes.  Writes share one connection behind a lock; reads check a connection out
+of a small bounded pool and give it back, so reads run in parallel with a write while the number
+of open files stays fixed however many threads come and go.  Writes in this process queue on the
+lock rather than on SQLite's busy handler, whose back-off sleeps (up to 100 ms) would stall
+waiting writers; one writer connection also keeps its page cache valid between commits.
+``bench/store_ingest.py`` measured ingestion fsync-bound, and concurrent reads about 3x faster
+than with one shared connection.
+
+The file is created ``0600`` (and a directory the store creates ``0700``); the ``-wal`` and
+``-shm`` files never get a permission bit the database file lacks.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import quote
 
 import pandas as pd
 
 from serendip.errors import ConfigError, DataError, StoreError
 from serendip.store._common import (
+    DEFAULT_POOL_SIZE,
+    DEFAULT_POOL_TIMEOUT,
     IMPRESSION_COLUMNS,
+    KEY_TOUCH_INTERVAL,
     PreparedImpression,
+    check_count,
     check_event_types,
     check_key_name,
     check_limit,
     check_role,
+    check_timestamp,
+    check_version,
     duplicate_impression_ids,
     events_frame_from_rows,
     fields_frame,
@@ -43,14 +55,17 @@ from serendip.store._common import (
     prepare_impressions,
     prepare_items,
     prepare_users,
+    redact_url,
     verify_key,
 )
 from serendip.store.base import (
+    ApiKeyInfo,
     EventAck,
     EventRecord,
     Impression,
     ItemRecord,
     Role,
+    StoreUnavailableError,
     UserRecord,
 )
 
@@ -116,9 +131,38 @@ SQLITE_MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "CREATE UNIQUE INDEX impressions_impression_id ON impressions (impression_id)",
         ),
     ),
+    (
+        3,
+        (
+            # Listable keys: when a key was revoked and last used.  Keys revoked before this
+            # version get the time of the upgrade (they were revoked at or before it).
+            "ALTER TABLE api_keys ADD COLUMN revoked_at REAL",
+            "ALTER TABLE api_keys ADD COLUMN last_used_at REAL",
+            "UPDATE api_keys SET revoked_at = (julianday('now') - 2440587.5) * 86400.0 "
+            "WHERE revoked <> 0",
+            # One counter bumped by every catalog change, and the ids each change deleted, so
+            # that several service instances on one database notice changes cheaply.
+            """CREATE TABLE catalog_state (
+                id INTEGER PRIMARY KEY CHECK (id = 1),
+                version INTEGER NOT NULL
+            )""",
+            "INSERT INTO catalog_state (id, version) VALUES (1, 0)",
+            """CREATE TABLE item_deletions (
+                version INTEGER NOT NULL,
+                item_id TEXT NOT NULL,
+                PRIMARY KEY (version, item_id)
+            )""",
+            # Erasing or exporting a person's data, and retention, find impressions by index.
+            "CREATE INDEX impressions_user ON impressions (user_id)",
+            "CREATE INDEX impressions_timestamp ON impressions (timestamp)",
+        ),
+    ),
 )
 SCHEMA_VERSION = SQLITE_MIGRATIONS[-1][0]
 _CHUNK = 500  # placeholders per IN (...) query, well under SQLite's variable limit
+# Primary result codes that mean "the file cannot be used right now" rather than a bug:
+# BUSY, LOCKED, IOERR, READONLY (e.g. the file was moved or deleted), FULL, CANTOPEN.
+_UNAVAILABLE_CODES = {5, 6, 8, 10, 13, 14}
 
 
 def _chunks(values: Sequence[str], size: int = _CHUNK) -> Iterator[Sequence[str]]:
@@ -130,111 +174,106 @@ def _json(value: object) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-class SQLiteStore:
-    """A :class:`~serendip.store.base.Store` in one SQLite file.
+def _unavailable(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and (code & 0xFF) in _UNAVAILABLE_CODES
 
-    ``connections="split"`` (default): one write connection behind a lock, and a read
-    connection per thread.  ``"per_thread"``: each thread reads and writes on its own
-    connection.  ``"shared"``: one connection behind a lock for everything.  The other two
-    modes are kept for ``bench/store_ingest.py``, which measured the choice.
-    """
 
-    def __init__(
-        self,
-        path: str | Path,
-        *,
-        busy_timeout_ms: int = 10_000,
-        connections: Literal["split", "per_thread", "shared"] = "split",
-    ) -> None:
-        p = str(path)
-        if p in ("", ":memory:") or p.startswith("file::memory:"):
-            raise ConfigError(
-                f"SQLite store needs a file path (in-memory databases are not durable), got {p!r}"
-            )
-        if connections not in ("split", "per_thread", "shared"):
-            raise ConfigError(
-                f"connections must be 'split', 'per_thread' or 'shared', got {connections!r}"
-            )
-        self.path = Path(p).expanduser().resolve()
-        self.url = f"sqlite://{self.path}"  # sqlite:// + "/abs/path"
-        self._busy_timeout_ms = int(busy_timeout_ms)
-        self._mode = connections
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._all_lock = threading.Lock()
-        # Serialises write transactions (and, in "shared" mode, every use of the connection).
-        self._write_lock = threading.RLock()
-        self._closed = False
-        self._shared: sqlite3.Connection | None = None
-        if not self.path.parent.is_dir():
-            raise ConfigError(f"directory of SQLite store does not exist: {self.path.parent}")
-        self._conn()  # fail early on an unreadable file
-
-    # connections -----------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
+def _private_dirs(directory: Path) -> None:
+    """Create ``directory`` and any missing parents, each ``0700`` whatever the umask."""
+    missing: list[Path] = []
+    d = directory
+    while not d.exists():
+        missing.append(d)
+        d = d.parent
+    if not d.is_dir():
+        raise ConfigError(f"SQLite store directory {directory} is under a file: {d}")
+    for m in reversed(missing):
         try:
-            conn = sqlite3.connect(
-                self.path,
-                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
-                check_same_thread=False,  # close() may run in another thread
-                timeout=self._busy_timeout_ms / 1000,
-            )
-            conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms:d}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StoreError(f"cannot switch {self.path} to WAL journal mode (got {mode!r})")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open SQLite store {self.path}: {exc}") from exc
-        with self._all_lock:
-            self._all.append(conn)
-        return conn
+            m.mkdir(mode=0o700)
+        except FileExistsError:  # made by someone else meanwhile: leave its mode alone
+            continue
+        except OSError as exc:
+            raise ConfigError(f"cannot create directory {m} for the SQLite store: {exc}") from exc
+        os.chmod(m, 0o700)
 
-    def _conn(self) -> sqlite3.Connection:
-        if self._closed:
-            raise StoreError(f"store {self.url} is closed")
-        if self._mode == "shared":
-            return self._writer()
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
+
+class _ReaderPool:
+    """At most ``size`` read connections, checked out and back in (not one per thread)."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], size: int, timeout: float,
+                 name: str) -> None:
+        self._connect = connect
+        self.size = size
+        self.timeout = timeout
+        self._name = name
+        self._idle: list[sqlite3.Connection] = []
+        self._all: list[sqlite3.Connection] = []
+        self._opening = 0
+        self._cv = threading.Condition()
+        self._closed = False
+
+    @property
+    def open_connections(self) -> int:
+        with self._cv:
+            return len(self._all)
+
+    def get(self) -> sqlite3.Connection:
+        deadline = time.monotonic() + self.timeout
+        with self._cv:
+            while True:
+                if self._closed:
+                    raise StoreError(f"store {self._name} is closed")
+                if self._idle:
+                    return self._idle.pop()
+                if len(self._all) + self._opening < self.size:
+                    self._opening += 1  # holds the slot while connecting
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StoreUnavailableError(
+                        f"store {self._name}: all {self.size} read connections stayed busy for "
+                        f"{self.timeout:g} s"
+                    )
+                self._cv.wait(left)
+        conn: sqlite3.Connection | None = None
+        try:
             conn = self._connect()
-            self._local.conn = conn
+        finally:
+            with self._cv:
+                self._opening -= 1
+                if conn is not None and not self._closed:
+                    self._all.append(conn)
+                else:
+                    self._cv.notify()
+        assert conn is not None
+        if self._closed:
+            conn.close()
+            raise StoreError(f"store {self._name} is closed")
         return conn
 
-    def _writer(self) -> sqlite3.Connection:
-        if self._mode == "per_thread":
-            return self._conn()
-        if self._closed:
-            raise StoreError(f"store {self.url} is closed")
-        if self._shared is None:
-            self._shared = self._connect()
-        return self._shared
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: BEGIN IMMEDIATE takes the file's write lock up front."""
-        with self._write_lock:
-            conn = self._writer()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
+    def put(self, conn: sqlite3.Connection) -> None:
+        broken = False
+        try:
+            if conn.in_transaction:
                 conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        if self._mode == "shared":
-            with self._write_lock:
-                yield self._conn()
-        else:
-            yield self._conn()
+        except sqlite3.Error:
+            broken = True
+        with self._cv:
+            if self._closed or broken:
+                if conn in self._all:
+                    self._all.remove(conn)
+                try:
+                    conn.close()
+                except sqlite3.Error:  # pragma: no cover - closing is best effort
+                    pass
+            else:
+                self._idle.append(conn)
+            self._cv.notify()
 
     def close(self) -> None:
-        """Close every connection this store opened (from any thread)."""
-        with self._write_lock, self._all_lock:
+        """Close every connection, also ones checked out (their next use fails)."""
+        with self._cv:
             self._closed = True
             for conn in self._all:
                 try:
@@ -242,7 +281,223 @@ class SQLiteStore:
                 except sqlite3.Error:  # pragma: no cover - closing is best effort
                     pass
             self._all.clear()
-            self._shared = None
+            self._idle.clear()
+            self._cv.notify_all()
+
+
+class SQLiteStore:
+    """A :class:`~serendip.store.base.Store` in one SQLite file.
+
+    ``connections="split"`` (default): one write connection behind a lock, and at most
+    ``readers`` read connections shared by all threads; an operation that finds every reader
+    busy for ``pool_timeout`` seconds raises StoreUnavailableError.  ``"shared"``: one
+    connection behind a lock for everything (kept for ``bench/store_ingest.py``).  A missing
+    directory is created (``0700``); a new database file is created ``0600``.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        busy_timeout_ms: int = 10_000,
+        connections: Literal["split", "shared"] = "split",
+        readers: int = DEFAULT_POOL_SIZE,
+        pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+    ) -> None:
+        p = str(path)
+        if p in ("", ":memory:") or p.startswith("file::memory:"):
+            raise ConfigError(
+                f"SQLite store needs a file path (in-memory databases are not durable), got {p!r}"
+            )
+        if connections not in ("split", "shared"):
+            raise ConfigError(f"connections must be 'split' or 'shared', got {connections!r}")
+        readers = check_count(readers, "readers", DEFAULT_POOL_SIZE)
+        if isinstance(pool_timeout, bool) or not isinstance(pool_timeout, int | float) or not (
+            0 < pool_timeout < float("inf")
+        ):
+            raise ConfigError(f"pool_timeout must be a positive number of seconds, got "
+                              f"{pool_timeout!r}")
+        self.path = Path(p).expanduser().resolve()
+        self.url = f"sqlite://{self.path}"  # sqlite:// + "/abs/path"
+        self._busy_timeout_ms = int(busy_timeout_ms)
+        self._mode = connections
+        # Serialises write transactions (and, in "shared" mode, every use of the connection).
+        self._write_lock = threading.RLock()
+        self._closed = False
+        self._writer_conn: sqlite3.Connection | None = None
+        self._readers = _ReaderPool(self._connect, readers, float(pool_timeout), self.display_url)
+        _private_dirs(self.path.parent)
+        self._create_file()
+        st = os.stat(self.path)
+        self._identity = (st.st_dev, st.st_ino)
+        with self._write_lock:
+            self._writer()  # fail early on an unreadable file; switches it to WAL
+
+    @property
+    def display_url(self) -> str:
+        return redact_url(self.url)
+
+    # connections -----------------------------------------------------------------------
+    def _create_file(self) -> None:
+        """Create the database file ``0600`` before SQLite opens it (SQLite would use 0644)."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return
+        except OSError as exc:
+            raise StoreUnavailableError(
+                f"cannot create SQLite store {self.display_url}: {exc}"
+            ) from exc
+        try:
+            os.fchmod(fd, 0o600)  # the umask may have taken bits away; make it exactly 0600
+        finally:
+            os.close(fd)
+
+    def _restrict_sidecars(self) -> None:
+        """Give ``-wal`` and ``-shm`` no permission bit the database file lacks."""
+        try:
+            allowed = os.stat(self.path).st_mode & 0o777
+        except OSError:
+            return
+        for suffix in ("-wal", "-shm"):
+            side = Path(f"{self.path}{suffix}")
+            try:
+                mode = side.stat().st_mode & 0o777
+                if mode & ~allowed:
+                    os.chmod(side, mode & allowed)
+            except OSError:  # not there (yet), or not ours: nothing to tighten
+                continue
+
+    def _connect(self) -> sqlite3.Connection:
+        # mode=rw: never create a new empty database if the file has gone away meanwhile.
+        uri = f"file:{quote(str(self.path))}?mode=rw"
+        try:
+            conn = sqlite3.connect(
+                uri,
+                uri=True,
+                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+                check_same_thread=False,  # pooled: used by one thread at a time, any thread
+                timeout=self._busy_timeout_ms / 1000,
+            )
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(
+                f"cannot open SQLite store {self.display_url}: {exc}"
+            ) from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms:d}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(
+                    f"cannot switch {self.display_url} to WAL journal mode (got {mode!r})"
+                )
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA secure_delete = ON")
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.Error):
+                cls = StoreUnavailableError if _unavailable(exc) else StoreError
+                raise cls(f"cannot open SQLite store {self.display_url}: {exc}") from exc
+            raise
+        self._restrict_sidecars()
+        return conn
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"store {self.display_url} is closed")
+
+    def _writer(self) -> sqlite3.Connection:
+        """The write connection (call with the write lock held)."""
+        self._check_open()
+        if self._writer_conn is None:
+            self._writer_conn = self._connect()
+        return self._writer_conn
+
+    def _unavailable_error(self, exc: sqlite3.Error) -> StoreUnavailableError:
+        return StoreUnavailableError(f"SQLite store {self.display_url} is unavailable: {exc}")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: BEGIN IMMEDIATE takes the file's write lock up front."""
+        with self._write_lock:
+            conn = self._writer()
+            self._check_file()  # a write to a deleted file would be acknowledged, then lost
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if _unavailable(exc):
+                    raise self._unavailable_error(exc) from exc
+                raise
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        if self._mode == "shared":
+            with self._write_lock:
+                shared = self._writer()
+                try:
+                    yield shared
+                except sqlite3.Error as exc:
+                    if _unavailable(exc):
+                        raise self._unavailable_error(exc) from exc
+                    raise
+                finally:
+                    if not self._closed and shared.in_transaction:  # a read snapshot left open
+                        shared.execute("ROLLBACK")
+            return
+        self._check_open()
+        conn = self._readers.get()
+        try:
+            yield conn
+        except sqlite3.Error as exc:
+            if _unavailable(exc):
+                raise self._unavailable_error(exc) from exc
+            raise
+        finally:
+            self._readers.put(conn)
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open now (the writer plus pooled readers): bounded by ``readers + 1``."""
+        return self._readers.open_connections + (self._writer_conn is not None)
+
+    def _check_file(self) -> None:
+        """Raise StoreUnavailableError when the database file was removed or replaced."""
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise StoreUnavailableError(
+                f"SQLite store {self.display_url} is unavailable: {exc}"
+            ) from exc
+        if (st.st_dev, st.st_ino) != self._identity:
+            raise StoreUnavailableError(
+                f"SQLite store {self.display_url} is unavailable: the file was replaced"
+            )
+
+    def ping(self) -> None:
+        """Raise StoreUnavailableError unless the database file is still there and answers."""
+        self._check_open()
+        self._check_file()
+        with self._read() as conn:
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+
+    def close(self) -> None:
+        """Close every connection this store opened (from any thread)."""
+        with self._write_lock:
+            self._closed = True
+            self._readers.close()
+            if self._writer_conn is not None:
+                try:
+                    self._writer_conn.close()
+                except sqlite3.Error:  # pragma: no cover - closing is best effort
+                    pass
+                self._writer_conn = None
 
     def __enter__(self) -> SQLiteStore:
         return self
@@ -251,7 +506,7 @@ class SQLiteStore:
         self.close()
 
     def __repr__(self) -> str:
-        return f"SQLiteStore({str(self.path)!r})"
+        return f"SQLiteStore({self.display_url!r})"
 
     # schema ----------------------------------------------------------------------------
     def schema_version(self) -> int:
@@ -273,7 +528,7 @@ class SQLiteStore:
             current = int(conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0)
             if current > SCHEMA_VERSION:
                 raise StoreError(
-                    f"{self.url} has schema version {current}, newer than this code "
+                    f"{self.display_url} has schema version {current}, newer than this code "
                     f"understands ({SCHEMA_VERSION}); upgrade serendip"
                 )
             for version, steps in SQLITE_MIGRATIONS:
@@ -289,21 +544,34 @@ class SQLiteStore:
         return current
 
     # catalog ---------------------------------------------------------------------------
-    def _upsert_fields(self, table: str, id_col: str, rows: dict[str, dict[str, str]]) -> int:
+    def _upsert_fields(self, conn: sqlite3.Connection, table: str, id_col: str,
+                       rows: dict[str, dict[str, str]]) -> int:
+        """Insert or replace records; returns how many rows changed (identical ones do not)."""
         now = time.time()
         params = [(rid, json.dumps(f, ensure_ascii=False), now) for rid, f in rows.items()]
         # table/id_col are fixed identifiers from this module, never user input.
         sql = (
             f"INSERT INTO {table} ({id_col}, fields, updated_at) VALUES (?, ?, ?) "
             f"ON CONFLICT ({id_col}) DO UPDATE SET fields = excluded.fields, "
-            "updated_at = excluded.updated_at"
+            f"updated_at = excluded.updated_at WHERE {table}.fields <> excluded.fields"
         )
-        with self._write() as conn:
-            conn.executemany(sql, params)
-        return len(params)
+        before = conn.total_changes
+        conn.executemany(sql, params)
+        return conn.total_changes - before
+
+    @staticmethod
+    def _bump_catalog(conn: sqlite3.Connection) -> int:
+        conn.execute("UPDATE catalog_state SET version = version + 1 WHERE id = 1")
+        return int(conn.execute("SELECT version FROM catalog_state WHERE id = 1").fetchone()[0])
 
     def upsert_items(self, items: Sequence[ItemRecord]) -> int:
-        return self._upsert_fields("items", "item_id", prepare_items(items))
+        rows = prepare_items(items)
+        if not rows:
+            return 0
+        with self._write() as conn:
+            if self._upsert_fields(conn, "items", "item_id", rows):
+                self._bump_catalog(conn)
+        return len(rows)
 
     def get_item(self, item_id: str) -> ItemRecord | None:
         if not is_lookup_id(item_id):
@@ -315,12 +583,38 @@ class SQLiteStore:
     def delete_items(self, item_ids: Sequence[str]) -> int:
         if isinstance(item_ids, str):
             raise DataError(f"item_ids must be a sequence of ids, got the string {item_ids!r}")
-        ids = [(i,) for i in item_ids if is_lookup_id(i)]
+        ids = list(dict.fromkeys(i for i in item_ids if is_lookup_id(i)))
         if not ids:
             return 0
         with self._write() as conn:
-            cur = conn.executemany("DELETE FROM items WHERE item_id = ?", ids)
-            return max(cur.rowcount, 0)
+            found: list[str] = []
+            for chunk in _chunks(ids):
+                marks = ",".join("?" * len(chunk))
+                found += [r[0] for r in conn.execute(
+                    f"SELECT item_id FROM items WHERE item_id IN ({marks})", tuple(chunk))]
+            if not found:
+                return 0
+            conn.executemany("DELETE FROM items WHERE item_id = ?", [(i,) for i in found])
+            version = self._bump_catalog(conn)
+            conn.executemany("INSERT INTO item_deletions (version, item_id) VALUES (?, ?)",
+                             [(version, i) for i in found])
+        return len(found)
+
+    def catalog_version(self) -> int:
+        with self._read() as conn:
+            row = conn.execute("SELECT version FROM catalog_state WHERE id = 1").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def deleted_items_since(self, version: int) -> list[str]:
+        version = check_version(version)
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT d.item_id FROM item_deletions d WHERE d.version > ? "
+                "AND NOT EXISTS (SELECT 1 FROM items i WHERE i.item_id = d.item_id) "
+                "ORDER BY d.item_id",
+                (version,),
+            ).fetchall()
+        return [str(r[0]) for r in rows]
 
     def items_frame(self) -> pd.DataFrame:
         with self._read() as conn:
@@ -333,7 +627,12 @@ class SQLiteStore:
 
     # users -----------------------------------------------------------------------------
     def upsert_users(self, users: Sequence[UserRecord]) -> int:
-        return self._upsert_fields("users", "user_id", prepare_users(users))
+        rows = prepare_users(users)
+        if not rows:
+            return 0
+        with self._write() as conn:
+            self._upsert_fields(conn, "users", "user_id", rows)
+        return len(rows)
 
     def get_user(self, user_id: str) -> UserRecord | None:
         if not is_lookup_id(user_id):
@@ -520,8 +819,10 @@ class SQLiteStore:
         role = check_role(role)
         key = new_api_key()
         with self._write() as conn:
-            if conn.execute("SELECT 1 FROM api_keys WHERE name = ?", (name,)).fetchone():
-                raise ConfigError(f"an API key named {name!r} already exists")
+            row = conn.execute("SELECT revoked FROM api_keys WHERE name = ?", (name,)).fetchone()
+            if row is not None:
+                state = " (revoked; names are not reused)" if row[0] else ""
+                raise ConfigError(f"an API key named {name!r} already exists{state}")
             conn.execute(
                 "INSERT INTO api_keys (name, key_lookup, key_hash, role, created_at, revoked) "
                 "VALUES (?, ?, ?, ?, ?, 0)",
@@ -534,22 +835,59 @@ class SQLiteStore:
             return None
         with self._read() as conn:
             rows = conn.execute(
-                "SELECT key_hash, role FROM api_keys WHERE key_lookup = ? AND revoked = 0",
+                "SELECT id, key_hash, role, last_used_at FROM api_keys "
+                "WHERE key_lookup = ? AND revoked = 0",
                 (key_lookup(key),),
             ).fetchall()
-        for stored, role in rows:
+        for key_id, stored, role, last_used in rows:
             if verify_key(key, stored):
+                self._touch_key(int(key_id), last_used)
                 return check_role(role)
         return None
+
+    def _touch_key(self, key_id: int, last_used: float | None) -> None:
+        now = time.time()
+        if last_used is not None and now - float(last_used) < KEY_TOUCH_INTERVAL:
+            return
+        try:
+            with self._write() as conn:
+                conn.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (now, key_id))
+        except StoreUnavailableError:  # the key is still good; the timestamp can wait
+            pass
 
     def revoke_api_key(self, name: str) -> bool:
         if not is_lookup_id(name):
             return False
         with self._write() as conn:
             cur = conn.execute(
-                "UPDATE api_keys SET revoked = 1 WHERE name = ? AND revoked = 0", (name,)
+                "UPDATE api_keys SET revoked = 1, revoked_at = ? WHERE name = ? AND revoked = 0",
+                (time.time(), name),
             )
             return cur.rowcount > 0
+
+    def list_api_keys(self) -> list[ApiKeyInfo]:
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT name, role, created_at, revoked_at, last_used_at, revoked FROM api_keys "
+                "ORDER BY id"
+            ).fetchall()
+        return [
+            ApiKeyInfo(str(n), check_role(r), float(c),
+                       None if not rv else float(c if ra is None else ra),
+                       None if lu is None else float(lu))
+            for n, r, c, ra, lu, rv in rows
+        ]
+
+    def count_api_keys(self, role: Role | None = None, active_only: bool = True) -> int:
+        sql = "SELECT COUNT(*) FROM api_keys WHERE 1 = 1"
+        params: list[str] = []
+        if role is not None:
+            sql += " AND role = ?"
+            params.append(check_role(role))
+        if active_only:
+            sql += " AND revoked = 0"
+        with self._read() as conn:
+            return int(conn.execute(sql, params).fetchone()[0])
 
     def api_keys_frame(self) -> pd.DataFrame:
         """Key names, roles and state (never hashes)."""
@@ -560,3 +898,75 @@ class SQLiteStore:
         frame = pd.DataFrame.from_records(rows, columns=["name", "role", "created_at", "revoked"])
         return frame.astype({"revoked": bool})
 
+    # a person's data -------------------------------------------------------------------
+    def erase_user(self, user_id: str) -> dict[str, int]:
+        """Delete everything stored about ``user_id`` in one transaction (see the protocol).
+
+        Deleted rows are overwritten in the file (``secure_delete``) and the WAL is then
+        checkpointed and truncated, so the erased text does not linger on disk (unless another
+        process holds an old snapshot open at that moment; the next checkpoint clears it).
+        """
+        counts = {"events": 0, "impressions": 0, "users": 0}
+        if not is_lookup_id(user_id):
+            return counts
+        with self._write() as conn:
+            for table in ("events", "impressions", "users"):
+                # table is one of the fixed names above
+                cur = conn.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))
+                counts[table] = max(cur.rowcount, 0)
+        if any(counts.values()):
+            self._checkpoint()
+        return counts
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database file and truncate it (best effort)."""
+        with self._write_lock:
+            try:
+                self._writer().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.Error:  # busy with another process's reader: a later one will do
+                pass
+
+    def export_user(self, user_id: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"user_id": user_id, "user": None, "events": [], "impressions": []}
+        if not is_lookup_id(user_id):
+            return out
+        with self._read() as conn:
+            conn.execute("BEGIN")  # one snapshot for all three reads (put() ends it)
+            user = conn.execute(
+                "SELECT fields, updated_at FROM users WHERE user_id = ?", (user_id,)
+            ).fetchone()
+            events = conn.execute(
+                "SELECT event_id, item_id, type, timestamp, value, idempotency_key, created_at "
+                "FROM events WHERE user_id = ? ORDER BY event_id",
+                (user_id,),
+            ).fetchall()
+            imps = conn.execute(
+                "SELECT id, impression_id, item_ids, scores, propensities, preset, discovery, "
+                "context, timestamp FROM impressions WHERE user_id = ? ORDER BY id",
+                (user_id,),
+            ).fetchall()
+            conn.execute("COMMIT")
+        if user is not None:
+            out["user"] = {"fields": json.loads(user[0]), "updated_at": float(user[1])}
+        out["events"] = [
+            {"event_id": int(e), "item_id": i, "type": t, "timestamp": float(ts),
+             "value": None if v is None else float(v), "idempotency_key": k,
+             "created_at": float(c)}
+            for e, i, t, ts, v, k, c in events
+        ]
+        out["impressions"] = [
+            {"id": int(r), "impression_id": k, "item_ids": json.loads(a),
+             "scores": json.loads(sc), "propensities": None if p is None else json.loads(p),
+             "preset": pr, "discovery": float(d), "context": c, "timestamp": float(ts)}
+            for r, k, a, sc, p, pr, d, c, ts in imps
+        ]
+        return out
+
+    def purge_before(self, timestamp: float) -> dict[str, int]:
+        cutoff = check_timestamp(timestamp, "purge_before timestamp")
+        with self._write() as conn:
+            cur = conn.execute("DELETE FROM impressions WHERE timestamp < ?", (cutoff,))
+            n = max(cur.rowcount, 0)
+        if n:
+            self._checkpoint()
+        return {"impressions": n}
