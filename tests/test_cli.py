@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 
 import pandas as pd
 import pytest
@@ -137,3 +138,299 @@ def test_evaluate_time_protocol_rolling_cuts(tmp_path, capsys):
     assert main(["-q", "evaluate", *files, "--protocol", "time", "--cut", "soon"]) == 2
     err = capsys.readouterr().err
     assert "'soon'" in err and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- bringing your own data
+def test_fit_out_onto_a_file_fails_before_reading_anything(files, tmp_path, capsys, monkeypatch):
+    import serendip.cli as cli
+
+    def no_data(*a, **k):
+        raise AssertionError("data read before --out was checked")
+
+    monkeypatch.setattr(cli, "_input_data", no_data)
+    target = tmp_path / "model.bin"
+    target.write_text("x")
+    assert main(["-q", "fit", "--interactions", str(files / "events.csv"), "--items",
+                 str(files / "items.csv"), "--out", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert "model.bin" in err and "is a file" in err and len(err.strip().splitlines()) == 1
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("x")
+    assert main(["-q", "fit", "--interactions", str(files / "events.csv"), "--items",
+                 str(files / "items.csv"), "--out", str(other)]) == 2
+    assert "not a serendip model" in capsys.readouterr().err
+
+
+def test_semicolon_latin1_files_and_verbatim_user_ids(tmp_path, capsys, caplog):
+    events = tmp_path / "events.csv"
+    rows = ["user_id;item_id;timestamp"]
+    # " lead" (leading space) and "lead" are two users; ids come back exactly as written
+    for u, items in ((" lead", "abc"), ("lead", "def"), ("x", "abd"), ("y", "cef"), ("z", "ab")):
+        rows += [f"{u};{i}\u00e9;2024-01-0{n + 1}" for n, i in enumerate(items)]
+    rows.append("y;e\u00e9;2024-01-05")  # a repeated (user, item) pair
+    rows.append("z;gone;2024-01-06")  # not in the catalog
+    events.write_bytes(("\n".join(rows) + "\n").encode("latin-1"))
+    items = tmp_path / "items.csv"
+    items.write_bytes(("item_id;title\n" + "".join(f"{i}\u00e9;Caf\u00e9 {i}\n" for i in "abcdef")
+                       ).encode("latin-1"))
+    model = tmp_path / "model"
+    args = ["fit", "--interactions", str(events), "--items", str(items), "--out", str(model)]
+    assert main(["-q", *args]) == 2  # UTF-8 by default: the line and the fix are named
+    err = capsys.readouterr().err
+    assert "line 2" in err and "--encoding latin-1" in err and len(err.strip().splitlines()) == 1
+    assert main(["-q", *args, "--encoding", "latin-1"]) == 2  # an unknown item stops it
+    err = capsys.readouterr().err
+    assert "1 event on 1 item id" in err and "'gone'" in err
+    with caplog.at_level(logging.WARNING):
+        assert main([*args, "--encoding", "latin-1", "--unknown-items", "drop", "-q"]) == 0
+    assert "dropped 1 event on 1 item id" in caplog.text
+    assert "1 repeated (user, item) row collapsed" in caplog.text
+    cap = capsys.readouterr()
+    assert "Dataset(" not in cap.out
+    assert "Loading" not in cap.err  # -q: no progress bars, the library's included
+    assert "on events.csv (5 users, 6 items and 14 interactions)" in cap.out
+    users = tmp_path / "users.txt"
+    users.write_text(" lead\nlead\n")
+    out = tmp_path / "recs.jsonl"
+    assert main(["-q", "recommend", "--model", str(model), "--users", str(users), "-k", "2",
+                 "--output", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert "cold-start" not in cap.err  # both users are known under their own ids
+    assert "wrote 2 lists to" in cap.err
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["user_id"] for x in lines] == [" lead", "lead"]
+    seen = {" lead": {"a\u00e9", "b\u00e9", "c\u00e9"}, "lead": {"d\u00e9", "e\u00e9", "f\u00e9"}}
+    for row in lines:
+        got = {it["item_id"] for it in row["items"]}
+        assert len(got) == 2 and not got & seen[row["user_id"]]
+
+
+def test_evaluate_on_a_tiny_catalog_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "items.csv").write_text("item_id,title\na,Apple\nb,Banana\nc,Cherry\n")
+    (tmp_path / "events.csv").write_text(
+        "user_id,item_id,timestamp\nu1,a,1\nu1,b,2\nu2,b,3\nu2,c,4\nu3,a,5\nu3,c,6\n")
+    assert main(["-q", "evaluate", "--interactions", str(tmp_path / "events.csv"), "--items",
+                 str(tmp_path / "items.csv"), "--protocol", "random"]) == 2
+    err = capsys.readouterr().err
+    assert "holds out no test events" in err and "3 items" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_recommend_candidates_and_filters(files, tmp_path, capsys, caplog):
+    from serendip.pipeline import Recommender
+
+    items = pd.read_csv(files / "items.csv", dtype=str)
+    genre = dict(zip(items.item_id, items.genres, strict=True))
+    cands = tmp_path / "cands.txt"
+    wanted = ["i12,x", "i15,x", "i3,x", "i7,x"]
+    cands.write_text("\n".join([*wanted, " i12,x", "nope"]) + "\n")  # ids verbatim
+    assert main(["recommend", "--model", str(files / "model"), "--user", "0u0", "-k", "10",
+                 "--candidates", str(cands)]) == 0
+    got = [it["item_id"] for it in json.loads(capsys.readouterr().out)["items"]]
+    history = set(pd.read_csv(files / "events.csv", dtype=str).query("user_id == '0u0'").item_id)
+    assert set(got) == set(wanted) - history and got
+    assert "2 candidate ids of 6" in caplog.text and "' i12,x'" in caplog.text
+    # filters: the HTTP API's semantics (case-insensitive, every filter must match)
+    assert main(["-q", "recommend", "--model", str(files / "model"), "--user", "0u0", "-k", "5",
+                 "--filter", "genres=b"]) == 0
+    got = [it["item_id"] for it in json.loads(capsys.readouterr().out)["items"]]
+    assert len(got) == 5 and {genre[i] for i in got} == {"B"}
+    assert main(["-q", "recommend", "--model", str(files / "model"), "--user", "0u0", "-k", "5",
+                 "--filter", "genres=B", "--candidates", str(cands)]) == 0
+    got = [it["item_id"] for it in json.loads(capsys.readouterr().out)["items"]]
+    assert set(got) == {"i12,x", "i15,x"} - history
+    rec = Recommender.load(files / "model")
+    assert rec.data.n_items == 20  # nothing else is left out
+    assert main(["recommend", "--model", str(files / "model"), "--user", "0u0",
+                 "--filter", "colour=red"]) == 2
+    assert "'colour'" in capsys.readouterr().err
+    assert main(["recommend", "--model", str(files / "model"), "--user", "0u0",
+                 "--filter", "genres=C"]) == 2
+    assert "no item of the model is left" in capsys.readouterr().err
+    (tmp_path / "none.txt").write_text("x\ny\n")
+    assert main(["recommend", "--model", str(files / "model"), "--user", "0u0",
+                 "--candidates", str(tmp_path / "none.txt")]) == 2
+    assert "none of the 2 candidate ids" in capsys.readouterr().err
+
+
+def test_recommend_progress_and_singular_output(files, tmp_path, capsys, caplog):
+    users = tmp_path / "users.txt"
+    users.write_text("0u1\n0u2\n 0u1\n")
+    out = tmp_path / "r.csv"
+    assert main(["recommend", "--model", str(files / "model"), "--users", str(users),
+                 "--format", "csv", "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "recommend" in err and "3/3" in err  # the progress bar, on stderr
+    assert "1 of 3 user ids is not in the model; it gets a cold-start list" in caplog.text
+    assert "wrote 3 lists" in err
+    rows = list(csv.reader(out.read_text().splitlines()))
+    assert {r[0] for r in rows[1:]} == {"0u1", "0u2", " 0u1"}
+    # -q after the command turns the bar off; one list is "1 list"
+    assert main(["recommend", "--model", str(files / "model"), "--user", "0u1", "-q",
+                 "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.strip() == f"wrote 1 list to {out}"
+    assert main(["recommend", "--model", str(files / "model"), "--user", "0u1",
+                 "--output", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the command line itself
+def _subparsers(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield name, sub
+                yield from ((f"{name} {n}", s) for n, s in _subparsers(sub))
+
+
+def test_every_option_has_help_defaults_and_examples(capsys):
+    from serendip.cli import build_parser
+
+    parser = build_parser()
+    subs = {"serendip": parser, **dict(_subparsers(parser))}
+    assert {"fit", "tune", "recommend", "evaluate", "demo", "serve", "ope", "keys",
+            "keys create", "keys list", "keys revoke", "users", "users erase",
+            "users export"} <= set(subs)
+    for name, sub in subs.items():
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+        text = sub.format_help()
+        assert "examples:" in text and "serendip " in text.split("examples:")[1], name
+    rec = subs["recommend"].format_help()
+    assert "items per list (default: 10)" in rec and "(default: balanced)" in rec
+    assert "adaptive" in rec and "adaptive" in subs["evaluate"].format_help()
+    assert "(default: 600.0)" in subs["fit"].format_help()
+    assert "(default: None)" not in rec
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    from serendip import __version__
+
+    assert capsys.readouterr().out.strip() == f"serendip {__version__}"
+
+
+def test_flags_after_the_command_and_no_dead_flags(capsys):
+    from serendip.cli import build_parser
+
+    p = build_parser()
+    args = p.parse_args(["recommend", "--model", "m", "--user", "u", "-q", "-v"])
+    assert args.quiet and args.verbose
+    args = p.parse_args(["-q", "recommend", "--model", "m", "--user", "u"])
+    assert args.quiet and not args.verbose
+    args = p.parse_args(["recommend", "--model", "m", "--user", "u"])
+    assert not args.quiet and not args.verbose
+    with pytest.raises(SystemExit):  # fit --preset did nothing: it is gone
+        p.parse_args(["fit", "--dataset", "movielens", "--out", "m", "--preset", "discovery"])
+    assert "--preset" in capsys.readouterr().err
+    for command in ("fit", "evaluate", "tune"):
+        a = p.parse_args([command, "--dataset", "lastfm", "--out", "o", "--unknown-items",
+                          "drop", "--sep", ";", "--encoding", "latin-1"]
+                         if command != "evaluate" else
+                         [command, "--dataset", "lastfm", "--unknown-items", "drop"])
+        assert a.unknown_items == "drop"
+        assert p.parse_args([command, "--dataset", "lastfm"]
+                            + (["--out", "o"] if command != "evaluate" else [])
+                            ).unknown_items == "error"
+
+
+def test_choice_lists_match_the_library():
+    from serendip.cli import KEY_ROLES, PRESET_NAMES, UNKNOWN_ITEMS
+    from serendip.data.io import UNKNOWN_ITEMS as READER_CHOICES
+    from serendip.pipeline import PRESETS
+    from serendip.store import ROLES
+
+    assert PRESET_NAMES == PRESETS
+    assert UNKNOWN_ITEMS == READER_CHOICES
+    assert set(KEY_ROLES) == set(ROLES)
+
+
+def test_serve_passes_unknown_items(monkeypatch, tmp_path):
+    import serendip.service.app as app
+
+    got = {}
+
+    def fake_serve(**kwargs):
+        got.update(kwargs)
+        return 0
+
+    monkeypatch.setattr(app, "serve", fake_serve)
+    assert main(["serve", "--data-dir", str(tmp_path), "--seed-interactions", "e.csv",
+                 "--unknown-items", "drop", "--refresh-interval", "0"]) == 0
+    assert got["unknown_items"] == "drop" and got["seed_interactions"] == "e.csv"
+    assert main(["serve", "--data-dir", str(tmp_path)]) == 0
+    assert got["unknown_items"] == "error"
+
+
+# ---------------------------------------------------------------- keys and users
+def test_keys_create_list_revoke(tmp_path, capsys):
+    from serendip.store import open_store
+
+    d = str(tmp_path)
+    assert main(["keys", "list", "--data-dir", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["keys", "create", "--name", "shop", "--role", "write", "--data-dir", d]) == 0
+    cap = capsys.readouterr()
+    key = cap.out.strip()
+    assert "created write key 'shop'" in cap.err and "only this once" in cap.err
+    assert main(["keys", "create", "--name", "look", "--data-dir", d]) == 0  # read by default
+    read_key = capsys.readouterr().out.strip()
+    store = open_store(f"sqlite:///{tmp_path / 'serendip.db'}")
+    try:
+        assert store.check_api_key(key) == "write"
+        assert store.check_api_key(read_key) == "read"
+    finally:
+        store.close()
+    assert main(["keys", "create", "--name", "shop", "--data-dir", d]) == 2
+    assert "'shop'" in capsys.readouterr().err
+    assert main(["keys", "list", "--data-dir", d]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:2] == ["name", "role"]
+    assert [ln.split()[:2] for ln in out[1:]] == [["shop", "write"], ["look", "read"]]
+    assert all(ln.rstrip().endswith("active") for ln in out[1:])
+    assert key not in "\n".join(out)
+    assert main(["keys", "revoke", "shop", "--data-dir", d]) == 0
+    assert "revoked key 'shop'" in capsys.readouterr().err
+    assert main(["keys", "revoke", "shop", "--data-dir", d]) == 2
+    assert "no active API key named 'shop'" in capsys.readouterr().err
+    assert main(["keys", "list", "--data-dir", d]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert "revoked" in rows[0] and rows[1].rstrip().endswith("active")
+    store = open_store(f"sqlite:///{tmp_path / 'serendip.db'}")
+    try:
+        assert store.check_api_key(key) is None
+    finally:
+        store.close()
+
+
+def test_users_export_and_erase(tmp_path, capsys):
+    from serendip.store import EventRecord, open_store
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    store = open_store(url)
+    try:
+        store.append_events([EventRecord(" u1", "a", "like", 10.0), EventRecord(" u1", "b"),
+                             EventRecord("u1", "a", "click", 11.0)])
+    finally:
+        store.close()
+    out = tmp_path / "u.json"
+    assert main(["users", "export", " u1", "--store", url, "--out", str(out)]) == 0
+    assert "wrote the data of user ' u1'" in capsys.readouterr().err
+    data = json.loads(out.read_text())
+    assert data["user_id"] == " u1"
+    assert sorted(e["item_id"] for e in data["events"]) == ["a", "b"]  # not "u1"'s
+    assert main(["users", "export", " u1", "--store", url]) == 0
+    assert json.loads(capsys.readouterr().out) == data
+    assert main(["users", "erase", " u1", "--store", url]) == 0
+    assert "erased user ' u1': 2 events" in capsys.readouterr().err
+    assert main(["users", "erase", " u1", "--store", url]) == 0
+    assert "nothing erased" in capsys.readouterr().err
+    store = open_store(url)
+    try:
+        left = store.events_frame()
+    finally:
+        store.close()
+    assert left["user_id"].tolist() == ["u1"]

@@ -1,4 +1,4 @@
-"""The ``serendip`` command: fit, tune, recommend, evaluate, demo, serve, ope."""
+"""The ``serendip`` command: fit, tune, recommend, evaluate, demo, serve, ope, keys, users."""
 
 from __future__ import annotations
 
@@ -13,10 +13,51 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from serendip import __version__
 from serendip.errors import ConfigError, DataError, SerendipError
 
+if TYPE_CHECKING:
+    import numpy as np
+
 log = logging.getLogger("serendip")
+
+#: The shipped presets, in the order help lists them (``serendip.pipeline.PRESETS``; kept
+#: here so that ``--help`` does not import the models).
+PRESET_NAMES = ("accurate", "balanced", "discovery", "adaptive")
+#: ``--unknown-items`` choices (``serendip.data.io.UNKNOWN_ITEMS``).
+UNKNOWN_ITEMS = ("error", "drop")
+#: ``keys create --role`` choices (``serendip.store.ROLES``).
+KEY_ROLES = ("read", "write", "admin")
+#: Users per ``recommend`` batch (one progress-bar step each).
+RECOMMEND_BATCH = 256
+
+
+def _n(count: int, word: str, plural: str | None = None) -> str:
+    """'1 list', '3 lists', '0 lists'."""
+    return f"{count} {word if count == 1 else plural or word + 's'}"
+
+
+def _check_out_dir(path: str, what: str = "--out") -> None:
+    """Refuse, before any work, an output directory that cannot be written."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{what} {path!r} is a file; give a directory (it is created if missing)")
+
+
+def _check_model_out(path: str) -> None:
+    """``fit --out``: a new or empty directory, or a model directory to replace."""
+    _check_out_dir(path)
+    p = Path(path)
+    if p.is_dir() and any(p.iterdir()) and not (p / "serendip.json").exists():
+        raise ConfigError(f"--out {path!r} is a directory that is not empty and not a serendip "
+                          "model; give a new directory")
+
+
+def _check_out_file(path: str | None, what: str) -> None:
+    if path is not None and Path(path).is_dir():
+        raise ConfigError(f"{what} {path!r} is a directory; give a file name")
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -55,40 +96,118 @@ def _positive_int(value: str) -> int:
     return x
 
 
-def _read_user_ids(path: str) -> list[str]:
+def _positive_float(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}") from None
+    if not (x > 0 and math.isfinite(x)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+    return x
+
+
+def _id_lines(path: str, what: str) -> list[str]:
+    """Ids one per line, exactly as written (blank lines skipped, nothing trimmed)."""
     p = Path(path)
-    if not p.exists():
+    if not p.is_file():
+        raise DataError(f"{what} file not found: {path!r}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = p.read_bytes()[: e.start].count(b"\n") + 1
+        raise DataError(f"{what} file {path!r} line {line} is not valid UTF-8") from None
+    ids = [ln for ln in text.splitlines() if ln.strip()]
+    if not ids:
+        raise DataError(f"{what} file is empty: {path!r}")
+    return ids
+
+
+def _read_user_ids(path: str) -> list[str]:
+    """``--users``: one id per line, or a table (CSV/TSV/JSONL/Parquet) with a user_id
+    column; ids exactly as written, like the events reader keeps them."""
+    from serendip.data.io import TABLE_SUFFIXES, _table_suffix, read_table
+
+    p = Path(path)
+    if not p.is_file():
         raise DataError(f"users file not found: {path!r}")
-    text = p.read_text()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if not lines:
-        raise DataError(f"users file is empty: {path!r}")
-    if p.suffix.lower() in (".csv", ".tsv") and "user_id" in lines[0].split("," if p.suffix.lower() == ".csv" else "\t"):
-        from serendip.data.io import read_table
+    suffix = _table_suffix(p)[0]
+    if suffix in (".csv", ".tsv"):
+        from serendip.data.io import detect_delimiter
 
-        return read_table(p, id_columns=("user_id",))["user_id"].tolist()
-    if p.suffix.lower() in (".jsonl", ".parquet", ".pq"):
-        from serendip.data.io import read_table
+        first = _id_lines(path, "users")[0]
+        sep = "\t" if suffix == ".tsv" else detect_delimiter(first)
+        if "user_id" not in [f.strip().strip('"') for f in first.split(sep)]:
+            # a plain list of ids that happens to end in .csv
+            return _id_lines(path, "users")
+    elif suffix not in TABLE_SUFFIXES:
+        return _id_lines(path, "users")
+    df = read_table(p, id_columns=("user_id",))
+    if "user_id" not in df.columns:
+        raise DataError(f"users file {path!r} has no 'user_id' column; found {list(df.columns)}")
+    if df["user_id"].isna().any():
+        raise DataError(f"users file {path!r} has rows without a user_id")
+    return df["user_id"].astype(str).tolist()
 
-        df = read_table(p, id_columns=("user_id",))
-        if "user_id" not in df.columns:
-            raise DataError(f"users file {path!r} has no 'user_id' column; found {list(df.columns)}")
-        return df["user_id"].tolist()
-    return lines
+
+def _candidates(args: argparse.Namespace, rec) -> tuple[np.ndarray | None, str]:  # type: ignore[no-untyped-def]
+    """(item indices allowed by --candidates and --filter, or None; a description)."""
+    import numpy as np
+
+    from serendip.data.io import item_filter_mask
+
+    data = rec.data
+    allowed = None
+    said = []
+    if args.candidates:
+        ids = _id_lines(args.candidates, "candidates")
+        idx = data.item_index.get_indexer(ids)
+        unknown = [i for i, j in zip(ids, idx, strict=True) if j < 0]
+        if unknown:
+            shown = ", ".join(repr(x) for x in unknown[:5])
+            if len(unknown) == len(ids):
+                raise DataError(f"none of the {_n(len(ids), 'candidate id')} in "
+                                f"{args.candidates!r} is an item of the model, e.g. {shown}")
+            log.warning("%s of %d in %r %s not in the model and left out, e.g. %s",
+                        _n(len(unknown), "candidate id"), len(ids), args.candidates,
+                        "is" if len(unknown) == 1 else "are", shown)
+        allowed = np.zeros(data.n_items, dtype=bool)
+        allowed[idx[idx >= 0]] = True
+        said.append(f"{_n(int(allowed.sum()), 'candidate')} from {args.candidates}")
+    mask = item_filter_mask(data.items, args.filter or ())
+    if mask is not None:
+        allowed = mask if allowed is None else allowed & mask
+        said.append(f"filter {'; '.join(args.filter)}")
+    if allowed is None:
+        return None, ""
+    if not allowed.any():
+        raise DataError(f"no item of the model is left to recommend after {' and '.join(said)}")
+    return np.flatnonzero(allowed), " and ".join(said)
 
 
 # ---------------------------------------------------------------------------- commands
 def _input_data(args: argparse.Namespace, cfg):  # type: ignore[no-untyped-def]
-    """The data named by --dataset, or read from --interactions/--items."""
+    """The data named by --dataset, or read from --interactions/--items; and its name."""
     from serendip.data import Dataset, load_dataset
 
     if getattr(args, "dataset", None):
         if args.interactions or args.items:
             raise ConfigError("give either --dataset or --interactions/--items, not both")
-        return load_dataset(args.dataset)
-    if not args.interactions or not args.items:
-        raise ConfigError("give --interactions FILE and --items FILE (or --dataset NAME)")
-    return Dataset.from_files(args.interactions, args.items, category_column=cfg.category_column)
+        if getattr(args, "sep", None) or getattr(args, "encoding", None):
+            raise ConfigError("--sep and --encoding are for --interactions/--items files; "
+                              f"the bundled {args.dataset!r} needs neither")
+        data = load_dataset(args.dataset)
+        name = args.dataset
+    else:
+        if not args.interactions or not args.items:
+            raise ConfigError("give --interactions FILE and --items FILE (or --dataset NAME)")
+        data = Dataset.from_files(
+            args.interactions, args.items, category_column=cfg.category_column,
+            unknown_items=getattr(args, "unknown_items", "error"),
+            sep=getattr(args, "sep", None), encoding=getattr(args, "encoding", None),
+        )
+        name = Path(args.interactions).name
+    log.info("loaded %s: %s", name, data.describe())
+    return data, name
 
 
 def _encoded(data, cfg, quiet: bool):  # type: ignore[no-untyped-def]
@@ -128,10 +247,10 @@ def _print_tuning(result) -> None:  # type: ignore[no-untyped-def]
 def cmd_fit(args: argparse.Namespace) -> int:
     from serendip.pipeline import Recommender, load_fit_config
 
+    _check_model_out(args.out)
     cfg = load_fit_config(args.config)
     t0 = time.perf_counter()
-    data = _input_data(args, cfg)
-    log.info("loaded %r", data)
+    data, name = _input_data(args, cfg)
     if args.tune:
         from serendip.tune import tune
 
@@ -147,8 +266,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         rec = Recommender.fit(data, cfg, progress=not args.quiet)
     rec.save(args.out)
     tuned = f", presets tuned: {', '.join(rec.presets)}" if rec.presets else ""
-    print(f"fitted {len(rec.scorers)} models on {data!r} in {time.perf_counter() - t0:.1f}s"
-          f"{tuned} -> {args.out}")
+    print(f"fitted {_n(len(rec.scorers), 'model')} on {name} ({data.describe()}) in "
+          f"{time.perf_counter() - t0:.1f}s{tuned} -> {args.out}")
     return 0
 
 
@@ -156,8 +275,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from serendip.pipeline import load_fit_config
     from serendip.tune import tune
 
+    _check_out_dir(args.out)
     cfg = load_fit_config(args.config)
-    data = _encoded(_input_data(args, cfg), cfg, args.quiet)
+    data = _encoded(_input_data(args, cfg)[0], cfg, args.quiet)
     result = tune(data, _tune_config(args), fit_config=cfg if args.config else None,
                   progress=not args.quiet)
     _print_tuning(result)
@@ -167,21 +287,37 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from serendip.pipeline import Recommender
 
     if (args.users is None) == (args.user is None):
         raise ConfigError("give exactly one of --users FILE or --user ID")
+    _check_out_file(args.output, "--output")
     rec = Recommender.load(args.model)
     pipe = rec.pipeline(args.preset)
     user_ids = [args.user] if args.user is not None else _read_user_ids(args.users)
+    candidates, restricted = _candidates(args, rec)
+    if restricted:
+        log.info("recommending from %s", restricted)
     queries = [pipe.query(u) for u in user_ids]
     unknown = sum(q.user is None for q in queries)
     if unknown:
-        log.warning("%d of %d user ids are not in the model; they get cold-start lists",
-                    unknown, len(user_ids))
+        log.warning("%d of %s %s not in the model; %s cold-start %s", unknown,
+                    _n(len(user_ids), "user id"), "is" if unknown == 1 else "are",
+                    "it gets a" if unknown == 1 else "they get",
+                    "list" if unknown == 1 else "lists")
     t0 = time.perf_counter()
-    lists = pipe.recommend_many(queries, args.k, args.discovery, explore=args.explore)
-    log.info("recommended for %d users in %.2fs", len(user_ids), time.perf_counter() - t0)
+    lists = []
+    with tqdm(total=len(queries), desc="recommend", unit="user", file=sys.stderr,
+              disable=args.quiet or len(queries) < 2) as bar:
+        for start in range(0, len(queries), RECOMMEND_BATCH):
+            batch = queries[start : start + RECOMMEND_BATCH]
+            lists.extend(pipe.recommend_many(batch, args.k, args.discovery, candidates,
+                                             explore=args.explore))
+            bar.update(len(batch))
+    log.info("recommended for %s in %.2fs", _n(len(user_ids), "user"),
+             time.perf_counter() - t0)
     item_ids = rec.data.item_ids
     buf = io.StringIO()
     if args.format == "jsonl":
@@ -208,7 +344,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                 w.writerow([uid, rank, str(item_ids[i]), f"{float(s):.6f}", " | ".join(r), *extra])
     if args.output:
         _atomic_write(Path(args.output), buf.getvalue())
-        print(f"wrote {len(user_ids)} lists to {args.output}", file=sys.stderr)
+        print(f"wrote {_n(len(user_ids), 'list')} to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(buf.getvalue())
     return 0
@@ -230,16 +366,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from serendip.eval.runner import run_experiment
     from serendip.pipeline import Preset, load_fit_config
 
+    _check_out_file(args.csv, "--csv")
+    _check_out_file(args.report, "--report")
     cfg = load_fit_config(args.config)
     if not args.dataset and not args.interactions:
         args.dataset = "movielens"
-    data = _encoded(_input_data(args, cfg), cfg, args.quiet)
+    data, name = _input_data(args, cfg)
+    data = _encoded(data, cfg, args.quiet)
     frames = []
     cuts = [_cut(c.strip()) for c in args.cut.split(",") if c.strip()] if args.cut else [None]
     jobs = [(p.strip(), c) for p in args.protocol.split(",") if p.strip()
             for c in (cuts if p.strip() == "time" else [None])]
     for protocol, cut in jobs:
         split = make_split(data, protocol, **({"cut": cut} if cut is not None else {}))
+        if len(split.test) == 0:
+            raise DataError(
+                f"the {protocol} split of {name} ({data.describe()}) holds out no test events: "
+                "too few events per user to hold one out; try --protocol time or loo, or more "
+                "data"
+            )
         models = [m for m in args.models.split(",") if m]
         presets: list[str | Preset] = [p for p in args.presets.split(",") if p]
         if args.tune:  # tuned on a validation split carved from this split's training part
@@ -282,7 +427,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.csv:
         _atomic_write(Path(args.csv), results.to_csv(index=False))
     if args.report:
-        write_report(results, args.report, title=f"serendip evaluation ({data!r})")
+        write_report(results, args.report,
+                     title=f"serendip evaluation: {name} ({data.describe()})")
         print(f"report: {Path(args.report).resolve()}")
     return 0
 
@@ -294,6 +440,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         protocol="time,temporal,loo,cold-items", cut=None, tune=False, budget=300.0,
         models="popularity,ease,als,knn,semantic,textcf", presets="accurate,balanced,discovery",
         k=10, csv=str(out / "results.csv"), report=str(out / "report.html"), quiet=args.quiet,
+        unknown_items="error", sep=None, encoding=None,
     )
     print("serendip demo: MovieLens-100K, language-model item vectors, models and presets")
     return cmd_evaluate(ns)
@@ -325,7 +472,9 @@ def cmd_ope(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(result, indent=2))
     logged = result["logged"]
     assert isinstance(logged, dict)
-    print(f"{result['impressions']} impressions, {result['rounds']} logged slots; "
+    shown, rounds = result["impressions"], result["rounds"]
+    assert isinstance(shown, int) and isinstance(rounds, int)
+    print(f"{_n(shown, 'impression')}, {_n(rounds, 'logged slot')}; "
           f"logged reward per slot {logged['value']:.4f}")
     print(f"{'target':<24} {'IPS':>8} {'± stderr':>9} {'SNIPS':>8} {'overlap':>8}")
     targets_out = result["targets"]
@@ -350,28 +499,206 @@ def cmd_serve(args: argparse.Namespace) -> int:
         api_key=args.api_key, cors_origin=args.cors_origin,
         seed_interactions=args.seed_interactions, seed_items=args.seed_items,
         fit_config=args.config, max_body=args.max_body, presets=args.preset or (),
-        refresh_interval=args.refresh_interval or None,
+        refresh_interval=args.refresh_interval or None, unknown_items=args.unknown_items,
         log_level="info" if args.verbose else "warning",
+        max_header_bytes=args.max_header_bytes, header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout, keep_alive_timeout=args.keep_alive_timeout,
+        max_connections=args.max_connections,
+        graceful_shutdown_timeout=args.graceful_shutdown_timeout,
+        auth_failure_limit=args.auth_failure_limit,
+        auth_failure_window=args.auth_failure_window, key_rate=args.key_rate,
+        key_burst=args.key_burst, retention_days=args.retention_days,
+        user_id_key_file=args.user_id_key_file, catalog_poll=args.catalog_poll or None,
     )
 
 
+def _open_store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The store named by --store, else the data directory's SQLite file (as ``serve``)."""
+    from serendip.store import open_store
+
+    if args.store:
+        return open_store(args.store)
+    ddir = Path(args.data_dir).expanduser()
+    if not ddir.is_dir():
+        raise ConfigError(f"data directory {args.data_dir!r} does not exist; give the "
+                          "service's --data-dir, or --store URL")
+    return open_store(f"sqlite:///{ddir.resolve() / 'serendip.db'}")
+
+
+def _when(value: object) -> str:
+    """Epoch seconds as a UTC time to the minute; '-' for none."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, int | float):
+        return time.strftime("%Y-%m-%d %H:%M", time.gmtime(float(value)))
+    return str(value)
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from serendip.service.app import MAX_ADMIN_KEYS
+
+    store = _open_store(args)
+    try:
+        if args.role == "admin" and store.count_api_keys(role="admin") >= MAX_ADMIN_KEYS:
+            raise ConfigError(f"the store already has {MAX_ADMIN_KEYS} active admin keys, the "
+                              "limit: revoke one first (serendip keys revoke NAME)")
+        key = store.create_api_key(args.name, args.role)
+    finally:
+        store.close()
+    print(key)
+    print(f"created {args.role} key {args.name!r} in {store.display_url}; it is shown only this "
+          "once",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    try:
+        keys = list(store.list_api_keys())
+    finally:
+        store.close()
+    if not keys:
+        print(f"no API keys in {store.display_url}", file=sys.stderr)
+        return 0
+    rows = [[k.name, k.role, _when(k.created_at), _when(k.last_used_at),
+             "active" if k.revoked_at is None else f"revoked {_when(k.revoked_at)}"]
+            for k in keys]
+    header = ["name", "role", "created (UTC)", "last used (UTC)", "state"]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    try:
+        done = store.revoke_api_key(args.name)
+    finally:
+        store.close()
+    if not done:
+        raise ConfigError(f"no active API key named {args.name!r} in {store.display_url}")
+    print(f"revoked key {args.name!r}", file=sys.stderr)
+    return 0
+
+
+def _stored_id(args: argparse.Namespace) -> str:
+    """The user id as the store holds it: pseudonymised with --user-id-key-file."""
+    if not getattr(args, "user_id_key_file", None):
+        return str(args.user_id)
+    from serendip.privacy import pseudonymize, read_key_file
+
+    return pseudonymize(args.user_id, read_key_file(args.user_id_key_file))
+
+
+def cmd_users_erase(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    try:
+        counts = store.erase_user(_stored_id(args))
+    finally:
+        store.close()
+    erased = {k: int(v) for k, v in counts.items() if v}
+    if not erased:
+        print(f"nothing stored for user {args.user_id!r}; nothing erased", file=sys.stderr)
+        return 0
+    words = {"events": "event", "impressions": "impression", "users": "user record"}
+    what = ", ".join(_n(v, words.get(k, k)) for k, v in erased.items())
+    print(f"erased user {args.user_id!r}: {what}", file=sys.stderr)
+    print("a running service still serves what its model learned from them until its next "
+          "retrain; erase through the service (DELETE /v1/users/{id}) to drop them from the "
+          "served model at once", file=sys.stderr)
+    return 0
+
+
+def cmd_users_export(args: argparse.Namespace) -> int:
+    _check_out_file(args.out, "--out")
+    store = _open_store(args)
+    try:
+        data = store.export_user(_stored_id(args))
+        data["user_id"] = args.user_id
+    finally:
+        store.close()
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+    if args.out:
+        _atomic_write(Path(args.out), text)
+        print(f"wrote the data of user {args.user_id!r} to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Examples kept as written; '(default: X)' after every option that has a default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("%(default)" in text or not action.option_strings
+                or action.default in (None, False, argparse.SUPPRESS)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {ln}" for ln in lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="serendip", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="serendip", formatter_class=_HelpFormatter,
+        description="serendip: recommendations with language-model semantics and a discovery "
+        "knob. Fit a model on your events and catalog, recommend, evaluate, serve.",
+        epilog=_examples(
+            "serendip demo",
+            "serendip fit --interactions events.csv --items items.csv --out model/",
+            "serendip recommend --model model/ --user 42",
+            "serendip COMMAND --help    (each command's options and examples)",
+        ),
+    )
+    p.add_argument("--version", action="version", version=f"serendip {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    sub = p.add_subparsers(dest="command", required=True)
+    # -q and -v after the command too; SUPPRESS keeps the value given before it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log at INFO level")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           help="what to do (serendip COMMAND --help: its options)")
+
+    def command(parent, name: str, help: str, *examples: str,  # type: ignore[no-untyped-def]
+                description: str | None = None) -> argparse.ArgumentParser:
+        return parent.add_parser(  # type: ignore[no-any-return]
+            name, help=help, description=description or help, parents=[common],
+            formatter_class=_HelpFormatter, epilog=_examples(*examples) if examples else None,
+        )
+
+    presets = ", ".join(PRESET_NAMES)
 
     def data_args(a: argparse.ArgumentParser, default: str = "") -> None:
-        a.add_argument("--interactions", help="CSV/Parquet/JSONL: user_id,item_id[,timestamp][,rating]")
-        a.add_argument("--items", help="CSV/Parquet/JSONL: item_id + text columns")
+        a.add_argument("--interactions", metavar="FILE",
+                       help="events: user_id,item_id[,timestamp][,rating] as CSV, TSV, JSONL "
+                       "or Parquet (by suffix, .gz etc. allowed); timestamps are epoch seconds "
+                       "or ISO-8601 dates")
+        a.add_argument("--items", metavar="FILE", help="the catalog: item_id + text columns")
         a.add_argument("--dataset", choices=("movielens", "goodbooks", "lastfm"),
                        help=f"a bundled real data set instead of files{default}")
-        a.add_argument("--config", help="TOML fit config (encoder, models, item_template)")
+        a.add_argument("--sep", metavar="CHAR",
+                       help="CSV delimiter, e.g. ';' or tab (default: found from the header "
+                       "line; tab for .tsv)")
+        a.add_argument("--encoding", help="text encoding of the files, e.g. latin-1 "
+                       "(default: utf-8)")
+        a.add_argument("--unknown-items", choices=UNKNOWN_ITEMS, default="error",
+                       help="events on items missing from --items: stop with an error, or "
+                       "drop them with a warning")
+        a.add_argument("--config", metavar="FILE.toml",
+                       help="TOML fit config (encoder, models, item_template)")
 
     def tune_args(a: argparse.ArgumentParser) -> None:
         a.add_argument("--budget", type=float, default=600.0, metavar="SECONDS",
-                       help="time budget of the tuning search (default 600)")
+                       help="time budget of the tuning search")
         a.add_argument("--tune-protocol", dest="protocol_tune",
                        choices=("time", "random", "temporal", "loo"),
                        help="validation protocol (default: time when timestamps can be "
@@ -380,96 +707,273 @@ def build_parser() -> argparse.ArgumentParser:
                        "sequential models and let the blend weigh them (default: only when a "
                        "CUDA GPU is present; minutes on CPUs)")
 
-    f = sub.add_parser("fit", help="encode the catalog and train every model")
+    def store_args(a: argparse.ArgumentParser) -> None:
+        a.add_argument("--store", metavar="URL", help="sqlite:///abs/path.db or "
+                       "postgresql://... (default: sqlite:///DATA_DIR/serendip.db)")
+        a.add_argument("--data-dir", default="serendip-data", metavar="DIR",
+                       help="the service's data directory")
+
+    f = command(sub, "fit", "encode the catalog and train every model",
+                "serendip fit --interactions events.csv --items items.csv --out model/",
+                "serendip fit --interactions events.csv --items items.csv --out model/ --tune "
+                "--budget 300",
+                "serendip fit --interactions events.tsv --items items.csv --encoding latin-1 "
+                "--unknown-items drop --out model/",
+                "serendip fit --dataset lastfm --out lastfm-model/")
     data_args(f)
-    f.add_argument("--out", required=True, help="model directory to write")
-    f.add_argument("--preset", help="accepted for symmetry; presets apply at recommend time")
+    f.add_argument("--out", required=True, metavar="DIR",
+                   help="model directory to write (a new directory, or a model to replace)")
     f.add_argument("--tune", action="store_true", help="first tune models, blend and presets "
                    "on a validation split carved from the data; the model keeps the tuned "
                    "presets")
     tune_args(f)
     f.set_defaults(func=cmd_fit)
 
-    t = sub.add_parser("tune", help="choose models, blend and presets for this catalog on a "
-                       "validation split; writes fit.toml, presets/*.toml and tuning.json")
+    t = command(sub, "tune", "choose models, blend and presets for this catalog on a "
+                "validation split; writes fit.toml, presets/*.toml and tuning.json",
+                "serendip tune --dataset goodbooks --out tuned/ --budget 300",
+                "serendip tune --interactions events.csv --items items.csv --out tuned/",
+                "serendip fit --interactions events.csv --items items.csv "
+                "--config tuned/fit.toml --out model/")
     data_args(t)
-    t.add_argument("--out", required=True, help="directory to write")
+    t.add_argument("--out", required=True, metavar="DIR", help="directory to write")
     tune_args(t)
     t.set_defaults(func=cmd_tune)
 
-    r = sub.add_parser("recommend", help="top-k lists from a fitted model")
-    r.add_argument("--model", required=True)
-    r.add_argument("--users", help="file of user ids (one per line, or a table with user_id)")
-    r.add_argument("--user", help="a single user id")
-    r.add_argument("-k", type=_positive_int, default=10)
-    r.add_argument("--preset", default="balanced", help="accurate | balanced | discovery | FILE.toml")
-    r.add_argument("--discovery", type=_discovery, default=None, help="0 = accuracy .. 1 = discovery")
+    r = command(sub, "recommend", "top-k lists from a fitted model",
+                "serendip recommend --model model/ --user 42",
+                "serendip recommend --model model/ --users users.txt -k 20 --format csv "
+                "--output recs.csv",
+                "serendip recommend --model model/ --user 42 --preset discovery --discovery 0.9",
+                "serendip recommend --model model/ --user 42 --filter genres=comedy "
+                "--candidates in_stock.txt",
+                "serendip recommend --model model/ --user 42 --explore 0.1")
+    r.add_argument("--model", required=True, metavar="DIR",
+                   help="model directory written by fit")
+    r.add_argument("--users", metavar="FILE", help="file of user ids (one per line, or a "
+                   "table with a user_id column); ids are used exactly as written")
+    r.add_argument("--user", metavar="ID", help="a single user id")
+    r.add_argument("-k", type=_positive_int, default=10, help="items per list")
+    r.add_argument("--preset", default="balanced", metavar="NAME|FILE.toml",
+                   help=f"a shipped preset ({presets}) or a preset TOML file")
+    r.add_argument("--discovery", type=_discovery, default=None,
+                   help="0 = accuracy .. 1 = discovery (default: the preset's)")
     r.add_argument("--explore", type=_unit("explore"), default=None,
                    help="exploration rate: each slot shows, with this chance, an item from just "
                    "below the list; items then carry their propensity (default: the preset's)")
-    r.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
-    r.add_argument("--output", help="write here instead of stdout")
+    r.add_argument("--candidates", metavar="FILE", help="recommend only these items: one item "
+                   "id per line, exactly as written (ids the model lacks are left out with a "
+                   "warning)")
+    r.add_argument("--filter", action="append", metavar="COLUMN=VALUE",
+                   help="recommend only items whose COLUMN is VALUE or has it among its "
+                   "'|'-separated parts, ignoring case (as the HTTP API's filter); "
+                   "repeatable: every filter must match")
+    r.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
+                   help="one JSON line per user, or CSV rows (user_id, rank, item_id, ...)")
+    r.add_argument("--output", metavar="FILE", help="write here instead of stdout")
     r.set_defaults(func=cmd_recommend)
 
-    e = sub.add_parser("evaluate", help="compare models and presets on a split")
-    data_args(e, " (default: movielens)")
+    e = command(sub, "evaluate", "compare models and presets on a split",
+                "serendip evaluate --interactions events.csv --items items.csv --report r.html",
+                "serendip evaluate --dataset lastfm --protocol random --tune",
+                "serendip evaluate --protocol time --cut 0.6,0.7,0.8 --models ease,als "
+                "--presets accurate,adaptive --csv results.csv")
+    data_args(e, " (default: movielens when no files are given)")
     e.add_argument("--protocol", default="time", help="time (fit on the past, predict the "
                    "future) | random | temporal | loo | cold-items (comma list)")
     e.add_argument("--cut", default=None, help="time protocol: quantile of event time "
-                   "(default 0.8), or a time (number or ISO-8601 date); several, comma "
+                   "(default: 0.8), or a time (number or ISO-8601 date); several, comma "
                    "separated, evaluate each cut (rolling origin) and their mean")
     e.add_argument("--tune", action="store_true", help="also tune presets on a validation "
                    "split carved from each training part, and evaluate them")
     tune_args(e)
-    e.add_argument("--models", default="popularity,ease,als")
-    e.add_argument("--presets", default="accurate,balanced,discovery")
-    e.add_argument("-k", type=_positive_int, default=10)
-    e.add_argument("--csv", help="write all result rows as CSV")
-    e.add_argument("--report", help="write an HTML report with plots")
+    e.add_argument("--models", default="popularity,ease,als",
+                   help="comma list of models to evaluate alone (popularity, ease, als, knn, "
+                   "semantic, textcf, ...)")
+    e.add_argument("--presets", default="accurate,balanced,discovery",
+                   help=f"comma list of shipped presets ({presets}) or .toml files")
+    e.add_argument("-k", type=_positive_int, default=10, help="list length the metrics use")
+    e.add_argument("--csv", metavar="FILE", help="write all result rows as CSV")
+    e.add_argument("--report", metavar="FILE", help="write an HTML report with plots")
     e.set_defaults(func=cmd_evaluate)
 
-    d = sub.add_parser("demo", help="the whole flow on MovieLens-100K, ending in an HTML report")
-    d.add_argument("--out", default="out/demo")
+    d = command(sub, "demo", "the whole flow on MovieLens-100K, ending in an HTML report",
+                "serendip demo", "serendip -q demo --out /tmp/demo")
+    d.add_argument("--out", default="out/demo", metavar="DIR",
+                   help="where results.csv and report.html go")
     d.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("serve", help="the HTTP API and web page over a store")
-    s.add_argument("--store", help="sqlite:///abs/path.db or postgresql://... "
+    s = command(sub, "serve", "the HTTP API and web page over a store",
+                "serendip serve",
+                "serendip serve --seed-interactions events.csv --seed-items items.csv "
+                "--unknown-items drop",
+                "serendip serve --store postgresql://user@db/serendip --host 0.0.0.0",
+                "serendip serve --preset weekend.toml --refresh-interval 0")
+    s.add_argument("--store", metavar="URL", help="sqlite:///abs/path.db or postgresql://... "
                    "(default: sqlite:///DATA_DIR/serendip.db)")
-    s.add_argument("--data-dir", default="serendip-data", help="model and admin key directory")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--data-dir", default="serendip-data", metavar="DIR",
+                   help="model and admin key directory")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    s.add_argument("--port", type=int, default=8000, help="port to listen on")
     s.add_argument("--api-key", help="an admin key to accept (default: one created and kept "
                    "in DATA_DIR/admin.key)")
     s.add_argument("--cors-origin", help="allow this one browser origin (CORS is off otherwise)")
-    s.add_argument("--seed-interactions", help="seed an empty store from this file instead "
-                   "of MovieLens-100K")
-    s.add_argument("--seed-items", help="the item catalog for --seed-interactions")
-    s.add_argument("--config", help="TOML fit config used when fitting from the store")
+    s.add_argument("--seed-interactions", metavar="FILE", help="seed an empty store from this "
+                   "events file instead of MovieLens-100K (read as fit reads --interactions)")
+    s.add_argument("--seed-items", metavar="FILE",
+                   help="the item catalog for --seed-interactions")
+    s.add_argument("--unknown-items", choices=UNKNOWN_ITEMS, default="error",
+                   help="seed events on items missing from --seed-items: stop with an error, "
+                   "or drop them with a warning")
+    s.add_argument("--config", metavar="FILE.toml",
+                   help="TOML fit config used when fitting from the store")
     s.add_argument("--preset", action="append", metavar="FILE.toml",
                    help="serve this preset file too (repeatable); its name (the file's stem or "
                    "its 'name') replaces a shipped preset of that name")
     s.add_argument("--refresh-interval", type=float, default=60.0, metavar="SECONDS",
                    help="check this often for new catalog items (or 10%% more events) and "
-                   "retrain in the background when there are some; 0 turns it off (default 60)")
-    s.add_argument("--max-body", type=_positive_int, default=1 << 20,
-                   help="largest request body in bytes (default 1 MiB)")
+                   "retrain in the background when there are some; 0 turns it off")
+    s.add_argument("--max-body", type=_positive_int, default=1 << 20, metavar="BYTES",
+                   help="largest request body")
+    from serendip.service.limits import ServerLimits
+
+    lim = ServerLimits()
+    g = s.add_argument_group("connection limits (docs/API.md, 'Security and deployment')")
+    g.add_argument("--max-header-bytes", type=_positive_int, default=lim.max_header_bytes,
+                   metavar="BYTES", help="largest request head (request line and headers)")
+    g.add_argument("--header-timeout", type=_positive_float, default=lim.header_timeout,
+                   metavar="SECONDS", help="time a client has to send a request's head")
+    g.add_argument("--body-timeout", type=_positive_float, default=lim.body_timeout,
+                   metavar="SECONDS", help="time a client has to send a request's body")
+    g.add_argument("--keep-alive-timeout", type=_positive_int, default=lim.keep_alive_timeout,
+                   metavar="SECONDS", help="idle time before a kept-alive connection is closed")
+    g.add_argument("--max-connections", type=_positive_int, default=lim.max_connections,
+                   help="open connections at most; more are refused with 503")
+    g.add_argument("--graceful-shutdown-timeout", type=_positive_float,
+                   default=lim.graceful_shutdown_timeout, metavar="SECONDS",
+                   help="time running requests get to finish at shutdown")
+    g.add_argument("--auth-failure-limit", type=_positive_int, default=lim.auth_failure_limit,
+                   help="failed authentications per client address per window before 429")
+    g.add_argument("--auth-failure-window", type=_positive_float,
+                   default=lim.auth_failure_window, metavar="SECONDS",
+                   help="the window of --auth-failure-limit")
+    g.add_argument("--key-rate", type=float, default=lim.key_rate, metavar="PER_SECOND",
+                   help="requests per second per API key (token bucket); 0 turns it off")
+    g.add_argument("--key-burst", type=_positive_int, default=lim.key_burst,
+                   help="token bucket size per API key")
+    pv = s.add_argument_group("privacy (docs/privacy.md)")
+    pv.add_argument("--retention-days", type=_positive_float, default=None, metavar="DAYS",
+                    help="delete logged lists (impressions, with their search text) older "
+                    "than this; kept when not given")
+    pv.add_argument("--user-id-key-file", metavar="FILE",
+                    help="store user ids as keyed hashes (HMAC-SHA256) with the key in this "
+                    "file (at least 32 bytes, mode 600); the key never enters the store")
+    s.add_argument("--catalog-poll", type=float, default=1.0, metavar="SECONDS",
+                   help="how often to check the store for catalog changes made through other "
+                   "instances (deletions stop being served within about this long); 0 turns "
+                   "it off")
     s.set_defaults(func=cmd_serve)
 
-    o = sub.add_parser("ope", help="estimate presets off-policy from a store's logged lists "
-                       "and events")
-    o.add_argument("--store", help="store URL (default: sqlite:///DATA_DIR/serendip.db)")
-    o.add_argument("--data-dir", default="serendip-data", help="the service's data directory")
-    o.add_argument("--model", help="fitted model directory (default: DATA_DIR/model)")
+    o = command(sub, "ope", "estimate presets off-policy from a store's logged lists and "
+                "events",
+                "serendip ope --data-dir serendip-data --presets accurate,discovery",
+                "serendip ope --store postgresql://user@db/serendip --model model/ "
+                "--json ope.json")
+    o.add_argument("--store", metavar="URL",
+                   help="store URL (default: sqlite:///DATA_DIR/serendip.db)")
+    o.add_argument("--data-dir", default="serendip-data", metavar="DIR",
+                   help="the service's data directory")
+    o.add_argument("--model", metavar="DIR",
+                   help="fitted model directory (default: DATA_DIR/model)")
     o.add_argument("--presets", default="accurate,balanced,discovery",
-                   help="comma list of shipped presets or .toml files")
+                   help=f"comma list of shipped presets ({presets}) or .toml files")
     o.add_argument("--explore", type=float, default=0.0, help="the targets' exploration rate")
-    o.add_argument("--window", type=float, default=86_400.0,
+    o.add_argument("--window", type=float, default=86_400.0, metavar="SECONDS",
                    help="seconds after a list in which an event on a shown item is its reward")
     o.add_argument("--limit", type=_positive_int, default=5_000,
                    help="most recent impressions used")
-    o.add_argument("--json", help="also write the estimates to this file")
+    o.add_argument("--json", metavar="FILE", help="also write the estimates to this file")
     o.set_defaults(func=cmd_ope)
+
+    k = command(sub, "keys", "create, list and revoke the service's API keys",
+                "serendip keys create --name ingest --role write",
+                "serendip keys list --data-dir serendip-data",
+                "serendip keys revoke ingest --store postgresql://user@db/serendip")
+    ksub = k.add_subparsers(dest="keys_command", required=True, metavar="ACTION",
+                            help="create, list or revoke")
+    kc = command(ksub, "create", "create a key and print it (shown only this once)",
+                 "serendip keys create --name dashboard --role read",
+                 "serendip keys create --name ops --role admin --store sqlite:///srv/s.db")
+    kc.add_argument("--name", required=True, help="a name to list and revoke the key by")
+    kc.add_argument("--role", choices=KEY_ROLES, default="read",
+                    help="read: recommendations; write: also events and items; admin: also "
+                    "keys and retraining")
+    store_args(kc)
+    kc.set_defaults(func=cmd_keys_create)
+    kl = command(ksub, "list", "list keys: name, role, when created and last used, state",
+                 "serendip keys list")
+    store_args(kl)
+    kl.set_defaults(func=cmd_keys_list)
+    kr = command(ksub, "revoke", "revoke a key by name: it stops working at once",
+                 "serendip keys revoke dashboard")
+    kr.add_argument("name", help="the key's name")
+    store_args(kr)
+    kr.set_defaults(func=cmd_keys_revoke)
+
+    u = command(sub, "users", "erase or export one user's stored data",
+                "serendip users export 42 --out user-42.json",
+                "serendip users erase 42")
+    usub = u.add_subparsers(dest="users_command", required=True, metavar="ACTION",
+                            help="erase or export")
+    ue = command(usub, "erase", "delete every event, impression and record of a user from "
+                 "the store", "serendip users erase 42 --data-dir serendip-data")
+    ue.add_argument("user_id", help="the user id, exactly as the service was given it")
+    store_args(ue)
+    ue.add_argument("--user-id-key-file", metavar="FILE",
+                    help="the key file the service pseudonymises user ids with, if any")
+    ue.set_defaults(func=cmd_users_erase)
+    ux = command(usub, "export", "write everything the store holds on a user as JSON",
+                 "serendip users export 42", "serendip users export 42 --out user-42.json")
+    ux.add_argument("user_id", help="the user id, exactly as the service was given it")
+    ux.add_argument("--out", metavar="FILE", help="write here instead of stdout")
+    store_args(ux)
+    ux.add_argument("--user-id-key-file", metavar="FILE",
+                    help="the key file the service pseudonymises user ids with, if any")
+    ux.set_defaults(func=cmd_users_export)
     return p
+
+
+class _LogFormatter(logging.Formatter):
+    """'serendip: warning: ...', as errors read 'serendip: error: ...'."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.levelname_lower = record.levelname.lower()
+        return super().format(record)
+
+
+def _library_progress(enabled: bool) -> Callable[[], None]:
+    """Turn the language-model library's own progress bars (weight loading) on or off;
+    returns what puts them back."""
+    key = "HF_HUB_DISABLE_PROGRESS_BARS"
+    before_env = os.environ.get(key)
+    hf = sys.modules.get("transformers.utils.logging")
+    before_bar = hf.is_progress_bar_enabled() if hf is not None else before_env is None
+    if enabled:
+        return lambda: None
+    os.environ[key] = "1"
+    if hf is not None:
+        hf.disable_progress_bar()
+
+    def restore() -> None:
+        if before_env is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before_env
+        now = sys.modules.get("transformers.utils.logging")
+        if now is not None and before_bar:
+            now.enable_progress_bar()
+
+    return restore
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -477,15 +981,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("evaluate", "fit", "tune") and bool(args.interactions) != bool(args.items):
         print("serendip: error: --interactions and --items go together", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    root = logging.getLogger()
+    if not root.handlers:  # as logging.basicConfig: only when nothing is configured yet
+        handler = logging.StreamHandler()
+        handler.setFormatter(_LogFormatter("serendip: %(levelname_lower)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    restore = _library_progress(not args.quiet)
     try:
         return int(args.func(args))
     except SerendipError as e:
         print(f"serendip: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        restore()
 
 
 if __name__ == "__main__":

@@ -182,7 +182,8 @@ def test_recommendations_shape_and_impressions(api, store, engine):
     assert re.fullmatch(r"[0-9a-f]{32}", out["impression_id"])
     history = {it["item_id"] for it in api("GET", "/v1/users/u0/history?limit=100").json()["items"]}
     for it in out["items"]:
-        assert set(it) == {"item_id", "title", "score", "reasons", "badges", "propensity", "fields"}
+        assert set(it) == {"item_id", "title", "score", "reasons", "badges", "propensity",
+                           "fields"}
         assert set(it["badges"]) <= BADGES and it["reasons"]
         assert it["item_id"] not in history
     assert engine.impression_writer.flush(timeout=10)
@@ -268,8 +269,7 @@ def test_similar_items(api):
     assert "i1" not in ids
     # same block (Comedy items i0..i11) is most similar, semantically and collaboratively
     assert all(int(i[1:]) < 12 for i in ids)
-    assert all(set(it) == {"item_id", "title", "score", "reasons", "fields"}
-               for it in out["items"])
+    assert all(set(it) == {"item_id", "title", "score", "reasons", "fields"} for it in out["items"])
     assert api("GET", "/v1/items/nope/similar").status_code == 404
     assert api("GET", "/v1/items/i1/similar?k=0").status_code == 422
 

@@ -291,3 +291,38 @@ def test_an_upload_with_too_many_genres_is_refused_and_stores_nothing(engine: En
     with pytest.raises(DataError, match="MAX_CATEGORIES_TOTAL"):
         engine.upsert_items(items)
     assert engine.store.count_items() == before
+
+
+# ----------------------------------------------------------------------- serve's start
+def test_serve_with_a_bad_seed_file_exits_with_one_line_and_stores_nothing(
+        tmp_path: Path, seed_files: Seed, capsys: pytest.CaptureFixture[str]) -> None:
+    from serendip.cli import main
+
+    frame = pd.read_csv(seed_files.interactions).astype({"timestamp": object})
+    frame.loc[3, "timestamp"] = "not a time"
+    bad = tmp_path / "bad.csv"
+    frame.to_csv(bad, index=False)
+    rc = main(["serve", "--data-dir", str(tmp_path / "d"), "--seed-interactions", str(bad),
+               "--seed-items", str(seed_files.items), "--port", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and "not a time" in err[0] and "start again" in err[0]
+    store = open_store(f"sqlite:///{tmp_path / 'd' / 'serendip.db'}")
+    try:
+        assert store.count_items() == 0 and store.count_events() == 0
+        assert store.count_api_keys() == 0  # no admin key made for a service that never ran
+    finally:
+        store.close()
+
+
+def test_serve_refuses_a_user_id_key_file_others_can_read(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from serendip.cli import main
+
+    key = tmp_path / "k"
+    key.write_bytes(b"x" * 48)
+    key.chmod(0o644)
+    rc = main(["serve", "--data-dir", str(tmp_path / "d"), "--user-id-key-file", str(key),
+               "--port", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "chmod 600" in err[0]

@@ -7,7 +7,9 @@ documents (``/docs``, ``/openapi.json``) and the web page at ``/``.  Errors are 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
@@ -15,28 +17,48 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi import Path as PathParam
 from fastapi import Query as QueryParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from pydantic import AfterValidator
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
 
 from serendip import __version__
-from serendip.errors import ConfigError, DataError, SerendipError, UnknownIdError
+from serendip.errors import ConfigError, DataError, SerendipError, StoreError, UnknownIdError
+from serendip.privacy import read_key_file
 from serendip.service import schemas as S
-from serendip.service.auth import Authenticator, depends
+from serendip.service.auth import GUARD_ROLE, MISS, Authenticator, key_from_headers, require
 from serendip.service.engine import Engine, NotReadyError
+from serendip.service.limits import FailureLimiter, ServerLimits, TokenBuckets
 from serendip.service.metrics import Metrics
-from serendip.store.base import EventRecord, ItemRecord, Role, UserRecord
+from serendip.store import redact_url
+from serendip.store.base import ROLES, EventRecord, ItemRecord, Role, UserRecord
 
-__all__ = ["create_app", "DEFAULT_MAX_BODY"]
+__all__ = ["create_app", "serve", "DEFAULT_MAX_BODY", "MAX_ADMIN_KEYS", "SECURITY_HEADERS"]
 
 log = logging.getLogger(__name__)
 
 #: Largest request body accepted (bytes); larger ones get 413.
 DEFAULT_MAX_BODY = 1 << 20
+#: Most active admin keys a store may hold; creating one more is refused (409).
+MAX_ADMIN_KEYS = 5
 STATIC_DIR = Path(__file__).parent / "static"
+
+#: Added to every response.  The web page and /docs load scripts and styles from this origin
+#: only; ``data:`` images are the page's empty favicon and Swagger UI's icons, ``https:`` ones
+#: a catalog's cover images (loaded without a referrer).
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"content-security-policy",
+     b"default-src 'self'; img-src 'self' https: data:; object-src 'none'; base-uri 'none'; "
+     b"frame-ancestors 'none'; form-action 'self'"),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -44,16 +66,28 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-IdPath = Annotated[str, PathParam(min_length=1, max_length=S.MAX_ID, description="an external id")]
+IdPath = Annotated[
+    str,
+    PathParam(min_length=1, max_length=S.MAX_ID, pattern=S.ID_PATTERN,
+              description="an external id: 1-256 characters, no '/', no control characters"),
+    AfterValidator(S._storable),
+]
 K = Annotated[int, QueryParam(ge=1, le=100, description="list length")]
+#: The role of a key admitted with at least 'read' (routes whose behaviour depends on it).
+ReadRole = Annotated[Role, Depends(require("read"))]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": S.Error, "description": desc}
     for code, desc in ((400, "bad input"), (401, "missing or invalid API key"),
                        (403, "the key's role is too low"), (404, "unknown id"),
+                       (408, "the request was not sent in time"),
                        (413, "request body too large"), (422, "invalid request"),
-                       (503, "model not loaded yet"))
+                       (429, "too many requests (see Retry-After)"),
+                       (503, "model not loaded yet, or the store is unreachable"))
 }
+_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+          405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large",
+          429: "too_many_requests", 500: "internal", 503: "unavailable"}
 
 
 def _error(status: int, code: str, detail: str, errors: list[dict[str, Any]] | None = None,
@@ -64,38 +98,201 @@ def _error(status: int, code: str, detail: str, errors: list[dict[str, Any]] | N
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def _retry_after(seconds: float) -> str:
+    return str(max(1, math.ceil(seconds)))
+
+
 class _TooLarge(HTTPException):
     """Raised while reading a body past the limit; FastAPI passes HTTPExceptions through."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body exceeds the limit of {limit} bytes")
+        super().__init__(413, f"request body exceeds the limit of {limit} bytes",
+                         headers={"Connection": "close"})
+
+
+class _BodyTimeout(HTTPException):
+    """Raised when the body is not complete in time (the connection is then closed)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(408, f"the request body was not complete within {seconds:g} seconds",
+                         headers={"Connection": "close"})
+
+
+def _store_outage(exc: BaseException) -> int | None:
+    """Seconds to suggest in Retry-After when ``exc`` says the store is unreachable, else None.
+
+    Recognises the store's own errors and the drivers' connection-level ones by class name,
+    so that neither driver is imported here.
+    """
+    if isinstance(exc, StoreError):
+        return int(getattr(exc, "retry_after", 5) or 5)
+    for cls in type(exc).__mro__:
+        module = cls.__module__.split(".")[0]
+        if (cls.__name__ == "OperationalError" and module in ("sqlite3", "psycopg")) or (
+                cls.__name__ == "PoolTimeout" and module == "psycopg_pool"):
+            return 5
+    return None
 
 
 class GuardMiddleware:
-    """Request body limit (413) and Prometheus request metrics, as plain ASGI (no overhead of
-    BaseHTTPMiddleware on the hot path)."""
+    """Plain ASGI middleware in front of every request (no BaseHTTPMiddleware overhead):
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body: int) -> None:
+    - authenticates before anything else, from the headers alone: a request to a protected
+      route without a valid key gets 401, with a key whose role is too low 403, and its body is
+      never read; failed authentications are counted per client address (429 with
+      Retry-After past ``limits.auth_failure_limit`` a window) and requests per key go through
+      a token bucket (429 when it is empty);
+    - answers 404 for unknown ``/v1`` paths and 405 (with Allow) for a known path with another
+      method;
+    - limits the body to ``max_body`` bytes (413) and its reading to ``limits.body_timeout``
+      seconds (408, connection closed);
+    - answers 503 with Retry-After when the store is unreachable and a JSON 500 (logged) for any
+      other unexpected error, without dropping the connection;
+    - adds ``SECURITY_HEADERS`` to every response and records Prometheus request metrics.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body: int, router: Any,
+                 auth: Authenticator, limits: ServerLimits) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body
+        self.router = router
+        self.auth = auth
+        self.limits = limits
+        self.failures = FailureLimiter(limits.auth_failure_limit, limits.auth_failure_window)
+        self.buckets = TokenBuckets(limits.key_rate, limits.key_burst)
+        self._minimum: dict[int, Role | None] = {}
+        self.static_paths = {"/"} | {
+            "/" + p.name for p in STATIC_DIR.glob("*") if p.is_file()}
 
+    # ------------------------------------------------------------------ routing
+    def _route(self, scope: Scope) -> tuple[Any, set[str]]:
+        """The API route that fully matches, else None and the methods of routes whose path
+        matches (empty when none does)."""
+        methods: set[str] = set()
+        for route in self.router.routes:
+            if isinstance(route, Mount):
+                continue
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return route, methods
+            if match is Match.PARTIAL:
+                methods |= set(getattr(route, "methods", None) or ())
+        return None, methods
+
+    def _minimum_role(self, route: Any) -> Role | None:
+        """The lowest role the route admits (its ``require`` dependency); every ``/v1`` route
+        needs at least a read key even if it declares none (fail closed)."""
+        key = id(route)
+        if key not in self._minimum:
+            found: list[Any] = []
+            for dep in getattr(route, "dependencies", ()):
+                found.append(getattr(getattr(dep, "dependency", None), "minimum_role", None))
+            for dep in getattr(getattr(route, "dependant", None), "dependencies", ()):
+                found.append(getattr(getattr(dep, "call", None), "minimum_role", None))
+            roles = [r for r in found if r in ROLES]
+            if not roles and str(getattr(route, "path", "")).startswith("/v1/"):
+                roles = ["read"]
+            self._minimum[key] = max(roles, key=ROLES.index) if roles else None
+        return self._minimum[key]
+
+    # ------------------------------------------------------------------ the request
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         t0 = time.perf_counter()
-        status = {"code": 500, "started": False}
-        limit = self.max_body
+        headers = scope.get("headers", [])
+        has_body = any(n in (b"content-length", b"transfer-encoding") and v not in (b"0", b"")
+                       for n, v in headers)
+        # "body_done": the whole body was read (or there is none)
+        status: dict[str, Any] = {"code": 500, "started": False, "body_done": not has_body}
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = int(message["status"])
                 status["started"] = True
+                out = list(message.get("headers", []))
+                present = {bytes(n).lower() for n, _ in out}
+                out += [h for h in SECURITY_HEADERS if h[0] not in present]
+                message = {**message, "headers": out}
             await send(message)
 
-        too_large = _error(413, "payload_too_large",
-                           f"request body exceeds the limit of {limit} bytes")
+        async def reply(code: int, detail: str, extra: dict[str, str] | None = None) -> None:
+            hdrs = dict(extra or {})
+            if not status["body_done"]:
+                hdrs["Connection"] = "close"  # a body left unread: do not keep the connection
+            await _error(code, _CODES.get(code, "http_error"), detail, headers=hdrs)(
+                scope, receive, send_wrapper)
+
+        try:
+            if await self._admit(scope, headers, reply):
+                await self._call_app(scope, receive, send_wrapper, reply, status)
+        finally:
+            self._observe(scope, status["code"], t0)
+
+    async def _admit(self, scope: Scope, headers: list[tuple[bytes, bytes]],
+                     reply: Callable[..., Awaitable[None]]) -> bool:
+        """Routing, authentication and rate limits, from the request head only."""
+        state = scope.setdefault("state", {})
+        state.pop(GUARD_ROLE, None)
+        method = scope.get("method", "GET")
+        path = scope.get("path", "")
+        if method == "OPTIONS":
+            return True  # CORS preflights carry no key
+        route, methods = self._route(scope)
+        if route is None:
+            if methods:
+                allow = ", ".join(sorted(methods))
+                await reply(405, f"{method} is not allowed on {path}; allowed: {allow}",
+                            {"Allow": allow})
+                return False
+            api = path == "/v1" or path.startswith("/v1/")
+            if api or (method not in ("GET", "HEAD") and path not in self.static_paths
+                       and not path.startswith("/docs/assets/")):
+                await reply(404, f"no route {path}")
+                return False
+            return True
+        scope["route"] = route  # metrics label (the router sets it again)
+        minimum = self._minimum_role(route)
+        if minimum is None:
+            return True
+        key = key_from_headers(headers)
+        if not key:
+            await reply(401, "missing API key: send it as the X-API-Key header or "
+                        "'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"})
+            return False
+        client = scope.get("client")
+        addr = str(client[0]) if client else "unknown"
+        role = self.auth.cached(key)
+        if role is MISS:
+            wait = self.failures.retry_after(addr)
+            if wait > 0:
+                await reply(429, "too many failed authentications from this address; retry "
+                            f"in {_retry_after(wait)} seconds", {"Retry-After": _retry_after(wait)})
+                return False
+            role = await run_in_threadpool(self.auth.role, key)
+        if role is None:
+            self.failures.fail(addr)
+            await reply(401, "invalid or revoked API key", {"WWW-Authenticate": "Bearer"})
+            return False
+        assert isinstance(role, str)
+        if ROLES.index(role) < ROLES.index(minimum):  # type: ignore[arg-type]
+            await reply(403, f"this route needs a {minimum!r} key; the key given has role "
+                        f"{role!r}")
+            return False
+        wait = self.buckets.take(Authenticator.digest(key))
+        if wait > 0:
+            await reply(429, f"too many requests with this API key (at most "
+                        f"{self.limits.key_rate:g} a second); retry in {_retry_after(wait)} "
+                        "seconds", {"Retry-After": _retry_after(wait)})
+            return False
+        state[GUARD_ROLE] = role
+        return True
+
+    async def _call_app(self, scope: Scope, receive: Receive, send: Send,
+                        reply: Callable[..., Awaitable[None]], status: dict[str, Any]) -> None:
+        limit = self.max_body
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
@@ -103,27 +300,48 @@ class GuardMiddleware:
                 except ValueError:
                     declared = 0
                 if declared > limit:
-                    await too_large(scope, receive, send_wrapper)
-                    self._observe(scope, status["code"], t0)
+                    await reply(413, f"request body exceeds the limit of {limit} bytes")
                     return
         received = 0
+        deadline = asyncio.get_running_loop().time() + self.limits.body_timeout
 
         async def receive_wrapper() -> Message:
             nonlocal received
-            message = await receive()
+            if status["body_done"]:
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise _BodyTimeout(self.limits.body_timeout) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise _TooLarge(limit)
+                status["body_done"] = not message.get("more_body", False)
+            else:
+                status["body_done"] = True
             return message
 
         try:
-            await self.app(scope, receive_wrapper, send_wrapper)
-        except _TooLarge:
-            if not status["started"]:
-                await too_large(scope, receive, send_wrapper)
-        finally:
-            self._observe(scope, status["code"], t0)
+            await self.app(scope, receive_wrapper, send)
+        except (_TooLarge, _BodyTimeout) as e:
+            if status["started"]:
+                raise
+            status["body_done"] = False  # what is left of it is not read
+            await reply(e.status_code, str(e.detail))
+        except Exception as e:
+            if status["started"]:
+                raise  # a response half sent: the server closes the connection
+            wait = _store_outage(e)
+            if wait is not None:
+                log.warning("store unavailable on %s %s: %s", scope.get("method"),
+                            scope.get("path"), e)
+                await reply(503, "the store is unavailable; retry later (the server log "
+                            "says why)", {"Retry-After": str(wait)})
+                return
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            await reply(500, f"internal error ({type(e).__name__}); see the server log")
 
     def _observe(self, scope: Scope, code: int, t0: float) -> None:
         route = scope.get("route")
@@ -136,15 +354,26 @@ def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts) if parts else "body"
 
 
+def _encoder_loaded(engine: Engine) -> bool:
+    """Whether the engine's text encoder is loaded (the engine, or its lifecycle, says)."""
+    for owner in (engine, getattr(engine, "lifecycle", None)):
+        loaded = getattr(owner, "encoder_loaded", None)
+        if loaded is not None:
+            return bool(loaded() if callable(loaded) else loaded)
+    return getattr(engine, "_encoder", None) is not None
+
+
 def create_app(engine: Engine, *, static_keys: dict[str, Role] | None = None,
                max_body: int = DEFAULT_MAX_BODY, cors_origin: str | None = None,
-               start_engine: bool = False) -> FastAPI:
+               start_engine: bool = False, limits: ServerLimits | None = None) -> FastAPI:
     """The FastAPI application over ``engine``.
 
     ``start_engine=True`` starts the engine in a background thread when the app starts
     (``/readyz`` answers 503 until the model is loaded); tests pass a started engine.
+    ``limits`` gives the body-read deadline and the rate limits (``ServerLimits()`` when None).
     """
     metrics = Metrics()
+    limits = limits or ServerLimits()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
@@ -158,20 +387,43 @@ def create_app(engine: Engine, *, static_keys: dict[str, Role] | None = None,
         description="Recommendations that find what people did not know they wanted. "
                     "Authenticate with the X-API-Key header (or Authorization: Bearer).",
         responses=_ERRORS,  # type: ignore[arg-type]
+        docs_url=None, redoc_url=None,  # /docs is served from this process (swagger.py)
     )
+    auth = Authenticator(engine.store, static_keys)
     app.state.engine = engine
-    app.state.auth = Authenticator(engine.store, static_keys)
+    app.state.auth = auth
     app.state.metrics = metrics
     engine.on_impression = metrics.impression
+
+    from serendip.service.swagger import add_docs
+
+    add_docs(app)
 
     # ------------------------------------------------------------------ errors
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"field": _field_name(e.get("loc", ())), "message": str(e.get("msg", "")),
-             "type": str(e.get("type", ""))}
-            for e in exc.errors()
-        ]
+        errors = []
+        for e in exc.errors():
+            loc = tuple(e.get("loc", ()))
+            message = str(e.get("msg", ""))
+            if e.get("type") == "json_invalid":
+                reason = str((e.get("ctx") or {}).get("error", "")) or message
+                at = loc[-1] if len(loc) > 1 and isinstance(loc[-1], int) else None
+                message = reason + (f" (at character {at})" if at is not None else "")
+                loc = ("body",)
+            elif e.get("type") == "string_pattern_mismatch" and (
+                    (e.get("ctx") or {}).get("pattern") == S.ID_PATTERN):
+                message = "an id must not contain '/' or control characters"
+            elif loc == ("body",) and e.get("type") == "missing":
+                message = "a JSON body is required"
+            elif loc == ("body",) and e.get("type") in ("model_attributes_type", "dict_type"):
+                got = e.get("input")
+                kind = {list: "an array", str: "a string", bool: "a boolean", int: "a number",
+                        float: "a number", type(None): "null"}.get(type(got))
+                message = "expected a JSON object, got " + (
+                    kind or "a body that is not JSON (send Content-Type: application/json)")
+            errors.append({"field": _field_name(loc), "message": message,
+                           "type": str(e.get("type", ""))})
         if any(e["type"] == "json_invalid" for e in errors):
             return _error(400, "malformed_json", "the request body is not valid JSON: "
                           + "; ".join(e["message"] for e in errors), errors)
@@ -180,9 +432,13 @@ def create_app(engine: Engine, *, static_keys: dict[str, Role] | None = None,
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {401: "unauthorized", 403: "forbidden", 404: "not_found",
-                 405: "method_not_allowed", 413: "payload_too_large"}
-        return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail),
+        detail = str(exc.detail)
+        if exc.status_code == 400 and detail == "There was an error parsing the body":
+            cause = exc.__cause__
+            detail = ("the request body could not be parsed"
+                      + (f": {type(cause).__name__}: {cause}" if cause else "")
+                      + " (send UTF-8 JSON with Content-Type: application/json)")
+        return _error(exc.status_code, _CODES.get(exc.status_code, "http_error"), detail,
                       headers=getattr(exc, "headers", None))
 
     @app.exception_handler(UnknownIdError)
@@ -198,11 +454,6 @@ def create_app(engine: Engine, *, static_keys: dict[str, Role] | None = None,
     async def _bad(request: Request, exc: SerendipError) -> JSONResponse:
         return _error(400, "bad_request", str(exc))
 
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _error(500, "internal", f"internal error ({type(exc).__name__}); see the server log")
-
     # ------------------------------------------------------------------ health & metrics
     @app.get("/healthz", response_model=S.Status, tags=["health"])
     def healthz() -> dict[str, Any]:
@@ -211,10 +462,29 @@ def create_app(engine: Engine, *, static_keys: dict[str, Role] | None = None,
     @app.get("/readyz", response_model=S.Ready, tags=["health"],
              responses={503: {"model": S.Error}})
     def readyz() -> Any:
+        """Ready when the model is loaded, the text encoder too (when the engine warms it)
+        and the store answers."""
         age = engine.model_age()
         if age is None:
             detail = engine.start_error or "the model is loading"
             return _error(503, "not_ready", detail, headers={"Retry-After": "5"})
+        if getattr(engine.config, "warm_encoder", False) and not _encoder_loaded(engine):
+            failed = engine.lifecycle.encoder_error
+            if failed is None:
+                return _error(503, "not_ready", "the text encoder is loading",
+                              headers={"Retry-After": "5"})
+            # lists work without it; only search needs it: ready, and say what is degraded
+            return {"status": "degraded", "model_age_seconds": round(age, 3),
+                    "detail": f"search is unavailable: the text encoder failed to load "
+                              f"({failed})"}
+        ping = getattr(engine.store, "ping", None)
+        if ping is not None:
+            try:
+                ping()
+            except Exception as e:  # any failure to answer means: not ready
+                log.warning("readiness: the store does not answer: %s", e)
+                return _error(503, "unavailable", "the store does not answer (the server log "
+                              "says why)", headers={"Retry-After": str(_store_outage(e) or 5)})
         return {"status": "ready", "model_age_seconds": round(age, 3)}
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["health"])
@@ -247,7 +517,8 @@ def create_app(engine: Engine, *, static_keys: dict[str, Role] | None = None,
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 
     # ------------------------------------------------------------------ catalog
-    read, write, admin = depends("read"), depends("write"), depends("admin")
+    write, admin = Depends(require("write")), Depends(require("admin"))
+    read = Depends(require("read"))
 
     @app.put("/v1/items", response_model=S.Upserted, tags=["items"], dependencies=[write])
     def put_items(body: S.ItemsIn) -> dict[str, Any]:
@@ -287,6 +558,19 @@ def create_app(engine: Engine, *, static_keys: dict[str, Role] | None = None,
                 ) -> dict[str, Any]:
         return {"user_id": user_id, "items": engine.history_rows(user_id, limit)}
 
+    @app.delete("/v1/users/{user_id}", response_model=dict[str, Any], tags=["users"],
+                dependencies=[admin])
+    def erase_user(user_id: IdPath) -> dict[str, Any]:
+        """Erase everything stored about a person (events, impressions, user record); the
+        answer counts what was removed."""
+        return dict(engine.erase_user(user_id))
+
+    @app.get("/v1/users/{user_id}/export", response_model=dict[str, Any], tags=["users"],
+             dependencies=[admin])
+    def export_user(user_id: IdPath) -> dict[str, Any]:
+        """Everything stored about a person, as one JSON document."""
+        return dict(engine.export_user(user_id))
+
     @app.post("/v1/events", status_code=201, response_model=S.Acks, tags=["events"],
               dependencies=[write])
     def post_events(body: S.EventsIn) -> dict[str, Any]:
@@ -300,9 +584,10 @@ def create_app(engine: Engine, *, static_keys: dict[str, Role] | None = None,
 
     # ------------------------------------------------------------------ recommendations
     @app.get("/v1/users/{user_id}/recommendations", response_model=S.Recommendations,
-             tags=["recommendations"], dependencies=[read])
+             tags=["recommendations"])
     def recommendations(
         user_id: IdPath,
+        role: ReadRole,
         k: K = 10,
         preset: Annotated[str | None, QueryParam(
             min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
@@ -322,12 +607,16 @@ def create_app(engine: Engine, *, static_keys: dict[str, Role] | None = None,
         for f in filters:
             if len(f) > 300:
                 raise ConfigError(f"filter is too long ({len(f)} characters, at most 300)")
-        return engine.recommend(user_id, k, preset, discovery, filters, explore)
+        # only lists served to write and admin keys teach bandit presets: a read key (a
+        # public front end, say) must not move the shared learned weights
+        return engine.recommend(user_id, k, preset, discovery, filters, explore,
+                                learn=role != "read")
 
     @app.post("/v1/sessions/recommendations", response_model=S.Recommendations,
-              tags=["recommendations"], dependencies=[read])
-    def session_recommendations(body: S.SessionIn) -> dict[str, Any]:
-        return engine.recommend_session(body.item_ids, body.k, body.preset, body.discovery)
+              tags=["recommendations"])
+    def session_recommendations(body: S.SessionIn, role: ReadRole) -> dict[str, Any]:
+        return engine.recommend_session(body.item_ids, body.k, body.preset, body.discovery,
+                                        learn=role != "read")
 
     @app.post("/v1/search", response_model=S.SearchResults, tags=["recommendations"],
               dependencies=[read])
@@ -372,15 +661,39 @@ def create_app(engine: Engine, *, static_keys: dict[str, Role] | None = None,
         return engine.off_policy(preset or None, explore, window, limit)
 
     @app.post("/v1/admin/keys", status_code=201, response_model=S.KeyOut, tags=["admin"],
-              dependencies=[admin])
-    def create_key(body: S.KeyIn) -> dict[str, Any]:
+              dependencies=[admin], responses={409: {"model": S.Error}})
+    def create_key(body: S.KeyIn) -> Any:
+        if body.role == "admin":
+            active = engine.store.count_api_keys(role="admin")
+            if active >= MAX_ADMIN_KEYS:
+                return _error(409, "conflict", f"the store already has {active} active admin "
+                              f"keys, the limit is {MAX_ADMIN_KEYS}: revoke one first "
+                              "(DELETE /v1/keys/{name})")
         try:
             key = engine.store.create_api_key(body.name, body.role)
         except ConfigError as e:
             if "already exists" in str(e):
-                return _error(409, "conflict", str(e))  # type: ignore[return-value]
+                return _error(409, "conflict", str(e))
             raise
         return {"name": body.name, "role": body.role, "key": key}
+
+    @app.get("/v1/keys", response_model=S.KeyList, tags=["admin"], dependencies=[admin])
+    def list_keys() -> dict[str, Any]:
+        """Every API key, revoked ones included: name, role and dates, never a key or hash."""
+        return {"keys": [
+            {"name": k.name, "role": k.role, "created_at": k.created_at,
+             "revoked": k.revoked_at is not None, "revoked_at": k.revoked_at}
+            for k in engine.store.list_api_keys()
+        ]}
+
+    @app.delete("/v1/keys/{name}", response_model=S.Revoked, tags=["admin"],
+                dependencies=[admin])
+    def revoke_key(name: IdPath) -> dict[str, Any]:
+        """Revoke a key: it stops working at once in this process."""
+        if not engine.store.revoke_api_key(name):
+            raise UnknownIdError(f"no active API key named {name!r}")
+        auth.forget()
+        return {"name": name, "revoked": True}
 
     # ------------------------------------------------------------------ web page
     if (STATIC_DIR / "index.html").exists():
@@ -400,24 +713,41 @@ def create_app(engine: Engine, *, static_keys: dict[str, Role] | None = None,
             allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["X-API-Key", "Authorization", "Content-Type"],
         )
-    app.add_middleware(GuardMiddleware, metrics=metrics, max_body=max_body)
+    app.add_middleware(GuardMiddleware, metrics=metrics, max_body=max_body,  # type: ignore[arg-type]
+                       router=app.router, auth=auth, limits=limits)
     return app
 
 
-def _admin_key(store: Any, data_dir: Path) -> str:
-    """The admin key kept in ``<data_dir>/admin.key`` (0600), created on first start.
+def _display_url(store: Any) -> str:
+    """The store's URL without its password, for printing."""
+    shown = getattr(store, "display_url", None)
+    return shown if isinstance(shown, str) else redact_url(str(store.url))
 
-    The store holds only a hash, so the plaintext printed at start-up lives in this file.
+
+def _admin_key(store: Any, data_dir: Path) -> str:
+    """The admin key kept in ``<data_dir>/admin.key`` (0600), created on the first start of a
+    store that has no admin key.
+
+    The store holds only a hash, so the plaintext printed at start-up lives in this file.  A
+    store that already has an active admin key (another data directory made it, or the file
+    was lost) gets no new one: a ConfigError says how to go on.
     """
     path = data_dir / "admin.key"
     if path.exists():
         key = path.read_text().strip()
         if key and store.check_api_key(key) == "admin":
             return key
+    if store.count_api_keys(role="admin") > 0:
+        why = "holds no valid admin key" if path.exists() else "does not exist"
+        raise ConfigError(
+            f"the store {_display_url(store)} already has an admin API key and {path} {why}: "
+            "pass an admin key with --api-key (create one with `serendip keys create --name NAME "
+            "--role admin`)"
+        )
     name = "admin"
     try:
         key = store.create_api_key(name, "admin")
-    except ConfigError:  # an "admin" key exists but its plaintext is lost: add another
+    except ConfigError:  # a revoked key holds the name "admin"
         name = f"admin-{int(time.time())}"
         key = store.create_api_key(name, "admin")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -426,6 +756,9 @@ def _admin_key(store: Any, data_dir: Path) -> str:
     tmp.chmod(0o600)
     tmp.replace(path)
     return key
+
+
+_LIMIT_DEFAULTS = ServerLimits()
 
 
 def _preset_file(path: str, load: Any) -> Any:
@@ -448,8 +781,30 @@ def serve(*, store_url: str | None = None, data_dir: str | Path = "serendip-data
           cors_origin: str | None = None, seed_interactions: str | None = None,
           seed_items: str | None = None, fit_config: str | None = None,
           max_body: int = DEFAULT_MAX_BODY, log_level: str = "warning",
-          presets: Sequence[str] = (), refresh_interval: float | None = 60.0) -> int:
-    """Run the service with uvicorn (one worker) until interrupted; the `serve` command."""
+          presets: Sequence[str] = (), refresh_interval: float | None = 60.0,
+          unknown_items: str = "error",
+          max_header_bytes: int = _LIMIT_DEFAULTS.max_header_bytes,
+          header_timeout: float = _LIMIT_DEFAULTS.header_timeout,
+          body_timeout: float = _LIMIT_DEFAULTS.body_timeout,
+          keep_alive_timeout: int = _LIMIT_DEFAULTS.keep_alive_timeout,
+          max_connections: int = _LIMIT_DEFAULTS.max_connections,
+          graceful_shutdown_timeout: float = _LIMIT_DEFAULTS.graceful_shutdown_timeout,
+          auth_failure_limit: int = _LIMIT_DEFAULTS.auth_failure_limit,
+          auth_failure_window: float = _LIMIT_DEFAULTS.auth_failure_window,
+          key_rate: float = _LIMIT_DEFAULTS.key_rate,
+          key_burst: int = _LIMIT_DEFAULTS.key_burst,
+          retention_days: float | None = None, user_id_key_file: str | None = None,
+          catalog_poll: float | None = 1.0) -> int:
+    """Run the service with uvicorn (one worker) until interrupted; the `serve` command.
+
+    The limit keyword arguments are the fields of :class:`ServerLimits` (see there).
+    ``retention_days``: impressions (with logged search text) older than this are deleted;
+    ``user_id_key_file``: pseudonymise user ids with this key (``serendip.privacy``);
+    ``catalog_poll``: seconds between checks of the store's catalog version.
+
+    Seeding an empty store happens before the server listens, all or nothing: a bad seed file
+    raises its one-line error and leaves the store as it was.
+    """
     import sys
     import threading
 
@@ -457,8 +812,16 @@ def serve(*, store_url: str | None = None, data_dir: str | Path = "serendip-data
 
     from serendip.pipeline import load_fit_config, load_preset
     from serendip.service.engine import EngineConfig
+    from serendip.service.limits import server_config
     from serendip.store import open_store
 
+    limits = ServerLimits(
+        max_header_bytes=max_header_bytes, header_timeout=header_timeout,
+        body_timeout=body_timeout, keep_alive_timeout=keep_alive_timeout,
+        max_connections=max_connections, graceful_shutdown_timeout=graceful_shutdown_timeout,
+        auth_failure_limit=auth_failure_limit, auth_failure_window=auth_failure_window,
+        key_rate=key_rate, key_burst=key_burst,
+    )
     t0 = time.perf_counter()
     ddir = Path(data_dir).expanduser().resolve()
     ddir.mkdir(parents=True, exist_ok=True)
@@ -467,16 +830,32 @@ def serve(*, store_url: str | None = None, data_dir: str | Path = "serendip-data
     cfg = EngineConfig(
         data_dir=ddir, fit_config=load_fit_config(fit_config) if fit_config else None,
         seed_interactions=seed_interactions, seed_items=seed_items, warm_encoder=True,
+        unknown_items=unknown_items,
         presets=tuple(_preset_file(p, load_preset) for p in presets),
         refresh_interval=refresh_interval,
+        retention=None if retention_days is None else retention_days * 86_400.0,
+        user_id_key=read_key_file(user_id_key_file) if user_id_key_file else None,
+        catalog_poll=catalog_poll,
     )
-    engine = Engine(store, cfg)
-    key = api_key or _admin_key(store, ddir)
+    try:
+        engine = Engine(store, cfg)
+        if store.count_items() == 0 or (seed_interactions is not None
+                                        and store.count_events() == 0):
+            print("seeding the store" + (f" from {seed_interactions}" if seed_interactions
+                                         else " with MovieLens-100K") + " ...", flush=True)
+            try:
+                engine.seed()
+            except SerendipError as e:
+                raise type(e)(f"{e}; nothing was stored: fix the file and start again") from None
+        key = api_key or _admin_key(store, ddir)
+    except BaseException:
+        store.close()
+        raise
     static = {api_key: "admin"} if api_key else None
     app = create_app(engine, static_keys=static, max_body=max_body,  # type: ignore[arg-type]
-                     cors_origin=cors_origin)
+                     cors_origin=cors_origin, limits=limits)
     shown = "localhost" if host in ("0.0.0.0", "::") else host
-    print(f"serendip {__version__}: store {store.url}, data {ddir}", flush=True)
+    print(f"serendip {__version__}: store {_display_url(store)}, data {ddir}", flush=True)
     print(f"web page: http://{shown}:{port}/#key={key}", flush=True)
     print(f"admin API key: {key}", flush=True)
 
@@ -500,13 +879,13 @@ def serve(*, store_url: str | None = None, data_dir: str | Path = "serendip-data
                   flush=True)
             return
         s = engine.state
-        print(f"model ready in {time.perf_counter() - t1:.1f}s ({s.rec.data!r}); "
+        print(f"model ready in {time.perf_counter() - t1:.1f}s ({s.rec.data.describe()}); "
               f"started {time.perf_counter() - t0:.1f}s after launch", flush=True)
 
     threading.Thread(target=start, name="serendip-start", daemon=True).start()
     try:
-        uvicorn.run(app, host=host, port=port, workers=1, log_level=log_level,
-                    access_log=False)
+        uvicorn.Server(server_config(app, limits, host=host, port=port,
+                                     log_level=log_level)).run()
     finally:
         engine.close()  # normally done by the app's shutdown already
         store.close()

@@ -22,8 +22,6 @@ hashes of the ids callers use, with the key kept outside the store).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -31,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from serendip.pipeline import FitConfig, Recommender
+from serendip.privacy import pseudonymize
 from serendip.service.catalog import Catalog
 from serendip.service.config import EngineConfig
 from serendip.service.feedback import Feedback
@@ -82,10 +81,7 @@ class Engine:
     # ------------------------------------------------------------------- pseudonymised ids
     def uid(self, user_id: str) -> str:
         """The id stored for ``user_id``: itself, or its keyed hash when ids are pseudonymised."""
-        if self._key is None:
-            return user_id
-        digest = hmac.new(self._key, user_id.encode("utf-8", "surrogatepass"), hashlib.sha256)
-        return "p_" + digest.hexdigest()[:40]
+        return user_id if self._key is None else pseudonymize(user_id, self._key)
 
     def _uid_opt(self, user_id: str | None) -> str | None:
         return None if user_id is None else self.uid(user_id)

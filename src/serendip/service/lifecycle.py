@@ -29,7 +29,7 @@ from typing import Any, cast
 import numpy as np
 
 from serendip.data.dataset import Dataset
-from serendip.errors import DataError, SerendipError, UnknownIdError
+from serendip.errors import DataError, UnknownIdError
 from serendip.pipeline import LARGE_CATALOG, FitConfig, Recommender
 from serendip.service.config import EngineConfig
 from serendip.service.state import POSITIVE_TYPES, ModelState, NotReadyError, TextEncoder
@@ -79,6 +79,8 @@ class Lifecycle:
         self._state: ModelState | None = None
         self._jobs: dict[str, Job] = {}
         self.start_error: str | None = None
+        #: why the encoder failed to load at start (search is then unavailable), or None
+        self.encoder_error: str | None = None
         self.version = 0
         self._events_at_fit = 0
         self._catalog_version: int | None = None
@@ -140,7 +142,8 @@ class Lifecycle:
         if self.config.warm_encoder:
             try:
                 self.encoder()
-            except SerendipError as e:  # search will report it; everything else works
+            except Exception as e:  # search will report it; everything else works
+                self.encoder_error = f"{type(e).__name__}: {e}"
                 log.warning("encoder not available: %s", e)
 
     def start_background(self) -> threading.Thread:

@@ -3,7 +3,8 @@
 Every string is length-bounded and refuses NUL characters and lone surrogates (neither can be
 stored in PostgreSQL text, nor encoded as UTF-8); every number is finite and range-checked;
 every list has a maximum length.  Requests refuse unknown fields (``extra="forbid"``), so a
-misspelt field is an error naming it rather than a silently ignored value.
+misspelt field is an error naming it rather than a silently ignored value.  Numbers are strict:
+``"k": true``, ``"k": "10"`` and ``"k": 10.0`` are refused rather than coerced.
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ from serendip.store.base import EVENT_TYPES, ROLES
 
 __all__ = [
     "MAX_BATCH", "PRESET_NAMES", "ItemIn", "ItemsIn", "UserIn", "UsersIn", "EventIn", "EventsIn",
-    "SessionIn", "SearchIn", "KeyIn",
+    "SessionIn", "SearchIn", "KeyIn", "ID_PATTERN", "KeyInfo", "KeyList", "Revoked",
 ]
 
 #: Most records accepted in one PUT/POST batch.
 MAX_BATCH = 1000
 #: Longest id (item, user, idempotency key, key name) accepted.
 MAX_ID = 256
+#: What an external id may contain: anything but '/' and control characters (the same rule for
+#: ids in bodies and in paths).
+ID_PATTERN = r"^[^/\x00-\x1f\x7f]+$"
 #: Longest text field value accepted.
 MAX_FIELD = 10_000
 PRESET_NAMES = ("accurate", "balanced", "discovery")
@@ -46,7 +50,7 @@ def _storable(value: str) -> str:
 
 Id = Annotated[
     str,
-    Field(min_length=1, max_length=MAX_ID, pattern=r"^[^/\x00-\x1f\x7f]+$",
+    Field(min_length=1, max_length=MAX_ID, pattern=ID_PATTERN,
           description="an external id: 1-256 characters, no '/', no control characters"),
     AfterValidator(_storable),
 ]
@@ -57,7 +61,8 @@ FieldName = Annotated[
 ]
 FieldValue = Annotated[str, Field(max_length=MAX_FIELD), AfterValidator(_storable)]
 Fields = Annotated[dict[FieldName, FieldValue], Field(max_length=64)]
-Discovery = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Discovery = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False, strict=True)]
+ListLength = Annotated[int, Field(ge=1, le=100, strict=True, description="list length")]
 
 
 class _In(BaseModel):
@@ -92,11 +97,11 @@ class EventIn(_In):
     item_id: Id
     type: EventType = Field("interaction", description="skip and dislike are negative feedback")
     timestamp: float | None = Field(
-        None, ge=0, le=1e11, allow_inf_nan=False,
+        None, ge=0, le=1e11, allow_inf_nan=False, strict=True,
         description="seconds since the epoch; the server's clock when omitted",
     )
     value: float | None = Field(
-        None, ge=-1e6, le=1e6, allow_inf_nan=False, description="the rating for type 'rating'"
+        None, ge=-1e6, le=1e6, allow_inf_nan=False, strict=True, description="the rating for type 'rating'"
     )
     idempotency_key: Id | None = Field(
         None, description="a repeated key stores nothing new and acknowledges the first event"
@@ -110,7 +115,7 @@ class EventsIn(_In):
 class SessionIn(_In):
     item_ids: list[Id] = Field(default_factory=list, max_length=200,
                                description="the session's items, oldest first")
-    k: int = Field(10, ge=1, le=100)
+    k: ListLength = 10
     preset: PresetName | None = None
     discovery: Discovery | None = None
 
@@ -118,7 +123,7 @@ class SessionIn(_In):
 class SearchIn(_In):
     query: Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_storable)]
     user_id: Id | None = None
-    k: int = Field(10, ge=1, le=100)
+    k: ListLength = 10
     discovery: Discovery | None = None
 
 
@@ -133,8 +138,9 @@ class Status(_Out):
 
 
 class Ready(_Out):
-    status: str
+    status: str = Field(description="'ready', or 'degraded' when search is unavailable")
     model_age_seconds: float
+    detail: str | None = None
 
 
 class Upserted(_Out):
@@ -186,7 +192,11 @@ class RecItem(_Out):
         1.0, ge=0, le=1,
         description="probability that this item was shown in this slot (1 without exploration)",
     )
-    fields: dict[str, str] = Field(default_factory=dict, description="the item's own catalog fields")
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="the item's own catalog fields other than its id and title (genres, year, "
+                    "an image URL, ...)",
+    )
 
 
 class Recommendations(_Out):
@@ -204,9 +214,15 @@ class Recommendations(_Out):
 class SearchResults(Recommendations):
     query: str
     session_items: list[str]
-    match: Literal["good", "weak", "none"] = "good"
-    note: str | None = None
-    understood: dict[str, Any] = Field(default_factory=dict)
+    match: Literal["good", "weak", "none"] = Field(
+        "good", description="how well the best items match the request: 'none' when no word of "
+                            "it is known to the catalog or the encoder (the list is empty)")
+    note: str | None = Field(None, description="a sentence for the person when the match is "
+                                               "weak or none")
+    understood: dict[str, Any] = Field(
+        default_factory=dict,
+        description="what was read from the request: titles named, genres, not_genres, era "
+                    "(older/newer), avoid (words after 'not'), text (the rest)")
 
 
 class SimilarItem(_Out):
@@ -214,7 +230,8 @@ class SimilarItem(_Out):
     title: str
     score: float
     reasons: list[str]
-    fields: dict[str, str] = Field(default_factory=dict, description="the item's own catalog fields")
+    fields: dict[str, str] = Field(default_factory=dict,
+                                   description="the item's own catalog fields")
 
 
 class Similar(_Out):
@@ -298,6 +315,25 @@ class KeyOut(_Out):
     name: str
     role: str
     key: str
+
+
+class KeyInfo(_Out):
+    """An API key as listed: never the key, never its hash."""
+
+    name: str
+    role: str
+    created_at: float
+    revoked: bool
+    revoked_at: float | None = None
+
+
+class KeyList(_Out):
+    keys: list[KeyInfo]
+
+
+class Revoked(_Out):
+    name: str
+    revoked: bool
 
 
 class Error(_Out):
