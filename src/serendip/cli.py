@@ -362,8 +362,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from serendip.data import make_split
-    from serendip.eval.report import write_report
-    from serendip.eval.runner import run_experiment
+    from serendip.eval.report import DatasetInfo, write_report
+    from serendip.eval.runner import DEFAULT_SWEEP, DENSE_SWEEP, run_experiment
     from serendip.pipeline import Preset, load_fit_config
 
     _check_out_file(args.csv, "--csv")
@@ -387,6 +387,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             )
         models = [m for m in args.models.split(",") if m]
         presets: list[str | Preset] = [p for p in args.presets.split(",") if p]
+        # the report's decision reads the time protocol first: a denser knob sweep there
+        sweep = DENSE_SWEEP if protocol == "time" else DEFAULT_SWEEP
         if args.tune:  # tuned on a validation split carved from this split's training part
             from serendip.tune import tune
 
@@ -399,16 +401,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             # default fit they were made for
             parts = [run_experiment(data, protocol, models, tuned, k=args.k,
                                     fit_config=result.fit_config, split=split,
-                                    progress=not args.quiet)]
+                                    progress=not args.quiet, sweep=sweep)]
             shipped = [p for p in presets if p in ("accurate", "balanced", "discovery")]
             if shipped:
                 part = run_experiment(data, protocol, [], shipped, k=args.k, fit_config=cfg,
-                                      split=split, progress=not args.quiet)
+                                      split=split, progress=not args.quiet, sweep=sweep)
                 parts.append(part.assign(name=part["name"] + " (shipped)"))
             frame = pd.concat(parts, ignore_index=True)
         else:
             frame = run_experiment(data, protocol, models, presets, k=args.k, fit_config=cfg,
-                                   split=split, progress=not args.quiet)
+                                   split=split, progress=not args.quiet, sweep=sweep)
         if protocol == "time" and len(cuts) > 1:
             frame["protocol"] = f"time@{cut}"
         frames.append(frame)
@@ -427,8 +429,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.csv:
         _atomic_write(Path(args.csv), results.to_csv(index=False))
     if args.report:
-        write_report(results, args.report,
-                     title=f"serendip evaluation: {name} ({data.describe()})")
+        write_report(results, args.report, dataset=DatasetInfo.of(data, name), k=args.k)
         print(f"report: {Path(args.report).resolve()}")
     return 0
 
