@@ -83,6 +83,45 @@ def test_save_replaces_model_and_refuses_foreign_dir(rec, tmp_path):
     assert (tmp_path / "other" / "precious.txt").read_text() == "keep me"
 
 
+def test_save_flushes_every_file_and_survives_a_crash_between_the_renames(
+        rec, tmp_path, monkeypatch):
+    import os
+    from pathlib import Path
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    rec.save(tmp_path / "m")
+    files = [str(p) for p in (tmp_path / "m").rglob("*") if p.is_file()]
+    written = {x.replace("m.tmp-writing", "m") for x in synced}
+    assert set(files) <= written  # every file reached the disk before the swap
+    assert str(tmp_path) in written  # and the renames themselves
+    first = Recommender.load(tmp_path / "m").pipeline("accurate").recommend(Query(None, [1]), k=5)
+
+    # a crash after the old model was moved aside and before the new one took its place
+    real_rename = Path.rename
+
+    def crash_on_second(self: Path, target: Path) -> Path:
+        if self.name == "m.tmp-writing":
+            raise KeyboardInterrupt("power cut")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        rec.save(tmp_path / "m")
+    monkeypatch.setattr(Path, "rename", real_rename)
+    assert not (tmp_path / "m").exists() and (tmp_path / "m.tmp-old" / "serendip.json").exists()
+    back = Recommender.load(tmp_path / "m")  # the old model is put back
+    assert back.pipeline("accurate").recommend(Query(None, [1]), k=5).items.tolist() == \
+        first.items.tolist()
+    assert not (tmp_path / "m.tmp-old").exists()
+
+
 def test_load_errors(tmp_path):
     with pytest.raises(ModelFormatError, match="not a serendip model"):
         Recommender.load(tmp_path)

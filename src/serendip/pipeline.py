@@ -377,10 +377,14 @@ class Recommender:
     def save(self, directory: str | Path) -> None:
         """Write the model directory (parquet + npz + json; no pickles).
 
-        Files are written to a sibling temp directory and swapped in, so an interrupted save
-        never leaves a half-written model where a good one was.
+        Files are written to a sibling temp directory, flushed to disk (each file and the
+        directory), and swapped in by two renames whose parent directory is flushed after
+        each; a crash at any point leaves either the old model or the new one, and
+        ``recover_model_dir`` (called by ``load``) puts back the old one if the crash fell
+        between the renames.  A half-written model is never where a good one was.
         """
         final = Path(directory)
+        recover_model_dir(final)
         tmp = final.with_name(final.name + ".tmp-writing")
         if tmp.exists():
             _rmtree(tmp)
@@ -407,6 +411,7 @@ class Recommender:
             "negative_below": self.negative_below,
         }
         (tmp / "serendip.json").write_text(json.dumps(meta, indent=2))
+        _fsync_tree(tmp)
         old = final.with_name(final.name + ".tmp-old")
         if final.exists():
             if not (final / "serendip.json").exists() and any(final.iterdir()):
@@ -417,13 +422,16 @@ class Recommender:
             if old.exists():
                 _rmtree(old)
             final.rename(old)
+            _fsync_dir(final.parent)
         tmp.rename(final)
+        _fsync_dir(final.parent)
         if old.exists():
             _rmtree(old)
 
     @classmethod
     def load(cls, directory: str | Path) -> Recommender:
         d = Path(directory)
+        recover_model_dir(d)
         meta_path = d / "serendip.json"
         if not meta_path.exists():
             raise ModelFormatError(f"{str(d)!r} is not a serendip model directory (no serendip.json)")
@@ -559,6 +567,51 @@ def adapt_shipped_preset(preset: Preset, trained: Mapping[str, Any]) -> Preset:
     return preset.model_copy(update={
         "blend": blend, "description": f"{preset.description} ({'; '.join(moved)})",
     })
+
+
+def recover_model_dir(directory: str | Path) -> None:
+    """Finish a model swap a crash interrupted: when ``directory`` holds no model but its
+    ``.tmp-old`` sibling does (the crash fell between ``save``'s two renames), put it back;
+    a complete model beside a leftover ``.tmp-old`` keeps the model and drops the leftover."""
+    final = Path(directory)
+    old = final.with_name(final.name + ".tmp-old")
+    if not (old / "serendip.json").exists():
+        return
+    if (final / "serendip.json").exists():
+        _rmtree(old)
+        return
+    if final.exists() and not any(final.iterdir()):
+        final.rmdir()
+    if not final.exists():
+        log.warning("restoring the model in %s after an interrupted save", old)
+        old.rename(final)
+        _fsync_dir(final.parent)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file under ``root``, then each directory, to stable storage."""
+    for dirpath, _dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (renames, new files); a no-op where unsupported."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync a directory
+        pass
+    finally:
+        os.close(fd)
 
 
 def _rmtree(p: Path) -> None:

@@ -830,6 +830,7 @@ def serve(*, store_url: str | None = None, data_dir: str | Path = "serendip-data
     cfg = EngineConfig(
         data_dir=ddir, fit_config=load_fit_config(fit_config) if fit_config else None,
         seed_interactions=seed_interactions, seed_items=seed_items, warm_encoder=True,
+        progress=sys.stderr.isatty(),
         unknown_items=unknown_items,
         presets=tuple(_preset_file(p, load_preset) for p in presets),
         refresh_interval=refresh_interval,

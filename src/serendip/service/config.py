@@ -25,6 +25,7 @@ class EngineConfig:
     similar_semantic_weight: float = 0.5  # semantic share of the similar-items blend
     search_user_weight: float = 0.5  # weight of the hybrid (taste) z-scores in search
     warm_encoder: bool = False  # load the encoder in the background once a model is ready
+    progress: bool = False  # progress bars (stderr) on the first fit at start
     #: presets beside (or replacing, by name) the shipped ones, e.g. from ``serve --preset``
     presets: tuple[Preset, ...] = ()
     default_preset: str = "balanced"  # used by search and when a request names none

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import threading
 import time
 import uuid
@@ -30,7 +31,7 @@ import numpy as np
 
 from serendip.data.dataset import Dataset
 from serendip.errors import DataError, UnknownIdError
-from serendip.pipeline import LARGE_CATALOG, FitConfig, Recommender
+from serendip.pipeline import LARGE_CATALOG, FitConfig, Recommender, recover_model_dir
 from serendip.service.config import EngineConfig
 from serendip.service.state import POSITIVE_TYPES, ModelState, NotReadyError, TextEncoder
 from serendip.store.base import EventRecord, ItemRecord, Store
@@ -128,12 +129,13 @@ class Lifecycle:
             self._start_loops()
             return
         model_dir = self.config.model_dir
+        recover_model_dir(model_dir)  # a save a crash interrupted
         if (model_dir / "serendip.json").exists():
             rec = Recommender.load(model_dir)
             fitted_at = (model_dir / "serendip.json").stat().st_mtime
             log.info("loaded model %s in %.1fs", model_dir, time.perf_counter() - t0)
         else:
-            rec = self.fit_from_store()
+            rec = self.fit_from_store(progress=self.config.progress)
             rec.save(model_dir)
             fitted_at = time.time()
             log.info("fitted and saved %s in %.1fs", model_dir, time.perf_counter() - t0)
@@ -263,7 +265,7 @@ class Lifecycle:
             return cfg
         return FitConfig.default_for(n)
 
-    def fit_from_store(self) -> Recommender:
+    def fit_from_store(self, progress: bool = False) -> Recommender:
         """Fit every scorer on the store's positive events and current catalog."""
         items = self.store.items_frame()
         cfg = self.fit_config(len(items))
@@ -280,7 +282,9 @@ class Lifecycle:
             columns.append("rating")
         data = Dataset.from_frames(events[columns], items, category_column=cfg.category_column)
         enc = self._encoder if self._encoder is not None else self.encoder(cfg)
-        rec = Recommender.fit(data, cfg, progress=False, encoder=cast(Encoder, enc))
+        if progress:
+            print(f"fitting a model on {data.describe()} ...", file=sys.stderr, flush=True)
+        rec = Recommender.fit(data, cfg, progress=progress, encoder=cast(Encoder, enc))
         current = self._state
         if current is not None and current.rec.presets:
             # presets tuned for this catalog carry over while the refit has their models
