@@ -484,13 +484,34 @@ def _ordered(data: Dataset) -> bool:
 
 
 def _top_allowed(row: np.ndarray, q: Query, allowed: np.ndarray | None, n: int) -> ItemList:
-    """The ``n`` best items of a score row, history and items outside ``allowed`` left out."""
+    """The ``n`` best items of a score row, history and items outside ``allowed`` left out.
+
+    Exact ties are broken by a fixed pseudo-random order of the items, not by their index:
+    catalogs often number items in order of arrival or popularity, and a model that cannot
+    tell items apart (a collaborative model on items nobody has used) must not inherit that
+    order as if it were a prediction.
+    """
     row = np.array(row, dtype=np.float64)
     row[q.history] = -np.inf
     if allowed is not None:
         row[~allowed] = -np.inf
-    lst = ItemList(np.arange(row.size), row)
-    return lst.take(np.flatnonzero(np.isfinite(row))).top(n)
+    order = _tie_order(row.size)
+    shuffled = row[order]
+    lst = ItemList(order, shuffled)
+    return lst.take(np.flatnonzero(np.isfinite(shuffled))).top(n)
+
+
+_TIE_ORDERS: dict[int, np.ndarray] = {}
+
+
+def _tie_order(n: int) -> np.ndarray:
+    """A fixed permutation of ``n`` items (the same in every process)."""
+    got = _TIE_ORDERS.get(n)
+    if got is None:
+        got = np.random.default_rng(20_011).permutation(n).astype(np.int64)
+        if len(_TIE_ORDERS) < 64:
+            _TIE_ORDERS[n] = got
+    return got
 
 
 #: A second history item is named in "because you liked A and B" when its cosine to the pick

@@ -173,7 +173,8 @@ def run_experiment(
     preset_objs = [p if isinstance(p, Preset) else rec.preset(p) for p in presets]
     jobs: list[tuple[str, str, Preset]] = []
     for model in models:
-        jobs.append(("model", model, Preset(name=model, blend={model: 1.0})))
+        # a model measured as itself: no cold fill borrowed from the text model
+        jobs.append(("model", model, Preset(name=model, blend={model: 1.0}, cold_fill=False)))
     for p in preset_objs:
         jobs.append(("preset", p.name, p))
         if p.rerank:
