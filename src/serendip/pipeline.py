@@ -34,6 +34,7 @@ from serendip.models.retrieval import LazyRetriever, RetrievalConfig, Retriever
 from serendip.rerank import RERANKERS
 from serendip.rerank.base import RELEVANCE_REASONS
 from serendip.rerank.mmr import VARIETY
+from serendip.robust import ProfileDefense
 from serendip.text import Encoder, EncoderConfig
 from serendip.text.templates import natural_title
 from serendip.types import ItemList, Query
@@ -106,6 +107,10 @@ class FitConfig(BaseModel):
     negative_below_user_mean: bool = False
     #: candidate retrieval for large catalogs (``RetrievalConfig``; default: above 20,000 items)
     retrieval: dict[str, Any] = Field(default_factory=dict)
+    #: fit-time defence against fake profiles (``serendip.robust.ProfileDefense`` settings;
+    #: ``{}`` for its defaults, None: off): flagged profiles are left out of what the models
+    #: learn about items, and keep their own history for their own lists
+    defense: dict[str, Any] | None = None
 
     @classmethod
     def default_for(cls, n_items: int, ordered: bool = True) -> FitConfig:
@@ -140,6 +145,8 @@ class FitConfig(BaseModel):
             make_config(SCORERS[kind].config_class, params, f"models.{name}")
         _validate(EncoderConfig, self.encoder, "encoder")
         make_config(RetrievalConfig, self.retrieval, "retrieval")
+        if self.defense is not None:
+            make_config(ProfileDefense, self.defense, "defense")
 
 
 class Preset(BaseModel):
@@ -350,6 +357,13 @@ class Recommender:
     def fit(cls, data: Dataset, config: FitConfig | None = None, *, progress: bool = True,
             encoder: Encoder | None = None) -> Recommender:
         config = (config or FitConfig()).for_data(data)
+        # the defence reads every rating, so it looks before negatives are set aside
+        defense = (make_config(ProfileDefense, config.defense, "defense")
+                   if config.defense is not None else None)
+        flagged = defense.detect(data) if defense is not None else None
+        if flagged is not None:
+            log.info("defence: %d of %d profiles flagged as suspicious; left out of what the "
+                     "models learn", int(flagged.suspicious.sum()), data.n_users)
         neg = negative_mask(data, config)
         threshold = negative_threshold(data, config)
         negatives = None
@@ -363,12 +377,15 @@ class Recommender:
             data = data.with_item_vectors(
                 enc.encode_items(data, template=config.item_template, progress=progress)
             )
+        train = data
+        if defense is not None and flagged is not None:
+            train = defense.apply(data, flagged)
         scorers: dict[str, BatchScorer] = {}
         for name, values in config.models.items():
             t0 = time.perf_counter()
             params = {k: v for k, v in values.items() if k != "type"}
             scorer = SCORERS[values.get("type", name)](params)
-            scorer.train(data)
+            scorer.train(train)
             scorers[name] = scorer
             log.info("trained %s in %.2fs", name, time.perf_counter() - t0)
         return cls(data, scorers, config, negatives=negatives, negative_below=threshold)

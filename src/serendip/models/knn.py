@@ -1,4 +1,12 @@
-"""Item-based k-nearest-neighbours (Sarwar et al. 2001; Deshpande & Karypis 2004)."""
+"""Item-based k-nearest-neighbours (Sarwar et al. 2001; Deshpande & Karypis 2004).
+
+With ``dp_epsilon`` set, the co-count matrix ``X'X`` is replaced by the (epsilon, delta)-DP
+noisy Gram of ``serendip.robust.private_gram`` (each user clipped to ``dp_clip`` sampled
+interactions, symmetric Gaussian noise calibrated to the clipped sensitivity
+``sqrt(dp_clip (dp_clip + 1) / 2)``); negative noisy counts are set to 0 (post-processing), and the
+similarities, norms and neighbour lists are computed from it alone, so they carry the same
+guarantee.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +20,7 @@ from serendip.component import ComponentConfig
 from serendip.data.dataset import Dataset
 from serendip.models._util import check_dense_items, history_matrix
 from serendip.models.base import BatchScorer
+from serendip.robust import private_gram
 from serendip.types import Query
 
 __all__ = ["ItemKNN", "ItemKNNConfig"]
@@ -22,6 +31,14 @@ class ItemKNNConfig(ComponentConfig):
     shrinkage: float = Field(10.0, ge=0, le=1e6, description="shrinks similarities of rare pairs")
     half_life: float | None = Field(None, gt=0, le=1e6, description="recency weighting of history")
     max_items: int = Field(40_000, ge=1, le=10**7, description="largest catalog to train on")
+    dp_epsilon: float | None = Field(
+        None, gt=0, le=1e4,
+        description="use an (epsilon, delta)-DP co-count matrix (None = exact, no privacy)",
+    )
+    dp_delta: float = Field(1e-6, gt=0, lt=1, description="delta of the DP guarantee")
+    dp_clip: int = Field(
+        100, ge=1, le=100_000, description="interactions kept per user (sampled) under DP")
+    seed: int = Field(0, ge=0, description="seed of the DP clipping sample and noise")
 
 
 class ItemKNN(BatchScorer):
@@ -34,8 +51,14 @@ class ItemKNN(BatchScorer):
 
     def train(self, data: Dataset) -> None:
         check_dense_items(self.name, data.n_items, self.config.max_items)
-        x = data.matrix
-        co = (x.T @ x).toarray().astype(np.float64)
+        cfg = self.config
+        if cfg.dp_epsilon is None:
+            x = data.matrix
+            co = (x.T @ x).toarray().astype(np.float64)
+        else:
+            co = private_gram(data.matrix, cfg.dp_epsilon, cfg.dp_delta, cfg.dp_clip,
+                              cfg.seed).gram
+            np.clip(co, 0.0, None, out=co)  # post-processing: counts are not negative
         norms = np.sqrt(np.diag(co))
         denom = np.outer(norms, norms) + self.config.shrinkage
         sim = np.divide(co, denom, out=np.zeros_like(co), where=denom > 0)
