@@ -86,6 +86,12 @@ def _unit(name: str) -> Callable[[str], float]:
 _discovery = _unit("discovery")
 
 
+#: How ``--store`` defaults (the environment variable keeps a password off the command line).
+STORE_DEFAULT = (" (default: $SERENDIP_STORE, else sqlite:///DATA_DIR/serendip.db; the "
+                 "variable keeps a password off the command line, where other local users "
+                 "can read it)")
+
+
 def _positive_int(value: str) -> int:
     try:
         x = int(value)
@@ -540,10 +546,8 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
     store = _open_store(args)
     try:
-        if args.role == "admin" and store.count_api_keys(role="admin") >= MAX_ADMIN_KEYS:
-            raise ConfigError(f"the store already has {MAX_ADMIN_KEYS} active admin keys, the "
-                              "limit: revoke one first (serendip keys revoke NAME)")
-        key = store.create_api_key(args.name, args.role)
+        key = store.create_api_key(args.name, args.role,
+                                   max_active=MAX_ADMIN_KEYS if args.role == "admin" else None)
     finally:
         store.close()
     print(key)
@@ -635,9 +639,9 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if ("%(default)" in text or not action.option_strings
+        if ("%(default)" in text or "(default:" in text or not action.option_strings
                 or action.default in (None, False, argparse.SUPPRESS)):
-            return text
+            return text  # (a help that states its default itself never prints the value)
         return f"{text} (default: %(default)s)"
 
 
@@ -709,8 +713,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "CUDA GPU is present; minutes on CPUs)")
 
     def store_args(a: argparse.ArgumentParser) -> None:
-        a.add_argument("--store", metavar="URL", help="sqlite:///abs/path.db or "
-                       "postgresql://... (default: sqlite:///DATA_DIR/serendip.db)")
+        a.add_argument("--store", metavar="URL", default=os.environ.get("SERENDIP_STORE"),
+                       help="sqlite:///abs/path.db or postgresql://..." + STORE_DEFAULT)
         a.add_argument("--data-dir", default="serendip-data", metavar="DIR",
                        help="the service's data directory")
 
@@ -810,8 +814,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "--unknown-items drop",
                 "serendip serve --store postgresql://user@db/serendip --host 0.0.0.0",
                 "serendip serve --preset weekend.toml --refresh-interval 0")
-    s.add_argument("--store", metavar="URL", help="sqlite:///abs/path.db or postgresql://... "
-                   "(default: sqlite:///DATA_DIR/serendip.db)")
+    s.add_argument("--store", metavar="URL", default=os.environ.get("SERENDIP_STORE"),
+                   help="sqlite:///abs/path.db or postgresql://..." + STORE_DEFAULT)
     s.add_argument("--data-dir", default="serendip-data", metavar="DIR",
                    help="model and admin key directory")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on")
@@ -880,8 +884,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "serendip ope --data-dir serendip-data --presets accurate,discovery",
                 "serendip ope --store postgresql://user@db/serendip --model model/ "
                 "--json ope.json")
-    o.add_argument("--store", metavar="URL",
-                   help="store URL (default: sqlite:///DATA_DIR/serendip.db)")
+    o.add_argument("--store", metavar="URL", default=os.environ.get("SERENDIP_STORE"),
+                   help="store URL" + STORE_DEFAULT)
     o.add_argument("--data-dir", default="serendip-data", metavar="DIR",
                    help="the service's data directory")
     o.add_argument("--model", metavar="DIR",

@@ -266,9 +266,12 @@ def test_retention_deletes_old_impressions_with_their_search_text(engine: Engine
 
 def test_build_engine_fixture_still_seeds(store: Store, tmp_path: Path, seed_files: Seed,
                                           encoder: HashEncoder) -> None:
+    tmp_path.chmod(0o755)
     e = build_engine(store, tmp_path, seed_files, None, encoder)
     try:
         assert e.ready and store.count_events() > 0
+        # the data directory holds every user's training events: private to its owner
+        assert tmp_path.stat().st_mode & 0o777 == 0o700
     finally:
         e.close()
 
@@ -366,3 +369,107 @@ def test_an_explored_item_carries_its_own_score_not_the_slot_it_took(engine: Eng
     assert explored and ranked
     # the explored items come from below the list, so each scores below every ranked one
     assert max(it["score"] for it in explored) < min(it["score"] for it in ranked)
+
+
+def test_genres_piled_up_over_several_uploads_hit_the_total_cap(engine: Engine,
+                                                                monkeypatch) -> None:
+    """The total counts what the store holds (the model's catalog is older), so uploads that
+    each pass cannot pile up past it."""
+    import serendip.limits
+    from serendip.store.base import ItemRecord
+
+    monkeypatch.setattr(serendip.limits, "MAX_CATEGORIES_TOTAL", 200)
+    for b in range(6):  # 6 x 30 new genres: 180 plus the fixture's 3 stay under 200
+        engine.upsert_items([ItemRecord(f"b{b}-{n}", {"genres": "|".join(
+            f"g{b}-{n}-{j}" for j in range(10))}) for n in range(3)])
+    with pytest.raises(DataError, match="MAX_CATEGORIES_TOTAL"):
+        engine.upsert_items([ItemRecord("last", {"genres": "|".join(
+            f"z{j}" for j in range(30))})])
+    # a second engine on the same store sees the same total
+    other = Engine(engine.store, EngineConfig(data_dir=engine.config.data_dir / "o",
+                                              catalog_poll=None))
+    with pytest.raises(DataError, match="MAX_CATEGORIES_TOTAL"):
+        other.upsert_items([ItemRecord("last", {"genres": "|".join(
+            f"z{j}" for j in range(30))})])
+    # known genres are never refused
+    engine.upsert_items([ItemRecord("again", {"genres": "g0-0-1|Drama"})])
+
+
+def _wait(cond, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_two_erasures_in_a_row_each_get_a_retrain_that_reads_the_store_after_them(
+        tmp_path: Path, seed_files: Seed, encoder: HashEncoder) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'e.db'}")
+    cfg = EngineConfig(data_dir=tmp_path, fit_config=SMALL, catalog_poll=None,
+                       seed_interactions=str(seed_files.interactions),
+                       seed_items=str(seed_files.items), erase_second_pass=0.0)
+    e = Engine(store, cfg, encoder=encoder)
+    try:
+        e.start()
+        first = e.erase_user("u10")["retrain_job"]
+        second = e.erase_user("u11")["retrain_job"]
+        # the first retrain may have read the store before u11 was erased: u11's is another
+        assert first != second and e.job(second).status in ("queued", "running")
+        assert _wait(lambda: e.job(second).status == "succeeded")
+        assert e.job(first).status == "succeeded"
+        assert not {"u10", "u11"} & set(e.state.user_pos)  # neither is in the model any more
+        assert not (tmp_path / "retrain-needed").exists()
+    finally:
+        e.close()
+        store.close()
+
+
+def test_a_restart_before_the_retrain_still_serves_an_erased_person_as_new(
+        tmp_path: Path, seed_files: Seed, encoder: HashEncoder) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'r.db'}")
+    cfg = EngineConfig(data_dir=tmp_path, fit_config=SMALL, catalog_poll=None,
+                       seed_interactions=str(seed_files.interactions),
+                       seed_items=str(seed_files.items), erase_second_pass=0.0)
+    e = Engine(store, cfg, encoder=encoder)
+    e.start()
+    new_person = [it["item_id"] for it in e.recommend("nobody", k=6, preset="accurate")["items"]]
+    from serendip.service.lifecycle import Job
+
+    e.lifecycle.retrain = lambda *a, **k: Job("never-run")  # type: ignore[method-assign]
+    e.feedback.erase("u12")  # as if the process died before any retrain ran
+    e.close()
+    assert (tmp_path / "retrain-needed").exists()
+    again = Engine(store, cfg, encoder=encoder)
+    try:
+        again.start()  # loads the saved model, which still holds u12's rows
+        out = again.recommend("u12", k=6, preset="accurate")
+        assert [it["item_id"] for it in out["items"]] == new_person
+        assert out["items"][0]["reasons"] == ["popular right now"]
+        # and a retrain was started because of the mark
+        assert _wait(lambda: "u12" not in again.state.user_pos)
+    finally:
+        again.close()
+        store.close()
+
+
+def test_a_list_another_instance_was_still_writing_is_erased_by_the_second_pass(
+        engine: Engine, tmp_path: Path, fitted: Recommender, encoder: HashEncoder) -> None:
+    from serendip.service.impressions import ImpressionWriter
+
+    other_store = open_store(engine.store.url)
+    other = Engine(other_store, EngineConfig(data_dir=tmp_path / "b", catalog_poll=None),
+                   recommender=fitted, encoder=encoder,
+                   impression_writer=ImpressionWriter(other_store, flush_interval=60.0))
+    other.start()
+    engine.config.erase_second_pass = 0.3
+    try:
+        other.search("a secret phrase about space", user_id="u13", k=2)  # queued on B
+        engine.erase_user("u13")  # through A, while B still holds the list
+        other.impression_writer.flush(10.0)  # B writes it after the erasure
+        assert _wait(lambda: "a secret phrase about space" not in set(
+            engine.store.impressions_frame()["context"].dropna()), timeout=10.0)
+    finally:
+        other.close()
+        other_store.close()

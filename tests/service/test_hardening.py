@@ -157,6 +157,11 @@ def test_oversized_request_head_is_refused_without_waiting_for_its_end(sqlite_en
             out = b""
         assert not out.startswith(b"HTTP/1.1 200"), out[:200]
         assert out == b"" or out.startswith(b"HTTP/1.1 431"), out[:200]
+        if out:
+            assert b"x-frame-options: deny" in out.lower()
+        # a malformed request line: 400, with the headers every response carries
+        out = request(port, b"NOT A REQUEST\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 400") and b"x-content-type-options: nosniff" in out.lower()
         assert healthy(port)  # the server is still fine
 
 
@@ -185,6 +190,7 @@ def test_slow_loris_and_idle_connections_are_closed_at_the_header_timeout(sqlite
         out = read_until_closed(idle)
         idle.close()
         assert out.startswith(b"HTTP/1.1 408"), out[:200]
+        assert b"content-security-policy: default-src 'self'" in out.lower()
         assert healthy(port)
 
 
@@ -260,6 +266,35 @@ def test_a_store_outage_answers_503_and_keeps_the_connection(sqlite_engine, sqli
             s.sendall(get)  # the same connection serves the next request
             status, _, body = read_response(s)
             assert status == 200 and b'"item_id":"i1"' in body
+        finally:
+            s.close()
+
+
+def test_a_store_outage_during_the_key_check_is_503_too(sqlite_engine, sqlite_keys,
+                                                       monkeypatch):
+    """A key not yet cached is looked up in the store: when that fails, 503 + Retry-After on
+    a connection that stays open, not a 500 and a reset."""
+    from serendip.store.base import StoreUnavailableError
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise StoreUnavailableError("the database is unreachable", retry_after=3)
+
+    limits = ServerLimits()
+    app = create_app(sqlite_engine, limits=limits)
+    with served(app, limits) as port:
+        s = connect(port)
+        get = (b"GET /v1/presets HTTP/1.1\r\nHost: t\r\nX-API-Key: "
+               + sqlite_keys.read.encode() + b"\r\n\r\n")
+        try:
+            monkeypatch.setattr(sqlite_engine.store, "check_api_key", down)
+            s.sendall(get)
+            status, headers, body = read_response(s)
+            assert status == 503 and headers["retry-after"] == "3", body
+            assert "content-security-policy" in headers
+            monkeypatch.undo()
+            s.sendall(get)  # the same connection, the store back
+            status, _, _ = read_response(s)
+            assert status == 200
         finally:
             s.close()
 
@@ -384,6 +419,10 @@ def test_keys_are_listed_without_secrets_and_revoked_at_once(api, client, keys, 
     assert api("DELETE", "/v1/keys/t-read").status_code == 404  # already revoked
     assert api("DELETE", "/v1/keys/nobody").status_code == 404
     assert api("DELETE", "/v1/keys/t-write", "write").status_code == 403
+    # the last active admin key stays: revoking it would lock every administrator out
+    r = api("DELETE", "/v1/keys/t-admin")
+    assert r.status_code == 409 and "last active admin key" in r.json()["detail"]
+    assert client.get("/v1/keys", headers=keys.h("admin")).status_code == 200
 
 
 def test_a_revocation_during_a_lookup_is_not_undone_by_the_cache():

@@ -135,3 +135,13 @@ def test_unreachable_postgres_message_hides_password() -> None:
         PostgresStore(f"postgresql://u@127.0.0.1:{port}/d?password=s3cr3t-value",
                       connect_timeout=2)
     assert "s3cr3t-value" not in str(info.value) and "password=***" in str(info.value)
+
+
+def test_a_password_with_a_raw_at_sign_is_hidden_from_driver_errors() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # libpq cuts this URL at the first "@" and quotes the rest of the password as the host
+    with pytest.raises(StoreError) as info:
+        PostgresStore(f"postgresql://u:pa@ssXYZ@127.0.0.1:{port}/d", connect_timeout=2)
+    assert "ssXYZ" not in str(info.value) and "pa@ss" not in str(info.value)

@@ -275,3 +275,34 @@ def test_upgrade_from_version_2_in_place(
     _seed_two_people(store)  # the new indexes and columns serve the new calls
     assert store.erase_user("bob") == {"events": 1, "impressions": 1, "users": 1}
     assert open_fresh().migrate() == SCHEMA_VERSION
+
+
+def test_a_key_cap_holds_under_concurrent_creation_through_two_stores(
+        open_fresh: Callable[[], Store]) -> None:
+    """Twenty threads over two store objects (two instances) race to create admin keys: the
+    cap is counted inside each creating transaction, so exactly ``cap`` succeed."""
+    import threading
+
+    a, b = open_fresh(), open_fresh()
+    cap = 5
+    made: list[str] = []
+    refused: list[str] = []
+    start = threading.Barrier(20)
+
+    def create(n: int) -> None:
+        start.wait()
+        try:
+            (a if n % 2 else b).create_api_key(f"admin-{n}", "admin", max_active=cap)
+            made.append(str(n))
+        except ConfigError as e:
+            assert "the limit is 5" in str(e)
+            refused.append(str(n))
+
+    threads = [threading.Thread(target=create, args=(n,)) for n in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(made) == cap and len(refused) == 20 - cap
+    assert a.count_api_keys(role="admin") == cap
+    a.create_api_key("reader", "read", max_active=cap)  # the cap is per role

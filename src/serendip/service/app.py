@@ -33,7 +33,12 @@ from serendip.privacy import read_key_file
 from serendip.service import schemas as S
 from serendip.service.auth import GUARD_ROLE, MISS, Authenticator, key_from_headers, require
 from serendip.service.engine import Engine, NotReadyError
-from serendip.service.limits import FailureLimiter, ServerLimits, TokenBuckets
+from serendip.service.limits import (
+    SECURITY_HEADERS,
+    FailureLimiter,
+    ServerLimits,
+    TokenBuckets,
+)
 from serendip.service.metrics import Metrics
 from serendip.store import redact_url
 from serendip.store.base import ROLES, EventRecord, ItemRecord, Role, UserRecord
@@ -47,18 +52,6 @@ DEFAULT_MAX_BODY = 1 << 20
 #: Most active admin keys a store may hold; creating one more is refused (409).
 MAX_ADMIN_KEYS = 5
 STATIC_DIR = Path(__file__).parent / "static"
-
-#: Added to every response.  The web page and /docs load scripts and styles from this origin
-#: only; ``data:`` images are the page's empty favicon and Swagger UI's icons, ``https:`` ones
-#: a catalog's cover images (loaded without a referrer).
-SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
-    (b"content-security-policy",
-     b"default-src 'self'; img-src 'self' https: data:; object-src 'none'; base-uri 'none'; "
-     b"frame-ancestors 'none'; form-action 'self'"),
-    (b"x-frame-options", b"DENY"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -226,7 +219,17 @@ class GuardMiddleware:
                 scope, receive, send_wrapper)
 
         try:
-            if await self._admit(scope, headers, reply):
+            try:
+                admitted = await self._admit(scope, headers, reply)
+            except Exception as e:  # the key look-up reached a store that does not answer
+                wait = _store_outage(e)
+                if wait is None:
+                    raise
+                log.warning("store unavailable while checking a key: %s", e)
+                await reply(503, "the store is unavailable; retry shortly",
+                            {"Retry-After": str(wait)})
+                admitted = False
+            if admitted:
                 await self._call_app(scope, receive, send_wrapper, reply, status)
         finally:
             self._observe(scope, status["code"], t0)
@@ -663,16 +666,11 @@ def create_app(engine: Engine, *, static_keys: dict[str, Role] | None = None,
     @app.post("/v1/admin/keys", status_code=201, response_model=S.KeyOut, tags=["admin"],
               dependencies=[admin], responses={409: {"model": S.Error}})
     def create_key(body: S.KeyIn) -> Any:
-        if body.role == "admin":
-            active = engine.store.count_api_keys(role="admin")
-            if active >= MAX_ADMIN_KEYS:
-                return _error(409, "conflict", f"the store already has {active} active admin "
-                              f"keys, the limit is {MAX_ADMIN_KEYS}: revoke one first "
-                              "(DELETE /v1/keys/{name})")
         try:
-            key = engine.store.create_api_key(body.name, body.role)
+            key = engine.store.create_api_key(
+                body.name, body.role, max_active=MAX_ADMIN_KEYS if body.role == "admin" else None)
         except ConfigError as e:
-            if "already exists" in str(e):
+            if "already exists" in str(e) or "the limit is" in str(e):
                 return _error(409, "conflict", str(e))
             raise
         return {"name": body.name, "role": body.role, "key": key}
@@ -688,8 +686,17 @@ def create_app(engine: Engine, *, static_keys: dict[str, Role] | None = None,
 
     @app.delete("/v1/keys/{name}", response_model=S.Revoked, tags=["admin"],
                 dependencies=[admin])
-    def revoke_key(name: IdPath) -> dict[str, Any]:
-        """Revoke a key: it stops working at once in this process."""
+    def revoke_key(name: IdPath) -> Any:
+        """Revoke a key: it stops working at once in this process (other processes on the
+        same store drop it from their key cache within 30 seconds).  The last active admin
+        key cannot be revoked here: that would lock every administrator out of the API."""
+        key = next((k for k in engine.store.list_api_keys()
+                    if k.name == name and k.revoked_at is None), None)
+        if key is not None and key.role == "admin" and \
+                engine.store.count_api_keys(role="admin") <= 1:
+            return _error(409, "conflict", f"{name!r} is the last active admin key; create "
+                          "another admin key first (or revoke it with `serendip keys revoke` "
+                          "on the store)")
         if not engine.store.revoke_api_key(name):
             raise UnknownIdError(f"no active API key named {name!r}")
         auth.forget()

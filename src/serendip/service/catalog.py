@@ -26,15 +26,17 @@ class Catalog:
     def __init__(self, store: Store, lifecycle: Lifecycle) -> None:
         self.store = store
         self.lifecycle = lifecycle
+        # the store's category names per field, as of a catalog version (see _check)
+        self._categories: tuple[int | None, dict[str, frozenset[str]]] = (None, {})
 
     def upsert(self, records: Sequence[ItemRecord]) -> int:
         """Write items (all or none); more categories per item or in total than the limits
         (``serendip.limits``) is an error naming the item and the limit."""
         cfg = self.lifecycle.config.fit_config
-        _check_categories(records, self.lifecycle.current,
-                          cfg.category_column if cfg is not None else None)
         with self.lifecycle.lock:
+            before = self._check(records, cfg.category_column if cfg is not None else None)
             n = self.store.upsert_items(records)
+            self._remember(records, before)
             s = self.lifecycle.current
             if s is not None:
                 for r in records:
@@ -42,6 +44,47 @@ class Catalog:
                     if i is not None:
                         s.excluded[i] = False
         return n
+
+    def _remember(self, records: Sequence[ItemRecord], before: int | None) -> None:
+        """After an upsert: add its category names to the cache when nothing else changed
+        the catalog meanwhile (its version moved by exactly this write), else forget it."""
+        version, names = self._categories
+        if before is None or version != before:
+            return
+        after = self.store.catalog_version()
+        if after != before + 1:
+            self._categories = (None, {})
+            return
+        grown = dict(names)
+        for col in grown:
+            extra = {c for r in records if col in r.fields for c in parse_categories(r.fields[col])}
+            grown[col] = grown[col] | extra
+        self._categories = (after, grown)
+
+    def _check(self, records: Sequence[ItemRecord], configured: str | None) -> int | None:
+        """Bound the categories (genres, tags) per item and, counting what the store already
+        holds (any instance may have written it), in total, per category field: the
+        calibration and multi-objective rerankers keep an item x category structure."""
+        columns = set(CATEGORY_COLUMNS) | ({configured} if configured else set())
+        wanted = sorted(c for c in columns if any(c in r.fields for r in records))
+        if not wanted:
+            return None
+        version = self.store.catalog_version()
+        seen_version, names = self._categories
+        if seen_version != version or not set(wanted) <= set(names):
+            frame = self.store.items_frame()
+            names = {}
+            for col in sorted(columns):
+                got: set[str] = set()
+                if col in frame.columns:
+                    for v in frame[col].tolist():
+                        got.update(parse_categories(v))
+                names[col] = frozenset(got)
+            self._categories = (version, names)
+        for col in wanted:
+            check_categories([(r.item_id, r.fields[col]) for r in records if col in r.fields],
+                             existing=names.get(col, frozenset()))
+        return version
 
     def delete(self, item_id: str) -> int:
         with self.lifecycle.lock:
@@ -78,31 +121,3 @@ class Catalog:
                 if rec.fields.get(c):
                     return natural_title(rec.fields[c])
         return item_id
-
-
-def _check_categories(records: Sequence[ItemRecord], s: ModelState | None,
-                      configured: str | None) -> None:
-    """Bound the categories (genres, tags) per item and in total, per category field: the
-    calibration and multi-objective rerankers keep an item x category structure."""
-    columns = {c for c in CATEGORY_COLUMNS}
-    if configured:
-        columns.add(configured)
-    for col in sorted(columns):
-        values = [(r.item_id, r.fields[col]) for r in records if col in r.fields]
-        if not values:
-            continue
-        check_categories(values, existing=_model_categories(s, col))
-
-
-def _model_categories(s: ModelState | None, col: str) -> frozenset[str]:
-    """The category names of the model's catalog in field ``col`` (cached per model)."""
-    if s is None or col not in s.rec.data.items.columns:
-        return frozenset()
-    cache: dict[str, frozenset[str]] = s.__dict__.setdefault("_category_names", {})
-    got = cache.get(col)
-    if got is None:
-        names: set[str] = set()
-        for v in s.rec.data.items[col].tolist():
-            names.update(parse_categories(v))
-        got = cache[col] = frozenset(names)
-    return got

@@ -44,6 +44,9 @@ class EngineConfig:
     #: when set, user ids are stored and modelled as keyed hashes of the given ids
     #: (HMAC-SHA256 with this key, which is never written to the store)
     user_id_key: bytes | None = None
+    #: seconds after an erasure when a second pass removes what other instances on the same
+    #: store were still writing about the person (their impression queues flush every 50 ms)
+    erase_second_pass: float = 1.0
     bandit_window: float = 86_400.0  # seconds in which a reward event credits a bandit's slot
     bandit_memory: int = 200_000  # shown (user, item) slots remembered for crediting
 

@@ -131,6 +131,7 @@ class Feedback:
         s = self.lifecycle.current
         known = self.user_known(user_id, s)
         removed: dict[str, Any] = dict(self.store.erase_user(user_id))
+        self._second_pass(user_id)
         with self._shown_lock:
             gone = [key for key in self._shown if key[0] == user_id]
             for key in gone:
@@ -144,8 +145,28 @@ class Feedback:
             raise UnknownIdError(f"unknown user id {user_id!r}")
         retrain = None
         if in_model:
-            retrain = self.lifecycle.retrain(kind="erase", reason="a user's data was erased").job_id
+            reason = "a user's data was erased"
+            self.lifecycle.mark_stale(reason)
+            retrain = self.lifecycle.retrain(kind="erase", reason=reason, fresh=True).job_id
         return {"user_id": user_id, "removed": removed, "retrain_job": retrain}
+
+    def _second_pass(self, user_id: str) -> None:
+        """Erase again ``erase_second_pass`` seconds later: another instance may have served
+        this person a list just before the erasure and still hold it in its impression queue."""
+        delay = self.config.erase_second_pass
+
+        def again() -> None:
+            try:
+                late = self.store.erase_user(user_id)
+                if any(late.values()):
+                    log.info("erasure second pass removed %s", dict(late))
+            except Exception:  # logged; the first pass has already removed what was stored
+                log.exception("erasure second pass failed")
+
+        if delay > 0:
+            t = threading.Timer(delay, again)
+            t.daemon = True
+            t.start()
 
     def export(self, user_id: str) -> dict[str, Any]:
         """Everything stored about ``user_id`` (complete: no event limit)."""

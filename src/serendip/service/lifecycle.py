@@ -79,6 +79,7 @@ class Lifecycle:
         self.lock = threading.Lock()
         self._state: ModelState | None = None
         self._jobs: dict[str, Job] = {}
+        self._queued: Job | None = None
         self.start_error: str | None = None
         #: why the encoder failed to load at start (search is then unavailable), or None
         self.encoder_error: str | None = None
@@ -121,6 +122,7 @@ class Lifecycle:
     def start(self) -> None:
         """Seed an empty store, then load the saved model or fit one from the store."""
         t0 = time.perf_counter()
+        self._private_data_dir()
         if self.store.count_items() == 0 or (
                 self.store.count_events() == 0 and self.config.seed_interactions is not None):
             self.seed()
@@ -140,6 +142,9 @@ class Lifecycle:
             fitted_at = time.time()
             log.info("fitted and saved %s in %.1fs", model_dir, time.perf_counter() - t0)
         self.install(rec, fitted_at)
+        if self._stale_path.exists():  # an erasure the saved model still holds
+            self.retrain(kind="erase", reason=self._stale_path.read_text().strip() or None,
+                         fresh=True)
         self._start_loops()
         if self.config.warm_encoder:
             try:
@@ -147,6 +152,17 @@ class Lifecycle:
             except Exception as e:  # search will report it; everything else works
                 self.encoder_error = f"{type(e).__name__}: {e}"
                 log.warning("encoder not available: %s", e)
+
+    def _private_data_dir(self) -> None:
+        """The data directory holds the fitted model (every user's training events), the
+        admin key and bandit statistics: only its owner may read it (0700)."""
+        d = Path(self.config.data_dir)
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            if d.stat().st_mode & 0o077:
+                d.chmod(0o700)
+        except OSError as e:  # not ours to change: say so, keep going
+            log.warning("could not make %s private (mode 0700): %s", d, e)
 
     def start_background(self) -> threading.Thread:
         def run() -> None:
@@ -312,22 +328,40 @@ class Lifecycle:
     def retraining(self) -> bool:
         return any(job.status == "running" for job in list(self._jobs.values()))
 
-    def retrain(self, kind: str = "retrain", reason: str | None = None) -> Job:
-        """Start a background retrain (or return the one already running)."""
+    def retrain(self, kind: str = "retrain", reason: str | None = None,
+                fresh: bool = False) -> Job:
+        """Start a background retrain, or return the one already running.
+
+        ``fresh``: the retrain must read the store as it is now (after an erasure, say): if
+        one is running, it may have read the store already, so a job is queued to start when
+        it ends (one queued job serves every request made meanwhile) and that job is returned.
+        """
         with self.lock:
-            for job in self._jobs.values():
-                if job.status == "running":
-                    return job
-            job = Job(uuid.uuid4().hex, kind=kind, reason=reason)
-            self._jobs[job.job_id] = job
-            while len(self._jobs) > MAX_JOBS:  # keep the newest (dicts keep insertion order)
-                self._jobs.pop(next(iter(self._jobs)))
+            running = next((j for j in self._jobs.values() if j.status == "running"), None)
+            if running is not None and not fresh:
+                return running
+            if running is not None:
+                if self._queued is None:
+                    self._queued = self._new_job(kind, reason, status="queued")
+                return self._queued
+            job = self._new_job(kind, reason)
+        self._launch(job)
+        return job
+
+    def _new_job(self, kind: str, reason: str | None, status: str = "running") -> Job:
+        job = Job(uuid.uuid4().hex, kind=kind, reason=reason, status=status)
+        self._jobs[job.job_id] = job
+        while len(self._jobs) > MAX_JOBS:  # keep the newest (dicts keep insertion order)
+            self._jobs.pop(next(iter(self._jobs)))
+        return job
+
+    def _launch(self, job: Job) -> None:
         threading.Thread(target=self._retrain, args=(job,), name=f"retrain-{job.job_id[:8]}",
                          daemon=True).start()
-        return job
 
     def _retrain(self, job: Job) -> None:
         t0 = time.perf_counter()
+        job.started_at = time.time()
         try:
             events = self.store.count_events()
             rec = self.fit_from_store()
@@ -336,12 +370,41 @@ class Lifecycle:
             job.n_users, job.n_items = rec.data.n_users, rec.data.n_items
             job.n_interactions = len(rec.data.interactions)
             job.status = "succeeded"
+            self._clear_stale(job.started_at)
         except Exception as e:
             log.exception("retrain %s failed", job.job_id)
             job.error = f"{type(e).__name__}: {e}"
             job.status = "failed"
         job.finished_at = time.time()
         job.seconds = round(time.perf_counter() - t0, 3)
+        with self.lock:
+            queued, self._queued = self._queued, None
+            if queued is not None:
+                queued.status = "running"
+        if queued is not None:
+            self._launch(queued)
+
+    # ------------------------------------------------------------------- stale models
+    @property
+    def _stale_path(self) -> Path:
+        return Path(self.config.data_dir) / "retrain-needed"
+
+    def mark_stale(self, reason: str) -> None:
+        """Record on disk that the saved model holds data the store no longer has (an
+        erasure), so a restart before the retrain still retrains; no id is written."""
+        path = self._stale_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        tmp.write_text(reason + "\n")
+        tmp.replace(path)
+
+    def _clear_stale(self, started_at: float) -> None:
+        """Drop the mark once a retrain that began after it has been installed."""
+        try:
+            if self._stale_path.stat().st_mtime <= started_at:
+                self._stale_path.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
 
     def job(self, job_id: str) -> Job:
         job = self._jobs.get(job_id)

@@ -167,6 +167,19 @@ class TokenBuckets:
             self._buckets.clear()
 
 
+#: Added to every response.  The web page and /docs load scripts and styles from this origin
+#: only; ``data:`` images are the page's empty favicon and Swagger UI's icons, ``https:`` ones
+#: a catalog's cover images (loaded without a referrer).
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"content-security-policy",
+     b"default-src 'self'; img-src 'self' https: data:; object-src 'none'; base-uri 'none'; "
+     b"frame-ancestors 'none'; form-action 'self'"),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+)
+
+
 def _raw_response(status: int, reason: str, detail: str,
                   extra: tuple[tuple[str, str], ...] = ()) -> bytes:
     """A complete HTTP/1.1 response that closes the connection (written to the transport
@@ -175,6 +188,7 @@ def _raw_response(status: int, reason: str, detail: str,
     head = [f"HTTP/1.1 {status} {reason}", "content-type: application/json",
             f"content-length: {len(body)}", "connection: close"]
     head += [f"{k}: {v}" for k, v in extra]
+    head += [f"{k.decode()}: {v.decode()}" for k, v in SECURITY_HEADERS]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
 
@@ -256,14 +270,19 @@ def guarded_protocol(limits: ServerLimits) -> type[asyncio.Protocol]:
             super().on_response_complete()
 
         def send_400_response(self, msg: str) -> None:
-            if not getattr(self.conn, "head_too_large", False):
-                super().send_400_response(msg)
-                return
-            self.logger.info("request head over %d bytes refused", self._limits.max_header_bytes)
-            detail = (f"the request head exceeds the limit of {self._limits.max_header_bytes} "
-                      "bytes").encode()
-            event = h11.Response(status_code=431, reason=STATUS_PHRASES[431], headers=[
-                (b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")])
+            """A malformed or oversized request head: 400 or 431, with the security headers
+            every response carries, and the connection closed."""
+            status = 400
+            detail = msg.encode("utf-8", "replace")
+            if getattr(self.conn, "head_too_large", False):
+                status = 431
+                self.logger.info("request head over %d bytes refused",
+                                 self._limits.max_header_bytes)
+                detail = (f"the request head exceeds the limit of "
+                          f"{self._limits.max_header_bytes} bytes").encode()
+            event = h11.Response(status_code=status, reason=STATUS_PHRASES[status], headers=[
+                (b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close"),
+                *SECURITY_HEADERS])
             self.transport.write(self.conn.send(event))
             self.transport.write(self.conn.send(h11.Data(data=detail)))
             self.transport.write(self.conn.send(h11.EndOfMessage()))

@@ -299,7 +299,7 @@ class OffPolicy(_Out):
 
 class Job(_Out):
     job_id: str
-    status: Literal["running", "succeeded", "failed"]
+    status: Literal["queued", "running", "succeeded", "failed"]
     kind: str = "retrain"  # "refresh": started by the engine when the catalog or events grew
     reason: str | None = None
     started_at: float

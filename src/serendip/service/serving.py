@@ -119,7 +119,9 @@ class Serving:
         preset serves it without counting the list as shown."""
         s = self.lifecycle.state
         hist, neg = self.feedback.history(s, user_id)
-        q = Query(s.user_index(user_id), hist)
+        # nothing stored about them (new, or erased and not yet retrained away): a new person,
+        # whatever row the model may still hold
+        q = Query(s.user_index(user_id) if hist.size or neg.size else None, hist)
         # a filtered list answers more than the user's state: its filter is logged as context
         # (and off-policy replay, which cannot re-apply it, leaves such lists out)
         context = f"filter: {'; '.join(filters)}" if filters else None
@@ -328,7 +330,7 @@ class Serving:
             hist, neg = self.feedback.history(s, user_id)
             blocked[hist] = True
             blocked[neg] = True
-            u = s.user_index(user_id)
+            u = s.user_index(user_id) if hist.size or neg.size else None
         idx = self._catalog_index(s, enc)
         if parsed.not_genres:
             for i, cats in enumerate(idx.item_categories):

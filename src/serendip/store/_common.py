@@ -134,6 +134,10 @@ def scrub_secret(message: str, url: str) -> str:
     if parts is not None and ":" in parts[1]:
         found.append(parts[1].split(":", 1)[1])
     found += [p.group("value").strip("'") for p in _PASSWORD_PARAM.finditer(url)]
+    # a raw "@" or "/" in a password makes drivers cut the URL elsewhere and quote a piece
+    # of it as the host or the database: hide every piece too
+    found += [piece for secret in list(found) for piece in re.split(r"[@/:]", secret)
+              if len(piece) >= 3]
     out = str(message)
     for secret in sorted(found, key=len, reverse=True):
         if secret and secret != "***":
@@ -493,3 +497,13 @@ def impression_rows(prepared: Sequence[PreparedImpression],
          p.context, p.timestamp, p.impression_id)
         for p in prepared
     ]
+
+
+#: PostgreSQL advisory lock that serialises key creation with a cap (an arbitrary constant).
+KEY_CREATION_LOCK = 0x5E4E_D1B0
+
+
+def too_many_keys(role: str, active: int, limit: int) -> str:
+    """The message when creating one more ``role`` key would pass ``limit`` active ones."""
+    return (f"the store already has {active} active {role} keys, the limit is {limit}: "
+            "revoke one first")

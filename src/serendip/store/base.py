@@ -180,8 +180,12 @@ class Store(Protocol):
         """Logged impressions, oldest first (``IMPRESSION_COLUMNS``), list columns decoded."""
 
     # API keys (only hashes are stored) -----------------------------------------------
-    def create_api_key(self, name: str, role: Role) -> str:
-        """Create a key and return its plaintext once; only a hash is stored."""
+    def create_api_key(self, name: str, role: Role, max_active: int | None = None) -> str:
+        """Create a key and return its plaintext once; only a hash is stored.
+
+        ``max_active``: refuse (ConfigError naming the limit) when the store already holds
+        that many active keys of ``role``; counted in the creating transaction, so concurrent
+        creations through any number of instances cannot pass it."""
 
     def check_api_key(self, key: str) -> Role | None:
         """The role of an active key, or None (unknown, malformed or revoked)."""

@@ -27,6 +27,7 @@ from serendip.store._common import (
     DEFAULT_POOL_SIZE,
     DEFAULT_POOL_TIMEOUT,
     IMPRESSION_COLUMNS,
+    KEY_CREATION_LOCK,
     KEY_TOUCH_INTERVAL,
     PreparedImpression,
     check_count,
@@ -50,6 +51,7 @@ from serendip.store._common import (
     prepare_users,
     redact_url,
     scrub_secret,
+    too_many_keys,
     verify_key,
 )
 from serendip.store.base import (
@@ -644,11 +646,19 @@ class PostgresStore:
         return pd.DataFrame.from_records(rows, columns=IMPRESSION_COLUMNS)
 
     # API keys --------------------------------------------------------------------------
-    def create_api_key(self, name: str, role: Role) -> str:
+    def create_api_key(self, name: str, role: Role, max_active: int | None = None) -> str:
         name = check_key_name(name)
         role = check_role(role)
         key = new_api_key()
         with self._write() as cur:
+            if max_active is not None:
+                # one key creation at a time across every instance, so the count holds
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (KEY_CREATION_LOCK,))
+                got = cur.execute("SELECT COUNT(*) FROM api_keys WHERE role = %s AND "
+                                  "NOT revoked", (role,)).fetchone()
+                active = got[0] if got is not None else 0
+                if active >= max_active:
+                    raise ConfigError(too_many_keys(role, int(active), max_active))
             row = cur.execute(
                 "INSERT INTO api_keys (name, key_lookup, key_hash, role, created_at, revoked) "
                 "VALUES (%s, %s, %s, %s, %s, FALSE) ON CONFLICT (name) DO NOTHING RETURNING id",

@@ -56,6 +56,7 @@ from serendip.store._common import (
     prepare_items,
     prepare_users,
     redact_url,
+    too_many_keys,
     verify_key,
 )
 from serendip.store.base import (
@@ -814,11 +815,16 @@ class SQLiteStore:
         return pd.DataFrame.from_records(decoded, columns=IMPRESSION_COLUMNS)
 
     # API keys --------------------------------------------------------------------------
-    def create_api_key(self, name: str, role: Role) -> str:
+    def create_api_key(self, name: str, role: Role, max_active: int | None = None) -> str:
         name = check_key_name(name)
         role = check_role(role)
         key = new_api_key()
         with self._write() as conn:
+            if max_active is not None:  # counted inside the write transaction: no race
+                active = conn.execute("SELECT COUNT(*) FROM api_keys WHERE role = ? AND "
+                                      "revoked = 0", (role,)).fetchone()[0]
+                if active >= max_active:
+                    raise ConfigError(too_many_keys(role, int(active), max_active))
             row = conn.execute("SELECT revoked FROM api_keys WHERE name = ?", (name,)).fetchone()
             if row is not None:
                 state = " (revoked; names are not reused)" if row[0] else ""
