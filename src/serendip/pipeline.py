@@ -868,18 +868,33 @@ class Pipeline:
         return out
 
     def _apart(self, lst: ItemList, n: int) -> str | None:
-        """A category of item ``n`` that no other item of the list has (None if none)."""
+        """What sets item ``n`` apart from the rest of the list: of its categories that no
+        other item of the list has, the one most common in the catalog (a shelf name a few
+        readers used says little); None when every category is shared or there are none."""
         cats = self.rec.data.item_categories
         if cats is None:
             return None
         names = self.rec.data.category_names
         own = set(cats[int(lst.items[n])].indices.tolist())
         others = set(cats[np.delete(lst.items, n)].indices.tolist())
-        alone = sorted(own - others)
+        alone = list(own - others)
         if not alone:
             return None
-        name = names[alone[0]].strip()
-        if "genre" not in (self.rec.data.category_column or "").casefold():
+        freq = self._category_frequency()
+        best = max(alone, key=lambda c: (freq[c], -c))
+        name = names[best].strip()
+        plain = all(ch.isalpha() or ch in " '" for ch in name)
+        if "genre" not in (self.rec.data.category_column or "").casefold() or not plain:
             return f"tagged \u201c{name}\u201d"
         word = name.casefold() if name[:1].isupper() and name[1:2].islower() else name
         return f"{'an' if word[:1].casefold() in 'aeiou' else 'a'} {word}"
+
+    def _category_frequency(self) -> np.ndarray:
+        """Items per category in the catalog (computed once per pipeline)."""
+        got = getattr(self, "_cat_freq", None)
+        if got is None:
+            cats = self.rec.data.item_categories
+            got = (np.asarray((cats != 0).sum(axis=0)).ravel() if cats is not None
+                   else np.zeros(0))
+            self._cat_freq = got
+        return got

@@ -52,7 +52,7 @@ def test_moves_genre_mix_toward_history() -> None:
     assert list_kl(genres, hist, calibrated.items) < list_kl(genres, hist, plain.items) / 10
     assert (calibrated.items >= 10).any()
     b_reasons = [rs[-1] for i, rs in zip(calibrated.items, calibrated.reasons, strict=True) if i >= 10]
-    assert b_reasons[0] == "brings back your interest in B (25% of what you chose)"
+    assert b_reasons[0] == "brings back your interest in B (1 of the 4 you chose)"
 
 
 def test_each_step_is_the_greedy_argmax() -> None:

@@ -355,6 +355,11 @@ def test_reasons_are_true_and_read_as_sentences(engine: Engine, preset: str) -> 
                 assert int(m.group(1)) == int(s.popularity[i]) and not s.head[i]
             if "a rare find" in text:
                 assert not s.head[i]
+            m = re.search(r"interest in (.+?) \((\d+) of the (\d+) you chose\)", text)
+            if m:  # a count of the person's items a person can check
+                genres = [s.fields(int(h)).get("genres", "").split("|") for h in np.unique(hist)]
+                assert int(m.group(3)) == len(genres)
+                assert int(m.group(2)) == sum(m.group(1) in g for g in genres)
         # one score scale for every preset: the share of the catalog the item outranks
         assert all(0.0 < it["score"] <= 1.0 for it in out["items"])
 

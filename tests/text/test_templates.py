@@ -94,3 +94,16 @@ def test_request_text() -> None:
         request_text("x" * 11, max_chars=10)
     with pytest.raises(DataError, match="string"):
         request_text(3)  # type: ignore[arg-type]
+
+
+def test_link_columns_stay_out_of_the_encoded_text() -> None:
+    import pandas as pd
+
+    from serendip.data import Dataset
+    from serendip.text import item_texts
+
+    items = pd.DataFrame({"item_id": ["a", "b"], "title": ["Dune", "Emma"],
+                          "image_url": ["https://img.example/dune.jpg", ""]})
+    inter = pd.DataFrame({"user_id": ["u", "u"], "item_id": ["a", "b"]})
+    texts = item_texts(Dataset.from_frames(inter, items))
+    assert texts == ["title: Dune", "title: Emma"]

@@ -157,8 +157,16 @@ def genre_rows(genres: sp.csr_matrix, items: np.ndarray, cols: np.ndarray
     return restrict_columns(sub, cols), mass
 
 
-def interest_reason(name: str, share: float) -> str:
-    return f"brings back your interest in {name} ({share:.0%} of what you chose)"
+def history_count(genres: sp.csr_matrix, history: np.ndarray, col: int) -> tuple[int, int]:
+    """(items of the history in category ``col``, items in the history)."""
+    hist = np.unique(history)
+    return int((genres[hist][:, [int(col)]] != 0).sum()), int(hist.size)
+
+
+def interest_reason(name: str, count: int, total: int) -> str:
+    """Why a pick restores a category the list under-serves: how many of the person's items
+    are in it (a count of items, which a person can check, not a share of category mass)."""
+    return f"brings back your interest in {name} ({count} of the {total} you chose)"
 
 
 class Calibration(GreedyReranker):
@@ -192,7 +200,8 @@ class Calibration(GreedyReranker):
             if g is None:
                 reasons.append(relevance_reason(j, n))
             else:
-                reasons.append(interest_reason(names[int(cols[g])], float(p[g])))
+                reasons.append(interest_reason(names[int(cols[g])], *history_count(
+                    self._rows("genres"), cand.history, int(cols[g]))))
             picks.append(j)
             values.append(val[j])
             avail[j] = False

@@ -53,7 +53,13 @@ from serendip.rerank.base import (
     rows_state,
     take_rows,
 )
-from serendip.rerank.calibration import CalibrationState, genre_rows, history_mix, interest_reason
+from serendip.rerank.calibration import (
+    CalibrationState,
+    genre_rows,
+    history_count,
+    history_mix,
+    interest_reason,
+)
 from serendip.rerank.mmr import variety_reason
 from serendip.rerank.serendipity import history_similarity, unexpected_reason
 from serendip.rerank.tail import tail_reason
@@ -351,7 +357,8 @@ class MultiObjective(GreedyReranker):
             elif name == "exposure":
                 reasons.append(exposure_reason(float(share[j])))
             elif genre is not None:
-                reasons.append(interest_reason(names[int(cols[genre])], float(p[genre])))
+                reasons.append(interest_reason(names[int(cols[genre])], *history_count(
+                    self._rows("genres"), cand.history, int(cols[genre]))))
             else:
                 reasons.append(relevance_reason(j, n))
             picks.append(j)

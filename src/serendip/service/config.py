@@ -23,7 +23,9 @@ class EngineConfig:
     unknown_items: str = "error"
     history_limit: int = 500  # most recent events read per request
     similar_semantic_weight: float = 0.5  # semantic share of the similar-items blend
-    search_user_weight: float = 0.5  # weight of the hybrid (taste) z-scores in search
+    #: weight of the person's taste (hybrid z-scores) against the request's text match in
+    #: search: the request leads
+    search_user_weight: float = 0.3
     warm_encoder: bool = False  # load the encoder in the background once a model is ready
     progress: bool = False  # progress bars (stderr) on the first fit at start
     #: presets beside (or replacing, by name) the shipped ones, e.g. from ``serve --preset``

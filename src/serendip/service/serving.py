@@ -43,6 +43,11 @@ SEARCH_DISCOVERY = 0.0
 #: Below this best cosine (request vs item text, all-MiniLM-L6-v2) a search answer is "weak"
 #: and says so (tests/text/test_request.py checks it on the bundled movie catalog).
 WEAK_MATCH = 0.30
+#: Similar items: a text cosine from which "described in similar words" is said, and a
+#: collaborative similarity (scaled so the closest item is 1) from which "chosen by many of
+#: the same people" is.
+SIMILAR_TEXT = 0.5
+SIMILAR_PEOPLE = 0.3
 #: Search blend shift (standardised units) for an item of a genre the request names.
 GENRE_BOOST = 2.0
 #: At or above this cosine an item "closely" matches the request's words.
@@ -64,9 +69,13 @@ def popularity_sentence(title: str, users: int, n_users: int, more_popular_than:
     if top:
         return first + ": it is the most popular item in the catalog."
     if head:
-        return first + f"; it is more popular than {more_popular_than:.0f}% of the catalog."
+        share = math.floor(more_popular_than)  # never rounded up to a false "100%"
+        if share >= 99:
+            return first + "; it is more popular than nearly every item in the catalog."
+        return first + f"; it is more popular than {share}% of the catalog."
+    less = math.floor(100 - more_popular_than)
     return first + (f"; few people have found it: it is in the long tail, less popular than "
-                    f"{100 - more_popular_than:.0f}% of the catalog.")
+                    f"{less}% of the catalog.")
 
 
 def _understood(parsed: ParsedRequest, s: ModelState) -> dict[str, Any]:
@@ -255,9 +264,13 @@ class Serving:
         lst = lst.take(np.flatnonzero(np.isfinite(score))).top(k)
         items = []
         for j, sc in zip(lst.items.tolist(), lst.scores.tolist(), strict=True):
-            reasons = [f"similar description (cosine {float(sem[j]):.2f})"]
-            if collab is not None and collab[j] > 0:
-                reasons.append(f"liked by the same people (collaborative {float(collab[j]):.2f})")
+            reasons = []
+            if sem[j] >= SIMILAR_TEXT:
+                reasons.append("described in similar words")
+            if collab is not None and collab[j] >= SIMILAR_PEOPLE:
+                reasons.append("chosen by many of the same people")
+            if not reasons:
+                reasons.append("the closest match in this catalog")
             items.append({"item_id": s.item_ids[j], "title": s.titles[j],
                           "score": round(float(sc), 6), "reasons": reasons,
                           "fields": s.fields(j)})
@@ -437,10 +450,10 @@ class Serving:
         year = self._catalog_index(s, None).years[i]
         if parsed.era is not None and np.isfinite(year):
             out.append(f"from {int(year)}, {parsed.era} as you asked")
-        if parsed.known_words and not mentions.size:
+        if parsed.known_words and not mentions.size and cosine >= WEAK_MATCH:
             strength = "closely" if cosine >= GOOD_MATCH else "partly"
             out.append(f"{strength} matches \u201c{parsed.text}\u201d")
-        return out or ["matches your request"]
+        return out or ["the nearest match to your request in this catalog"]
 
     def _search_pool(self, s: ModelState, pipe: Pipeline, qv: np.ndarray, u: int | None,
                      hist: np.ndarray, neg: np.ndarray, blocked: np.ndarray, n_pool: int,
@@ -527,6 +540,8 @@ class Serving:
         bits = round(float(s.self_info[i]), 3)
         parts = [popularity_sentence(title, users, s.n_users, below, bool(s.head[i]),
                                      bool(s.popularity[i] >= s.popularity.max()))]
+        if i in set(hist.tolist()):
+            parts.append("You have already chosen it.")
         if because:
             named = [b["title"] for b in because[:2]]
             parts.append(f"Of what you liked, it is most like {' and '.join(named)}.")

@@ -130,9 +130,11 @@ def parse_request(text: str, index: CatalogIndex) -> ParsedRequest:
             if any(used[start:start + size]):
                 continue
             key = " ".join(words[start:start + size])
-            # a title of one or two words must be written as a name (a capital letter), so
-            # "for kids" does not name the film *Kids*
-            if size <= 2 and not any(w[:1].isupper() for w in raw[start:start + size]):
+            # a one-word title, or two words one of which is common ("the game"), must be
+            # written as a name (a capital letter): "for kids" does not name the film *Kids*,
+            # while "gone girl" names the book
+            common = size == 1 or any(w in STOPWORDS for w in words[start:start + size])
+            if common and not any(w[:1].isupper() for w in raw[start:start + size]):
                 continue
             if size == 1 and (key in STOPWORDS or len(key) < 4):
                 continue

@@ -56,10 +56,12 @@ def item_texts(data: Dataset, template: str | None = None) -> list[str]:
     """One text per item index.
 
     Without a template every column but ``item_id`` becomes ``"column: value"``, joined by
-    ``"; "`` (empty values skipped; the '|'-separated category column as a comma list).
+    ``"; "`` (empty values skipped; the '|'-separated category column as a comma list), except
+    columns of links (mostly ``http(s)://`` values: cover images, pages), which say nothing
+    about the item to a language model.
     A template is a format string over column names, e.g. ``"{title} ({year}). Genres: {genres}"``.
     """
-    columns = [c for c in data.items.columns if c != "item_id"]
+    columns = [c for c in data.items.columns if c != "item_id" and not _links(data.items[c])]
     if template is None:
         rows = _row_values(data, columns)
         return ["; ".join(f"{c}: {v}" for c, v in row.items() if v) for row in rows]
@@ -87,6 +89,16 @@ def item_texts(data: Dataset, template: str | None = None) -> list[str]:
         return [template.format_map(row).strip() for row in rows]
     except (ValueError, TypeError) as e:  # e.g. a numeric format spec applied to text
         raise ConfigError(f"item text template {template!r} could not be applied: {e}") from e
+
+
+def _links(column: Any) -> bool:
+    """Whether most non-empty values of a column are web links."""
+    values = [cell_text(v) for v in column.tolist()[:1000]]
+    values = [v for v in values if v]
+    if not values:
+        return False
+    links = sum(v.startswith(("http://", "https://")) for v in values)
+    return links > len(values) / 2
 
 
 def _share_list(counts: Counter[str], n: int, top: int) -> str:
