@@ -54,6 +54,8 @@ GENRE_BOOST = 2.0
 GOOD_MATCH = 0.45
 
 
+#: The "serendipitous" badge needs the item's closest history item below this cosine.
+SERENDIPITY_MAX_NEAREST = 0.6
 #: Unexpectedness (1 - mean cosine to the history) from which an explanation says the item
 #: is unlike what the person usually chooses.
 UNLIKE_HISTORY = 0.75
@@ -216,7 +218,11 @@ class Serving:
             centre = s.vectors[hist].mean(axis=0)
             unexp_ref = 1.0 - s.reference_vectors @ centre
             threshold = float(np.quantile(unexp_ref, SERENDIPITY_QUANTILE))
-            serendipitous = ((1.0 - s.vectors[idx] @ centre) >= threshold) & top_half
+            # and not close to any single item of the history either: a pick that is "because
+            # you liked" a near twin is no surprise, however unlike the rest of the history
+            nearest = (s.vectors[idx] @ s.vectors[hist[-50:]].T).max(axis=1)
+            serendipitous = (((1.0 - s.vectors[idx] @ centre) >= threshold) & top_half
+                             & (nearest < SERENDIPITY_MAX_NEAREST))
         else:
             ref_info = s.mean_info
             serendipitous = np.zeros(idx.size, dtype=bool)

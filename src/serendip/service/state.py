@@ -13,9 +13,10 @@ Badges on a recommended item (thresholds are relative, so they mean the same on 
   of the user's history (of the training interactions for a user without history): the item
   is less known than what this user usually picks.
 - ``serendipitous``: unexpectedness ``1 - mean cosine(item, history)`` (encoder space) at or
-  above the 75th percentile of the whole catalog's unexpectedness for this user, *and*
-  relevance (the blend's score before re-ranking) at or above the list's median: unlike the
-  user's history, yet judged a good match.  Needs a history.  On catalogs over
+  above the 75th percentile of the whole catalog's unexpectedness for this user, no closer
+  than cosine ``SERENDIPITY_MAX_NEAREST`` (0.6, in ``serving``) to any one item of the history,
+  *and* relevance (the blend's score before re-ranking) at or above the list's median: unlike
+  the user's history, yet judged a good match.  Needs a history.  On catalogs over
   ``REFERENCE_ITEMS`` items the percentile is taken over a fixed random sample of that many
   items (its rank error is about half a percentile), so a request never scans the catalog.
 """
