@@ -39,12 +39,13 @@ def test_recommend_jsonl_shape_and_ids(files, capsys):
     assert [x["user_id"] for x in lines] == ["0u0", "0u25", "stranger"]
     events = pd.read_csv(files / "events.csv", dtype=str)
     seen = set(events[events.user_id == "0u0"].item_id)
+    titles = dict(pd.read_csv(files / "items.csv", dtype=str)[["item_id", "title"]].values)
     for row in lines:
         assert len(row["items"]) == 3
         for it in row["items"]:
-            assert set(it) == {"item_id", "score", "reasons"}
-            assert it["item_id"].endswith(",x")
-            assert isinstance(it["score"], float) and it["reasons"]
+            assert set(it) == {"item_id", "title", "score", "reasons"}
+            assert it["item_id"].endswith(",x") and it["title"] == titles[it["item_id"]]
+            assert isinstance(it["score"], float) and 0 < it["score"] <= 1 and it["reasons"]
     assert not {it["item_id"] for it in lines[0]["items"]} & seen
 
 
@@ -52,8 +53,10 @@ def test_recommend_csv_single_user(files, capsys):
     assert main(["recommend", "--model", str(files / "model"), "--user", "0u30", "-k", "2",
                  "--format", "csv", "--discovery", "0"]) == 0
     rows = list(csv.reader(capsys.readouterr().out.splitlines()))
-    assert rows[0] == ["user_id", "rank", "item_id", "score", "reasons"]
+    assert rows[0] == ["user_id", "rank", "item_id", "title", "score", "reasons"]
     assert [r[1] for r in rows[1:]] == ["1", "2"]
+    titles = dict(pd.read_csv(files / "items.csv", dtype=str)[["item_id", "title"]].values)
+    assert [r[3] for r in rows[1:]] == [titles[r[2]] for r in rows[1:]]
     assert all(r[0] == "0u30" for r in rows[1:])
 
 
@@ -247,7 +250,19 @@ def test_recommend_candidates_and_filters(files, tmp_path, capsys, caplog):
     assert "'colour'" in capsys.readouterr().err
     assert main(["recommend", "--model", str(files / "model"), "--user", "0u0",
                  "--filter", "genres=C"]) == 2
-    assert "no item of the model is left" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--filter 'genres=C' matches no item of the model; genres values are e.g. 'A', 'B'" \
+        in err and len(err.strip().splitlines()) == 1
+    # the HTTP API's 'column:value' form works too
+    assert main(["-q", "recommend", "--model", str(files / "model"), "--user", "0u0", "-k", "5",
+                 "--filter", "genres:b"]) == 0
+    got = [it["item_id"] for it in json.loads(capsys.readouterr().out)["items"]]
+    assert len(got) == 5 and {genre[i] for i in got} == {"B"}
+    assert main(["recommend", "--model", str(files / "model"), "--user", "0u0",
+                 "--filter", "genres=A", "--filter", "genres:B"]) == 2
+    assert "no item of the model matches every --filter ('genres=A' and 'genres:B')" in \
+        capsys.readouterr().err
+    assert "COLUMN:VALUE" in _help("recommend")
     (tmp_path / "none.txt").write_text("x\ny\n")
     assert main(["recommend", "--model", str(files / "model"), "--user", "0u0",
                  "--candidates", str(tmp_path / "none.txt")]) == 2
@@ -285,6 +300,12 @@ def _subparsers(parser):
             for name, sub in action.choices.items():
                 yield name, sub
                 yield from ((f"{name} {n}", s) for n, s in _subparsers(sub))
+
+
+def _help(command):
+    from serendip.cli import build_parser
+
+    return dict(_subparsers(build_parser()))[command].format_help()
 
 
 def test_every_option_has_help_defaults_and_examples(capsys):
@@ -434,3 +455,155 @@ def test_users_export_and_erase(tmp_path, capsys):
     finally:
         store.close()
     assert left["user_id"].tolist() == ["u1"]
+
+
+# ---------------------------------------------------------------- what a new user met
+def test_recommend_scores_share_the_api_scale_for_every_preset(files, capsys):
+    from serendip.cli import _scores, _titles
+    from serendip.data import Dataset
+    from serendip.types import ItemList
+
+    model = str(files / "model")
+    assert main(["-q", "recommend", "--model", model, "--user", "0u0", "-k", "3",
+                 "--preset", "accurate"]) == 0
+    # no reranking: the top three by relevance, 1 - rank / 20 items
+    assert [it["score"] for it in json.loads(capsys.readouterr().out)["items"]] == [
+        1.0, 0.95, 0.9]
+    for preset in ("balanced", "discovery"):
+        assert main(["-q", "recommend", "--model", model, "--user", "0u0", "-k", "4",
+                     "--preset", preset, "--format", "csv"]) == 0
+        rows = list(csv.reader(capsys.readouterr().out.splitlines()))[1:]
+        for r in rows:  # a share of the 20-item catalog, whatever the rerankers did
+            assert 0 < float(r[4]) <= 1 and float(r[4]) * 20 == pytest.approx(
+                round(float(r[4]) * 20), abs=1e-4)
+    # a list without ranks keeps its own scores
+    assert _scores(ItemList([3, 1], [17.891234567, 2.0]), 20) == [17.891235, 2.0]
+    ranked = ItemList([3, 1], [17.9, 2.0], fields={"relevance_rank": [0, 4]})
+    assert _scores(ranked, 20) == [1.0, 0.8]
+    data = Dataset.from_frames(pd.DataFrame({"user_id": ["u"], "item_id": ["m1"]}),
+                               pd.DataFrame({"item_id": ["m1"], "title": ["Close Shave, A (1995)"]}))
+    assert _titles(data)(0) == "A Close Shave (1995)"
+
+
+def test_events_and_items_delimiters_apart_and_tune_usage_that_runs(files, tmp_path, capsys,
+                                                                    monkeypatch):
+    import shlex
+    import tomllib
+    from importlib import resources
+
+    import tomli_w
+
+    from serendip.cli import _tuned_usage, build_parser
+    from serendip.pipeline import Recommender
+
+    # events ';'-separated, the catalog comma-separated with a ';' in a title
+    events = tmp_path / "events.csv"
+    pd.read_csv(files / "events.csv", dtype=str).to_csv(events, sep=";", index=False)
+    items = pd.read_csv(files / "items.csv", dtype=str)
+    items.loc[3, "title"] = "alpha; item 3"
+    items.to_csv(tmp_path / "items.csv", index=False)
+    bad = ["-q", "fit", "--interactions", str(events), "--sep", ";", "--items",
+           str(tmp_path / "items.csv"), "--items-sep", ";", "--out", str(tmp_path / "m")]
+    assert main(bad) == 2
+    err = capsys.readouterr().err
+    assert "items.csv' line 5 has 2 fields but the header has 1" in err
+    assert "--items-sep ','" in err and len(err.strip().splitlines()) == 1
+    # what tune writes, and the commands it prints: run as printed
+    tuned = tmp_path / "tuned"
+    (tuned / "presets").mkdir(parents=True)
+    config = Recommender.load(files / "model").config.model_dump(exclude_none=True)
+    (tuned / "fit.toml").write_text(tomli_w.dumps(config))
+    shipped = resources.files("serendip.presets").joinpath("balanced.toml").read_text()
+    (tuned / "presets" / "balanced.toml").write_text(shipped)
+    args = build_parser().parse_args(["tune", "--interactions", str(events), "--sep", ";",
+                                      "--items", str(tmp_path / "items.csv"), "--out",
+                                      str(tuned)])
+    lines = _tuned_usage(args, ["accurate", "balanced"])
+    fit = next(ln for ln in lines if ln.strip().startswith("serendip fit"))
+    rec = next(ln for ln in lines if ln.strip().startswith("serendip recommend"))
+    assert "--config " + str(tuned / "fit.toml") in fit and "--sep ';'" in fit
+    monkeypatch.chdir(tmp_path)
+    assert main(["-q", *shlex.split(fit)[1:]]) == 0  # --sep: the events file only
+    assert tomllib.loads((tuned / "fit.toml").read_text())["models"].keys() == \
+        Recommender.load(tmp_path / "model").scorers.keys()
+    assert main(["-q", *shlex.split(rec.replace("--user ID", "--user 0u0"))[1:]]) == 0
+    got = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert got["user_id"] == "0u0" and len(got["items"]) == 10
+    assert any("alpha; item 3" == t for t in Recommender.load(tmp_path / "model").data.items.title)
+
+
+def test_serve_seed_options_and_warnings(monkeypatch, tmp_path, capsys, caplog):
+    import serendip.service.app as app
+    from serendip.store import EventRecord, ItemRecord, open_store
+
+    got = {}
+
+    def fake_serve(**kwargs):
+        got.update(kwargs)
+        return 0
+
+    monkeypatch.setattr(app, "serve", fake_serve)
+    d = str(tmp_path / "fresh")
+    seed = ["--seed-interactions", "e.csv", "--seed-items", "i.csv"]
+    assert main(["serve", "--data-dir", d, *seed, "--sep", ";", "--items-sep", "tab",
+                 "--encoding", "latin-1"]) == 0
+    assert (got["sep"], got["items_sep"], got["encoding"]) == (";", "tab", "latin-1")
+    assert not caplog.text  # a new data directory, a catalog: nothing to warn about
+    assert main(["serve", "--data-dir", d, "--encoding", "latin-1"]) == 2
+    assert "--seed-interactions" in capsys.readouterr().err
+    # events without a catalog: the items are bare ids
+    assert main(["serve", "--data-dir", d, "--seed-interactions", "e.csv"]) == 0
+    assert "without --seed-items: the items have no text" in caplog.text
+    assert "give --seed-items FILE" in caplog.text
+    caplog.clear()
+    # a store that already holds data ignores the seed files, and says so
+    store = open_store(f"sqlite:///{tmp_path / 'serendip.db'}")
+    try:
+        store.upsert_items([ItemRecord("a", {"title": "Apple"})])
+        store.append_events([EventRecord("u1", "a")])
+    finally:
+        store.close()
+    assert main(["serve", "--data-dir", str(tmp_path), *seed]) == 0
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert "already holds data (1 item, 1 event), so --seed-interactions and --seed-items " \
+        "are ignored" in lines[0] and "new --data-dir" in lines[0]
+    assert got["seed_interactions"] == "e.csv"  # the service decides; the warning only tells
+
+
+def test_seed_files_with_their_own_delimiters_and_encoding(tmp_path):
+    from serendip.service.engine import Engine, EngineConfig
+    from serendip.store import open_store
+
+    ev = tmp_path / "events.csv"
+    ev.write_bytes("user_id;item_id\nu1;caf\u00e9\nu2;tea\n".encode("latin-1"))
+    it = tmp_path / "items.csv"
+    it.write_bytes("item_id,title\ncaf\u00e9,Caf\u00e9; cr\u00e8me\ntea,Tea\n".encode("latin-1"))
+    store = open_store(f"sqlite:///{tmp_path / 's.db'}")
+    engine = Engine(store, EngineConfig(data_dir=tmp_path, seed_interactions=str(ev),
+                                        seed_items=str(it), seed_sep=";",
+                                        seed_encoding="latin-1", catalog_poll=None))
+    try:
+        engine.seed()  # the events' ';' is not the catalog's ','; both files Latin-1
+        items = store.items_frame().set_index("item_id")
+        assert items.loc["caf\u00e9", "title"] == "Caf\u00e9; cr\u00e8me"
+        assert sorted(store.events_frame()["item_id"]) == ["caf\u00e9", "tea"]
+    finally:
+        engine.close()
+        store.close()
+
+
+def test_quiet_leaves_no_progress_bar_warning():
+    import subprocess
+    import sys
+
+    # the hub library imported while -q holds its bars off: turning them back on must not warn
+    code = ("import warnings; warnings.simplefilter('error')\n"
+            "from serendip.cli import _library_progress\n"
+            "restore = _library_progress(False)\n"
+            "import transformers.utils.logging\n"
+            "restore()\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "Cannot enable progress bars" not in run.stderr

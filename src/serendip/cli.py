@@ -11,6 +11,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +21,10 @@ from serendip.errors import ConfigError, DataError, SerendipError
 
 if TYPE_CHECKING:
     import numpy as np
+    import pandas as pd
+
+    from serendip.data import Dataset
+    from serendip.types import ItemList
 
 log = logging.getLogger("serendip")
 
@@ -181,13 +186,37 @@ def _candidates(args: argparse.Namespace, rec) -> tuple[np.ndarray | None, str]:
         said.append(f"{_n(int(allowed.sum()), 'candidate')} from {args.candidates}")
     mask = item_filter_mask(data.items, args.filter or ())
     if mask is not None:
+        if not mask.any():
+            _no_match(data.items, args.filter)
         allowed = mask if allowed is None else allowed & mask
-        said.append(f"filter {'; '.join(args.filter)}")
+        said.append(f"--filter {' and '.join(repr(f) for f in args.filter)}")
     if allowed is None:
         return None, ""
     if not allowed.any():
         raise DataError(f"no item of the model is left to recommend after {' and '.join(said)}")
     return np.flatnonzero(allowed), " and ".join(said)
+
+
+def _no_match(items: pd.DataFrame, filters: Sequence[str]) -> None:
+    """Raise naming the first filter that matches no item (with some values it could take),
+    or all of them when only their combination matches nothing."""
+    from serendip.data.io import item_filter_mask
+    from serendip.text.templates import cell_text
+
+    for f in filters:
+        mask = item_filter_mask(items, [f])
+        if mask is not None and not mask.any():
+            cut = min(i for i in (f.find("="), f.find(":")) if i >= 0)
+            column = f[:cut].strip()
+            values = list(dict.fromkeys(
+                part.strip() for cell in items[column].tolist()
+                for part in cell_text(cell).split("|") if part.strip()))
+            shown = ", ".join(repr(v) for v in values[:5])
+            raise DataError(f"--filter {f!r} matches no item of the model"
+                            + (f"; {column} values are e.g. {shown}" if shown else
+                               f"; no item has a {column}"))
+    raise DataError(f"no item of the model matches every --filter "
+                    f"({' and '.join(repr(f) for f in filters)}) at once")
 
 
 # ---------------------------------------------------------------------------- commands
@@ -198,9 +227,10 @@ def _input_data(args: argparse.Namespace, cfg):  # type: ignore[no-untyped-def]
     if getattr(args, "dataset", None):
         if args.interactions or args.items:
             raise ConfigError("give either --dataset or --interactions/--items, not both")
-        if getattr(args, "sep", None) or getattr(args, "encoding", None):
-            raise ConfigError("--sep and --encoding are for --interactions/--items files; "
-                              f"the bundled {args.dataset!r} needs neither")
+        if (getattr(args, "sep", None) or getattr(args, "items_sep", None)
+                or getattr(args, "encoding", None)):
+            raise ConfigError("--sep, --items-sep and --encoding are for --interactions/--items "
+                              f"files; the bundled {args.dataset!r} needs none of them")
         data = load_dataset(args.dataset)
         name = args.dataset
     else:
@@ -209,7 +239,8 @@ def _input_data(args: argparse.Namespace, cfg):  # type: ignore[no-untyped-def]
         data = Dataset.from_files(
             args.interactions, args.items, category_column=cfg.category_column,
             unknown_items=getattr(args, "unknown_items", "error"),
-            sep=getattr(args, "sep", None), encoding=getattr(args, "encoding", None),
+            sep=getattr(args, "sep", None), items_sep=getattr(args, "items_sep", None),
+            encoding=getattr(args, "encoding", None),
         )
         name = Path(args.interactions).name
     log.info("loaded %s: %s", name, data.describe())
@@ -289,7 +320,61 @@ def cmd_tune(args: argparse.Namespace) -> int:
     _print_tuning(result)
     written = result.write(args.out)
     print(f"wrote {', '.join(str(p) for p in written)}")
+    for line in _tuned_usage(args, sorted(result.presets)):
+        print(line)
     return 0
+
+
+def _data_words(args: argparse.Namespace) -> list[str]:
+    """The data options as given, to repeat them in a suggested command."""
+    if getattr(args, "dataset", None):
+        return ["--dataset", args.dataset]
+    words = ["--interactions", args.interactions, "--items", args.items]
+    for option, value in (("--sep", args.sep), ("--items-sep", args.items_sep),
+                          ("--encoding", args.encoding)):
+        if value:
+            words += [option, value]
+    if args.unknown_items != "error":
+        words += ["--unknown-items", args.unknown_items]
+    return words
+
+
+def _tuned_usage(args: argparse.Namespace, presets: Sequence[str]) -> list[str]:
+    """How to use what ``tune`` wrote: fit with its fit.toml, then pick its presets."""
+    import shlex
+
+    out = Path(args.out)
+    model = "model/"
+    fit = ["serendip", "fit", *_data_words(args), "--config", str(out / "fit.toml"),
+           "--out", model]
+    lines = ["next: fit a model with the tuned config, then use the tuned presets on it "
+             "(they need that model):",
+             f"  {shlex.join(fit)}"]
+    if presets:
+        pick = "balanced" if "balanced" in presets else presets[0]
+        file = str(out / "presets" / f"{pick}.toml")
+        rec = ["serendip", "recommend", "--model", model, "--preset", file]
+        lines += [f"  {shlex.join(rec)} --user ID",
+                  f"  (tuned presets: {', '.join(presets)}, in {out / 'presets'}; serve takes "
+                  "the same files: --config for its fits, --preset FILE.toml, repeatable)"]
+    return lines
+
+
+def _scores(lst: ItemList, n_items: int) -> list[float]:
+    """Output scores on the HTTP API's scale: ``1 - relevance_rank / n_items``, the share of
+    the catalog an item outranks by relevance (1 = the best match), the same for every
+    preset; a list without ranks keeps its own scores."""
+    ranks = lst.fields.get("relevance_rank")
+    if ranks is None:
+        return [round(float(s), 6) for s in lst.scores]
+    return [round(1.0 - float(r) / max(n_items, 1), 6) for r in ranks]
+
+
+def _titles(data: Dataset) -> Callable[[int], str]:
+    """Item index -> its title as a person writes it (the HTTP API's ``title``)."""
+    from serendip.text.templates import natural_title
+
+    return lambda i: natural_title(data.item_title(int(i)))
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
@@ -325,12 +410,14 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     log.info("recommended for %s in %.2fs", _n(len(user_ids), "user"),
              time.perf_counter() - t0)
     item_ids = rec.data.item_ids
+    title = _titles(rec.data)
     buf = io.StringIO()
     if args.format == "jsonl":
         for uid, lst in zip(user_ids, lists, strict=True):
             rows: list[dict[str, object]] = [
-                {"item_id": str(item_ids[i]), "score": round(float(s), 6), "reasons": r}
-                for i, s, r in zip(lst.items, lst.scores, lst.reason_lists(), strict=True)
+                {"item_id": str(item_ids[i]), "title": title(i), "score": s, "reasons": r}
+                for i, s, r in zip(lst.items, _scores(lst, rec.data.n_items),
+                                   lst.reason_lists(), strict=True)
             ]
             if "propensity" in lst.fields:  # exploring: each slot's probability, for logging
                 for row, p in zip(rows, lst.fields["propensity"].tolist(), strict=True):
@@ -339,15 +426,17 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     else:
         w = csv.writer(buf, lineterminator="\n")
         explored = any("propensity" in lst.fields for lst in lists)  # --explore or the preset
-        w.writerow(["user_id", "rank", "item_id", "score", "reasons"]
+        w.writerow(["user_id", "rank", "item_id", "title", "score", "reasons"]
                    + (["propensity"] if explored else []))
         for uid, lst in zip(user_ids, lists, strict=True):
             props = lst.fields.get("propensity")
             for rank, (i, s, r) in enumerate(
-                zip(lst.items, lst.scores, lst.reason_lists(), strict=True), start=1
+                zip(lst.items, _scores(lst, rec.data.n_items), lst.reason_lists(), strict=True),
+                start=1,
             ):
                 extra = [f"{float(props[rank - 1]):.9g}"] if explored and props is not None else []
-                w.writerow([uid, rank, str(item_ids[i]), f"{float(s):.6f}", " | ".join(r), *extra])
+                w.writerow([uid, rank, str(item_ids[i]), title(i), f"{s:.6f}", " | ".join(r),
+                            *extra])
     if args.output:
         _atomic_write(Path(args.output), buf.getvalue())
         print(f"wrote {_n(len(user_ids), 'list')} to {args.output}", file=sys.stderr)
@@ -447,7 +536,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         protocol="time,temporal,loo,cold-items", cut=None, tune=False, budget=300.0,
         models="popularity,ease,als,knn,semantic,textcf", presets="accurate,balanced,discovery",
         k=10, csv=str(out / "results.csv"), report=str(out / "report.html"), quiet=args.quiet,
-        unknown_items="error", sep=None, encoding=None,
+        unknown_items="error", sep=None, items_sep=None, encoding=None,
     )
     print("serendip demo: MovieLens-100K, language-model item vectors, models and presets")
     return cmd_evaluate(ns)
@@ -499,14 +588,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if (args.seed_items is not None) and args.seed_interactions is None:
         raise ConfigError("--seed-items needs --seed-interactions")
+    if args.seed_interactions is None and (args.sep or args.items_sep or args.encoding):
+        raise ConfigError("--sep, --items-sep and --encoding are for the --seed-interactions/"
+                          "--seed-items files; give those too")
     if not (args.refresh_interval >= 0 and math.isfinite(args.refresh_interval)):
         raise ConfigError(f"--refresh-interval must be >= 0 seconds, got {args.refresh_interval}")
+    for note in _seed_notes(args):
+        log.warning("%s", note)
     return serve(
         store_url=args.store, data_dir=args.data_dir, host=args.host, port=args.port,
         api_key=args.api_key, cors_origin=args.cors_origin,
         seed_interactions=args.seed_interactions, seed_items=args.seed_items,
         fit_config=args.config, max_body=args.max_body, presets=args.preset or (),
         refresh_interval=args.refresh_interval or None, unknown_items=args.unknown_items,
+        sep=args.sep, items_sep=args.items_sep, encoding=args.encoding,
         log_level="info" if args.verbose else "warning",
         max_header_bytes=args.max_header_bytes, header_timeout=args.header_timeout,
         body_timeout=args.body_timeout, keep_alive_timeout=args.keep_alive_timeout,
@@ -517,6 +612,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
         key_burst=args.key_burst, retention_days=args.retention_days,
         user_id_key_file=args.user_id_key_file, catalog_poll=args.catalog_poll or None,
     )
+
+
+def _seed_notes(args: argparse.Namespace) -> list[str]:
+    """Warnings about ``serve --seed-*`` before the service starts: seed files a store that
+    already holds data ignores, and a seed without a catalog (items with no text)."""
+    if args.seed_interactions is None:
+        return []
+    held = _store_contents(args)
+    # the service seeds a store without items, or one without events when files are given
+    if held is not None and held[0] > 0 and held[1] > 0:
+        return [f"the store {held[2]} already holds data ({_n(held[0], 'item')}, "
+                f"{_n(held[1], 'event')}), so --seed-interactions and --seed-items are ignored; "
+                "to seed from them, start with a new --data-dir (or an empty --store)"]
+    if args.seed_items is None:
+        return [f"--seed-interactions {args.seed_interactions} without --seed-items: the items "
+                "have no text, so the language-model parts (semantic similarity, search, "
+                "explanations) see only their ids; give --seed-items FILE with item_id and "
+                "text columns such as title"]
+    return []
+
+
+def _store_contents(args: argparse.Namespace) -> tuple[int, int, str] | None:
+    """(items, events, the store's display URL) of the store ``serve`` would open; None when
+    it does not exist yet (no SQLite file in the data directory)."""
+    from serendip.store import open_store
+
+    if args.store:
+        store = open_store(args.store)
+    else:
+        db = Path(args.data_dir).expanduser().resolve() / "serendip.db"
+        if not db.is_file():
+            return None
+        store = open_store(f"sqlite:///{db}")
+    try:
+        return store.count_items(), store.count_events(), store.display_url
+    finally:
+        store.close()
 
 
 def _open_store(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -690,16 +822,22 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--items", metavar="FILE", help="the catalog: item_id + text columns")
         a.add_argument("--dataset", choices=("movielens", "goodbooks", "lastfm"),
                        help=f"a bundled real data set instead of files{default}")
-        a.add_argument("--sep", metavar="CHAR",
-                       help="CSV delimiter, e.g. ';' or tab (default: found from the header "
-                       "line; tab for .tsv)")
-        a.add_argument("--encoding", help="text encoding of the files, e.g. latin-1 "
-                       "(default: utf-8)")
+        sep_args(a, "--interactions", "--items")
         a.add_argument("--unknown-items", choices=UNKNOWN_ITEMS, default="error",
                        help="events on items missing from --items: stop with an error, or "
                        "drop them with a warning")
         a.add_argument("--config", metavar="FILE.toml",
                        help="TOML fit config (encoder, models, item_template)")
+
+    def sep_args(a: argparse.ArgumentParser, events: str, items: str) -> None:
+        a.add_argument("--sep", metavar="CHAR",
+                       help=f"CSV delimiter of the {events} file, e.g. ';' or tab (default: "
+                       "found from its header line; tab for .tsv)")
+        a.add_argument("--items-sep", metavar="CHAR",
+                       help=f"CSV delimiter of the {items} file (default: found from its own "
+                       "header line; tab for .tsv)")
+        a.add_argument("--encoding", help=f"text encoding of the {events} and {items} files, "
+                       "e.g. latin-1 (default: utf-8)")
 
     def tune_args(a: argparse.ArgumentParser) -> None:
         a.add_argument("--budget", type=float, default=600.0, metavar="SECONDS",
@@ -771,8 +909,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "warning)")
     r.add_argument("--filter", action="append", metavar="COLUMN=VALUE",
                    help="recommend only items whose COLUMN is VALUE or has it among its "
-                   "'|'-separated parts, ignoring case (as the HTTP API's filter); "
-                   "repeatable: every filter must match")
+                   "'|'-separated parts, ignoring case; COLUMN:VALUE, as the HTTP API writes "
+                   "it, works too; repeatable: every filter must match")
     r.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
                    help="one JSON line per user, or CSV rows (user_id, rank, item_id, ...)")
     r.add_argument("--output", metavar="FILE", help="write here instead of stdout")
@@ -812,6 +950,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "serendip serve",
                 "serendip serve --seed-interactions events.csv --seed-items items.csv "
                 "--unknown-items drop",
+                "serendip serve --seed-interactions events.csv --seed-items items.csv "
+                "--sep ';' --encoding latin-1",
                 "serendip serve --store postgresql://user@db/serendip --host 0.0.0.0",
                 "serendip serve --preset weekend.toml --refresh-interval 0")
     s.add_argument("--store", metavar="URL", default=os.environ.get("SERENDIP_STORE"),
@@ -826,7 +966,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed-interactions", metavar="FILE", help="seed an empty store from this "
                    "events file instead of MovieLens-100K (read as fit reads --interactions)")
     s.add_argument("--seed-items", metavar="FILE",
-                   help="the item catalog for --seed-interactions")
+                   help="the item catalog for --seed-interactions: item_id + text columns "
+                   "(without it the items are bare ids)")
+    sep_args(s, "--seed-interactions", "--seed-items")
     s.add_argument("--unknown-items", choices=UNKNOWN_ITEMS, default="error",
                    help="seed events on items missing from --seed-items: stop with an error, "
                    "or drop them with a warning")
@@ -976,7 +1118,11 @@ def _library_progress(enabled: bool) -> Callable[[], None]:
             os.environ[key] = before_env
         now = sys.modules.get("transformers.utils.logging")
         if now is not None and before_bar:
-            now.enable_progress_bar()
+            # the hub library reads the variable once, at import: imported while it was set,
+            # its bars stay off for the process and asking for them only warns
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Cannot enable progress bars")
+                now.enable_progress_bar()
 
     return restore
 

@@ -222,3 +222,76 @@ def test_jsonl_and_parquet_times_on_the_same_scale(tmp_path):
     pd.DataFrame({"user_id": ["u1", None], "item_id": ["a", "b"]}).to_parquet(p)
     with pytest.raises(DataError, match="events.parquet row 2: empty user_id"):
         read_events(p)
+
+
+def test_each_file_has_its_own_delimiter(tmp_path):
+    ev = tmp_path / "events.csv"
+    ev.write_text("user_id;item_id\nu1;a\nu2;b\n")
+    it = tmp_path / "items.csv"
+    # a ';' inside a title: the comma-separated catalog must not be read with the events' ';'
+    it.write_text("item_id,title\n" + "".join(f"i{n},T{n}\n" for n in range(5))
+                  + "a,Salt; Pepper\nb,Bread\n")
+    data = Dataset.from_files(ev, it, sep=";")
+    assert data.items.set_index("item_id").loc["a", "title"] == "Salt; Pepper"
+    assert len(data.interactions) == 2
+    data = Dataset.from_files(ev, it, sep=";", items_sep=",")
+    assert list(data.items.columns) == ["item_id", "title"]
+    tab = tmp_path / "items_tab.csv"
+    tab.write_text("item_id\ttitle\na\tSalt, Pepper\nb\tBread\n")
+    assert Dataset.from_files(ev, tab, items_sep="tab").item_title(0) == "Salt, Pepper"
+
+
+def test_tokenizer_errors_name_the_file_the_line_and_the_option(tmp_path):
+    it = tmp_path / "items.csv"
+    it.write_text("item_id,title\n" + "".join(f"i{n},T{n}\n" for n in range(215))
+                  + "a,Salt; Pepper\n")
+    with pytest.raises(DataError) as e:
+        read_items(it, sep=";")  # the events file's delimiter given for the catalog
+    msg = str(e.value)
+    assert "items.csv' line 217 has 2 fields but the header has 1" in msg
+    assert "delimiter ';'" in msg and "--items-sep ','" in msg
+    assert "Error tokenizing" not in msg and "\n" not in msg
+    ev = tmp_path / "events.csv"
+    ev.write_text("user_id,item_id\nu1,a\nu2,b,c\n")
+    with pytest.raises(DataError) as e:
+        read_events(ev)
+    msg = str(e.value)
+    assert "events.csv' line 3 has 3 fields but the header has 2" in msg and "--sep" in msg
+    # a quoted field over two lines: the line the long row starts on
+    it.write_text('item_id,title\na,"two\nlines"\nb,x,y\n')
+    with pytest.raises(DataError, match="line 4 has 3 fields"):
+        read_items(it)
+
+
+def test_rows_longer_than_the_header_never_shift_the_columns(tmp_path):
+    # pandas would make the first column an index and read 'x' as the item id
+    it = tmp_path / "items.csv"
+    it.write_text("item_id,title\na,x,y\nb,z,w\n")
+    with pytest.raises(DataError, match="line 2 has 3 fields but the header has 2"):
+        read_items(it)
+    it.write_text("item_id,title\na,x,\nb,z,\n")  # a trailing delimiter only: read as written
+    assert read_items(it).to_dict("list") == {"item_id": ["a", "b"], "title": ["x", "z"]}
+
+
+def test_missing_columns_read_as_a_sentence(tmp_path):
+    ev = tmp_path / "events.csv"
+    ev.write_text("user,item\nu1,a\n")
+    with pytest.raises(DataError) as e:
+        read_events(ev)
+    assert str(e.value) == ("events file 'events.csv' lacks the columns 'user_id', 'item_id'; "
+                            "found ['user', 'item']")
+    ev.write_text("user_id,item\nu1,a\n")
+    with pytest.raises(DataError, match="lacks the column 'item_id'; found"):
+        read_events(ev)
+    it = tmp_path / "items.csv"
+    it.write_text("id;title\na;x\n")
+    with pytest.raises(DataError, match="give the delimiter with --items-sep"):
+        read_items(it, sep=",")
+
+
+def test_unknown_items_error_names_only_the_option():
+    events = pd.DataFrame({"user_id": ["u"], "item_id": ["x"]})
+    with pytest.raises(UnknownIdError) as e:
+        drop_unknown_items(events, ["a"])
+    assert str(e.value).endswith("give --unknown-items drop to leave them out")
+    assert "unknown_items=" not in str(e.value)

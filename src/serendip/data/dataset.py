@@ -236,15 +236,18 @@ class Dataset:
         unknown_items: str = "error",
         sep: str | None = None,
         encoding: str | None = None,
+        items_sep: str | None = None,
     ) -> Dataset:
         """Read interactions (``user_id,item_id[,timestamp][,rating]``) and an item catalog.
 
-        Both go through ``read_events`` / ``read_items`` (``sep``: the CSV delimiter, found
-        from the header when None; ``encoding``: default UTF-8); ``unknown_items`` as in
-        ``from_frames``.
+        Both go through ``read_events`` / ``read_items``: ``sep`` is the events file's CSV
+        delimiter and ``items_sep`` the items file's, each found from its own header when
+        None (the two files need not share one); ``encoding`` (default UTF-8) is both files';
+        ``unknown_items`` as in ``from_frames``.
         """
         inter = read_events(interactions, sep=sep, encoding=encoding)
-        items_df = None if items is None else read_items(items, sep=sep, encoding=encoding)
+        items_df = (None if items is None
+                    else read_items(items, sep=items_sep, encoding=encoding))
         return cls.from_frames(inter, items_df, category_column=category_column,
                                unknown_items=unknown_items, source=Path(interactions).name)
 

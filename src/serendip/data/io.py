@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import bz2
 import codecs
+import csv
 import gzip
+import io
 import logging
 import lzma
+import re
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +28,7 @@ from typing import IO, Any, Literal
 import numpy as np
 import pandas as pd
 
-from serendip.errors import ConfigError, DataError, UnknownIdError
+from serendip.errors import ConfigError, DataError, SerendipError, UnknownIdError
 
 __all__ = [
     "read_table", "read_events", "read_items", "drop_unknown_items", "detect_delimiter",
@@ -103,6 +107,57 @@ def detect_delimiter(header: str) -> str:
     return best[2] if best[0] > 0 else ","
 
 
+def _delimiter_name(sep: str) -> str:
+    """A delimiter as an option value reads: 'tab' for a tab, else quoted."""
+    return "tab" if sep == "\t" else repr(sep)
+
+
+#: pandas' tokenizer error for a row with more fields than the header.
+_FIELD_COUNT = re.compile(r"Expected (\d+) fields? in line (\d+), saw (\d+)")
+
+
+def _parser_error(p: Path, e: Exception | str, delim: str, given: bool, header: str,
+                  sep_option: str) -> DataError:
+    """A CSV tokenizer error as one line naming the file, the line and the delimiter option.
+
+    ``given``: the delimiter was passed rather than found from ``header``.
+    """
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    text = text.removeprefix("Error tokenizing data. ").removeprefix("C error: ")
+    read_with = f"read with delimiter {_delimiter_name(delim)}"
+    found = detect_delimiter(header)
+    if given and found != delim and found in header:
+        hint = (f"its header looks {_delimiter_name(found)}-separated: give "
+                f"{sep_option} {_delimiter_name(found)}, or leave {sep_option} out to have it "
+                "found from the header")
+    else:
+        hint = (f"if the file uses another delimiter, give it with {sep_option}; a field that "
+                "holds the delimiter must be in double quotes")
+    m = _FIELD_COUNT.search(text)
+    if m:
+        expected, line, saw = (int(x) for x in m.groups())
+        return DataError(
+            f"{str(p)!r} line {line} has {saw} fields but the header has {expected} "
+            f"({read_with}); {hint}"
+        )
+    return DataError(f"could not read {str(p)!r} ({read_with}): {text}; {hint}")
+
+
+def _first_long_row(p: Path, compression: str, encoding: str, delim: str) -> str | None:
+    """'Expected N fields in line L, saw M' for the first row with more fields than the
+    header (the line it starts on), as pandas' tokenizer words it; None when there is none."""
+    with _open_binary(p, compression) as f, io.TextIOWrapper(f, encoding=encoding,
+                                                            newline="") as text:
+        rows = csv.reader(text, delimiter=delim)
+        header = next(rows, [])
+        start = rows.line_num + 1
+        for row in rows:
+            if len(row) > len(header):
+                return f"Expected {len(header)} fields in line {start}, saw {len(row)}"
+            start = rows.line_num + 1
+    return None
+
+
 def _first_line(p: Path, compression: str, encoding: str) -> str:
     with _open_binary(p, compression) as f:
         head = f.readline(1 << 16)
@@ -137,8 +192,10 @@ def _ids_as_text(df: pd.DataFrame, id_columns: Sequence[str]) -> None:
 
 
 def _read_raw(p: Path, id_columns: Sequence[str], sep: str | None,
-              encoding: str | None) -> tuple[pd.DataFrame, int | None]:
-    """(the table, the file line of its first row: None for Parquet)."""
+              encoding: str | None, sep_option: str = "--sep"
+              ) -> tuple[pd.DataFrame, int | None]:
+    """(the table, the file line of its first row: None for Parquet); errors name
+    ``sep_option`` as the way to give this file's delimiter."""
     if not p.exists():
         raise DataError(f"file not found: {str(p)!r}")
     if p.is_dir():
@@ -162,11 +219,20 @@ def _read_raw(p: Path, id_columns: Sequence[str], sep: str | None,
     first: int | None = None
     try:
         if suffix in (".csv", ".tsv"):
+            header = _first_line(p, compression, codec)
+            given = delim is not None
             if delim is None:
-                delim = ("\t" if suffix == ".tsv"
-                         else detect_delimiter(_first_line(p, compression, codec)))
-            df = pd.read_csv(p, sep=delim, dtype=dtype, keep_default_na=False, na_values=[""],
-                             encoding=codec)
+                delim = "\t" if suffix == ".tsv" else detect_delimiter(header)
+            try:
+                with warnings.catch_warnings():
+                    # rows longer than the header: an error, never a silent shift of columns
+                    warnings.simplefilter("error", pd.errors.ParserWarning)
+                    df = pd.read_csv(p, sep=delim, dtype=dtype, keep_default_na=False,
+                                     na_values=[""], encoding=codec, index_col=False)
+            except (pd.errors.ParserError, pd.errors.ParserWarning) as e:
+                # the line a long row starts on (pandas counts rows, not lines)
+                long = _first_long_row(p, compression, codec, delim)
+                raise _parser_error(p, long or e, delim, given, header, sep_option) from e
             first = 2
         elif suffix in (".parquet", ".pq"):
             df = pd.read_parquet(p)
@@ -177,6 +243,8 @@ def _read_raw(p: Path, id_columns: Sequence[str], sep: str | None,
                               convert_dates=False, keep_default_dates=False)
             _ids_as_text(df, id_columns)
             first = 1 if suffix != ".json" else None
+    except SerendipError:
+        raise
     except UnicodeDecodeError as e:
         located = _decode_error(p, compression, codec)
         raise (located or DataError(f"could not read {str(p)!r} as {codec}: {e.reason}")) from e
@@ -193,7 +261,8 @@ def read_table(path: str | Path, id_columns: Sequence[str] = (), *, sep: str | N
     """Read a table; id columns are read as strings so ids round-trip unchanged.
 
     ``sep`` is a CSV delimiter (default: found from the header line; tab for ``.tsv``) and
-    ``encoding`` the text encoding (default UTF-8); a line that does not decode is named.
+    ``encoding`` the text encoding (default UTF-8); a line that does not decode is named, and
+    so is a line with more fields than the header.
     """
     return _read_raw(Path(path), id_columns, sep, encoding)[0]
 
@@ -271,12 +340,15 @@ def parse_ratings(values: pd.Series, *, where: Callable[[int], str] | None = Non
 
 
 def _check_ids(df: pd.DataFrame, columns: Sequence[str], where: Callable[[int], str],
-               what: str) -> None:
+               what: str, sep_option: str = "--sep") -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
+        names = ", ".join(repr(c) for c in missing)
+        hint = (f" (if that is one column, give the delimiter with {sep_option})"
+                if len(df.columns) == 1 else "")
         raise DataError(
-            f"{what} {'is' if len(missing) == 1 else 'are'} missing column(s) {missing}; found "
-            f"{list(df.columns)} (if that is one column, give the delimiter with --sep)"
+            f"{what} lacks {'the column' if len(missing) == 1 else 'the columns'} {names}; "
+            f"found {list(df.columns)}{hint}"
         )
     for c in columns:
         empty = df[c].isna().to_numpy()
@@ -299,9 +371,9 @@ def read_events(path: str | Path, *, sep: str | None = None, encoding: str | Non
     DataError naming the file, the line and the value.
     """
     p = Path(path)
-    df, first = _read_raw(p, ("user_id", "item_id"), sep, encoding)
+    df, first = _read_raw(p, ("user_id", "item_id"), sep, encoding, "--sep")
     where = _row_locator(p.name, first)
-    _check_ids(df, ("user_id", "item_id"), where, f"events file {p.name!r}")
+    _check_ids(df, ("user_id", "item_id"), where, f"events file {p.name!r}", "--sep")
     df = df.reset_index(drop=True)
     for c in ("user_id", "item_id"):
         df[c] = df[c].astype(str)
@@ -317,9 +389,9 @@ def read_items(path: str | Path, *, sep: str | None = None, encoding: str | None
     """An item catalog: ``item_id`` (strings, exactly as written, unique) and every other
     column as read.  A missing or repeated id raises a one-line DataError naming its line."""
     p = Path(path)
-    df, first = _read_raw(p, ("item_id",), sep, encoding)
+    df, first = _read_raw(p, ("item_id",), sep, encoding, "--items-sep")
     where = _row_locator(p.name, first)
-    _check_ids(df, ("item_id",), where, f"items file {p.name!r}")
+    _check_ids(df, ("item_id",), where, f"items file {p.name!r}", "--items-sep")
     df = df.reset_index(drop=True)
     df["item_id"] = df["item_id"].astype(str)
     dup = df["item_id"].duplicated().to_numpy()
@@ -355,8 +427,7 @@ def drop_unknown_items(events: pd.DataFrame, item_ids: Sequence[str] | pd.Series
     if unknown_items == "error":
         shown = ", ".join(repr(x) for x in u[:5])
         raise UnknownIdError(
-            f"{source}: {counts}, e.g. {shown}; use --unknown-items drop "
-            "(unknown_items='drop') to leave them out"
+            f"{source}: {counts}, e.g. {shown}; give --unknown-items drop to leave them out"
         )
     log.warning("%s: dropped %s", source, counts)
     return events[~unknown]

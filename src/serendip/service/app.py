@@ -789,7 +789,8 @@ def serve(*, store_url: str | None = None, data_dir: str | Path = "serendip-data
           seed_items: str | None = None, fit_config: str | None = None,
           max_body: int = DEFAULT_MAX_BODY, log_level: str = "warning",
           presets: Sequence[str] = (), refresh_interval: float | None = 60.0,
-          unknown_items: str = "error",
+          unknown_items: str = "error", sep: str | None = None,
+          items_sep: str | None = None, encoding: str | None = None,
           max_header_bytes: int = _LIMIT_DEFAULTS.max_header_bytes,
           header_timeout: float = _LIMIT_DEFAULTS.header_timeout,
           body_timeout: float = _LIMIT_DEFAULTS.body_timeout,
@@ -807,7 +808,9 @@ def serve(*, store_url: str | None = None, data_dir: str | Path = "serendip-data
     The limit keyword arguments are the fields of :class:`ServerLimits` (see there).
     ``retention_days``: impressions (with logged search text) older than this are deleted;
     ``user_id_key_file``: pseudonymise user ids with this key (``serendip.privacy``);
-    ``catalog_poll``: seconds between checks of the store's catalog version.
+    ``catalog_poll``: seconds between checks of the store's catalog version;
+    ``sep`` / ``items_sep`` / ``encoding``: the seed events' and catalog's CSV delimiters
+    (each found from its header when None) and their text encoding (None: UTF-8).
 
     Seeding an empty store happens before the server listens, all or nothing: a bad seed file
     raises its one-line error and leaves the store as it was.
@@ -837,6 +840,7 @@ def serve(*, store_url: str | None = None, data_dir: str | Path = "serendip-data
     cfg = EngineConfig(
         data_dir=ddir, fit_config=load_fit_config(fit_config) if fit_config else None,
         seed_interactions=seed_interactions, seed_items=seed_items, warm_encoder=True,
+        seed_sep=sep, seed_items_sep=items_sep, seed_encoding=encoding,
         progress=sys.stderr.isatty(),
         unknown_items=unknown_items,
         presets=tuple(_preset_file(p, load_preset) for p in presets),

@@ -18,6 +18,11 @@ class EngineConfig:
     fit_config: FitConfig | None = None  # None: the loaded model's config, else the default
     seed_interactions: str | None = None  # seed an empty store from these files ...
     seed_items: str | None = None  # ... instead of MovieLens-100K
+    #: the seed files' CSV delimiters (events, items; each found from its header when None)
+    #: and text encoding (None: UTF-8), as ``Dataset.from_files`` takes them
+    seed_sep: str | None = None
+    seed_items_sep: str | None = None
+    seed_encoding: str | None = None
     #: seed events on items missing from the seed catalog: "error" (nothing is loaded) or
     #: "drop" (dropped, with a warning giving the count)
     unknown_items: str = "error"

@@ -261,8 +261,10 @@ class Lifecycle:
         """The seed files through the one reader and the same checks as ``serendip fit``
         (ids verbatim, ISO-8601 or epoch timestamps, errors naming the line; events on items
         missing from the seed catalog per ``unknown_items``)."""
-        return Dataset.from_files(cast(str, self.config.seed_interactions),
-                                  self.config.seed_items, unknown_items=self.config.unknown_items)
+        c = self.config
+        return Dataset.from_files(cast(str, c.seed_interactions), c.seed_items,
+                                  unknown_items=c.unknown_items, sep=c.seed_sep,
+                                  items_sep=c.seed_items_sep, encoding=c.seed_encoding)
 
     # ------------------------------------------------------------------- fitting
     def fit_config(self, n_items: int | None = None) -> FitConfig:
