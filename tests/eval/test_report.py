@@ -245,3 +245,89 @@ def test_report_degrades_without_presets_or_sweeps(tmp_path):
     assert not np.isnan(choose_preset(pd.DataFrame(rows)).reference.ndcg)
     with pytest.raises(ConfigError, match="max_ndcg_loss"):  # a bad budget is not swallowed
         write_report(pd.DataFrame(rows), tmp_path / "s.html", max_ndcg_loss=-0.1)
+
+
+# ---------------------------------------------------------------------------- layout, header, time
+def _outside(fig) -> list[str]:
+    """Texts cut by the figure's edge (axis and tick labels) or leaving their axes (point
+    labels), after drawing."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    page = fig.bbox
+    bad = []
+    for ax in fig.axes:
+        box = ax.get_window_extent(renderer)
+        ticks = []  # the tick labels drawn: those inside the axis' view
+        for labels, values, (lo, hi) in ((ax.get_yticklabels(), ax.get_yticks(), ax.get_ylim()),
+                                         (ax.get_xticklabels(), ax.get_xticks(), ax.get_xlim())):
+            ticks += [t for t, v in zip(labels, values, strict=True)
+                      if min(lo, hi) - 1e-9 <= v <= max(lo, hi) + 1e-9]
+        for t in [ax.xaxis.label, ax.yaxis.label, ax.title, *ticks]:
+            e = t.get_window_extent(renderer)
+            if t.get_text() and (e.x0 < page.x0 or e.x1 > page.x1 or e.y0 < page.y0
+                                 or e.y1 > page.y1):
+                bad.append(f"{t.get_text()!r} past the figure's edge")
+        for t in ax.texts:
+            e = t.get_window_extent(renderer)
+            if e.x0 < box.x0 or e.x1 > box.x1 or e.y0 < box.y0 or e.y1 > box.y1:
+                bad.append(f"{t.get_text()!r} outside its axes")
+    return bad
+
+
+def test_plot_labels_stay_inside_the_figure():
+    results = synthetic_results()
+    # accurate ships and sits at the right-hand edge of the coverage axis, at the top
+    on_time = results["protocol"] == "time"
+    results.loc[on_time & (results["name"] == "accurate"), "coverage"] = 0.47
+    choice = choose_preset(results, max_ndcg_loss=0.02)
+    assert choice.chosen.name == "accurate"
+    figures = {
+        "frontier": frontier_figure(results, "time", 10, "accurate"),
+        "knob": knob_figure(results, "time", 10, 0.196, "98% of accurate's NDCG@10"),
+        "groups": group_figure(results, "time", "ndcg_", ["head", "mid", "tail"], "groups", 10),
+        "new items": new_items_figure(results, "time", 10),
+    }
+    for name, fig in figures.items():
+        assert fig is not None, name
+        assert _outside(fig) == [], name
+    front = figures["frontier"]
+    labels = [t.get_text() for t in front.axes[1].texts]
+    assert "accurate (recommended)" in labels and "NDCG@10" == front.axes[0].get_ylabel()
+
+
+def test_header_names_only_the_protocols_run(tmp_path):
+    results = synthetic_results()
+    time_only = results[results["protocol"] == "time"]
+    page = write_report(time_only, tmp_path / "r.html").read_text()
+    assert "cold-items" not in page and "Protocol: time." in page
+    page = write_report(results, tmp_path / "s.html").read_text()
+    header = re.search(r"<p class='meta'>(.*?)</p>", page).group(1)
+    assert "Protocols: time, loo, cold-items." in header
+    assert "(cold-items: of the held-out items)" in header
+
+
+def test_time_to_produce_the_lists_is_shown_and_a_slow_preset_named(tmp_path):
+    results = synthetic_results()
+    seconds = {"accurate": 1.2, "balanced": 2.0, "discovery": 3.0, "popularity": 0.1}
+    results["recommend_seconds"] = results["name"].map(seconds).fillna(0.5)
+    choice = choose_preset(results)
+    assert choice.timing_reference().name == "accurate"
+    # 3.0 / 1.2 = 2.5x: named; balanced 2.0 / 1.2 = 1.7x: not
+    assert choice.slow_sentence() == ("Time to produce the lists: `discovery` takes 2.5× as "
+                                      "long as `accurate` (3.0 s vs 1.2 s).")
+    page = write_report(results, tmp_path / "r.html").read_text()
+    summary = page[page.index("id='summary'"):page.index("</section>")]
+    assert "<th scope='col'>time to produce the lists</th>" in summary
+    for name, shown in (("accurate", "1.2 s"), ("balanced", "2.0 s"), ("discovery", "3.0 s")):
+        row = re.search(rf"<tr[^>]*><td><code>{name}</code>.*?</tr>", summary).group(0)
+        assert row.endswith(f"<td>{shown}</td></tr>"), row
+    assert ("<code>discovery</code> takes 2.5× as long as <code>accurate</code> "
+            "(3.0 s vs 1.2 s)") in summary
+    assert "<code>balanced</code> takes" not in summary
+
+    # nobody slow: said so; no times recorded: no column and no sentence
+    results["recommend_seconds"] = 1.0
+    page = write_report(results, tmp_path / "s.html").read_text()
+    assert "No preset takes more than 2× as long as <code>accurate</code>" in page
+    page = write_report(synthetic_results(), tmp_path / "t.html").read_text()
+    assert "time to produce the lists</th>" not in page and "as long as" not in page

@@ -9,6 +9,7 @@ labels and landmarks, no console errors and no request leaving the app's origin.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -26,6 +27,11 @@ from tests.web.conftest import (
 )
 
 
+def js_round(x: float) -> int:
+    """Math.round: halves go up."""
+    return math.floor(x + 0.5)
+
+
 def test_page_shows_recommendations_for_a_picked_user(web: tuple[Any, PageLog],
                                                      live_server: LiveServer) -> None:
     page, log = web
@@ -38,8 +44,9 @@ def test_page_shows_recommendations_for_a_picked_user(web: tuple[Any, PageLog],
     expect(cards).to_have_count(K)
     titles = card_titles(page)
     assert all(t.strip() for t in titles) and len(set(titles)) == K
-    for score in page.locator("[data-testid=rec-list] [data-testid=card-score]").all_inner_texts():
-        assert re.fullmatch(r"score -?\d+\.\d{3}", score)
+    # No raw score on the cards: the list is ordered by the preset, not by it.
+    for text in page.get_by_test_id("rec-list").get_by_test_id("rec-card").all_inner_texts():
+        assert not re.search(r"score|\d\.\d{3}", text), text
     # Badges are chips with words, not only colours.
     for badge in page.locator("[data-testid=rec-list] .badge").all():
         assert badge.inner_text().strip().split()[-1] in ("tail", "novel", "serendipitous")
@@ -172,10 +179,14 @@ def test_like_posts_an_event_and_shows_it(web: tuple[Any, PageLog], live_server:
     expect(like).to_have_text("Liked ✓")
     expect(like).to_have_attribute("aria-pressed", "true")
     expect(like).to_be_disabled()
-    expect(first.get_by_test_id("card-ack")).to_have_text(f"Saved as event {ack['event_id']}.")
+    # A person's confirmation, not the store's internals.
+    expect(first.get_by_test_id("card-ack")).to_have_text("Saved ✓ — your next list will use it.")
+    expect(first).not_to_contain_text(str(ack["event_id"]))
     expect(page.get_by_test_id("live-status")).to_contain_text(f"Liked “{title}”")
-    # The liked item is now history: it shows in the side panel...
-    expect(page.locator(f"[data-testid=history-item][data-item-id='{item_id}']")).to_be_visible()
+    expect(page.get_by_test_id("rec-refresh")).to_have_text("Update my list (1 new like)")
+    # The liked item is now history: it shows in the side panel, saying it was liked...
+    liked = page.get_by_test_id("history-list").locator(f"[data-item-id='{item_id}']")
+    expect(liked.get_by_test_id("history-meta")).to_have_text(re.compile(r"^liked · \d{4}-\d\d-\d\d$"))
     expect(page.get_by_test_id("rec-list").get_by_test_id("rec-card").first).to_have_attribute(
         "data-item-id", item_id or "")
     expect(like).to_have_text("Liked ✓")
@@ -188,11 +199,17 @@ def test_like_posts_an_event_and_shows_it(web: tuple[Any, PageLog], live_server:
     assert json.loads(ev2.value.request.post_data or "{}")["events"][0]["type"] == "skip"
     expect(page.get_by_test_id("live-status")).to_contain_text("Marked not for me")
     expect(second.get_by_test_id("skip-button")).to_have_text("Not for me ✓")
+    expect(second.get_by_test_id("card-ack")).to_have_text("Saved ✓ — your next list will leave it out.")
     skipped = second.get_attribute("data-item-id")
+    # A skipped item is not listed as history: it is under "Not for me", marked as skipped.
+    expect(page.get_by_test_id("history-list").locator(f"[data-item-id='{skipped}']")).to_have_count(0)
+    negative = page.get_by_test_id("history-negative").locator(f"[data-item-id='{skipped}']")
+    expect(negative.get_by_test_id("history-meta")).to_have_text(re.compile(r"^✕ skipped · "))
+    expect(page.get_by_test_id("history-negative-box")).to_contain_text("Not for me")
 
     # ...and leaves the list when the user asks for the update.
     refresh = page.get_by_test_id("rec-refresh")
-    expect(refresh).to_have_text("Update list (2 new signals)")
+    expect(refresh).to_have_text("Update my list (2 changes)")
     with page.expect_response(lambda r: "/recommendations?" in r.url) as refreshed:
         refresh.click()
     assert refreshed.value.status == 200
@@ -210,8 +227,9 @@ def test_why_this_shows_the_explanation(web: tuple[Any, PageLog], live_server: L
     page, log = web
     open_page(page, live_server)
     pick_first_user(page)
-    card = page.get_by_test_id("rec-list").get_by_test_id("rec-card").first
+    card = page.get_by_test_id("rec-list").get_by_test_id("rec-card").nth(2)
     item_id = card.get_attribute("data-item-id")
+    score = float(card.get_attribute("data-score") or "nan")
     with page.expect_response(lambda r: r.url.endswith(f"/recommendations/{item_id}/explain")) as resp:
         card.get_by_test_id("why-button").click()
     assert resp.value.status == 200
@@ -223,10 +241,25 @@ def test_why_this_shows_the_explanation(web: tuple[Any, PageLog], live_server: L
     expect(because).to_have_count(len(data["because"]))
     if data["because"]:
         expect(because.first).to_contain_text(data["because"][0]["title"])
-    expect(panel.get_by_test_id("explain-facts")).to_contain_text("percentile")
-    expect(panel.get_by_test_id("explain-facts")).to_contain_text("bits")
     # Focus moves to the explanation for keyboard and screen-reader users.
     assert page.evaluate("document.activeElement.id") == "explain-heading"
+    # The numbers are folded away, in plain words: no bits, no raw unexpectedness.
+    details = panel.get_by_test_id("explain-details")
+    expect(details).not_to_have_attribute("open", "")
+    expect(panel.get_by_test_id("explain-facts")).to_be_hidden()
+    details.locator("summary").click()
+    facts = panel.get_by_test_id("explain-facts")
+    pop = data["popularity"]
+    expect(facts).to_contain_text(f"Known to{pop['users']} of {pop['of_people']} people")
+    expect(facts).to_contain_text(
+        f"more popular than {js_round(pop['more_popular_than_share'])}% of the catalog")
+    top = min(100, max(1, math.ceil((1 - score) * 100 - 1e-9)))
+    expect(facts).to_contain_text(f"Matchtop {top}% of the catalog for you")
+    if data["unexpectedness"] is not None:
+        expect(facts).to_contain_text(
+            f"How unlike your history{js_round(min(max(data['unexpectedness'], 0), 1) * 100)}%")
+    for jargon in ("bits", "Novelty", "Unexpectedness", "percentile", "similarity"):
+        expect(panel).not_to_contain_text(jargon)
     expect(card).to_have_class(re.compile(r"\bselected\b"))
 
     page.get_by_test_id("search-input").fill("quiet drama about a family")

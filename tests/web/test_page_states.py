@@ -234,6 +234,8 @@ def test_search_says_when_nothing_matches(web: tuple[Any, PageLog], live_server:
     expect(state).to_have_text(answer["note"])
     expect(state).to_have_attribute("data-state", "empty")
     expect(note).to_be_hidden()
+    expect(page.get_by_test_id("live-status")).to_have_text("No results for “zeppelins”.")
+    assert page.locator("body").inner_text().count(answer["note"]) == 1  # said once
     expect(results.get_by_test_id("rec-card")).to_have_count(0)
 
     # A weak match: its note is shown above the nearest items (or the page's own words).
@@ -252,6 +254,7 @@ def test_search_says_when_nothing_matches(web: tuple[Any, PageLog], live_server:
     search.press("Enter")
     expect(note).to_have_text("Nothing here matches “heist” closely.")
     expect(state).to_be_hidden()
+    assert page.locator("body").inner_text().count("Nothing here matches") == 1
     expect(results.get_by_test_id("rec-card").first).to_be_visible()
 
     search.press("Enter")
@@ -362,7 +365,7 @@ def test_changing_user_clears_the_panels(web: tuple[Any, PageLog], live_server: 
         card.get_by_test_id("similar-button").click()
     expected = [it["item_id"] for it in similar.value.json()["items"]]
     body = page.get_by_test_id("similar-body")
-    expect(body).to_contain_text(f"Like “{title}”")
+    expect(body.locator("h3")).to_have_text(f"More like “{title}”")
     items = body.get_by_test_id("similar-item")
     expect(items).to_have_count(len(expected))
     assert [i.get_attribute("data-item-id") for i in items.all()] == expected
@@ -419,4 +422,78 @@ def test_page_works_under_a_strict_content_security_policy(
     )
     assert inline == []
     assert page.locator("script:not([src]), style").count() == 0
+    assert_clean(log, live_server)
+
+
+LONG_GENRES = "Action|Adventure|Animation|Children's|Comedy|Crime|Documentary|Drama|Fantasy|Film-Noir"
+
+
+def test_genres_read_the_same_on_every_card(web: tuple[Any, PageLog], live_server: LiveServer) -> None:
+    page, log = web
+    open_page(page, live_server)
+
+    def long_genres(route: Any) -> None:  # the first card gets a genre list over 80 characters
+        resp = route.fetch()
+        body = resp.json()
+        body["items"][0]["fields"]["genres"] = LONG_GENRES
+        route.fulfill(response=resp, json=body)
+
+    page.route(lambda url: is_recommendations(url), long_genres)
+    pick_first_user(page)
+    shown = cards(page)
+    expect(shown).to_have_count(K)
+    full = LONG_GENRES.replace("|", ", ")
+    assert len(full) > 80
+    for n in range(K):
+        card = shown.nth(n)
+        iid = card.get_attribute("data-item-id") or ""
+        value = full if n == 0 else GENRES[THEME_OF[iid[:2]]].replace("|", ", ")
+        dd = card.get_by_test_id("card-fields").locator("[data-field=Genres] dd")
+        # label + comma-separated values, the full value in the tooltip, never a paragraph
+        expect(card.locator("[data-field=Genres] dt")).to_have_text("Genres")
+        expect(dd).to_have_text(value)
+        expect(dd).to_have_attribute("title", value)
+        expect(card.get_by_test_id("card-text")).not_to_contain_text("Animation")
+        # one line, cut with an ellipsis when too long
+        style = dd.evaluate("e => [getComputedStyle(e).whiteSpace, getComputedStyle(e).textOverflow,"
+                            " e.getClientRects().length]")
+        assert style == ["nowrap", "ellipsis", 1]
+    first = shown.first.locator("[data-field=Genres] dd")
+    assert first.evaluate("e => e.scrollWidth > e.clientWidth"), "the long list should be cut"
+    line = shown.first.locator("[data-field=Year] dd").evaluate("e => e.getBoundingClientRect().height")
+    assert first.evaluate("e => e.getBoundingClientRect().height") <= line + 1
+    assert_clean(log, live_server)
+
+
+def test_history_says_what_each_event_was(web: tuple[Any, PageLog], live_server: LiveServer) -> None:
+    page, log = web
+    open_page(page, live_server)
+    events = [("like", None, "liked"), ("rating", 4.0, "rated 4★"), ("rating", 3.5, "rated 3.5★"),
+              ("skip", None, "✕ skipped"), ("view", None, "viewed"), ("interaction", 1.0, "chose"),
+              ("dislike", None, "✕ disliked"), ("purchase", None, "bought"), ("click", None, "opened")]
+    day = 1_672_531_200.0  # 2023-01-01
+
+    def history(route: Any) -> None:
+        resp = route.fetch()
+        items = [{"item_id": f"sp{n}", "title": f"Item {n}", "type": ty, "timestamp": day,
+                  "value": value} for n, (ty, value, _) in enumerate(events)]
+        route.fulfill(response=resp, json={**resp.json(), "items": items})
+
+    page.route(lambda url: "/history?" in url, history)
+    pick_first_user(page)
+    positive = page.get_by_test_id("history-list").get_by_test_id("history-meta")
+    negative = page.get_by_test_id("history-negative").get_by_test_id("history-meta")
+    expect(positive).to_have_text([f"{w} · 2023-01-01" for ty, _, w in events
+                                   if ty not in ("skip", "dislike")])
+    expect(negative).to_have_text([f"{w} · 2023-01-01" for ty, _, w in events
+                                   if ty in ("skip", "dislike")])
+    expect(page.get_by_test_id("history-negative-box")).to_be_visible()
+    expect(page.locator("[data-testid=history-panel] li.negative")).to_have_count(2)
+    expect(page.get_by_test_id("history-panel")).not_to_contain_text("interaction")
+
+    # only "not for me" events: the main list says nothing was liked
+    events[:] = [("skip", None, "✕ skipped")]
+    pick_user(page, page.locator("[data-testid=user-options] option").nth(1).get_attribute("value"))
+    expect(page.get_by_test_id("history-empty")).to_have_text("Nothing liked or chosen yet.")
+    expect(negative).to_have_text(["✕ skipped · 2023-01-01"])
     assert_clean(log, live_server)

@@ -46,6 +46,7 @@ __all__ = [
     "new_items_figure",
     "MAIN_COLUMNS",
     "TABLE_COLUMNS",
+    "SLOW_FACTOR",
 ]
 
 #: readable names of the data sets ``serendip.data.load_dataset`` knows
@@ -122,6 +123,11 @@ class Point:
     tail_share: float
     coverage: float = math.nan
     novelty: float = math.nan
+    seconds: float = math.nan  # time to produce every test user's list (recommend_seconds)
+
+
+#: a preset slower than this many times the reference preset is called out in the summary
+SLOW_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
@@ -186,6 +192,30 @@ class Choice:
                 f"`{self.chosen.name}` within the same accuracy budget. It is a setting "
                 f"between the shipped presets, so check it on a second cut before shipping it.")
 
+    def timing_reference(self) -> Point:
+        """What times are compared with: the preset named ``accurate`` when there is one,
+        else the most accurate row."""
+        for p in (self.reference, self.chosen, *self.others):
+            if p.name == "accurate":
+                return p
+        return self.reference
+
+    def slow_sentence(self) -> str | None:
+        """Those taking more than ``SLOW_FACTOR`` times the reference's time to produce the
+        lists, in words; None when none does or the times were not recorded."""
+        ref = self.timing_reference()
+        if not (ref.seconds > 0):
+            return None
+        slow = sorted((p for p in (self.chosen, *self.others)
+                       if p.name != ref.name and p.seconds > SLOW_FACTOR * ref.seconds),
+                      key=lambda p: -p.seconds)
+        if not slow:
+            return None
+        said = "; ".join(f"`{p.name}` takes {p.seconds / ref.seconds:.1f}× as long as "
+                         f"`{ref.name}` ({_duration(p.seconds)} vs {_duration(ref.seconds)})"
+                         for p in slow)
+        return f"Time to produce the lists: {said}."
+
     def rule(self) -> str:
         k = f"K = {self.k}" if self.k else "K (the list length) was not recorded"
         return (f"Rule: among the {self.kind}s, the one with the highest tail share (the share "
@@ -201,6 +231,18 @@ def _ratio(a: float, b: float) -> float:
 
 def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
+
+
+def _duration(seconds: float) -> str:
+    """``0.35 s``, ``12 ms``, ``3.4 s``, ``2 min 5 s``; ``–`` when unknown."""
+    if seconds is None or math.isnan(seconds):
+        return "–"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms" if seconds < 0.1 else f"{seconds:.2f} s"
+    if seconds < 100:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s"
 
 
 def _tail_gain(p: Point, ref: Point) -> str:
@@ -220,7 +262,8 @@ def _point(row: pd.Series) -> Point:
 
     tail = num("tail_share")
     return Point(str(row["name"]), str(row["kind"]), num("discovery"), num("ndcg"),
-                 0.0 if math.isnan(tail) else tail, num("coverage"), num("novelty"))
+                 0.0 if math.isnan(tail) else tail, num("coverage"), num("novelty"),
+                 num("recommend_seconds"))
 
 
 def primary_protocol(results: pd.DataFrame) -> str:
@@ -316,7 +359,8 @@ def describe_protocol(protocol: str, split: str = "") -> str:
 # ---------------------------------------------------------------------------- figures
 def _png(fig: plt.Figure) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI)
+    # "tight": whatever a layout left outside the figure is kept rather than cut off
+    fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight", pad_inches=0.12)
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
@@ -336,14 +380,29 @@ def _colors(names: Sequence[str]) -> dict[str, object]:
     return {n: cmap(i % 10) for i, n in enumerate(names)}
 
 
+def _layout(fig: plt.Figure, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> None:
+    """Fit the axes, their tick labels and axis labels inside ``rect`` of the figure (the rest
+    is left to a figure legend or title), so no label is cut at the figure's edge."""
+    fig.tight_layout(rect=rect, w_pad=1.5)
+
+
 def _annotate(ax: Any, labels: list[tuple[str, float, float, dict[str, Any]]]) -> None:
-    """Label points once the axis limits are known: to the left of a point in the right
-    quarter of the plot, so no label runs off the figure."""
-    lo, hi = ax.get_xlim()
+    """Label points inside the axes, once the layout is final: right of a point, or left of
+    it when the label would run past the right edge; below it near the top edge."""
+    renderer = ax.figure.canvas.get_renderer()
+    box = ax.get_window_extent(renderer)
     for text, x, y, style in labels:
-        right = hi - lo > 0 and (x - lo) / (hi - lo) > 0.75
-        ax.annotate(text, (x, y), textcoords="offset points", xytext=(-7 if right else 7, 5),
-                    ha="right" if right else "left", **style)
+        ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(7, 5),
+                          ha="left", va="bottom", **style)
+        ext = ann.get_window_extent(renderer)
+        dx, dy = 7, 5
+        if ext.x1 > box.x1 - 2:
+            dx = -7
+            ann.set_horizontalalignment("right")
+        if ext.y1 > box.y1 - 2:
+            dy = -5
+            ann.set_verticalalignment("top")
+        ann.xyann = (dx, dy)
 
 
 def frontier_figure(results: pd.DataFrame, protocol: str, k: int | None = None,
@@ -365,6 +424,7 @@ def frontier_figure(results: pd.DataFrame, protocol: str, k: int | None = None,
     models = sub[sub["kind"] == "model"]
     with plt.rc_context(_STYLE):
         fig, axes = plt.subplots(1, len(axes_cols), figsize=(_FIG_WIDTH, 5.0), squeeze=False)
+        all_labels: list[tuple[Any, list[tuple[str, float, float, dict[str, Any]]]]] = []
         for ax, (col, label) in zip(axes[0], axes_cols, strict=True):
             labels: list[tuple[str, float, float, dict[str, Any]]] = []
             ax.scatter(models[col], models["ndcg"], marker="s", s=30, color="0.55", zorder=2,
@@ -390,15 +450,17 @@ def frontier_figure(results: pd.DataFrame, protocol: str, k: int | None = None,
             ax.set_xlabel(label)
             ax.set_ylabel(nd)
             ax.grid(alpha=0.3)
-            _annotate(ax, labels)
+            ax.margins(x=0.05, y=0.1)  # room for the labels of the points at the edges
+            all_labels.append((ax, labels))
         handles, names = axes[0][0].get_legend_handles_labels()
         star_handle = plt.Line2D([], [], marker="*", linestyle="", markersize=13, color="0.3",
                                  markeredgecolor="black", label="preset as shipped")
         fig.legend(handles + [star_handle], names + [star_handle.get_label()],
                    loc="lower center", ncol=len(handles) + 1, frameon=False)
         fig.suptitle(f"Accuracy against discovery, {protocol} protocol (up and right is better)")
-        # fixed margins, no layout pass: a label past an axis' edge uses the gap
-        fig.subplots_adjust(left=0.07, right=0.98, bottom=0.2, top=0.91, wspace=0.2)
+        _layout(fig, (0, 0.07, 1, 1))  # the legend below
+        for ax, labels in all_labels:
+            _annotate(ax, labels)
     return fig
 
 
@@ -441,7 +503,7 @@ def knob_figure(results: pd.DataFrame, protocol: str, k: int | None = None,
         axes[0][0].legend(loc="best", framealpha=0.9)
         fig.suptitle(f"What the discovery knob does, {protocol} protocol "
                      "(star: the preset's shipped setting)")
-        fig.subplots_adjust(left=0.07, right=0.98, bottom=0.14, top=0.88, wspace=0.2)
+        _layout(fig)
     return fig
 
 
@@ -468,7 +530,7 @@ def group_figure(results: pd.DataFrame, protocol: str, prefix: str, groups: list
         ax.legend()
         ax.set_title(f"{title}, {protocol} protocol")
         ax.grid(alpha=0.3, axis="y")
-        fig.subplots_adjust(left=0.07, right=0.98, bottom=0.22, top=0.9)  # no layout pass
+        _layout(fig)
     return fig
 
 
@@ -505,7 +567,7 @@ def new_items_figure(results: pd.DataFrame, protocol: str, k: int | None = None,
             ax.set_xticklabels(sub["name"], rotation=30, ha="right")
             ax.grid(alpha=0.3, axis="y")
         fig.suptitle(f"New items (first seen after the cut), {protocol} protocol")
-        fig.subplots_adjust(left=0.07, right=0.98, bottom=0.24, top=0.8, wspace=0.2)
+        _layout(fig)
     return fig
 
 
@@ -557,6 +619,7 @@ def _summary_html(results: pd.DataFrame, choice: Choice) -> str:
                  f"{html.escape(describe_protocol(choice.protocol, split_name))}</p>")
     ref = choice.reference
     pts = sorted([choice.chosen, *choice.others], key=lambda p: -p.ndcg)
+    timed = any(not math.isnan(p.seconds) for p in pts)
     rows, classes = [], []
     for p in pts:
         mark = " (recommended)" if p.name == choice.chosen.name else ""
@@ -565,11 +628,25 @@ def _summary_html(results: pd.DataFrame, choice: Choice) -> str:
             _fmt(p.ndcg), _pct(_ratio(p.ndcg, ref.ndcg)), _fmt(p.tail_share, 2),
             "–" if ref.tail_share <= 0 else f"{_ratio(p.tail_share, ref.tail_share):.1f}×",
             _fmt(p.coverage, 2), _fmt(p.novelty, 2),
+            *([_duration(p.seconds)] if timed else []),
         ])
         classes.append("chosen" if mark else "")
     parts.append(_table(
         [choice.kind, "knob", nd, f"of {ref.name}", "tail share", f"× {ref.name}",
-         "coverage", "novelty"], rows, classes))
+         "coverage", "novelty", *(["time to produce the lists"] if timed else [])],
+        rows, classes))
+    slow = choice.slow_sentence()
+    if slow:
+        parts.append(f"<p class='slow' data-testid='slow'>{_code(slow)}</p>")
+    elif timed:
+        tref = choice.timing_reference()
+        if tref.seconds > 0:
+            parts.append(f"<p class='note'>No {choice.kind} takes more than "
+                         f"{SLOW_FACTOR:g}× as long as <code>{html.escape(tref.name)}</code> "
+                         "to produce the lists.</p>")
+    if timed:
+        parts.append("<p class='note'>The time column is the wall-clock time to produce "
+                     "every test user's list on this machine, scoring included.</p>")
     # does the same rule give the same answer elsewhere?
     same, differ = [], []
     for protocol in results["protocol"].unique():
@@ -733,6 +810,7 @@ h2{font-size:1.3rem;margin-top:2.2rem;border-bottom:1px solid #ddd;padding-botto
 .summary h2{border:0;margin-top:.6rem}
 .headline{font-size:1.15rem;font-weight:600}
 .rule,.note{color:#444;font-size:.93rem}
+.slow{border-left:4px solid #b45309;padding:.2rem .6rem;background:#fff7e6}
 code{background:#eef;padding:0 .25em;border-radius:3px}
 .scroll{overflow-x:auto;max-width:100%;margin:.5rem 0}
 table{border-collapse:collapse;font-size:14px}
@@ -760,6 +838,8 @@ _GLOSSARY = [
      "the cut"),
     ("knob", "the discovery knob, 0 (pure relevance) to 1 (most discovery); each re-ranking "
      "preset ships with its own setting"),
+    ("time to produce the lists", "wall-clock time to produce every test user's list, "
+     "scoring and re-ranking included (recommend_seconds in the CSV)"),
 ]
 
 
@@ -791,8 +871,11 @@ def write_report(results: pd.DataFrame, path: str | Path, title: str | None = No
         meta.append(f"Data: <b>{html.escape(dataset.describe())}</b>.")
     meta.append(f"Lists of K = {kk} items; every metric reads the top {kk}." if kk
                 else "The list length K was not recorded with these results.")
-    meta.append(f"Protocols: {html.escape(', '.join(protocols))}. Full ranking of the items "
-                "each user has not used (cold-items: of the held-out items).")
+    ranking = "Full ranking of the items each user has not used"
+    if "cold-items" in protocols:
+        ranking += " (cold-items: of the held-out items)"
+    meta.append(f"{'Protocol' if len(protocols) == 1 else 'Protocols'}: "
+                f"{html.escape(', '.join(protocols))}. {ranking}.")
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",

@@ -59,6 +59,8 @@ const el = {
   recList: $("rec-list"),
   historyEmpty: $("history-empty"),
   historyList: $("history-list"),
+  historyNegativeBox: $("history-negative-box"),
+  historyNegative: $("history-negative"),
   explainBody: $("explain-body"),
   explainHeading: document.getElementById("explain-heading"),
   similarBody: $("similar-body"),
@@ -87,6 +89,7 @@ const state = {
   // item id -> "like" | "skip": feedback given to the current user's cards
   feedback: new Map(),
   pendingFeedback: 0,
+  pendingLikes: 0,
   // item id -> Promise of its catalog fields (only used when a list omits them)
   fieldCache: new Map(),
 };
@@ -153,6 +156,8 @@ const MAX_SHORT_FIELDS = 4;
 const HIDDEN_FIELDS = /^(title|name|item_?id|id)$/i;
 // Prose fields: shown as a short paragraph whatever their length.
 const TEXT_FIELD = /desc|summary|overview|plot|synopsis|blurb|about/i;
+// List fields (genres, tags, authors...): always one labelled line, however long.
+const LIST_FIELD = /genre|categor|tag|subject|keyword|style|author|artist|creator|director|writer|cast|actor/i;
 
 // Fields people look for first on a card; the rest follow in the catalog's order.
 const FIELD_PRIORITY = [/author|artist|creator|director|writer|band/i, /year|date/i, /genre|categor|tag|subject/i];
@@ -175,7 +180,8 @@ function describeFields(fields) {
     if (HIDDEN_FIELDS.test(name) || IMAGE_FIELD.test(name) || ID_FIELD.test(name)) continue;
     const value = displayValue(raw);
     if (!value || value.toLowerCase() === "nan" || HTTP_URL.test(value)) continue;
-    if (value.length > LONG_TEXT || TEXT_FIELD.test(name)) {
+    const isList = LIST_FIELD.test(name) || String(raw).includes("|");
+    if (TEXT_FIELD.test(name) || (!isList && value.length > LONG_TEXT)) {
       if (!text) text = value;
     } else if (short.length < MAX_SHORT_FIELDS) {
       short.push([humanName(name), value]);
@@ -394,6 +400,7 @@ function fillFields(node, item, fields) {
     dt.textContent = name;
     const dd = document.createElement("dd");
     dd.textContent = value;
+    dd.title = value; // the line is cut with "…" when it is too long: the full value on hover
     div.append(dt, dd);
     dl.append(div);
   }
@@ -440,8 +447,8 @@ function renderCard(item, source) {
   const title = naturalTitle(item.title || id);
   node.dataset.title = title;
   node.querySelector(".card-title").textContent = title;
-  const score = typeof item.score === "number" ? item.score.toFixed(3) : "–";
-  node.querySelector(".score").textContent = `score ${score}`;
+  // The list is ordered by the preset, not by this score: it only feeds the explanation.
+  if (typeof item.score === "number") node.dataset.score = String(item.score);
   withFields(node, item);
 
   const badges = node.querySelector(".badges");
@@ -489,7 +496,7 @@ function markNew(list, newIds) {
     chip.className = "new-chip";
     chip.dataset.testid = "card-new";
     chip.textContent = "new";
-    card.querySelector(".meta").append(" ", chip);
+    card.querySelector(".meta").append(chip);
   }
 }
 
@@ -501,25 +508,50 @@ function formatTime(ts) {
   return Number.isNaN(d.getTime()) ? String(ts) : d.toISOString().slice(0, 10);
 }
 
-function renderHistory(items) {
-  el.historyList.replaceChildren();
-  el.historyEmpty.hidden = items.length > 0;
-  el.historyEmpty.textContent = items.length ? "" : "No history yet for this user.";
-  for (const h of items) {
-    const li = document.createElement("li");
-    li.dataset.testid = "history-item";
-    li.dataset.itemId = String(h.item_id);
-    const t = document.createElement("span");
-    t.className = "h-title";
-    t.textContent = naturalTitle(h.title || String(h.item_id));
-    const meta = document.createElement("span");
-    meta.className = "h-meta";
-    const bits = [h.type, formatTime(h.timestamp)];
-    if (h.value !== null && h.value !== undefined) bits.push(`value ${h.value}`);
-    meta.textContent = bits.filter(Boolean).join(" · ");
-    li.append(t, meta);
-    el.historyList.append(li);
+// What each event type says in a history entry (a rating adds its stars).
+const EVENT_WORDS = {
+  interaction: "chose", click: "opened", like: "liked", skip: "skipped", dislike: "disliked",
+  rating: "rated", purchase: "bought", view: "viewed",
+};
+// Events that say "not for me": listed apart from the rest of the history.
+const NEGATIVE_EVENTS = new Set(["skip", "dislike"]);
+
+/** "liked", "rated 4★", "skipped": an event in words. */
+function eventWords(type, value) {
+  const word = EVENT_WORDS[type] || String(type || "");
+  if (type === "rating" && typeof value === "number" && Number.isFinite(value)) {
+    return `${word} ${Number.isInteger(value) ? value : value.toFixed(1)}★`;
   }
+  return word;
+}
+
+function historyEntry(h, negative) {
+  const li = document.createElement("li");
+  li.dataset.testid = "history-item";
+  li.dataset.itemId = String(h.item_id);
+  li.dataset.event = String(h.type);
+  if (negative) li.className = "negative";
+  const t = document.createElement("span");
+  t.className = "h-title";
+  t.textContent = naturalTitle(h.title || String(h.item_id));
+  const meta = document.createElement("span");
+  meta.className = "h-meta";
+  meta.dataset.testid = "history-meta";
+  const what = eventWords(h.type, h.value);
+  meta.textContent = [negative ? `✕ ${what}` : what, formatTime(h.timestamp)].filter(Boolean).join(" · ");
+  li.append(t, meta);
+  return li;
+}
+
+function renderHistory(items) {
+  const positive = items.filter((h) => !NEGATIVE_EVENTS.has(h.type));
+  const negative = items.filter((h) => NEGATIVE_EVENTS.has(h.type));
+  el.historyList.replaceChildren(...positive.map((h) => historyEntry(h, false)));
+  el.historyNegative.replaceChildren(...negative.map((h) => historyEntry(h, true)));
+  el.historyNegativeBox.hidden = negative.length === 0;
+  el.historyEmpty.hidden = positive.length > 0;
+  el.historyEmpty.textContent = positive.length ? "" : negative.length
+    ? "Nothing liked or chosen yet." : "No history yet for this user.";
 }
 
 // ---------------------------------------------------------------- loaders
@@ -671,6 +703,7 @@ async function loadRecommendations({ focus = false, note = "" } = {}) {
     state.recApiNote = typeof data.note === "string" ? data.note : "";
     showRecNote();
     state.pendingFeedback = 0;
+    state.pendingLikes = 0;
     el.recRefresh.hidden = true;
 
     const cur = { user, ids, discovery: d.toFixed(2), preset, explore };
@@ -724,6 +757,7 @@ function resetForNewUser() {
   state.recApiNote = "";
   state.feedback.clear();
   state.pendingFeedback = 0;
+  state.pendingLikes = 0;
   el.recRefresh.hidden = true;
   el.recList.replaceChildren();
   el.recList.dataset.state = "idle";
@@ -732,6 +766,8 @@ function resetForNewUser() {
   el.discoveryChange.hidden = true;
   el.discoveryChange.textContent = "";
   el.historyList.replaceChildren();
+  el.historyNegative.replaceChildren();
+  el.historyNegativeBox.hidden = true;
   el.historyEmpty.hidden = false;
   el.historyEmpty.textContent = "Loading…";
   resetExplanation();
@@ -803,7 +839,8 @@ async function runSearch(query) {
       }
       setNote(el.searchNote, note);
     }
-    announce(`${items.length} results for “${query}”.${note ? ` ${note}` : ""}`);
+    // the note itself is on the page once, where the list is (a live region reads it out)
+    announce(items.length ? `${items.length} results for “${query}”.` : `No results for “${query}”.`);
   } catch (err) {
     if (seq !== state.searchSeq) return;
     clearTimeout(state.slowTimer);
@@ -817,9 +854,19 @@ async function runSearch(query) {
 // ---------------------------------------------------------------- card actions
 
 const FEEDBACK = {
-  like: { done: "Liked ✓", verb: "Liked", noun: "like" },
-  skip: { done: "Not for me ✓", verb: "Marked not for me", noun: "“not for me”" },
+  like: { done: "Liked ✓", verb: "Liked", noun: "like",
+          saved: "Saved ✓ — your next list will use it.",
+          again: "Already saved ✓ — your next list will use it." },
+  skip: { done: "Not for me ✓", verb: "Marked not for me", noun: "“not for me”",
+          saved: "Saved ✓ — your next list will leave it out.",
+          again: "Already saved ✓ — your next list will leave it out." },
 };
+
+/** The update button's words: "Update my list (1 new like)", "… (2 changes)". */
+function updateLabel(likes, total) {
+  if (total === likes) return `Update my list (${likes} new ${likes === 1 ? "like" : "likes"})`;
+  return `Update my list (${total} ${total === 1 ? "change" : "changes"})`;
+}
 
 /** Show that feedback was recorded: the button stays pressed, both stay disabled. */
 function showFeedback(card, type) {
@@ -865,15 +912,13 @@ async function sendFeedback(card, type) {
     state.feedback.set(itemId, type);
     for (const c of cardsFor(itemId)) {
       showFeedback(c, type);
-      const dup = a.duplicate ? " (already recorded)" : "";
-      c.querySelector(".ack").textContent =
-        `Saved${a.event_id !== undefined ? ` as event ${a.event_id}` : ""}${dup}.`;
+      c.querySelector(".ack").textContent = a.duplicate ? spec.again : spec.saved;
     }
     state.pendingFeedback++;
-    const n = state.pendingFeedback;
-    el.recRefresh.textContent = `Update list (${n} new ${n === 1 ? "signal" : "signals"})`;
+    if (type === "like") state.pendingLikes++;
+    el.recRefresh.textContent = updateLabel(state.pendingLikes, state.pendingFeedback);
     el.recRefresh.hidden = false;
-    announce(`${spec.verb} “${title}”. Choose “Update list” to see recommendations that use it.`);
+    announce(`${spec.verb} “${title}”. Choose “Update my list” to see recommendations that use it.`);
     loadHistory(user);
   } catch (err) {
     button.textContent = label;
@@ -905,13 +950,16 @@ function resetSimilar() {
   delete el.similarBody.dataset.itemId;
 }
 
-function ordinal(n) {
-  const r10 = n % 10;
-  const r100 = n % 100;
-  if (r10 === 1 && r100 !== 11) return `${n}st`;
-  if (r10 === 2 && r100 !== 12) return `${n}nd`;
-  if (r10 === 3 && r100 !== 13) return `${n}rd`;
-  return `${n}th`;
+/**
+ * "top 1% of the catalog for you": where the item ranks for this user (or this search).
+ * A card's score is the share of the catalog the item outranks (1 = the best match).
+ */
+function matchWords(card) {
+  const score = Number.parseFloat(card.dataset.score ?? "");
+  if (!Number.isFinite(score)) return "";
+  const top = Math.min(100, Math.max(1, Math.ceil((1 - score) * 100 - 1e-9)));
+  const forWhom = card.dataset.source === "search" ? "for this search" : "for you";
+  return `top ${top}% of the catalog ${forWhom}`;
 }
 
 function loadingLine(text) {
@@ -957,25 +1005,18 @@ async function explain(card) {
     const because = data.because || [];
     if (because.length) {
       const sub = document.createElement("h4");
-      sub.textContent = "From the history";
+      sub.textContent = "Most like these in the history";
       const ol = document.createElement("ol");
       ol.className = "because";
       ol.dataset.testid = "explain-because";
       for (const b of because) {
         const li = document.createElement("li");
-        const name = document.createElement("span");
-        name.textContent = naturalTitle(b.title || String(b.item_id));
-        li.append(name);
-        if (typeof b.similarity === "number") {
-          const sim = document.createElement("span");
-          sim.className = "sim";
-          sim.textContent = `similarity ${b.similarity.toFixed(2)}`;
-          li.append(" ", sim);
-        }
+        li.textContent = naturalTitle(b.title || String(b.item_id));
         ol.append(li);
       }
       frag.append(sub, ol);
     }
+    // The numbers behind the sentences, folded away and in plain words.
     const dl = document.createElement("dl");
     dl.className = "facts";
     dl.dataset.testid = "explain-facts";
@@ -986,21 +1027,28 @@ async function explain(card) {
       dd.textContent = v;
       dl.append(dt, dd);
     };
+    const match = matchWords(card);
+    if (match) fact("Match", match);
     const pop = data.popularity || {};
     if (typeof pop.users === "number" && typeof pop.of_people === "number") {
-      fact("Chosen by", `${pop.users} of ${pop.of_people} ${pop.of_people === 1 ? "person" : "people"}`);
+      fact("Known to", `${pop.users} of ${pop.of_people} ${pop.of_people === 1 ? "person" : "people"}`);
     }
     if (typeof pop.more_popular_than_share === "number") {
-      fact("Popularity", `more popular than ${Math.round(pop.more_popular_than_share)}% of the catalog ` +
-        `(${ordinal(Math.round(Number(pop.percentile)))} percentile)`);
-    } else if (pop.percentile !== undefined && pop.percentile !== null) {
-      // percentile is 0-100: the share of the catalog at most as popular as this item
-      const users = pop.users !== undefined ? ` (${pop.users} ${pop.users === 1 ? "person" : "people"})` : "";
-      fact("Popularity", `${ordinal(Math.round(Number(pop.percentile)))} percentile${users}`);
+      fact("Popularity", `more popular than ${Math.round(pop.more_popular_than_share)}% of the catalog`);
     }
-    if (typeof data.novelty_bits === "number") fact("Novelty", `${data.novelty_bits.toFixed(1)} bits`);
-    if (typeof data.unexpectedness === "number") fact("Unexpectedness", data.unexpectedness.toFixed(2));
-    if (dl.children.length) frag.append(dl);
+    if (typeof data.unexpectedness === "number") {
+      const pct = Math.round(Math.min(Math.max(data.unexpectedness, 0), 1) * 100);
+      fact("How unlike your history", `${pct}%`);
+    }
+    if (dl.children.length) {
+      const details = document.createElement("details");
+      details.className = "explain-details";
+      details.dataset.testid = "explain-details";
+      const summary = document.createElement("summary");
+      summary.textContent = "Details";
+      details.append(summary, dl);
+      frag.append(details);
+    }
     el.explainBody.replaceChildren(frag);
     el.explainBody.dataset.state = "ready";
     el.explainBody.dataset.itemId = card.dataset.itemId;
@@ -1027,7 +1075,7 @@ async function showSimilar(card) {
     if (seq !== state.similarSeq) return;
     const frag = document.createDocumentFragment();
     const h = document.createElement("h3");
-    h.textContent = `Like “${title}”`;
+    h.textContent = `More like “${title}”`;
     frag.append(h);
     const items = data.items || [];
     if (!items.length) {
