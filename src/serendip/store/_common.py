@@ -24,6 +24,7 @@ from serendip.errors import ConfigError, DataError
 from serendip.store.base import (
     EVENT_TYPES,
     ROLES,
+    ApiKeyInfo,
     EventRecord,
     Impression,
     ItemRecord,
@@ -507,3 +508,14 @@ def too_many_keys(role: str, active: int, limit: int) -> str:
     """The message when creating one more ``role`` key would pass ``limit`` active ones."""
     return (f"the store already has {active} active {role} keys, the limit is {limit}: "
             "revoke one first")
+
+
+def key_infos(rows: Any) -> list[ApiKeyInfo]:
+    """``ApiKeyInfo`` from rows of (name, role, created_at, revoked_at, last_used_at,
+    revoked); a key revoked before schema v3 recorded no time and shows its creation time."""
+    return [
+        ApiKeyInfo(str(n), check_role(r), float(c),
+                   None if not rv else float(c if ra is None else ra),
+                   None if lu is None else float(lu))
+        for n, r, c, ra, lu, rv in rows
+    ]

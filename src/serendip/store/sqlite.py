@@ -49,6 +49,7 @@ from serendip.store._common import (
     hash_key,
     impression_rows,
     is_lookup_id,
+    key_infos,
     key_lookup,
     new_api_key,
     prepare_events,
@@ -877,12 +878,7 @@ class SQLiteStore:
                 "SELECT name, role, created_at, revoked_at, last_used_at, revoked FROM api_keys "
                 "ORDER BY id"
             ).fetchall()
-        return [
-            ApiKeyInfo(str(n), check_role(r), float(c),
-                       None if not rv else float(c if ra is None else ra),
-                       None if lu is None else float(lu))
-            for n, r, c, ra, lu, rv in rows
-        ]
+        return key_infos(rows)
 
     def count_api_keys(self, role: Role | None = None, active_only: bool = True) -> int:
         sql = "SELECT COUNT(*) FROM api_keys WHERE 1 = 1"
