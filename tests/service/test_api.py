@@ -183,7 +183,7 @@ def test_recommendations_shape_and_impressions(api, store, engine):
     history = {it["item_id"] for it in api("GET", "/v1/users/u0/history?limit=100").json()["items"]}
     for it in out["items"]:
         assert set(it) == {"item_id", "title", "score", "reasons", "badges", "propensity",
-                           "fields"}
+                           "fields", "prose"}
         assert set(it["badges"]) <= BADGES and it["reasons"]
         assert it["item_id"] not in history
     assert engine.impression_writer.flush(timeout=10)

@@ -349,6 +349,7 @@ def test_reasons_are_true_and_read_as_sentences(engine: Engine, preset: str) -> 
             assert first.startswith("because you liked ")
             named = first[len("because you liked "):].split(" and ")
             assert set(named) <= liked  # only items the person actually liked
+            assert all(t in it["prose"] for t in named)  # the prose says the same
             i = s.item_pos[it["item_id"]]
             m = re.search(r"few people have found it yet \((\d+) so far\)", text)
             if m:  # the count is the item's real number of people

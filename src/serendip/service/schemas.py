@@ -197,6 +197,9 @@ class RecItem(_Out):
         description="the item's own catalog fields other than its id and title (genres, year, "
                     "an image URL, ...)",
     )
+    prose: str | None = Field(
+        None, description="the reasons as one or two sentences, naming nothing the reasons do "
+                          "not (serendip.prose)")
 
 
 class Recommendations(_Out):

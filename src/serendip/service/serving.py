@@ -22,6 +22,7 @@ from serendip.errors import ConfigError, UnknownIdError
 from serendip.models._util import standardize
 from serendip.models.base import TEXT_SPACE
 from serendip.pipeline import Pipeline, with_relevance_rank
+from serendip.prose import explain_in_prose
 from serendip.rerank.base import RELEVANCE_REASONS
 from serendip.service.catalog import Catalog
 from serendip.service.feedback import Feedback
@@ -246,6 +247,8 @@ class Serving:
                 "score": round(float(score), 6) if math.isfinite(score) else 0.0,
                 "reasons": reasons, "badges": badges, "propensity": float(prop[n]),
                 "fields": s.fields(i),
+                # the reasons as one or two sentences; facts only from the reasons
+                "prose": explain_in_prose(s.titles[i], reasons),
             })
         return out
 

@@ -67,6 +67,9 @@ __all__ = [
     "KEY_TOUCH_INTERVAL",
     "DEFAULT_POOL_SIZE",
     "DEFAULT_POOL_TIMEOUT",
+    "PreparedGeneration",
+    "prepare_generation",
+    "generation_dict",
 ]
 
 #: Every plaintext key starts with this, so a leaked key is easy to recognise (and grep for).
@@ -519,3 +522,40 @@ def key_infos(rows: Any) -> list[ApiKeyInfo]:
                    None if lu is None else float(lu))
         for n, r, c, ra, lu, rv in rows
     ]
+
+
+@dataclass(frozen=True)
+class PreparedGeneration:
+    """A validated generated text, ready for ``put_generation``."""
+
+    model: str
+    prompt_hash: str
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def _token_count(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DataError(f"{what} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def prepare_generation(model: object, prompt_hash: object, text: object,
+                       prompt_tokens: object, completion_tokens: object) -> PreparedGeneration:
+    """Validate the arguments of ``put_generation`` (DataError naming the bad one)."""
+    return PreparedGeneration(
+        check_id(model, "generation model"),
+        check_id(prompt_hash, "generation prompt_hash"),
+        _check_text(text, "generated text"),
+        _token_count(prompt_tokens, "prompt_tokens"),
+        _token_count(completion_tokens, "completion_tokens"),
+    )
+
+
+def generation_dict(model: str, prompt_hash: str, row: Sequence[Any]) -> dict[str, Any]:
+    """A stored generation from a row of (text, prompt_tokens, completion_tokens, created_at)."""
+    text, prompt_tokens, completion_tokens, created_at = row
+    return {"model": model, "prompt_hash": prompt_hash, "text": str(text),
+            "prompt_tokens": int(prompt_tokens), "completion_tokens": int(completion_tokens),
+            "created_at": float(created_at)}

@@ -211,3 +211,13 @@ class Store(Protocol):
     def purge_before(self, timestamp: float) -> dict[str, int]:
         """Retention: delete impressions older than ``timestamp`` (seconds since the epoch);
         returns ``{"impressions": n}``.  Events are training data and are kept."""
+
+    # generated texts (a cache: nothing is generated twice) ---------------------------
+    def get_generation(self, model: str, prompt_hash: str) -> dict[str, Any] | None:
+        """The text ``model`` generated for ``prompt_hash``, or None: ``{"model",
+        "prompt_hash", "text", "prompt_tokens", "completion_tokens", "created_at"}``."""
+
+    def put_generation(self, model: str, prompt_hash: str, text: str, prompt_tokens: int,
+                       completion_tokens: int) -> None:
+        """Store a generated text; idempotent: when ``(model, prompt_hash)`` is already
+        stored, the first text is kept and nothing is written."""

@@ -46,6 +46,7 @@ from serendip.store._common import (
     duplicate_impression_ids,
     events_frame_from_rows,
     fields_frame,
+    generation_dict,
     hash_key,
     impression_rows,
     is_lookup_id,
@@ -53,6 +54,7 @@ from serendip.store._common import (
     key_lookup,
     new_api_key,
     prepare_events,
+    prepare_generation,
     prepare_impressions,
     prepare_items,
     prepare_users,
@@ -157,6 +159,22 @@ SQLITE_MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             # Erasing or exporting a person's data, and retention, find impressions by index.
             "CREATE INDEX impressions_user ON impressions (user_id)",
             "CREATE INDEX impressions_timestamp ON impressions (timestamp)",
+        ),
+    ),
+    (
+        4,
+        (
+            # Texts written by language models, keyed by model and a hash of the request,
+            # so that nothing is generated twice.
+            """CREATE TABLE generations (
+                model TEXT NOT NULL,
+                prompt_hash TEXT NOT NULL,
+                text TEXT NOT NULL,
+                prompt_tokens INTEGER NOT NULL,
+                completion_tokens INTEGER NOT NULL,
+                created_at REAL NOT NULL,
+                PRIMARY KEY (model, prompt_hash)
+            )""",
         ),
     ),
 )
@@ -972,3 +990,26 @@ class SQLiteStore:
         if n:
             self._checkpoint()
         return {"impressions": n}
+
+    # generated texts -------------------------------------------------------------------
+    def get_generation(self, model: str, prompt_hash: str) -> dict[str, Any] | None:
+        if not (is_lookup_id(model) and is_lookup_id(prompt_hash)):
+            return None
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT text, prompt_tokens, completion_tokens, created_at FROM generations "
+                "WHERE model = ? AND prompt_hash = ?", (model, prompt_hash)
+            ).fetchone()
+        return None if row is None else generation_dict(model, prompt_hash, row)
+
+    def put_generation(self, model: str, prompt_hash: str, text: str, prompt_tokens: int,
+                       completion_tokens: int) -> None:
+        g = prepare_generation(model, prompt_hash, text, prompt_tokens, completion_tokens)
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO generations (model, prompt_hash, text, prompt_tokens, "
+                "completion_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (model, prompt_hash) DO NOTHING",
+                (g.model, g.prompt_hash, g.text, g.prompt_tokens, g.completion_tokens,
+                 time.time()),
+            )
