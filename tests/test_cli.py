@@ -607,3 +607,105 @@ def test_quiet_leaves_no_progress_bar_warning():
                          timeout=120)
     assert run.returncode == 0, run.stderr
     assert "Cannot enable progress bars" not in run.stderr
+
+
+# ---------------------------------------------------------------------------- enrich
+ENRICH_ITEMS = (
+    "item_id,title,genres,price,blurb\n"
+    '007,Alpha (1999),Comedy|Drama,1.50,"A long blurb about alpha that easily runs past the '
+    'eighty character limit, with a comma."\n'
+    "b,Beta,Drama,2.00,\n"
+    "c,Gamma (2001),Comedy,3,short\n"
+    'd,Delta,,04,"Another long blurb, this one about delta, well beyond the eighty characters '
+    'threshold set."\n'
+)
+# chosen by 3, 2, 1 and 1 people: 007 is the only item with full, long text
+ENRICH_EVENTS = ("user_id,item_id,timestamp\nu1,007,1\nu1,b,2\nu2,007,3\nu2,c,4\nu3,d,5\n"
+                 "u3,b,6\nu4,007,7\n")
+
+
+@pytest.fixture()
+def thin_catalog(tmp_path):
+    (tmp_path / "items.csv").write_text(ENRICH_ITEMS)
+    (tmp_path / "events.csv").write_text(ENRICH_EVENTS)
+    return tmp_path
+
+
+def _csv_rows(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.reader(f))
+
+
+def test_enrich_describes_thin_items_and_keeps_the_catalog(thin_catalog, capsys):
+    from serendip.data import Dataset
+    from serendip.text.templates import item_texts
+
+    d = thin_catalog
+    out = d / "items-enriched.csv"
+    assert main(["-q", "enrich", "--interactions", str(d / "events.csv"),
+                 "--items", str(d / "items.csv"), "--out", str(out)]) == 0
+    said = capsys.readouterr().out.strip()
+    assert said.startswith("described 3 items of 4") and said.endswith(str(out))
+    before, after = _csv_rows(d / "items.csv"), _csv_rows(out)
+    assert after[0] == before[0] + ["generated_description"]
+    # every original cell exactly as written: '007', '1.50', '04', the empty blurb
+    assert [r[:-1] for r in after] == before
+    desc = {r[0]: r[-1] for r in after[1:]}
+    assert desc["007"] == ""  # long text and no empty column: not thin
+    assert desc["b"].startswith("A drama.") and "also chose Alpha (1999)" in desc["b"]
+    assert desc["c"].startswith("A 2001 comedy.")
+    assert desc["d"] != ""  # long text, but its genres are empty
+    # the written file is a catalog again, and the encoder's text now carries the column
+    data = Dataset.from_files(d / "events.csv", out)
+    texts = dict(zip(data.item_ids, item_texts(data), strict=True))
+    assert "generated_description: A drama." in texts["b"]
+    assert "generated_description" not in texts["007"]
+    # and fit takes it: the model's catalog keeps the descriptions its vectors were made from
+    from serendip.pipeline import Recommender
+
+    capsys.readouterr()
+    assert main(["-q", "fit", "--interactions", str(d / "events.csv"), "--items", str(out),
+                 "--out", str(d / "model")]) == 0
+    kept = Recommender.load(d / "model").data.items.set_index("item_id")
+    assert kept.loc["b", "generated_description"] == desc["b"]
+
+
+def test_enrich_budget_takes_the_least_chosen_first(thin_catalog, capsys):
+    d = thin_catalog
+    out = d / "one.csv"
+    assert main(["-q", "enrich", "--interactions", str(d / "events.csv"),
+                 "--items", str(d / "items.csv"), "--out", str(out), "--budget", "1"]) == 0
+    assert capsys.readouterr().out.startswith("described 1 item of 4 ")
+    desc = {r[0]: r[-1] for r in _csv_rows(out)[1:]}
+    # c and d are chosen once each; the tie goes to the earlier item
+    assert [k for k, v in desc.items() if v] == ["c"]
+    # enriching the enriched file keeps c's description and adds the others'
+    again = d / "two.parquet"
+    assert main(["-q", "enrich", "--interactions", str(d / "events.csv"),
+                 "--items", str(out), "--out", str(again)]) == 0
+    assert capsys.readouterr().out.startswith("described 2 items of 4 ")
+    table = pd.read_parquet(again).set_index("item_id")["generated_description"]
+    assert table["c"] == desc["c"] and table["b"] and table["d"]
+    assert pd.isna(table["007"]) or table["007"] == ""
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["--budget", "x"], "--budget must be a non-negative integer, got 'x'"),
+    (["--budget", "-2"], "--budget must be a non-negative integer, got '-2'"),
+    (["--min-chars", "1.5"], "--min-chars must be a non-negative integer, got '1.5'"),
+])
+def test_enrich_bad_count_is_one_line(thin_catalog, capsys, args, named):
+    d = thin_catalog
+    assert main(["-q", "enrich", "--interactions", str(d / "events.csv"),
+                 "--items", str(d / "items.csv"), "--out", str(d / "o.csv"), *args]) == 2
+    err = capsys.readouterr().err
+    assert named in err and len(err.strip().splitlines()) == 1
+    assert not (d / "o.csv").exists()
+
+
+def test_enrich_bad_out_suffix_is_one_line(thin_catalog, capsys):
+    d = thin_catalog
+    assert main(["-q", "enrich", "--interactions", str(d / "events.csv"),
+                 "--items", str(d / "items.csv"), "--out", str(d / "o.json")]) == 2
+    err = capsys.readouterr().err
+    assert "'.json'" in err and len(err.strip().splitlines()) == 1

@@ -1,4 +1,5 @@
-"""The ``serendip`` command: fit, tune, recommend, evaluate, demo, serve, ope, keys, users."""
+"""The ``serendip`` command: fit, tune, enrich, recommend, evaluate, demo, serve, ope, keys,
+users."""
 
 from __future__ import annotations
 
@@ -322,6 +323,91 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"wrote {', '.join(str(p) for p in written)}")
     for line in _tuned_usage(args, sorted(result.presets)):
         print(line)
+    return 0
+
+
+#: ``enrich --out`` formats, by suffix (text formats optionally compressed).
+ENRICH_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
+_COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
+
+
+def _count_option(value: str | None, option: str) -> int | None:
+    """A non-negative integer option, checked here so a bad value is a one-line error."""
+    if value is None:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise ConfigError(f"{option} must be a non-negative integer, got {value!r}")
+    return n
+
+
+def _enrich_out(path: str) -> tuple[str, str]:
+    """(format suffix, compression suffix) of ``enrich --out``, refused before any work."""
+    from serendip.data.io import _table_suffix
+
+    _check_out_file(path, "--out")
+    suffix, compression = _table_suffix(Path(path))
+    if suffix not in ENRICH_SUFFIXES:
+        raise ConfigError(f"--out {path!r}: write the items as {', '.join(ENRICH_SUFFIXES)} "
+                          f"(by suffix), not {suffix or 'a file without a suffix'!r}")
+    if compression and suffix in (".parquet", ".pq"):
+        raise ConfigError(f"--out {path!r}: Parquet files compress internally; drop "
+                          f"{compression!r}")
+    return suffix, compression
+
+
+def _items_as_read(args: argparse.Namespace, data, text_out: bool):  # type: ignore[no-untyped-def]
+    """The catalog to write back.  Written as text from a CSV/TSV ``--items`` file, every cell
+    is the text the file holds (numbers are not re-formatted), so the catalog's own columns
+    come back unchanged; otherwise the table as loaded."""
+    from serendip.data.io import _table_suffix, read_table
+
+    if (getattr(args, "dataset", None) or not text_out
+            or _table_suffix(Path(args.items))[0] not in (".csv", ".tsv")):
+        return data.items.copy()
+    raw = read_table(args.items, id_columns=list(data.items.columns), sep=args.items_sep,
+                     encoding=args.encoding).reset_index(drop=True)
+    if raw["item_id"].tolist() != data.items["item_id"].tolist():  # the loader keeps file order
+        return data.items.copy()
+    return raw
+
+
+def cmd_enrich(args: argparse.Namespace) -> int:
+    from serendip.enrich import GENERATED_COLUMN, enrich
+    from serendip.pipeline import load_fit_config
+    from serendip.text.templates import cell_text
+
+    budget = _count_option(args.budget, "--budget")
+    min_chars = _count_option(args.min_chars, "--min-chars")
+    suffix, compression = _enrich_out(args.out)
+    cfg = load_fit_config(args.config)
+    data, name = _input_data(args, cfg)
+    out = enrich(data, budget_items=budget, progress=not args.quiet, min_chars=min_chars or 0)
+    items = _items_as_read(args, data, suffix in (".csv", ".tsv"))
+    before = (items[GENERATED_COLUMN].tolist() if GENERATED_COLUMN in items.columns
+              else [None] * data.n_items)
+    after = out.items[GENERATED_COLUMN].tolist()
+    new = [i for i in range(data.n_items) if not cell_text(before[i]) and after[i]]
+    column = list(before)
+    for i in new:
+        column[i] = after[i]
+    items[GENERATED_COLUMN] = column
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        if suffix in (".parquet", ".pq"):
+            items.to_parquet(tmp, index=False)
+        else:
+            items.to_csv(tmp, sep="\t" if suffix == ".tsv" else ",", index=False,
+                         encoding="utf-8", compression=_COMPRESSIONS.get(compression))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"described {_n(len(new), 'item')} of {data.n_items} in {name} -> {args.out}")
     return 0
 
 
@@ -882,6 +968,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, metavar="DIR", help="directory to write")
     tune_args(t)
     t.set_defaults(func=cmd_tune)
+
+    en = command(sub, "enrich", "write the catalog with a generated_description column for "
+                 "items whose text is thin",
+                 "serendip enrich --interactions events.csv --items items.csv "
+                 "--out items-enriched.csv",
+                 "serendip enrich --dataset goodbooks --budget 500 --out books.parquet",
+                 "serendip fit --interactions events.csv --items items-enriched.csv --out model/",
+                 description="Write the item catalog again with a generated_description "
+                 "column for its thin items (text under --min-chars characters, or an empty "
+                 "column), the least chosen first; every other column is written as read. "
+                 "Descriptions come from the catalog's own data (year, categories, other "
+                 "columns, what the people who chose an item also chose); a generator option "
+                 "comes with the service integration. Pass the file to fit --items: the "
+                 "encoder then reads the new column too.")
+    data_args(en)
+    en.add_argument("--out", required=True, metavar="FILE",
+                    help="items file to write: .csv, .tsv (UTF-8, optionally .gz etc.) or "
+                    ".parquet, by suffix")
+    en.add_argument("--budget", metavar="N", default=None,
+                    help="describe at most N thin items, the least chosen first (default: all)")
+    en.add_argument("--min-chars", metavar="N", default="80",
+                    help="an item whose catalog text is shorter than this is thin")
+    en.set_defaults(func=cmd_enrich)
 
     r = command(sub, "recommend", "top-k lists from a fitted model",
                 "serendip recommend --model model/ --user 42",
