@@ -306,3 +306,34 @@ def test_a_key_cap_holds_under_concurrent_creation_through_two_stores(
     assert len(made) == cap and len(refused) == 20 - cap
     assert a.count_api_keys(role="admin") == cap
     a.create_api_key("reader", "read", max_active=cap)  # the cap is per role
+
+
+def test_concurrent_revocations_keep_the_last_admin_key(open_fresh: Callable[[], Store]) -> None:
+    """Two instances revoke the only two admin keys at once: one succeeds, the other is
+    refused inside its transaction, so an admin key always remains."""
+    import threading
+
+    a, b = open_fresh(), open_fresh()
+    a.create_api_key("k1", "admin")
+    a.create_api_key("k2", "admin")
+    results: list[str] = []
+    start = threading.Barrier(2)
+
+    def revoke(store: Store, name: str) -> None:
+        start.wait()
+        try:
+            results.append("revoked" if store.revoke_api_key(name, keep_last_admin=True)
+                           else "missing")
+        except ConfigError as e:
+            assert "last active admin key" in str(e)
+            results.append("refused")
+
+    threads = [threading.Thread(target=revoke, args=(a, "k1")),
+               threading.Thread(target=revoke, args=(b, "k2"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(results) == ["refused", "revoked"]
+    assert a.count_api_keys(role="admin") == 1
+    assert a.revoke_api_key("k1") or a.revoke_api_key("k2")  # without the guard: allowed

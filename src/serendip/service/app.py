@@ -690,14 +690,11 @@ def create_app(engine: Engine, *, static_keys: dict[str, Role] | None = None,
         """Revoke a key: it stops working at once in this process (other processes on the
         same store drop it from their key cache within 30 seconds).  The last active admin
         key cannot be revoked here: that would lock every administrator out of the API."""
-        key = next((k for k in engine.store.list_api_keys()
-                    if k.name == name and k.revoked_at is None), None)
-        if key is not None and key.role == "admin" and \
-                engine.store.count_api_keys(role="admin") <= 1:
-            return _error(409, "conflict", f"{name!r} is the last active admin key; create "
-                          "another admin key first (or revoke it with `serendip keys revoke` "
-                          "on the store)")
-        if not engine.store.revoke_api_key(name):
+        try:
+            done = engine.store.revoke_api_key(name, keep_last_admin=True)
+        except ConfigError as e:  # the last admin key, checked inside the transaction
+            return _error(409, "conflict", str(e))
+        if not done:
             raise UnknownIdError(f"no active API key named {name!r}")
         auth.forget()
         return {"name": name, "revoked": True}

@@ -559,3 +559,9 @@ def generation_dict(model: str, prompt_hash: str, row: Sequence[Any]) -> dict[st
     return {"model": model, "prompt_hash": prompt_hash, "text": str(text),
             "prompt_tokens": int(prompt_tokens), "completion_tokens": int(completion_tokens),
             "created_at": float(created_at)}
+
+
+def last_admin_key(name: str) -> str:
+    """The message when revoking ``name`` would leave no active admin key."""
+    return (f"{name!r} is the last active admin key; create another admin key first (or "
+            "revoke it with `serendip keys revoke` on the store)")

@@ -190,8 +190,12 @@ class Store(Protocol):
     def check_api_key(self, key: str) -> Role | None:
         """The role of an active key, or None (unknown, malformed or revoked)."""
 
-    def revoke_api_key(self, name: str) -> bool:
-        """Revoke the key named ``name``; False when no active key has that name."""
+    def revoke_api_key(self, name: str, keep_last_admin: bool = False) -> bool:
+        """Revoke the key named ``name``; False when no active key has that name.
+
+        ``keep_last_admin``: refuse (ConfigError) when it is the last active admin key,
+        checked inside the revoking transaction, so concurrent revocations through any number
+        of instances cannot all pass."""
 
     def list_api_keys(self) -> list[ApiKeyInfo]:
         """Every key ever created, revoked ones included, oldest first."""

@@ -46,6 +46,7 @@ from serendip.store._common import (
     is_lookup_id,
     key_infos,
     key_lookup,
+    last_admin_key,
     new_api_key,
     prepare_events,
     prepare_generation,
@@ -715,10 +716,20 @@ class PostgresStore:
         except StoreUnavailableError:  # the key is still good; the timestamp can wait
             pass
 
-    def revoke_api_key(self, name: str) -> bool:
+    def revoke_api_key(self, name: str, keep_last_admin: bool = False) -> bool:
         if not is_lookup_id(name):
             return False
         with self._write() as cur:
+            if keep_last_admin:
+                # one key change at a time across every instance, so the count holds
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (KEY_CREATION_LOCK,))
+                row = cur.execute("SELECT role FROM api_keys WHERE name = %s AND NOT revoked",
+                                  (name,)).fetchone()
+                got = cur.execute("SELECT COUNT(*) FROM api_keys WHERE role = 'admin' AND "
+                                  "NOT revoked AND name <> %s", (name,)).fetchone()
+                others = got[0] if got is not None else 0
+                if row is not None and row[0] == "admin" and others == 0:
+                    raise ConfigError(last_admin_key(name))
             cur.execute(
                 "UPDATE api_keys SET revoked = TRUE, revoked_at = %s "
                 "WHERE name = %s AND NOT revoked",

@@ -52,6 +52,7 @@ from serendip.store._common import (
     is_lookup_id,
     key_infos,
     key_lookup,
+    last_admin_key,
     new_api_key,
     prepare_events,
     prepare_generation,
@@ -880,10 +881,17 @@ class SQLiteStore:
         except StoreUnavailableError:  # the key is still good; the timestamp can wait
             pass
 
-    def revoke_api_key(self, name: str) -> bool:
+    def revoke_api_key(self, name: str, keep_last_admin: bool = False) -> bool:
         if not is_lookup_id(name):
             return False
-        with self._write() as conn:
+        with self._write() as conn:  # BEGIN IMMEDIATE: the check and the update are one step
+            if keep_last_admin:
+                row = conn.execute("SELECT role FROM api_keys WHERE name = ? AND revoked = 0",
+                                   (name,)).fetchone()
+                others = conn.execute("SELECT COUNT(*) FROM api_keys WHERE role = 'admin' AND "
+                                      "revoked = 0 AND name != ?", (name,)).fetchone()[0]
+                if row is not None and row[0] == "admin" and others == 0:
+                    raise ConfigError(last_admin_key(name))
             cur = conn.execute(
                 "UPDATE api_keys SET revoked = 1, revoked_at = ? WHERE name = ? AND revoked = 0",
                 (time.time(), name),
