@@ -136,7 +136,7 @@ def parse_request(text: str, index: CatalogIndex) -> ParsedRequest:
             common = size == 1 or any(w in STOPWORDS for w in words[start:start + size])
             if common and not any(w[:1].isupper() for w in raw[start:start + size]):
                 continue
-            if size == 1 and (key in STOPWORDS or len(key) < 4):
+            if size == 1 and (key in STOPWORDS or len(key) < 3):
                 continue
             hit = index.by_title.get(key)
             if hit:
