@@ -825,7 +825,8 @@ def cmd_users_erase(args: argparse.Namespace) -> int:
     if not erased:
         print(f"nothing stored for user {args.user_id!r}; nothing erased", file=sys.stderr)
         return 0
-    words = {"events": "event", "impressions": "impression", "users": "user record"}
+    words = {"events": "event", "impressions": "impression", "users": "user record",
+             "conversations": "conversation"}
     what = ", ".join(_n(v, words.get(k, k)) for k, v in erased.items())
     print(f"erased user {args.user_id!r}: {what}", file=sys.stderr)
     print("a running service still serves what its model learned from them until its next "

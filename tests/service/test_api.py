@@ -459,3 +459,21 @@ def test_refit_keeps_tuned_presets(store, tmp_path, seed_files, fitted, encoder)
         assert rec.pipeline("accurate").preset.description == "tuned here"
     finally:
         engine.close()
+
+
+def test_conversation_routes(api):
+    r = api("POST", "/v1/conversations", "read",
+            json={"message": "a sad war story, no comedy", "k": 3})
+    assert r.status_code == 200, r.text
+    first = r.json()
+    assert first["state"]["not_genres"] == ["comedy"] and len(first["items"]) == 3
+    assert first["reply"] and first["turns"] == 1
+    cid = first["conversation_id"]
+    r = api("POST", f"/v1/conversations/{cid}/messages", "read",
+            json={"message": "surprise me", "k": 3})
+    assert r.status_code == 200 and r.json()["turns"] == 2 and r.json()["discovery"] == 0.8
+    got = api("GET", f"/v1/conversations/{cid}", "read").json()
+    assert len(got["messages"]) == 4
+    assert api("POST", "/v1/conversations/nope/messages", "read",
+               json={"message": "hi"}).status_code == 404
+    assert api("POST", "/v1/conversations", "read", json={"message": ""}).status_code == 422

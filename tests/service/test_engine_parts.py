@@ -479,3 +479,31 @@ def test_a_list_another_instance_was_still_writing_is_erased_by_the_second_pass(
     finally:
         other.close()
         other_store.close()
+
+
+# ----------------------------------------------------------------------- conversation
+def test_a_conversation_refines_its_state_turn_by_turn_and_is_erased_with_its_user(
+        engine: Engine) -> None:
+    s = engine.state
+    liked = s.titles[s.item_pos["i3"]]  # "funny space cartoon 3"
+    first = engine.converse(f"I loved {liked}, something less sad", user_id="u6", k=5)
+    cid = first["conversation_id"]
+    assert first["state"]["liked"] == ["i3"] and "sad" in first["state"]["avoid"]
+    assert "i3" not in [it["item_id"] for it in first["items"]]  # named, so not returned
+    assert first["reply"].startswith(f"Since you liked {liked}")
+    assert first["turns"] == 1
+    # the next message refines it: the liked item becomes disliked, a surprise is asked for
+    second = engine.converse(f"Actually I didn't like {liked}. Surprise me", cid, k=5)
+    assert second["conversation_id"] == cid and second["turns"] == 2
+    assert second["state"]["liked"] == [] and second["state"]["disliked"] == ["i3"]
+    assert second["discovery"] == 0.8
+    assert "i3" not in [it["item_id"] for it in second["items"]]
+    stored = engine.conversation(cid)
+    assert len(stored["messages"]) == 4 and stored["user_id"] == "u6"
+    with pytest.raises(UnknownIdError, match="nope"):
+        engine.converse("hello", "nope")
+    # stored with the person's data: exported, then erased
+    assert [c["conversation_id"] for c in engine.export_user("u6")["conversations"]] == [cid]
+    assert engine.erase_user("u6")["removed"]["conversations"] == 1
+    with pytest.raises(UnknownIdError):
+        engine.conversation(cid)

@@ -48,7 +48,8 @@ def _seed_two_people(store: Store) -> None:
 # erase -------------------------------------------------------------------------------------
 def test_erase_user_deletes_everything_of_that_user_only(store: Store) -> None:
     _seed_two_people(store)
-    assert store.erase_user("ann") == {"events": 1200, "impressions": 2, "users": 1}
+    assert store.erase_user("ann") == {"events": 1200, "impressions": 2, "users": 1,
+                                      "conversations": 0}
     assert store.get_user("ann") is None and store.user_events("ann").empty
     frame = store.impressions_frame()  # type: ignore[attr-defined]
     assert frame["user_id"].tolist() == ["bob", None]
@@ -57,8 +58,10 @@ def test_erase_user_deletes_everything_of_that_user_only(store: Store) -> None:
     assert store.get_user("bob") == UserRecord("bob", {"age": "40"})
     assert store.count_events() == 1 and store.user_events("bob")["item_id"].tolist() == ["i1"]
     # erasing again, or someone unknown, finds nothing
-    assert store.erase_user("ann") == {"events": 0, "impressions": 0, "users": 0}
-    assert store.erase_user("") == {"events": 0, "impressions": 0, "users": 0}
+    assert store.erase_user("ann") == {"events": 0, "impressions": 0, "users": 0,
+                                      "conversations": 0}
+    assert store.erase_user("") == {"events": 0, "impressions": 0, "users": 0,
+                                   "conversations": 0}
     # the idempotency keys went with the events: the same key is a new event now
     (ack,) = store.append_events([EventRecord("ann", "i0", idempotency_key="ann-0")])
     assert not ack.duplicate
@@ -130,7 +133,8 @@ def test_export_user_is_complete_and_json(store: Store) -> None:
     assert "bob" not in json.dumps(out)  # nobody else's data
 
     nobody = store.export_user("nobody")
-    assert nobody == {"user_id": "nobody", "user": None, "events": [], "impressions": []}
+    assert nobody == {"user_id": "nobody", "user": None, "events": [], "impressions": [],
+                      "conversations": []}
     # events without a user record still belong to the person
     store.append_events([EventRecord("carl", "x", timestamp=5.0)])
     carl = store.export_user("carl")
@@ -262,7 +266,7 @@ def test_upgrade_from_version_2_in_place(
     _create_v2(backend, store_url)
     before = time.time()
     store = open_fresh()  # migrates
-    assert store.schema_version() == SCHEMA_VERSION == 4  # type: ignore[attr-defined]
+    assert store.schema_version() == SCHEMA_VERSION == 5  # type: ignore[attr-defined]
     keys = {k.name: k for k in store.list_api_keys()}
     assert keys["old-admin"].active and keys["old-admin"].created_at == 5.0
     gone = keys["old-gone"]
@@ -273,7 +277,8 @@ def test_upgrade_from_version_2_in_place(
     store.delete_items(["a"])
     assert store.catalog_version() == 1 and store.deleted_items_since(0) == ["a"]
     _seed_two_people(store)  # the new indexes and columns serve the new calls
-    assert store.erase_user("bob") == {"events": 1, "impressions": 1, "users": 1}
+    assert store.erase_user("bob") == {"events": 1, "impressions": 1, "users": 1,
+                                      "conversations": 0}
     assert open_fresh().migrate() == SCHEMA_VERSION
 
 
@@ -337,3 +342,20 @@ def test_concurrent_revocations_keep_the_last_admin_key(open_fresh: Callable[[],
     assert sorted(results) == ["refused", "revoked"]
     assert a.count_api_keys(role="admin") == 1
     assert a.revoke_api_key("k1") or a.revoke_api_key("k2")  # without the guard: allowed
+
+
+def test_conversations_are_stored_resumed_exported_and_erased(store: Store) -> None:
+    state = {"liked": [3], "genres": ["comedy"], "turns": 1}
+    msgs = [{"role": "user", "text": "I loved Heat"}, {"role": "assistant", "text": "Try …"}]
+    store.save_conversation("c1", "ann", state, msgs)
+    got = store.get_conversation("c1")
+    assert got is not None and got["state"] == state and got["messages"] == msgs
+    store.save_conversation("c1", "ann", {**state, "turns": 2}, [*msgs, *msgs])  # resumed
+    again = store.get_conversation("c1")
+    assert again is not None and again["state"]["turns"] == 2 and len(again["messages"]) == 4
+    store.save_conversation("c2", None, {}, [])  # anonymous
+    assert [c["conversation_id"] for c in store.export_user("ann")["conversations"]] == ["c1"]
+    assert store.erase_user("ann")["conversations"] == 1
+    assert store.get_conversation("c1") is None and store.get_conversation("c2") is not None
+    with pytest.raises(DataError, match="conversation id"):
+        store.save_conversation("bad\x00id", None, {}, [])

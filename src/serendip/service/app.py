@@ -621,6 +621,28 @@ def create_app(engine: Engine, *, static_keys: dict[str, Role] | None = None,
         return engine.recommend_session(body.item_ids, body.k, body.preset, body.discovery,
                                         learn=role != "read")
 
+    @app.post("/v1/conversations", response_model=S.ConversationTurn,
+              tags=["recommendations"], dependencies=[read])
+    def start_conversation(body: S.ConversationIn) -> dict[str, Any]:
+        """Start a conversation with a first message; the answer carries its id."""
+        if not body.message.strip():
+            raise ConfigError("message must contain some text, got only whitespace")
+        return engine.converse(body.message, None, body.user_id, body.k)
+
+    @app.post("/v1/conversations/{conversation_id}/messages", response_model=S.ConversationTurn,
+              tags=["recommendations"], dependencies=[read])
+    def continue_conversation(conversation_id: IdPath, body: S.MessageIn) -> dict[str, Any]:
+        """The next message of a conversation: it refines what the earlier ones said."""
+        if not body.message.strip():
+            raise ConfigError("message must contain some text, got only whitespace")
+        return engine.converse(body.message, conversation_id, None, body.k)
+
+    @app.get("/v1/conversations/{conversation_id}", tags=["recommendations"],
+             dependencies=[read])
+    def get_conversation(conversation_id: IdPath) -> dict[str, Any]:
+        """A stored conversation: its state and messages (resumable)."""
+        return engine.conversation(conversation_id)
+
     @app.post("/v1/search", response_model=S.SearchResults, tags=["recommendations"],
               dependencies=[read])
     def search(body: S.SearchIn) -> dict[str, Any]:

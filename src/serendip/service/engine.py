@@ -247,6 +247,17 @@ class Engine:
         out["user_id"] = user_id
         return out
 
+    def converse(self, message: str, conversation_id: str | None = None,
+                 user_id: str | None = None, k: int = 10) -> dict[str, Any]:
+        """One turn of a conversation (a new one when no id is given)."""
+        out = self.serving.converse(message, conversation_id, self._uid_opt(user_id), k)
+        if user_id is not None:
+            out["user_id"] = user_id
+        return out
+
+    def conversation(self, conversation_id: str) -> dict[str, Any]:
+        return self.serving.conversation(conversation_id)
+
     def explain(self, user_id: str, item_id: str) -> dict[str, Any]:
         out = self.serving.explain(self.uid(user_id), item_id)
         out["user_id"] = user_id

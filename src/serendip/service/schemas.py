@@ -127,6 +127,17 @@ class SearchIn(_In):
     discovery: Discovery | None = None
 
 
+class ConversationIn(_In):
+    message: Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_storable)]
+    user_id: Id | None = Field(None, description="whose taste to blend in (optional)")
+    k: ListLength = 10
+
+
+class MessageIn(_In):
+    message: Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_storable)]
+    k: ListLength = 10
+
+
 class KeyIn(_In):
     name: Id
     role: RoleName
@@ -226,6 +237,15 @@ class SearchResults(Recommendations):
         default_factory=dict,
         description="what was read from the request: titles named, genres, not_genres, era "
                     "(older/newer), avoid (words after 'not'), text (the rest)")
+
+
+class ConversationTurn(SearchResults):
+    conversation_id: str
+    reply: str = Field(description="a short answer naming only what the conversation holds")
+    state: dict[str, Any] = Field(
+        description="what the conversation has established: liked and disliked item ids, "
+                    "genres, not_genres, avoid, era, discovery, text, turns")
+    turns: int
 
 
 class SimilarItem(_Out):

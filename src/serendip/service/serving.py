@@ -13,11 +13,15 @@ from __future__ import annotations
 import math
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from serendip.conversation import ConversationState, parse_message
+from serendip.conversation import apply as apply_message
+from serendip.conversation import reply as conversation_reply
 from serendip.errors import ConfigError, UnknownIdError
 from serendip.models._util import standardize
 from serendip.models.base import TEXT_SPACE
@@ -79,6 +83,27 @@ def popularity_sentence(title: str, users: int, n_users: int, more_popular_than:
     less = math.floor(100 - more_popular_than)
     return first + (f"; few people have found it: it is in the long tail, less popular than "
                     f"{less}% of the catalog.")
+
+
+def _state_to_stored(state: ConversationState, s: ModelState) -> dict[str, Any]:
+    """A conversation's state with item ids (indices change with every fit)."""
+    out = state.as_dict()
+    out["liked"] = [s.item_ids[i] for i in state.liked]
+    out["disliked"] = [s.item_ids[i] for i in state.disliked]
+    return out
+
+
+def _state_from_stored(stored: dict[str, Any], s: ModelState) -> ConversationState:
+    """The stored state on the current model (items it no longer has are dropped)."""
+    def items(key: str) -> tuple[int, ...]:
+        return tuple(i for i in (s.index(str(x)) for x in stored.get(key, ())) if i is not None)
+
+    return ConversationState(
+        liked=items("liked"), disliked=items("disliked"),
+        genres=tuple(stored.get("genres", ())), not_genres=tuple(stored.get("not_genres", ())),
+        avoid=tuple(stored.get("avoid", ())), era=stored.get("era"),
+        discovery=stored.get("discovery"), text=str(stored.get("text", "")),
+        turns=int(stored.get("turns", 0)))
 
 
 def _understood(parsed: ParsedRequest, s: ModelState) -> dict[str, Any]:
@@ -301,7 +326,8 @@ class Serving:
 
     # ------------------------------------------------------------------- search
     def search(self, text: str, user_id: str | None = None, k: int = 10,
-               discovery: float | None = None) -> dict[str, Any]:
+               discovery: float | None = None, *, parsed: ParsedRequest | None = None,
+               exclude: Sequence[int] = ()) -> dict[str, Any]:
         """Items for a request in words, optionally blended with a user's taste.
 
         The request is read against the catalog first (``serendip.text.request``): titles it
@@ -310,11 +336,14 @@ class Serving:
         no word the catalog or the encoder knows answers an empty list with a ``note``; a weak
         best match answers its nearest items with a ``note`` saying so.  ``discovery`` defaults
         to ``SEARCH_DISCOVERY`` (0: the request decides; the web page sends the same default).
+        ``parsed``: a reading made elsewhere (a conversation's state) instead of the text's own;
+        ``exclude``: items never to return (a conversation's disliked ones).
         """
         s = self.lifecycle.state
         enc = self.lifecycle.encoder()
         prompt = request_text(text)
-        parsed = parse_request(prompt, self._catalog_index(s, enc))
+        if parsed is None:
+            parsed = parse_request(prompt, self._catalog_index(s, enc))
         d = SEARCH_DISCOVERY if discovery is None else float(discovery)
         preset = self.config.default_preset
         base = {"user_id": user_id, "preset": preset, "discovery": d, "query": text,
@@ -345,6 +374,7 @@ class Serving:
             qv /= max(float(np.linalg.norm(qv)), 1e-12)
         blocked = s.excluded.copy()
         blocked[mentions] = True
+        blocked[np.asarray(list(exclude), dtype=np.int64)] = True
         hist = np.zeros(0, dtype=np.int64)
         neg = np.zeros(0, dtype=np.int64)
         u = None
@@ -521,6 +551,52 @@ class Serving:
         pool = ItemList(cand[keep], blend_c[keep]).top(n_pool)
         cos_of = dict(zip(cand.tolist(), cos_c.tolist(), strict=True))
         return pool, session, context, lambda i: cos_of.get(int(i), float(s.vectors[i] @ qv))
+
+    # ------------------------------------------------------------------- conversation
+    def converse(self, message: str, conversation_id: str | None = None,
+                 user_id: str | None = None, k: int = 10) -> dict[str, Any]:
+        """One turn of a conversation: the message refines the stored state
+        (``serendip.conversation``), the state answers as a search, and a short reply comes
+        back with the items.  A new conversation is started when no id is given."""
+        s = self.lifecycle.state
+        enc = self.lifecycle.encoder()
+        prompt = request_text(message)
+        idx = self._catalog_index(s, enc)
+        stored = None
+        if conversation_id is not None:
+            stored = self.store.get_conversation(conversation_id)
+            if stored is None:
+                raise UnknownIdError(f"unknown conversation id {conversation_id!r}")
+            user_id = stored["user_id"] if stored["user_id"] is not None else user_id
+        cid = conversation_id or uuid.uuid4().hex
+        state = _state_from_stored(stored["state"] if stored else {}, s)
+        state = apply_message(state, parse_message(prompt, idx))
+        text = state.text or " ".join(state.genres) or prompt
+        words = parse_request(text, idx)
+        parsed = ParsedRequest(
+            text=text, mentions=state.liked, era=state.era, genres=state.genres,
+            not_genres=state.not_genres, avoid=state.avoid, known_words=words.known_words,
+            words=words.words)
+        if parsed.understood:
+            out = self.search(text, user_id, k, state.discovery, parsed=parsed,
+                              exclude=state.disliked)
+        else:
+            out = self.search(prompt, user_id, k, state.discovery)
+        titles = [it["title"] for it in out["items"]]
+        answer = conversation_reply(state, s.titles, titles)
+        messages = [*(stored["messages"] if stored else []),
+                    {"role": "user", "text": prompt},
+                    {"role": "assistant", "text": answer, "items": [it["item_id"] for it in
+                                                                    out["items"]]}]
+        self.store.save_conversation(cid, user_id, _state_to_stored(state, s), messages)
+        return {**out, "conversation_id": cid, "reply": answer,
+                "state": _state_to_stored(state, s), "turns": state.turns}
+
+    def conversation(self, conversation_id: str) -> dict[str, Any]:
+        got = self.store.get_conversation(conversation_id)
+        if got is None:
+            raise UnknownIdError(f"unknown conversation id {conversation_id!r}")
+        return got
 
     # ------------------------------------------------------------------- explanations
     def explain(self, user_id: str, item_id: str) -> dict[str, Any]:

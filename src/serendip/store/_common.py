@@ -565,3 +565,41 @@ def last_admin_key(name: str) -> str:
     """The message when revoking ``name`` would leave no active admin key."""
     return (f"{name!r} is the last active admin key; create another admin key first (or "
             "revoke it with `serendip keys revoke` on the store)")
+
+
+#: Largest stored conversation (state and messages as JSON, bytes).
+MAX_CONVERSATION_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class PreparedConversation:
+    conversation_id: str
+    user_id: str | None
+    state: str
+    messages: str
+
+
+def prepare_conversation(conversation_id: str, user_id: str | None, state: dict[str, Any],
+                         messages: list[dict[str, Any]]) -> PreparedConversation:
+    """A conversation checked and serialised for storage (errors name the bad value)."""
+    if not is_lookup_id(conversation_id):
+        raise DataError(f"conversation id must be 1-256 characters without control "
+                        f"characters, got {conversation_id!r}")
+    if user_id is not None and not is_lookup_id(user_id):
+        raise DataError(f"user id must be 1-256 characters without control characters, "
+                        f"got {user_id!r}")
+    st = json.dumps(state, sort_keys=True)
+    msgs = json.dumps(messages)
+    if len(st) + len(msgs) > MAX_CONVERSATION_BYTES:
+        raise DataError(f"conversation {conversation_id!r} is over {MAX_CONVERSATION_BYTES} "
+                        "bytes; start a new one")
+    return PreparedConversation(conversation_id, user_id, st, msgs)
+
+
+def conversation_dict(conversation_id: str, user_id: str | None, state: Any, messages: Any,
+                      created_at: float, updated_at: float) -> dict[str, Any]:
+    """A stored conversation as the protocol returns it."""
+    return {"conversation_id": conversation_id, "user_id": user_id,
+            "state": json.loads(state) if isinstance(state, str) else dict(state),
+            "messages": json.loads(messages) if isinstance(messages, str) else list(messages),
+            "created_at": float(created_at), "updated_at": float(updated_at)}

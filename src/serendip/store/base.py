@@ -217,6 +217,13 @@ class Store(Protocol):
         returns ``{"impressions": n}``.  Events are training data and are kept."""
 
     # generated texts (a cache: nothing is generated twice) ---------------------------
+    def save_conversation(self, conversation_id: str, user_id: str | None,
+                          state: dict[str, Any], messages: list[dict[str, Any]]) -> None:
+        """Store (or replace) a conversation: its state and messages, erased and exported
+        with its user."""
+
+    def get_conversation(self, conversation_id: str) -> dict[str, Any] | None: ...
+
     def get_generation(self, model: str, prompt_hash: str) -> dict[str, Any] | None:
         """The text ``model`` generated for ``prompt_hash``, or None: ``{"model",
         "prompt_hash", "text", "prompt_tokens", "completion_tokens", "created_at"}``."""

@@ -37,6 +37,7 @@ from serendip.store._common import (
     check_role,
     check_timestamp,
     check_version,
+    conversation_dict,
     duplicate_impression_ids,
     events_frame_from_rows,
     fields_frame,
@@ -48,6 +49,7 @@ from serendip.store._common import (
     key_lookup,
     last_admin_key,
     new_api_key,
+    prepare_conversation,
     prepare_events,
     prepare_generation,
     prepare_impressions,
@@ -172,6 +174,22 @@ POSTGRES_MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
                 created_at DOUBLE PRECISION NOT NULL,
                 PRIMARY KEY (model, prompt_hash)
             )""",
+        ),
+    ),
+    (
+        5,
+        (
+            # Conversations: the state a person's messages built and the messages themselves
+            # (JSON), so a conversation can be resumed, exported and erased with the person.
+            """CREATE TABLE conversations (
+                conversation_id TEXT PRIMARY KEY,
+                user_id TEXT,
+                state TEXT NOT NULL,
+                messages TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL
+            )""",
+            "CREATE INDEX conversations_user ON conversations (user_id)",
         ),
     ),
 )
@@ -773,11 +791,11 @@ class PostgresStore:
         The rows are gone for every reader at commit; their bytes stay in the table files until
         (auto)vacuum reuses the space, as with any PostgreSQL delete.
         """
-        counts = {"events": 0, "impressions": 0, "users": 0}
+        counts = {"events": 0, "impressions": 0, "users": 0, "conversations": 0}
         if not is_lookup_id(user_id):
             return counts
         with self._write() as cur:
-            for table in ("events", "impressions", "users"):
+            for table in ("events", "impressions", "users", "conversations"):
                 cur.execute(
                     f"DELETE FROM {table} WHERE user_id = %s",  # type: ignore[arg-type]
                     (user_id,),
@@ -786,7 +804,8 @@ class PostgresStore:
         return counts
 
     def export_user(self, user_id: str) -> dict[str, Any]:
-        out: dict[str, Any] = {"user_id": user_id, "user": None, "events": [], "impressions": []}
+        out: dict[str, Any] = {"user_id": user_id, "user": None, "events": [], "impressions": [],
+                               "conversations": []}
         if not is_lookup_id(user_id):
             return out
         with self._write() as cur:  # one snapshot for all three reads
@@ -804,6 +823,11 @@ class PostgresStore:
                 "context, timestamp FROM impressions WHERE user_id = %s ORDER BY id",
                 (user_id,),
             ).fetchall()
+            convs = cur.execute(
+                "SELECT conversation_id, state, messages, created_at, updated_at "
+                "FROM conversations WHERE user_id = %s ORDER BY created_at",
+                (user_id,),
+            ).fetchall()
         if user is not None:
             out["user"] = {"fields": dict(user[0]), "updated_at": float(user[1])}
         out["events"] = [
@@ -819,6 +843,8 @@ class PostgresStore:
              "preset": pr, "discovery": float(d), "context": c, "timestamp": float(ts)}
             for r, k, a, sc, p, pr, d, c, ts in imps
         ]
+        out["conversations"] = [conversation_dict(c, user_id, st, m, t0, t1)
+                                for c, st, m, t0, t1 in convs]
         return out
 
     def purge_before(self, timestamp: float) -> dict[str, int]:
@@ -826,6 +852,34 @@ class PostgresStore:
         with self._write() as cur:
             cur.execute("DELETE FROM impressions WHERE timestamp < %s", (cutoff,))
             return {"impressions": max(cur.rowcount, 0)}
+
+    # conversations ---------------------------------------------------------------------
+    def save_conversation(self, conversation_id: str, user_id: str | None,
+                          state: dict[str, Any], messages: list[dict[str, Any]]) -> None:
+        c = prepare_conversation(conversation_id, user_id, state, messages)
+        now = time.time()
+        with self._write() as cur:
+            cur.execute(
+                "INSERT INTO conversations (conversation_id, user_id, state, messages, "
+                "created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (conversation_id) DO UPDATE SET user_id = excluded.user_id, "
+                "state = excluded.state, messages = excluded.messages, "
+                "updated_at = excluded.updated_at",
+                (c.conversation_id, c.user_id, c.state, c.messages, now, now),
+            )
+
+    def get_conversation(self, conversation_id: str) -> dict[str, Any] | None:
+        if not is_lookup_id(conversation_id):
+            return None
+        with self._read() as cur:
+            row = cur.execute(
+                "SELECT user_id, state, messages, created_at, updated_at FROM conversations "
+                "WHERE conversation_id = %s", (conversation_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        u, st, m, t0, t1 = row
+        return conversation_dict(conversation_id, u, st, m, t0, t1)
 
     # generated texts -------------------------------------------------------------------
     def get_generation(self, model: str, prompt_hash: str) -> dict[str, Any] | None:

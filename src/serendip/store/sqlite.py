@@ -43,6 +43,7 @@ from serendip.store._common import (
     check_role,
     check_timestamp,
     check_version,
+    conversation_dict,
     duplicate_impression_ids,
     events_frame_from_rows,
     fields_frame,
@@ -54,6 +55,7 @@ from serendip.store._common import (
     key_lookup,
     last_admin_key,
     new_api_key,
+    prepare_conversation,
     prepare_events,
     prepare_generation,
     prepare_impressions,
@@ -176,6 +178,22 @@ SQLITE_MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
                 created_at REAL NOT NULL,
                 PRIMARY KEY (model, prompt_hash)
             )""",
+        ),
+    ),
+    (
+        5,
+        (
+            # Conversations: the state a person's messages built and the messages themselves
+            # (JSON), so a conversation can be resumed, exported and erased with the person.
+            """CREATE TABLE conversations (
+                conversation_id TEXT PRIMARY KEY,
+                user_id TEXT,
+                state TEXT NOT NULL,
+                messages TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL
+            )""",
+            "CREATE INDEX conversations_user ON conversations (user_id)",
         ),
     ),
 )
@@ -934,11 +952,11 @@ class SQLiteStore:
         checkpointed and truncated, so the erased text does not linger on disk (unless another
         process holds an old snapshot open at that moment; the next checkpoint clears it).
         """
-        counts = {"events": 0, "impressions": 0, "users": 0}
+        counts = {"events": 0, "impressions": 0, "users": 0, "conversations": 0}
         if not is_lookup_id(user_id):
             return counts
         with self._write() as conn:
-            for table in ("events", "impressions", "users"):
+            for table in ("events", "impressions", "users", "conversations"):
                 # table is one of the fixed names above
                 cur = conn.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))
                 counts[table] = max(cur.rowcount, 0)
@@ -955,7 +973,8 @@ class SQLiteStore:
                 pass
 
     def export_user(self, user_id: str) -> dict[str, Any]:
-        out: dict[str, Any] = {"user_id": user_id, "user": None, "events": [], "impressions": []}
+        out: dict[str, Any] = {"user_id": user_id, "user": None, "events": [], "impressions": [],
+                               "conversations": []}
         if not is_lookup_id(user_id):
             return out
         with self._read() as conn:
@@ -973,6 +992,11 @@ class SQLiteStore:
                 "context, timestamp FROM impressions WHERE user_id = ? ORDER BY id",
                 (user_id,),
             ).fetchall()
+            convs = conn.execute(
+                "SELECT conversation_id, state, messages, created_at, updated_at "
+                "FROM conversations WHERE user_id = ? ORDER BY created_at",
+                (user_id,),
+            ).fetchall()
             conn.execute("COMMIT")
         if user is not None:
             out["user"] = {"fields": json.loads(user[0]), "updated_at": float(user[1])}
@@ -988,6 +1012,8 @@ class SQLiteStore:
              "preset": pr, "discovery": float(d), "context": c, "timestamp": float(ts)}
             for r, k, a, sc, p, pr, d, c, ts in imps
         ]
+        out["conversations"] = [conversation_dict(c, user_id, st, m, t0, t1)
+                                for c, st, m, t0, t1 in convs]
         return out
 
     def purge_before(self, timestamp: float) -> dict[str, int]:
@@ -998,6 +1024,34 @@ class SQLiteStore:
         if n:
             self._checkpoint()
         return {"impressions": n}
+
+    # conversations ---------------------------------------------------------------------
+    def save_conversation(self, conversation_id: str, user_id: str | None,
+                          state: dict[str, Any], messages: list[dict[str, Any]]) -> None:
+        c = prepare_conversation(conversation_id, user_id, state, messages)
+        now = time.time()
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO conversations (conversation_id, user_id, state, messages, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (conversation_id) DO UPDATE SET user_id = excluded.user_id, "
+                "state = excluded.state, messages = excluded.messages, "
+                "updated_at = excluded.updated_at",
+                (c.conversation_id, c.user_id, c.state, c.messages, now, now),
+            )
+
+    def get_conversation(self, conversation_id: str) -> dict[str, Any] | None:
+        if not is_lookup_id(conversation_id):
+            return None
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT user_id, state, messages, created_at, updated_at FROM conversations "
+                "WHERE conversation_id = ?", (conversation_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        u, st, m, t0, t1 = row
+        return conversation_dict(conversation_id, u, st, m, t0, t1)
 
     # generated texts -------------------------------------------------------------------
     def get_generation(self, model: str, prompt_hash: str) -> dict[str, Any] | None:
