@@ -4,6 +4,8 @@
 
 const KEY_STORAGE = "serendip.apiKey";
 const USER_STORAGE = "serendip.lastUser";
+// The open conversation's id: per tab, so a reload resumes it and a new tab starts afresh.
+const CONVERSATION_STORAGE = "serendip.conversation";
 const DEBOUNCE_MS = 250;
 const K = 10;
 const SIMILAR_K = 6;
@@ -66,6 +68,18 @@ const el = {
   similarBody: $("similar-body"),
   similarHeading: document.getElementById("similar-heading"),
   cardTemplate: document.getElementById("card-template"),
+  chatHeading: document.getElementById("chat-heading"),
+  chatNew: $("chat-new"),
+  chatLog: $("chat-log"),
+  chatState: $("chat-state"),
+  chatChips: $("chat-chips"),
+  chatForm: $("chat-form"),
+  chatInput: $("chat-input"),
+  chatSend: $("chat-send"),
+  chatSurprise: $("chat-surprise"),
+  chatSurpriseHint: $("chat-surprise-hint"),
+  chatError: $("chat-error"),
+  chatLive: $("chat-live"),
 };
 
 const state = {
@@ -92,6 +106,10 @@ const state = {
   pendingLikes: 0,
   // item id -> Promise of its catalog fields (only used when a list omits them)
   fieldCache: new Map(),
+  // the conversation shown in the chat box: its id (null before the first message)
+  chat: { id: null, seq: 0, pending: false, slowTimer: 0, restored: "" },
+  // item id -> title, from every list shown (the conversation's state names items by id)
+  titles: new Map(),
 };
 
 // ---------------------------------------------------------------- text helpers
@@ -446,6 +464,7 @@ function renderCard(item, source) {
   node.dataset.source = source;
   const title = naturalTitle(item.title || id);
   node.dataset.title = title;
+  if (item.title) state.titles.set(id, String(item.title));
   node.querySelector(".card-title").textContent = title;
   // The list is ordered by the preset, not by this score: it only feeds the explanation.
   if (typeof item.score === "number") node.dataset.score = String(item.score);
@@ -851,6 +870,343 @@ async function runSearch(query) {
   }
 }
 
+// ---------------------------------------------------------------- conversation
+
+function storedConversation() {
+  try {
+    return sessionStorage.getItem(CONVERSATION_STORAGE) || "";
+  } catch {
+    return "";
+  }
+}
+
+function storeConversation(id) {
+  try {
+    if (id) sessionStorage.setItem(CONVERSATION_STORAGE, id);
+    else sessionStorage.removeItem(CONVERSATION_STORAGE);
+  } catch {
+    // storage can be disabled; the conversation then lasts as long as the page
+  }
+}
+
+function chatAnnounce(text) {
+  el.chatLive.textContent = text;
+}
+
+/** One line under the chat form: what failed and why (the server's own words). */
+function showChatError(what, err) {
+  if (isAbort(err)) return;
+  if (err instanceof ApiError && (err.status === 401 || err.status === 403)) el.keyBox.open = true;
+  el.chatError.textContent = err === undefined ? what : failure(what, err);
+  el.chatError.hidden = false;
+}
+
+function clearChatError() {
+  el.chatError.hidden = true;
+  el.chatError.textContent = "";
+}
+
+/** A message in the log: who said it, then the text (always as text, never as markup). */
+function chatBubble(role, text) {
+  const mine = role === "user";
+  const li = document.createElement("li");
+  li.className = `chat-turn ${mine ? "from-user" : "from-serendip"}`;
+  li.dataset.testid = mine ? "chat-user" : "chat-turn";
+  const who = document.createElement("p");
+  who.className = "chat-who";
+  who.textContent = mine ? "You" : "serendip";
+  const p = document.createElement("p");
+  p.className = mine ? "chat-text" : "chat-reply";
+  p.dataset.testid = mine ? "chat-message" : "chat-reply";
+  p.textContent = text;
+  li.append(who, p);
+  return li;
+}
+
+function pendingBubble() {
+  const li = document.createElement("li");
+  li.className = "chat-turn from-serendip pending";
+  li.dataset.testid = "chat-pending";
+  const who = document.createElement("p");
+  who.className = "chat-who";
+  who.textContent = "serendip";
+  li.append(who, loadingLine("Looking for picks…"));
+  return li;
+}
+
+/** The picks of one turn, folded under a summary ("10 picks") once a newer turn arrives. */
+function picksBox(count, open) {
+  const details = document.createElement("details");
+  details.className = "chat-picks";
+  details.dataset.testid = "chat-picks";
+  details.open = open;
+  const summary = document.createElement("summary");
+  summary.textContent = count === 1 ? "1 pick" : `${count} picks`;
+  const ol = document.createElement("ol");
+  ol.className = "cards";
+  ol.dataset.testid = "chat-list";
+  ol.dataset.state = "idle";
+  ol.setAttribute("aria-busy", "false");
+  details.append(summary, ol);
+  return { details, ol };
+}
+
+function collapsePicks() {
+  for (const d of el.chatLog.querySelectorAll(".chat-picks")) d.open = false;
+}
+
+/** serendip's answer to a message: the reply, the API's note if any, and the picks. */
+function liveTurn(data) {
+  const reply = typeof data.reply === "string" ? data.reply : "";
+  const li = chatBubble("assistant", reply);
+  const note = typeof data.note === "string" ? data.note.trim() : "";
+  if (note) {
+    const p = document.createElement("p");
+    p.className = "note";
+    p.dataset.testid = "chat-note";
+    p.textContent = note;
+    li.append(p);
+  }
+  const items = Array.isArray(data.items) ? data.items : [];
+  if (items.length) {
+    const { details, ol } = picksBox(items.length, true);
+    renderList(ol, items, "chat");
+    ol.dataset.state = "ready";
+    li.append(details);
+  }
+  return li;
+}
+
+/** A stored turn keeps only the ids of its picks: their cards are built from the catalog. */
+async function loadStoredPicks(ol, ids) {
+  setBusy(ol, true);
+  const found = await Promise.all(ids.map(async (id) => {
+    const fields = await itemFields({ item_id: id });
+    const title = fields.title ?? fields.name ?? state.titles.get(id);
+    // an item the catalog no longer has is left out
+    if (!title && !Object.keys(fields).length) return null;
+    return { item_id: id, title: title ? String(title) : id, fields };
+  }));
+  renderList(ol, found.filter(Boolean), "chat");
+  setBusy(ol, false);
+}
+
+function storedTurn(msg, open) {
+  const li = chatBubble("assistant", String(msg.text ?? ""));
+  const ids = Array.isArray(msg.items) ? msg.items.map(String) : [];
+  if (ids.length) {
+    const { details, ol } = picksBox(ids.length, open);
+    const load = () => {
+      if (ol.dataset.state === "idle") loadStoredPicks(ol, ids);
+    };
+    details.addEventListener("toggle", () => {
+      if (details.open) load();
+    });
+    li.append(details);
+    if (open) load();
+  }
+  return li;
+}
+
+/** An item's title for the "so far" chips: from a list already shown, else the catalog. */
+async function itemTitle(id) {
+  let t = state.titles.get(id);
+  if (!t) {
+    const fields = await itemFields({ item_id: id });
+    t = fields.title ?? fields.name;
+  }
+  return naturalTitle(t ? String(t) : id);
+}
+
+function chip(kind, icon, text) {
+  const li = document.createElement("li");
+  li.className = `chip chip-${kind}`;
+  li.dataset.testid = "chat-chip";
+  li.dataset.kind = kind;
+  if (icon) {
+    const i = document.createElement("span");
+    i.setAttribute("aria-hidden", "true");
+    i.textContent = `${icon} `;
+    li.append(i);
+  }
+  li.append(text);
+  return li;
+}
+
+// The discovery a "surprise me" and a "more like that" set (serendip.conversation).
+const CHAT_SURPRISE = 0.8;
+const CHAT_FAMILIAR = 0.1;
+
+/** What the conversation has established, as chips: liked and disliked items, wishes. */
+async function showChatState(st, userId) {
+  const seq = state.chat.seq;
+  const s = st && typeof st === "object" ? st : {};
+  const strings = (v) => (Array.isArray(v) ? v.map(String) : []);
+  const liked = strings(s.liked);
+  const disliked = strings(s.disliked);
+  const [likedTitles, dislikedTitles] = await Promise.all([
+    Promise.all(liked.map(itemTitle)), Promise.all(disliked.map(itemTitle)),
+  ]);
+  if (seq !== state.chat.seq) return;
+  const chips = [
+    ...likedTitles.map((t) => chip("liked", "♥", `Liked: ${t}`)),
+    ...dislikedTitles.map((t) => chip("disliked", "✕", `Not for me: ${t}`)),
+    ...strings(s.genres).map((g) => chip("genre", "", `Genre: ${g}`)),
+    ...strings(s.not_genres).map((g) => chip("not-genre", "✕", `No ${g}`)),
+    ...strings(s.avoid).map((w) => chip("avoid", "", `Less ${w}`)),
+  ];
+  if (typeof s.era === "string" && s.era) chips.push(chip("era", "", `Era: ${s.era}`));
+  if (typeof s.discovery === "number") {
+    if (s.discovery >= CHAT_SURPRISE) chips.push(chip("discovery", "★", "Surprises"));
+    else if (s.discovery <= CHAT_FAMILIAR) chips.push(chip("discovery", "", "More like those"));
+    else chips.push(chip("discovery", "", `Discovery ${s.discovery.toFixed(2)}`));
+  }
+  if (typeof userId === "string" && userId) chips.push(chip("user", "", `With user ${userId}'s history`));
+  el.chatChips.replaceChildren(...chips);
+  el.chatState.hidden = !chips.length;
+}
+
+function setChatBusy(busy) {
+  state.chat.pending = busy;
+  el.chatSend.disabled = busy;
+  el.chatSurprise.disabled = busy || !state.chat.id;
+  el.chatLog.setAttribute("aria-busy", String(busy));
+}
+
+/** The chat box once a conversation exists: it can be refined, surprised, or started over. */
+function chatStarted(id) {
+  state.chat.id = id;
+  storeConversation(id);
+  el.chatLog.dataset.conversationId = id;
+  el.chatNew.hidden = false;
+  el.chatSurprise.disabled = state.chat.pending;
+  el.chatSurpriseHint.hidden = true;
+}
+
+async function sendChat(text) {
+  const message = text.trim();
+  if (state.chat.pending) return;
+  if (!message) {
+    showChatError("Type a message first: a title you liked, or what you are in the mood for.");
+    el.chatInput.focus();
+    return;
+  }
+  if (!state.key) {
+    el.keyBox.open = true;
+    showChatError("No API key yet: paste the key that “serendip serve” printed into “API key” above.");
+    return;
+  }
+  clearChatError();
+  const id = state.chat.id;
+  const seq = ++state.chat.seq;
+  setChatBusy(true);
+  const mine = chatBubble("user", message);
+  const pending = pendingBubble();
+  el.chatLog.append(mine, pending);
+  if (el.chatInput.value.trim() === message) el.chatInput.value = "";
+  mine.scrollIntoView({ block: "nearest" });
+  clearTimeout(state.chat.slowTimer);
+  state.chat.slowTimer = setTimeout(() => {
+    if (seq !== state.chat.seq) return;
+    pending.replaceChildren(pending.firstChild, loadingLine(
+      "Looking for picks… the first request loads the language model, which can take a while."));
+  }, SLOW_MS);
+  const body = { message, k: K };
+  let path = "/v1/conversations";
+  if (id) path += `/${encodeURIComponent(id)}/messages`;
+  else if (state.user) body.user_id = state.user; // blend in the picked user's taste
+  try {
+    const data = await api(path, { method: "POST", body });
+    if (seq !== state.chat.seq) return; // started over meanwhile
+    clearTimeout(state.chat.slowTimer);
+    collapsePicks();
+    const turn = liveTurn(data);
+    pending.replaceWith(turn);
+    chatStarted(String(data.conversation_id ?? id ?? ""));
+    setChatBusy(false);
+    showChatState(data.state, data.user_id);
+    const n = Array.isArray(data.items) ? data.items.length : 0;
+    chatAnnounce(`serendip: ${turn.querySelector(".chat-reply").textContent} ` +
+      (n ? `${n} ${n === 1 ? "pick" : "picks"} shown.` : "No picks this time."));
+    mine.scrollIntoView({ block: "start" });
+    // back to the message box for the next refinement, unless the person moved on meanwhile
+    const at = document.activeElement;
+    if (!at || at === document.body || el.chatForm.contains(at)) el.chatInput.focus({ preventScroll: true });
+  } catch (err) {
+    if (seq !== state.chat.seq) return;
+    clearTimeout(state.chat.slowTimer);
+    pending.remove();
+    mine.remove();
+    setChatBusy(false);
+    if (!el.chatInput.value) el.chatInput.value = message; // to send again as it is, or edit
+    if (id && err instanceof ApiError && err.status === 404) {
+      showChatError("This conversation is no longer stored: choose “New conversation” to start again.");
+    } else {
+      showChatError(id ? "Could not send your message" : "Could not start the conversation", err);
+    }
+    el.chatInput.focus();
+  }
+}
+
+/** Show the conversation this tab had open (after a reload), from the server's record. */
+async function restoreConversation() {
+  const id = state.chat.id || storedConversation();
+  if (!id || !state.key) return;
+  const seq = ++state.chat.seq;
+  const pending = pendingBubble();
+  pending.querySelector(".list-state span:last-child").textContent = "Resuming your conversation…";
+  el.chatLog.replaceChildren(pending);
+  try {
+    const data = await api(`/v1/conversations/${encodeURIComponent(id)}`);
+    if (seq !== state.chat.seq) return;
+    const messages = (Array.isArray(data.messages) ? data.messages : [])
+      .filter((m) => m && typeof m === "object" && (m.role === "user" || m.role === "assistant"));
+    let last = -1;
+    messages.forEach((m, i) => {
+      if (m.role === "assistant") last = i;
+    });
+    const frag = document.createDocumentFragment();
+    messages.forEach((m, i) => {
+      frag.append(m.role === "user" ? chatBubble("user", String(m.text ?? "")) : storedTurn(m, i === last));
+    });
+    el.chatLog.replaceChildren(frag);
+    chatStarted(id);
+    setChatBusy(false);
+    showChatState(data.state, data.user_id);
+    chatAnnounce(`Conversation resumed: ${messages.length} messages.`);
+  } catch (err) {
+    if (seq !== state.chat.seq) return;
+    el.chatLog.replaceChildren();
+    if (err instanceof ApiError && err.status === 404) {
+      state.chat.id = null;
+      storeConversation("");
+      showChatError("Your earlier conversation is no longer stored: start a new one below.");
+    } else {
+      // keep the id: the conversation may resume once the server answers or the key is fixed
+      state.chat.id = id;
+      showChatError("Could not resume your conversation", err);
+    }
+  }
+}
+
+function newConversation() {
+  state.chat.seq++;
+  clearTimeout(state.chat.slowTimer);
+  state.chat.id = null;
+  storeConversation("");
+  setChatBusy(false);
+  el.chatLog.replaceChildren();
+  delete el.chatLog.dataset.conversationId;
+  el.chatChips.replaceChildren();
+  el.chatState.hidden = true;
+  el.chatNew.hidden = true;
+  el.chatSurpriseHint.hidden = false;
+  clearChatError();
+  el.chatInput.value = "";
+  el.chatInput.focus();
+  chatAnnounce("New conversation: tell serendip what you want.");
+}
+
 // ---------------------------------------------------------------- card actions
 
 const FEEDBACK = {
@@ -958,7 +1314,8 @@ function matchWords(card) {
   const score = Number.parseFloat(card.dataset.score ?? "");
   if (!Number.isFinite(score)) return "";
   const top = Math.min(100, Math.max(1, Math.ceil((1 - score) * 100 - 1e-9)));
-  const forWhom = card.dataset.source === "search" ? "for this search" : "for you";
+  const forWhom = card.dataset.source === "search" ? "for this search"
+    : card.dataset.source === "chat" ? "for this conversation" : "for you";
   return `top ${top}% of the catalog ${forWhom}`;
 }
 
@@ -979,6 +1336,7 @@ async function explain(card) {
   const title = card.dataset.title;
   if (!user) {
     showError("Pick a user to see why an item fits them.");
+    el.userInput.focus(); // where the message is, and what to do
     return;
   }
   const seq = ++state.explainSeq;
@@ -1158,6 +1516,7 @@ function init() {
     loadPresets();
     loadUsers();
     if (state.user) selectUser(state.user);
+    if (state.key && !el.chatLog.children.length) restoreConversation();
   });
   el.keyForget.addEventListener("click", () => {
     state.key = "";
@@ -1206,10 +1565,19 @@ function init() {
 
   el.recList.addEventListener("click", onCardAction);
   el.searchList.addEventListener("click", onCardAction);
+  el.chatLog.addEventListener("click", onCardAction);
+
+  el.chatForm.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    sendChat(el.chatInput.value);
+  });
+  el.chatSurprise.addEventListener("click", () => sendChat("surprise me"));
+  el.chatNew.addEventListener("click", newConversation);
 
   if (state.key) {
     loadPresets();
     loadUsers();
+    restoreConversation();
   } else {
     el.keyBox.open = true;
     showError("No API key yet: paste the key that “serendip serve” printed into “API key” above.");
