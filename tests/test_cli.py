@@ -11,6 +11,7 @@ import pytest
 
 from serendip.cli import main
 from tests.conftest import make_blocks
+from tests.llm.conftest import ChatServer, chat_server  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -709,3 +710,51 @@ def test_enrich_bad_out_suffix_is_one_line(thin_catalog, capsys):
                  "--items", str(d / "items.csv"), "--out", str(d / "o.json")]) == 2
     err = capsys.readouterr().err
     assert "'.json'" in err and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------- text generator
+def test_enrich_with_a_generator_checks_and_caches_its_texts(thin_catalog, capsys, tmp_path,
+                                                             chat_server: ChatServer):  # noqa: F811
+    d = thin_catalog
+    # the least chosen first: c, d (once each), then b (twice)
+    chat_server.script.extend([("ok", "A comedy from 2001."),
+                               ("ok", "An invented tale by Somebody Else."),
+                               ("ok", "A drama chosen with Alpha.")])
+    store = f"sqlite:///{tmp_path / 'cache.db'}"
+    args = ["-q", "enrich", "--interactions", str(d / "events.csv"), "--items",
+            str(d / "items.csv"), "--llm-url", chat_server.url, "--llm-model", "m",
+            "--store", store]
+    assert main([*args, "--out", str(d / "a.csv")]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith("described 3 items of 4 in ") and "(2 written by m, 1 from the " \
+        "data after the generator's answer failed or was refused)" in said
+    desc = {r[0]: r[-1] for r in _csv_rows(d / "a.csv")[1:]}
+    assert desc["c"] == "A comedy from 2001." and desc["b"] == "A drama chosen with Alpha."
+    assert "Somebody" not in desc["d"] and desc["d"]  # the data's own description
+    assert len(chat_server.seen) == 3
+    # again with the same store: every text from its cache, the same file
+    assert main([*args, "--out", str(d / "b.csv")]) == 0
+    assert len(chat_server.seen) == 3
+    assert _csv_rows(d / "b.csv") == _csv_rows(d / "a.csv")
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["--llm-model", "m"], "--llm-model 'm' needs --llm-url"),
+    (["--llm-url", "http://127.0.0.1:9/v1", "--llm-model", "m", "--llm-api-key-env",
+      "SERENDIP_TEST_UNSET_KEY"], "'SERENDIP_TEST_UNSET_KEY'"),
+    (["--llm-url", "http://127.0.0.1:9/v1", "--llm-model", "m", "--llm-deadline", "0"],
+     "--llm-deadline must be > 0 seconds, got 0.0"),
+])
+def test_serve_bad_generator_options_are_one_line(capsys, monkeypatch, tmp_path, args, named):
+    monkeypatch.delenv("SERENDIP_TEST_UNSET_KEY", raising=False)
+    assert main(["serve", "--data-dir", str(tmp_path / "d"), *args]) == 2
+    err = capsys.readouterr().err
+    assert named in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()  # refused before anything was made
+
+
+def test_serve_reads_the_generator_from_the_environment(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("SERENDIP_LLM_URL", "localhost:8000")
+    assert main(["serve", "--data-dir", str(tmp_path / "d"), "--llm-model", "m"]) == 2
+    err = capsys.readouterr().err
+    assert "SERENDIP_LLM_URL must be an http:// or https:// URL, got 'localhost:8000'" in err

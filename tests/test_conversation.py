@@ -72,3 +72,73 @@ def test_a_message_with_nothing_known_is_not_understood(index: CatalogIndex) -> 
     assert not u.understood
     s = apply(ConversationState(), u)
     assert s.liked == () and s.genres == () and s.turns == 1
+
+
+# ---------------------------------------------------------------- with a generator
+class Scripted:
+    """Answers every request with the next of ``replies`` and keeps the messages."""
+
+    def __init__(self, *replies: str) -> None:
+        self.replies = list(replies)
+        self.sent: list[tuple[list[dict[str, str]], object]] = []
+
+    def generate(self, messages, *, max_tokens, temperature=0.0, json_schema=None):  # type: ignore[no-untyped-def]
+        from serendip.llm import Generation
+
+        self.sent.append((messages, json_schema))
+        return Generation(self.replies.pop(0), "scripted", 1, 1)
+
+
+def _json(**kw: object) -> str:
+    import json
+
+    base: dict[str, object] = {"liked": [], "disliked": [], "genres": [], "not_genres": [],
+                               "avoid": [], "era": None, "discovery": None, "text": ""}
+    base.update(kw)
+    return json.dumps(base)
+
+
+def test_a_generated_parse_is_resolved_against_the_catalog(index: CatalogIndex) -> None:
+    from serendip.conversation import UPDATE_SCHEMA, parse_with_generator
+
+    gen = Scripted(_json(liked=["inception", "Heat (1995)", "Blade Runner"],
+                         disliked=["Saw"], genres=["Comedies", "western"],
+                         not_genres=["Horror"], avoid=["Dark", "two words", "42"],
+                         era="older", discovery=0.8, text="  something   fun "))
+    up = parse_with_generator("whatever the person wrote", index, gen)
+    # titles by their normalised form; "Blade Runner" is not in the catalog: dropped
+    assert up.liked == (0, 2) and up.disliked == (5,)
+    assert up.genres == ("comedy",) and up.not_genres == ("horror",)  # "western": unknown
+    assert up.avoid == ("dark",) and up.era == "older" and up.discovery == 0.8
+    assert up.text == "something fun" and up.understood
+    messages, schema = gen.sent[0]
+    assert schema == UPDATE_SCHEMA and messages[-1]["content"] == "whatever the person wrote"
+    state = apply(ConversationState(), up)
+    assert state.liked == (0, 2) and state.disliked == (5,) and state.turns == 1
+
+
+@pytest.mark.parametrize("bad", [
+    "not json", '{"liked": "Heat"}', _json(discovery=2.0), _json(era="future"),
+    _json(extra=1), '{"liked": []}',
+])
+def test_an_invalid_generated_parse_raises(index: CatalogIndex, bad: str) -> None:
+    from serendip.conversation import parse_with_generator
+    from serendip.llm import GenerationError
+
+    with pytest.raises(GenerationError):
+        parse_with_generator("I loved Heat", index, Scripted(bad))
+
+
+def test_a_generated_reply_may_name_only_the_state_and_the_items() -> None:
+    from serendip.conversation import reply_with_generator
+
+    state = ConversationState(liked=(2,), avoid=("dark",), turns=1)
+    recs = ["Toy Story (1995)", "Amelie (2001)"]
+    ok = "Since you liked Heat, try Amelie and Toy Story."
+    assert reply_with_generator("hi", state, TITLES, recs, Scripted(ok)) == (ok, None)
+    text, why = reply_with_generator("hi", state, TITLES, recs,
+                                     Scripted("You would love The Matrix."))
+    assert text is None and why == "\u201cThe Matrix\u201d is not in the facts"
+    text, why = reply_with_generator("hi", state, TITLES, recs, Scripted("Only 3 left!"))
+    assert text is None and why == "the number 3 is not in the facts"
+    assert reply_with_generator("hi", state, TITLES, [], Scripted(ok))[0] is None

@@ -168,3 +168,34 @@ def test_a_doubtful_generated_description_falls_back(reply: str) -> None:
     out = enrich(data, FixedGenerator(reply), budget_items=1, progress=False)
     assert out.items[GENERATED_COLUMN].iat[4] == fallback_description(data, 4,
                                                                       data.item_vectors)
+
+
+def test_enrich_reports_its_counts() -> None:
+    stats: dict[str, int] = {}
+    enrich(catalog(), FixedGenerator("Made up by Nobody Known."), progress=False, stats=stats)
+    assert stats == {"described": 3, "generated": 0, "refused": 3}
+    enrich(catalog(), None, budget_items=2, progress=False, stats=stats)
+    assert stats == {"described": 2, "generated": 0, "refused": 0}
+
+
+def test_a_stored_item_is_thin_by_its_own_text_only() -> None:
+    from serendip.enrich import record_is_thin, record_text
+
+    assert record_text({"title": "Babe", "genres": "Comedy", "empty": " "}) == "Babe. Comedy"
+    assert record_is_thin({"title": "Babe"}) and not record_is_thin({"title": "x" * 80})
+    assert not record_is_thin({"title": "Babe", GENERATED_COLUMN: "A pig."})
+    assert record_is_thin({"title": "Babe"}, min_chars=5)
+    assert not record_is_thin({"title": "Babe"}, min_chars=4)
+
+
+def test_describe_record_checks_the_generated_text() -> None:
+    from serendip.enrich import describe_record
+
+    gen = FixedGenerator("A comedy about a pig, close to Fargo (1996).")
+    text, why = describe_record(gen, {"title": "Babe", "genres": "Comedy"},
+                                ["Fargo (1996). Comedy|Crime"])
+    assert (text, why) == (gen.text, None)
+    prompt, = gen.prompts
+    assert "Item: Babe. Comedy" in prompt and "- Fargo (1996). Comedy|Crime" in prompt
+    text, why = describe_record(FixedGenerator("Babe won 7 awards."), {"title": "Babe"})
+    assert text is None and why == "the number 7 is not in the facts"

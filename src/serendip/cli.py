@@ -1,5 +1,5 @@
-"""The ``serendip`` command: fit, tune, enrich, recommend, evaluate, demo, serve, ope, keys,
-users."""
+"""The ``serendip`` command: fit, tune, enrich, recommend, chat, evaluate, demo, serve, ope,
+keys, users."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -344,6 +344,15 @@ def _count_option(value: str | None, option: str) -> int | None:
     return n
 
 
+def _generator_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The ``--llm-*`` options (else the ``SERENDIP_LLM_*`` variables) as a GeneratorConfig,
+    or None when no generator is asked for."""
+    from serendip.llm.settings import generator_config
+
+    return generator_config(args.llm_url, args.llm_model, args.llm_api_key_env,
+                            args.llm_model_dir, args.llm_timeout)
+
+
 def _enrich_out(path: str) -> tuple[str, str]:
     """(format suffix, compression suffix) of ``enrich --out``, refused before any work."""
     from serendip.data.io import _table_suffix
@@ -383,9 +392,23 @@ def cmd_enrich(args: argparse.Namespace) -> int:
     budget = _count_option(args.budget, "--budget")
     min_chars = _count_option(args.min_chars, "--min-chars")
     suffix, compression = _enrich_out(args.out)
+    gen_cfg = _generator_config(args)
     cfg = load_fit_config(args.config)
     data, name = _input_data(args, cfg)
-    out = enrich(data, budget_items=budget, progress=not args.quiet, min_chars=min_chars or 0)
+    generator = cache_store = None
+    if gen_cfg is not None:
+        from serendip.llm import MemoryCache, make_generator
+        from serendip.store import open_store
+
+        cache_store = open_store(args.store) if args.store else None
+        generator = make_generator(gen_cfg, cache=cache_store or MemoryCache())
+    stats: dict[str, int] = {}
+    try:
+        out = enrich(data, generator, budget_items=budget, progress=not args.quiet,
+                     min_chars=min_chars or 0, stats=stats)
+    finally:
+        if cache_store is not None:
+            cache_store.close()
     items = _items_as_read(args, data, suffix in (".csv", ".tsv"))
     before = (items[GENERATED_COLUMN].tolist() if GENERATED_COLUMN in items.columns
               else [None] * data.n_items)
@@ -407,7 +430,12 @@ def cmd_enrich(args: argparse.Namespace) -> int:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    print(f"described {_n(len(new), 'item')} of {data.n_items} in {name} -> {args.out}")
+    how = ""
+    if generator is not None:
+        how = (f" ({stats.get('generated', 0)} written by {generator.model}, "
+               f"{stats.get('refused', 0)} from the data after the generator's answer failed "
+               f"or was refused)")
+    print(f"described {_n(len(new), 'item')} of {data.n_items} in {name}{how} -> {args.out}")
     return 0
 
 
@@ -528,6 +556,115 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         print(f"wrote {_n(len(user_ids), 'list')} to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(buf.getvalue())
+    return 0
+
+
+def _chat_lines() -> Iterator[str]:
+    """The person's messages: with a prompt on a terminal, else every line of the input."""
+    if sys.stdin.isatty():
+        while True:
+            try:
+                yield input("you> ")
+            except EOFError:
+                print(file=sys.stderr)
+                return
+    else:
+        yield from sys.stdin
+
+
+def _chat_turn_json(n: int, message: str, turn: dict[str, object]) -> str:
+    items = turn["items"]
+    assert isinstance(items, list)
+    return json.dumps({
+        "turn": n, "message": message, "conversation_id": turn["conversation_id"],
+        "reply": turn["reply"], "parse_source": turn.get("parse_source"),
+        "reply_source": turn.get("reply_source"), "state": turn["state"],
+        "understood": turn.get("understood", {}), "match": turn.get("match"),
+        "items": [{"rank": r, "item_id": it["item_id"], "title": it["title"],
+                   "score": it["score"], "reasons": it["reasons"], "badges": it["badges"]}
+                  for r, it in enumerate(items, start=1)],
+    }, ensure_ascii=False)
+
+
+def _chat_turn_text(turn: dict[str, object]) -> str:
+    lines = [f"serendip: {turn['reply']}"]
+    items = turn["items"]
+    assert isinstance(items, list)
+    for r, it in enumerate(items, start=1):
+        badges = f"  [{', '.join(it['badges'])}]" if it["badges"] else ""
+        lines.append(f"  {r:>2}. {it['title']}{badges}")
+    return "\n".join(lines)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """A conversation in the terminal over a fitted model: each line is a message, answered
+    by the service's own conversation code (an engine over a throw-away store)."""
+    import tempfile
+
+    from serendip.pipeline import PRESETS, Recommender, load_preset
+    from serendip.service.engine import Engine, EngineConfig
+    from serendip.store import open_store
+    from serendip.store.base import ItemRecord
+    from serendip.text.templates import cell_text
+
+    gen_cfg = _generator_config(args)
+    if not (args.llm_deadline > 0 and math.isfinite(args.llm_deadline)):
+        raise ConfigError(f"--llm-deadline must be > 0 seconds, got {args.llm_deadline}")
+    rec = Recommender.load(args.model)
+    presets: tuple = ()  # type: ignore[type-arg]
+    preset_name = args.preset
+    if args.preset.endswith(".toml"):
+        p = load_preset(args.preset)
+        presets, preset_name = (p,), p.name
+    elif args.preset not in PRESETS and args.preset not in rec.presets:
+        raise ConfigError(f"unknown preset {args.preset!r}; valid: "
+                          f"{', '.join(dict.fromkeys([*PRESETS, *rec.presets]))} or a .toml file")
+    cols = [c for c in rec.data.items.columns if c != "item_id"]
+    records = []
+    for row in rec.data.items[["item_id", *cols]].itertuples(index=False):
+        fields = {str(c): cell_text(v) for c, v in zip(cols, row[1:], strict=True)}
+        records.append(ItemRecord(str(row[0]), {c: v for c, v in fields.items() if v}))
+    with tempfile.TemporaryDirectory(prefix="serendip-chat-") as tmp:
+        store = open_store(f"sqlite:///{Path(tmp) / 'chat.db'}")
+        engine = None
+        try:
+            store.upsert_items(records)
+            cfg = EngineConfig(data_dir=Path(tmp) / "data", presets=presets,
+                               default_preset=preset_name, refresh_interval=None,
+                               catalog_poll=None, generator=gen_cfg,
+                               generator_deadline=args.llm_deadline)
+            engine = Engine(store, cfg, recommender=rec)
+            engine.start()
+            if preset_name not in engine.state.pipelines:
+                reason = engine.state.unavailable.get(preset_name, "not in this model")
+                raise ConfigError(f"preset {preset_name!r} is not available: {reason}")
+            if not args.json and sys.stdin.isatty():
+                print("Say what you would like; 'quit' or an empty input (Ctrl-D) ends.",
+                      file=sys.stderr)
+            cid = None
+            n = 0
+            try:
+                for raw in _chat_lines():
+                    message = raw.strip()
+                    if not message:
+                        continue
+                    if message.casefold() in ("quit", "exit", "bye"):
+                        break
+                    try:
+                        turn = engine.converse(message, cid, None, args.k)
+                    except SerendipError as e:  # this message only; the conversation goes on
+                        print(f"serendip: error: {e}", file=sys.stderr)
+                        continue
+                    n += 1
+                    cid = turn["conversation_id"]
+                    print(_chat_turn_json(n, message, turn) if args.json
+                          else _chat_turn_text(turn), flush=True)
+            except KeyboardInterrupt:  # Ctrl-C ends the conversation like 'quit'
+                print(file=sys.stderr)
+        finally:
+            if engine is not None:
+                engine.close()
+            store.close()
     return 0
 
 
@@ -679,6 +816,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           "--seed-items files; give those too")
     if not (args.refresh_interval >= 0 and math.isfinite(args.refresh_interval)):
         raise ConfigError(f"--refresh-interval must be >= 0 seconds, got {args.refresh_interval}")
+    gen_cfg = _generator_config(args)
+    if not (args.llm_deadline > 0 and math.isfinite(args.llm_deadline)):
+        raise ConfigError(f"--llm-deadline must be > 0 seconds, got {args.llm_deadline}")
     for note in _seed_notes(args):
         log.warning("%s", note)
     return serve(
@@ -697,6 +837,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         auth_failure_window=args.auth_failure_window, key_rate=args.key_rate,
         key_burst=args.key_burst, retention_days=args.retention_days,
         user_id_key_file=args.user_id_key_file, catalog_poll=args.catalog_poll or None,
+        generator=gen_cfg, generator_deadline=args.llm_deadline,
     )
 
 
@@ -943,6 +1084,30 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--data-dir", default="serendip-data", metavar="DIR",
                        help="the service's data directory")
 
+    def llm_args(a: argparse.ArgumentParser, deadline: bool = True) -> None:
+        g = a.add_argument_group("text generator (docs/llm.md; each option falls back to its "
+                                 "SERENDIP_LLM_* environment variable)")
+        g.add_argument("--llm-url", metavar="URL",
+                       help="an OpenAI-compatible server's API root, e.g. "
+                       "http://127.0.0.1:8000/v1 (vLLM, llama.cpp, Ollama, a hosted API); "
+                       "env SERENDIP_LLM_URL")
+        g.add_argument("--llm-model", metavar="NAME",
+                       help="the model name the server serves (with --llm-url); "
+                       "env SERENDIP_LLM_MODEL")
+        g.add_argument("--llm-api-key-env", metavar="VAR",
+                       help="the environment variable holding the server's API key (never the "
+                       "key itself); env SERENDIP_LLM_API_KEY_ENV")
+        g.add_argument("--llm-model-dir", metavar="DIR",
+                       help="a causal language model directory run in this process "
+                       "(transformers; instead of --llm-url); env SERENDIP_LLM_MODEL_DIR")
+        g.add_argument("--llm-timeout", metavar="SECONDS",
+                       help="seconds before one generator request is abandoned (default: 60); "
+                       "env SERENDIP_LLM_TIMEOUT")
+        if deadline:
+            g.add_argument("--llm-deadline", type=float, default=10.0, metavar="SECONDS",
+                           help="the longest a turn or request waits for the generator before "
+                           "answering from templates and rules")
+
     f = command(sub, "fit", "encode the catalog and train every model",
                 "serendip fit --interactions events.csv --items items.csv --out model/",
                 "serendip fit --interactions events.csv --items items.csv --out model/ --tune "
@@ -976,13 +1141,16 @@ def build_parser() -> argparse.ArgumentParser:
                  "--out items-enriched.csv",
                  "serendip enrich --dataset goodbooks --budget 500 --out books.parquet",
                  "serendip fit --interactions events.csv --items items-enriched.csv --out model/",
+                 "serendip enrich --dataset movielens --llm-url http://127.0.0.1:8000/v1 "
+                 "--llm-model qwen2.5-7b-instruct --budget 200 --out movies.csv",
                  description="Write the item catalog again with a generated_description "
                  "column for its thin items (text under --min-chars characters, or an empty "
                  "column), the least chosen first; every other column is written as read. "
                  "Descriptions come from the catalog's own data (year, categories, other "
-                 "columns, what the people who chose an item also chose); a generator option "
-                 "comes with the service integration. Pass the file to fit --items: the "
-                 "encoder then reads the new column too.")
+                 "columns, what the people who chose an item also chose), or, with --llm-url "
+                 "or --llm-model-dir, by a text generator from the same facts, kept only when "
+                 "it names nothing beyond them (else the data's description is used). Pass "
+                 "the file to fit --items: the encoder then reads the new column too.")
     data_args(en)
     en.add_argument("--out", required=True, metavar="FILE",
                     help="items file to write: .csv, .tsv (UTF-8, optionally .gz etc.) or "
@@ -991,6 +1159,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="describe at most N thin items, the least chosen first (default: all)")
     en.add_argument("--min-chars", metavar="N", default="80",
                     help="an item whose catalog text is shorter than this is thin")
+    llm_args(en, deadline=False)
+    en.add_argument("--store", metavar="URL", help="keep the generated texts in this store's "
+                    "cache (sqlite:///... or postgresql://...), so a rerun generates nothing "
+                    "twice (default: in memory, for this run)")
     en.set_defaults(func=cmd_enrich)
 
     r = command(sub, "recommend", "top-k lists from a fitted model",
@@ -1025,6 +1197,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one JSON line per user, or CSV rows (user_id, rank, item_id, ...)")
     r.add_argument("--output", metavar="FILE", help="write here instead of stdout")
     r.set_defaults(func=cmd_recommend)
+
+    ch = command(sub, "chat", "a conversation in the terminal over a fitted model",
+                 "serendip chat --model model/",
+                 "printf 'I loved Heat\\nsomething less dark\\n' | serendip chat --model model/ "
+                 "--json",
+                 "serendip chat --model model/ --llm-url http://127.0.0.1:11434/v1 "
+                 "--llm-model llama3.1",
+                 description="Each input line is a message (\"I loved Heat — something less "
+                 "dark?\"); each turn prints a short reply and the numbered recommendations. "
+                 "Later messages refine what earlier ones said. 'quit' or the end of the input "
+                 "ends it. Reads from a terminal or a pipe. The same conversation code as the "
+                 "service's /v1/conversations; with a generator it reads the messages and "
+                 "writes the replies, checked, with the rules as fallback.")
+    ch.add_argument("--model", required=True, metavar="DIR",
+                    help="model directory written by fit")
+    ch.add_argument("-k", "--k", dest="k", type=_positive_int, default=10,
+                    help="items per turn")
+    ch.add_argument("--preset", default="balanced", metavar="NAME|FILE.toml",
+                    help=f"a shipped preset ({presets}) or a preset TOML file")
+    ch.add_argument("--json", action="store_true",
+                    help="print one JSON object per turn (reply, state, items)")
+    llm_args(ch)
+    ch.set_defaults(func=cmd_chat)
 
     e = command(sub, "evaluate", "compare models and presets on a split",
                 "serendip evaluate --interactions events.csv --items items.csv --report r.html",
@@ -1063,7 +1258,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "serendip serve --seed-interactions events.csv --seed-items items.csv "
                 "--sep ';' --encoding latin-1",
                 "serendip serve --store postgresql://user@db/serendip --host 0.0.0.0",
-                "serendip serve --preset weekend.toml --refresh-interval 0")
+                "serendip serve --preset weekend.toml --refresh-interval 0",
+                "serendip serve --llm-url http://127.0.0.1:11434/v1 --llm-model llama3.1")
     s.add_argument("--store", metavar="URL", default=os.environ.get("SERENDIP_STORE"),
                    help="sqlite:///abs/path.db or postgresql://..." + STORE_DEFAULT)
     s.add_argument("--data-dir", default="serendip-data", metavar="DIR",
@@ -1129,6 +1325,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how often to check the store for catalog changes made through other "
                    "instances (deletions stop being served within about this long); 0 turns "
                    "it off")
+    llm_args(s)
     s.set_defaults(func=cmd_serve)
 
     o = command(sub, "ope", "estimate presets off-policy from a store's logged lists and "

@@ -14,19 +14,28 @@ Each message ("I just watched Inception and loved it — something less dark nex
 
 The next message refines the state (a liked item can become disliked; "actually, comedies are
 fine" lifts "comedy" from the unwanted list).  Without a generator the parsing is these rules
-over the catalog's own fields, so it never invents an item or a field; a generator, when one
-is wired in, may only add what this parser can check.  ``reply`` writes the short answer that
-comes back with each turn's recommendations, naming only items and attributes in the state.
+over the catalog's own fields, so it never invents an item or a field.  ``reply`` writes the
+short answer that comes back with each turn's recommendations, naming only items and
+attributes in the state.
+
+With a generator, ``parse_with_generator`` asks it for the update as JSON valid against
+``UPDATE_SCHEMA`` and keeps only what the catalog holds (titles resolved by their normalised
+form, unknown ones dropped; genres the catalog has); ``reply_with_generator`` asks it for the
+reply and keeps it only when ``serendip.prose.check_facts`` finds nothing in it beyond the
+state and the items recommended.  Callers fall back to the rules for the turn on any failure.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from typing import Any
 
-from serendip.text.request import CatalogIndex, parse_request
+from serendip.prose import TextGenerator, check_facts
+from serendip.text.request import CatalogIndex, _category_of, _norm_title, parse_request
 
 __all__ = ["ConversationState", "Update", "parse_message", "apply", "reply",
+           "parse_with_generator", "reply_with_generator", "UPDATE_SCHEMA",
            "SURPRISE", "FAMILIAR"]
 
 #: Discovery a "surprise me" sets, and the one "more like that" sets.
@@ -164,3 +173,140 @@ def reply(state: ConversationState, titles: list[str], recommended: list[str]) -
     if not lead:
         return f"Here are some ideas: {picks}."
     return f"{lead}: {picks}."
+
+
+# ---------------------------------------------------------------- with a generator
+_NAMES = {"type": "array", "items": {"type": "string", "maxLength": 200}, "maxItems": 10}
+_WORDS = {"type": "array", "items": {"type": "string", "maxLength": 60}, "maxItems": 10}
+#: What a generator must answer for one message (structured output).
+UPDATE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["liked", "disliked", "genres", "not_genres", "avoid", "era", "discovery",
+                 "text"],
+    "properties": {
+        "liked": _NAMES, "disliked": _NAMES, "genres": _WORDS, "not_genres": _WORDS,
+        "avoid": _WORDS,
+        "era": {"type": ["string", "null"], "enum": ["older", "newer", None]},
+        "discovery": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+        "text": {"type": "string", "maxLength": 500},
+    },
+}
+#: Tokens asked of a generator for a parse and for a reply.
+PARSE_MAX_TOKENS = 300
+REPLY_MAX_TOKENS = 120
+#: Catalog categories named in the parse prompt (at most).
+PROMPT_CATEGORIES = 60
+
+PARSE_PROMPT = (
+    "You read one message of a person asking a recommender for something to watch, read or "
+    "hear, and answer with JSON only. Fields: liked / disliked: titles the message names with "
+    "that feeling, written as in the message (a title named without a feeling counts as "
+    "liked); genres / not_genres: genres wanted or refused, chosen from the catalog's genres "
+    "given; avoid: other single words the person wants less of (\"less dark\" gives "
+    "\"dark\"); era: \"older\", \"newer\" or null; discovery: 0.8 when the person asks to "
+    "be surprised or for something different, 0.1 when they ask for more of the same, else "
+    "null; text: what else they are looking for, in a few words (empty when nothing). Never "
+    "add a title, genre or word the message does not contain."
+)
+REPLY_PROMPT = (
+    "You are a recommender talking with a person. Write a short friendly reply (one or two "
+    "sentences) to their latest message that presents the recommendations. Name only titles "
+    "from the recommendations and the facts given; add no other title, name, number, date or "
+    "link. Reply with the sentences only."
+)
+
+
+def _resolve(names: list[str], index: CatalogIndex) -> tuple[int, ...]:
+    """Catalog items for titles a generator wrote (by normalised title; unknown ones are
+    dropped, never guessed)."""
+    out: list[int] = []
+    for name in names:
+        hit = index.by_title.get(_norm_title(str(name)))
+        if hit and hit[0] not in out:
+            out.append(hit[0])
+    return tuple(out)
+
+
+def _known_categories(words: list[str], index: CatalogIndex) -> tuple[str, ...]:
+    got = (_category_of(str(w).strip().casefold(), index.categories) for w in words)
+    return tuple(dict.fromkeys(g for g in got if g))
+
+
+def _avoid_words(words: list[str]) -> tuple[str, ...]:
+    out = []
+    for w in words:
+        w = str(w).strip().casefold()
+        if re.fullmatch(r"[^\W\d_][\w'-]{0,39}", w):
+            out.append(w)
+    return tuple(dict.fromkeys(out))
+
+
+def parse_with_generator(message: str, index: CatalogIndex, generator: TextGenerator
+                         ) -> Update:
+    """The generator's reading of ``message``, validated against ``UPDATE_SCHEMA`` and
+    resolved against the catalog.  Raises (GenerationError, ValueError) when the reply is
+    not valid JSON for the schema."""
+    from serendip.llm.base import validate_json
+
+    cats = sorted(index.categories)[:PROMPT_CATEGORIES]
+    system = PARSE_PROMPT + (f" The catalog's genres: {', '.join(cats)}." if cats else "")
+    out = generator.generate([{"role": "system", "content": system},
+                              {"role": "user", "content": message}],
+                             max_tokens=PARSE_MAX_TOKENS, temperature=0.0,
+                             json_schema=UPDATE_SCHEMA)
+    got = validate_json(str(out.text), UPDATE_SCHEMA)  # whatever the back end checked
+    liked = _resolve(got["liked"], index)
+    disliked = tuple(i for i in _resolve(got["disliked"], index) if i not in liked)
+    genres = _known_categories(got["genres"], index)
+    not_genres = tuple(g for g in _known_categories(got["not_genres"], index)
+                       if g not in genres)
+    avoid = tuple(w for w in _avoid_words(got["avoid"]) if w not in genres + not_genres)
+    era = got["era"] if index.has_years else None
+    discovery = None if got["discovery"] is None else float(got["discovery"])
+    text = " ".join(str(got["text"]).split())
+    return Update(liked=liked, disliked=disliked, genres=genres, not_genres=not_genres,
+                  avoid=avoid, era=era, discovery=discovery, text=text,
+                  understood=bool(liked or disliked or genres or not_genres or avoid or era
+                                  or discovery is not None or text),
+                  notes=("generator",))
+
+
+def reply_facts(state: ConversationState, titles: list[str], recommended: list[str]
+                ) -> list[str]:
+    """What a generated reply may name: the state and the items recommended."""
+    lines = []
+    if state.liked:
+        lines.append("liked: " + "; ".join(titles[i] for i in state.liked))
+    if state.disliked:
+        lines.append("disliked: " + "; ".join(titles[i] for i in state.disliked))
+    for key in ("genres", "not_genres", "avoid"):
+        if getattr(state, key):
+            lines.append(f"{key.replace('_', ' ')}: " + ", ".join(getattr(state, key)))
+    if state.era:
+        lines.append(f"era: {state.era}")
+    if state.discovery is not None and state.discovery >= SURPRISE:
+        lines.append("the person asked to be surprised")
+    lines.append("recommended now (best first): " + "; ".join(recommended))
+    return lines
+
+
+def reply_with_generator(message: str, state: ConversationState, titles: list[str],
+                         recommended: list[str], generator: TextGenerator) -> tuple[str | None,
+                                                                                     str | None]:
+    """The generator's reply and None, or None and why it was refused (it names something
+    beyond the state and the recommendations, or the generator failed)."""
+    if not recommended:
+        return None, "nothing was recommended"
+    facts = reply_facts(state, titles, recommended)
+    user = f"Message: {message}\nFacts:\n" + "\n".join(f"- {f}" for f in facts)
+    try:
+        out = generator.generate([{"role": "system", "content": REPLY_PROMPT},
+                                  {"role": "user", "content": user}],
+                                 max_tokens=REPLY_MAX_TOKENS, temperature=0.0)
+        text = " ".join(str(out.text).split())
+    except Exception as e:  # any generator failure leaves the template reply
+        return None, f"the generator failed: {e}"
+    why = check_facts(text, "", facts)
+    return (None, why) if why is not None else (text, None)
+

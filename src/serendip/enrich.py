@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ from serendip.prose import TextGenerator, check_facts
 from serendip.text.templates import cell_text, item_texts, natural_title
 
 __all__ = ["thin_items", "fallback_description", "enrich", "GENERATED_COLUMN",
-           "MAX_DESCRIPTION_CHARS"]
+           "MAX_DESCRIPTION_CHARS", "record_text", "record_is_thin", "describe_record"]
 
 log = logging.getLogger(__name__)
 
@@ -279,14 +280,15 @@ def _generated_description(generator: TextGenerator, messages: list[dict[str, st
 def enrich(data: Dataset, generator: TextGenerator | None = None,
            budget_items: int | None = None, progress: bool = True, *,
            min_chars: int = 80, vectors: np.ndarray | None = None,
-           neighbours: int = 5) -> Dataset:
+           neighbours: int = 5, stats: dict[str, int] | None = None) -> Dataset:
     """A copy of ``data`` whose items have a ``generated_description`` for thin items.
 
     The thin items (``thin_items``, the least chosen first) are described, at most
     ``budget_items`` of them (all when None); the others keep an empty description, and an
     existing one is kept.  ``vectors`` default to the dataset's item vectors.  Interactions,
     vectors and every other column are those of ``data``; re-encode the catalog to use the
-    new text.
+    new text.  ``stats``, when given, receives the counts: ``described``, ``generated`` (the
+    generator's description kept) and ``refused`` (the fallback used instead).
     """
     budget = _count(budget_items, "budget_items", allow_none=True)
     k = _count(neighbours, "neighbours") or 0
@@ -314,7 +316,41 @@ def enrich(data: Dataset, generator: TextGenerator | None = None,
     if generator is not None:
         log.info("enrich: %d generated description(s) kept, %d refused (fallback used)",
                  used, refused)
+    if stats is not None:
+        stats.update(described=len(targets), generated=used, refused=refused)
     items = data.items.copy()
     items[GENERATED_COLUMN] = out
     return Dataset(data.user_ids, data.item_ids, items, data.interactions,
                    data.category_column, data.item_vectors, has_time=data.has_time)
+
+
+# ---------------------------------------------------------------- one stored item (service)
+def record_text(fields: Mapping[str, str]) -> str:
+    """An item record's own text: its non-empty fields other than the generated one."""
+    return ". ".join(str(v).strip() for k, v in fields.items()
+                     if k not in ("item_id", GENERATED_COLUMN) and str(v).strip())
+
+
+def record_is_thin(fields: Mapping[str, str], min_chars: int = 80) -> bool:
+    """Whether a stored item needs a description: its own text is under ``min_chars``
+    characters and it has no generated description yet."""
+    if str(fields.get(GENERATED_COLUMN, "")).strip():
+        return False
+    return len(record_text(fields)) < min_chars
+
+
+def describe_record(generator: TextGenerator, fields: Mapping[str, str],
+                    neighbour_texts: Sequence[str] = ()) -> tuple[str | None, str | None]:
+    """A generated description of one item from its own fields and the text of the items
+    nearest to it, with the same prompt and checks as ``enrich``: the text and None, or None
+    and why it was refused."""
+    own = record_text(fields)
+    title = next((str(fields[c]) for c in _TITLE_COLUMNS if str(fields.get(c, "")).strip()),
+                 own)
+    lines = [f"Item: {own or title}"]
+    if neighbour_texts:
+        lines.append("Closest in description:")
+        lines += [f"- {t[:NEIGHBOUR_TEXT_CHARS]}" for t in neighbour_texts]
+    user = "\n".join(lines)
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    return _generated_description(generator, messages, title, user)

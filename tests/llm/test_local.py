@@ -47,6 +47,17 @@ def test_the_chat_template_formats_the_prompt(tiny_chat_lm_dir: Path) -> None:
     assert gen.generate(MESSAGES, max_tokens=3, temperature=0.7).completion_tokens <= 3
 
 
+def test_a_prompt_beyond_the_context_is_a_generation_error(tiny_lm_dir: Path) -> None:
+    gen = LocalCausalLM(_config(tiny_lm_dir), device="cpu")
+    assert gen.context_length == 128  # the tiny model's n_positions
+    # 11 prompt tokens + 117 = 128 fits; one more does not
+    assert gen.generate(MESSAGES, max_tokens=117).prompt_tokens == 11
+    with pytest.raises(GenerationError, match=r"the prompt \(11 tokens\) and max_tokens "
+                                              r"\(118\) exceed its context of 128 tokens"):
+        gen.generate(MESSAGES, max_tokens=118)
+    assert gen.usage.requests == 1  # nothing was run for the refused request
+
+
 def test_a_random_model_cannot_write_schema_json(tiny_lm_dir: Path) -> None:
     gen = LocalCausalLM(_config(tiny_lm_dir), device="cpu")
     schema = {"type": "object", "required": ["title"]}

@@ -1,8 +1,10 @@
 """Language models that write: generator back ends behind one small interface, and a cache.
 
-Nothing in the engine calls a generator yet.  ``make_generator(config)`` builds one from a
-:class:`GeneratorConfig`; pass ``cache`` (a store, or a :class:`MemoryCache`) to keep every
-generated text so that nothing is generated twice.
+``make_generator(config)`` builds one from a :class:`GeneratorConfig`; pass ``cache`` (a
+store, or a :class:`MemoryCache`) to keep every generated text so that nothing is generated
+twice.  ``generator_config`` reads the ``--llm-*`` options and ``SERENDIP_LLM_*`` variables;
+``Runner`` bounds a call's time for code that answers a person.  The service, ``serendip
+enrich`` and ``serendip chat`` use them (docs/llm.md).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from serendip.llm.base import (
     validate_json,
 )
 from serendip.llm.cache import CachedGenerator, GenerationCache, MemoryCache
+from serendip.llm.runner import Runner
+from serendip.llm.settings import generator_config
 
 if TYPE_CHECKING:
     from serendip.llm.local import LocalCausalLM
@@ -34,7 +38,9 @@ __all__ = [
     "LocalCausalLM",
     "MemoryCache",
     "OpenAICompatible",
+    "Runner",
     "Usage",
+    "generator_config",
     "make_generator",
     "prompt_hash",
     "validate_json",

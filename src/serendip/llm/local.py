@@ -56,6 +56,16 @@ class LocalCausalLM:
     def __repr__(self) -> str:
         return f"LocalCausalLM(model={self.model!r}, device={self.device!r})"
 
+    @property
+    def context_length(self) -> int | None:
+        """The most tokens (prompt and reply) the model takes, when its config says."""
+        cfg = self._lm.config
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(cfg, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
     def prompt_text(self, messages: list[dict[str, str]]) -> str:
         """The text the model continues: the chat template, or ``role: content`` lines."""
         if getattr(self._tokenizer, "chat_template", None):
@@ -79,6 +89,12 @@ class LocalCausalLM:
         for _ in range(attempts):
             inputs = tok(self.prompt_text(messages), return_tensors="pt",
                          add_special_tokens=False).to(self.device)
+            context = self.context_length
+            n_prompt = int(inputs["input_ids"].shape[1])
+            if context is not None and n_prompt + max_tokens > context:
+                raise GenerationError(
+                    f"local model {self.model!r}: the prompt ({n_prompt} tokens) and max_tokens "
+                    f"({max_tokens}) exceed its context of {context} tokens")
             options: dict[str, Any] = {"max_new_tokens": max_tokens, "do_sample": temperature > 0}
             if temperature > 0:
                 options["temperature"] = float(temperature)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi import Path as PathParam
@@ -479,7 +479,7 @@ def create_app(engine: Engine, *, static_keys: dict[str, Role] | None = None,
             # lists work without it; only search needs it: ready, and say what is degraded
             return {"status": "degraded", "model_age_seconds": round(age, 3),
                     "detail": f"search is unavailable: the text encoder failed to load "
-                              f"({failed})"}
+                              f"({failed})", "generator": generator_name()}
         ping = getattr(engine.store, "ping", None)
         if ping is not None:
             try:
@@ -488,7 +488,12 @@ def create_app(engine: Engine, *, static_keys: dict[str, Role] | None = None,
                 log.warning("readiness: the store does not answer: %s", e)
                 return _error(503, "unavailable", "the store does not answer (the server log "
                               "says why)", headers={"Retry-After": str(_store_outage(e) or 5)})
-        return {"status": "ready", "model_age_seconds": round(age, 3)}
+        return {"status": "ready", "model_age_seconds": round(age, 3),
+                "generator": generator_name()}
+
+    def generator_name() -> str | None:
+        gen = getattr(engine, "generator", None)
+        return None if gen is None else str(gen.model)
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["health"])
     def prometheus() -> PlainTextResponse:
@@ -605,6 +610,9 @@ def create_app(engine: Engine, *, static_keys: dict[str, Role] | None = None,
             list[str] | None,
             QueryParam(max_length=10, description="field:value, e.g. genres:Comedy (all must match)"),
         ] = None,
+        prose: Annotated[Literal["template", "generator"], QueryParam(
+            description="'generator': ask the configured generator for each item's prose "
+                        "(fact-checked, within a deadline; templates otherwise)")] = "template",
     ) -> dict[str, Any]:
         filters = filter or []
         for f in filters:
@@ -613,7 +621,7 @@ def create_app(engine: Engine, *, static_keys: dict[str, Role] | None = None,
         # only lists served to write and admin keys teach bandit presets: a read key (a
         # public front end, say) must not move the shared learned weights
         return engine.recommend(user_id, k, preset, discovery, filters, explore,
-                                learn=role != "read")
+                                learn=role != "read", prose=prose)
 
     @app.post("/v1/sessions/recommendations", response_model=S.Recommendations,
               tags=["recommendations"])
@@ -821,7 +829,8 @@ def serve(*, store_url: str | None = None, data_dir: str | Path = "serendip-data
           key_rate: float = _LIMIT_DEFAULTS.key_rate,
           key_burst: int = _LIMIT_DEFAULTS.key_burst,
           retention_days: float | None = None, user_id_key_file: str | None = None,
-          catalog_poll: float | None = 1.0) -> int:
+          catalog_poll: float | None = 1.0, generator: Any = None,
+          generator_deadline: float = 10.0) -> int:
     """Run the service with uvicorn (one worker) until interrupted; the `serve` command.
 
     The limit keyword arguments are the fields of :class:`ServerLimits` (see there).
@@ -829,7 +838,9 @@ def serve(*, store_url: str | None = None, data_dir: str | Path = "serendip-data
     ``user_id_key_file``: pseudonymise user ids with this key (``serendip.privacy``);
     ``catalog_poll``: seconds between checks of the store's catalog version;
     ``sep`` / ``items_sep`` / ``encoding``: the seed events' and catalog's CSV delimiters
-    (each found from its header when None) and their text encoding (None: UTF-8).
+    (each found from its header when None) and their text encoding (None: UTF-8);
+    ``generator``: a :class:`serendip.llm.GeneratorConfig` (None: templates and rules only),
+    whose answers a request waits for at most ``generator_deadline`` seconds.
 
     Seeding an empty store happens before the server listens, all or nothing: a bad seed file
     raises its one-line error and leaves the store as it was.
@@ -866,7 +877,7 @@ def serve(*, store_url: str | None = None, data_dir: str | Path = "serendip-data
         refresh_interval=refresh_interval,
         retention=None if retention_days is None else retention_days * 86_400.0,
         user_id_key=read_key_file(user_id_key_file) if user_id_key_file else None,
-        catalog_poll=catalog_poll,
+        catalog_poll=catalog_poll, generator=generator, generator_deadline=generator_deadline,
     )
     try:
         engine = Engine(store, cfg)
@@ -889,6 +900,10 @@ def serve(*, store_url: str | None = None, data_dir: str | Path = "serendip-data
     print(f"serendip {__version__}: store {_display_url(store)}, data {ddir}", flush=True)
     print(f"web page: http://{shown}:{port}/#key={key}", flush=True)
     print(f"admin API key: {key}", flush=True)
+    if generator is not None:
+        where = generator.base_url or generator.model_dir
+        print(f"text generator: {engine.generator.model if engine.generator else '?'} "
+              f"({where}); answers waited for at most {generator_deadline:g}s", flush=True)
 
     def one_thread_per_request() -> None:
         # Requests run concurrently in a thread pool; BLAS/OpenMP pools inside each one would

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from serendip.llm.base import GeneratorConfig
 from serendip.pipeline import PRESETS, FitConfig, Preset, load_preset
 
 __all__ = ["EngineConfig"]
@@ -56,6 +57,15 @@ class EngineConfig:
     erase_second_pass: float = 1.0
     bandit_window: float = 86_400.0  # seconds in which a reward event credits a bandit's slot
     bandit_memory: int = 200_000  # shown (user, item) slots remembered for crediting
+    #: a text generator (docs/llm.md): prose when a request asks for it, the conversation's
+    #: parse and reply, descriptions of thin new items.  None: templates and rules only
+    generator: GeneratorConfig | None = None
+    #: seconds a request waits for the generator before answering from templates and rules
+    generator_deadline: float = 10.0
+    #: thin new items waiting for a generated description, at most (more are skipped, logged)
+    enrich_queue: int = 1000
+    #: an upserted item whose own text is shorter than this many characters is described
+    enrich_min_chars: int = 80
 
     def all_presets(self) -> dict[str, Preset]:
         out = {name: load_preset(name) for name in PRESETS}

@@ -17,7 +17,10 @@
 - ``Serving`` (serving.py) answers lists, similar items, search and explanations.
 
 The engine adds what belongs to the edge: optional pseudonymised user ids (stored as keyed
-hashes of the ids callers use, with the key kept outside the store).
+hashes of the ids callers use, with the key kept outside the store), and the optional text
+generator (``EngineConfig.generator``, docs/llm.md): built once, cached in the store, called
+by Serving through a ``Runner`` that bounds each request's wait, and by the Catalog's
+``Enricher`` in the background.
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from serendip.llm import CachedGenerator, Generator, Runner, make_generator
 from serendip.pipeline import FitConfig, Recommender
 from serendip.privacy import pseudonymize
-from serendip.service.catalog import Catalog
+from serendip.service.catalog import Catalog, Enricher
 from serendip.service.config import EngineConfig
 from serendip.service.feedback import Feedback
 from serendip.service.impressions import ImpressionWriter
@@ -64,6 +68,7 @@ class Engine:
         recommender: Recommender | None = None,
         encoder: TextEncoder | None = None,
         impression_writer: ImpressionWriter | None = None,
+        generator: Generator | None = None,
     ) -> None:
         self.store = store
         self.config = config
@@ -76,6 +81,26 @@ class Engine:
         self.serving = Serving(store, self.lifecycle, self.catalog, self.feedback, writer)
         self.lifecycle.after_install.append(self.feedback.save_bandits)
         self._key = config.user_id_key
+        # the generator (None: templates and rules): the descriptions and prose it writes are
+        # cached in the store, keyed by (model, prompt hash), so nothing is generated twice
+        if generator is None and config.generator is not None:
+            generator = make_generator(config.generator)
+        self.generator: CachedGenerator | None = None
+        self.runner: Runner | None = None
+        self.enricher: Enricher | None = None
+        if generator is not None:
+            self.generator = (generator if isinstance(generator, CachedGenerator)
+                              else CachedGenerator(generator, store))
+            workers = config.generator.max_concurrency if config.generator is not None else 4
+            self.runner = Runner(config.generator_deadline, workers=workers)
+            self.enricher = Enricher(store, self.lifecycle, self.generator,
+                                     config.enrich_queue, config.enrich_min_chars)
+            self.serving.generator = self.generator
+            # a conversation's prompts are a person's own words: answered, never cached (the
+            # generations table is not erased with a person; docs/llm.md)
+            self.serving.conversation_generator = self.generator.generator
+            self.serving.runner = self.runner
+            self.catalog.enricher = self.enricher
         self._close_lock = threading.Lock()
 
     # ------------------------------------------------------------------- pseudonymised ids
@@ -167,6 +192,10 @@ class Engine:
         works: the next impression starts a new writer thread.
         """
         with self._close_lock:
+            if self.enricher is not None:
+                self.enricher.close()
+            if self.runner is not None:
+                self.runner.close()
             self.lifecycle.stop()
             self.feedback.save_bandits()
             self.impression_writer.close(timeout)
@@ -228,9 +257,10 @@ class Engine:
     # ------------------------------------------------------------------- serving
     def recommend(self, user_id: str, k: int = 10, preset: str | None = None,
                   discovery: float | None = None, filters: Sequence[str] = (),
-                  explore: float | None = None, learn: bool = True) -> dict[str, Any]:
+                  explore: float | None = None, learn: bool = True,
+                  prose: str = "template") -> dict[str, Any]:
         out = self.serving.recommend(self.uid(user_id), k, preset, discovery, filters, explore,
-                                     learn)
+                                     learn, prose)
         out["user_id"] = user_id
         return out
 

@@ -152,6 +152,9 @@ class Ready(_Out):
     status: str = Field(description="'ready', or 'degraded' when search is unavailable")
     model_age_seconds: float
     detail: str | None = None
+    generator: str | None = Field(
+        None, description="the text generator's model name when one is configured (never its "
+                          "key), else null")
 
 
 class Upserted(_Out):
@@ -223,6 +226,11 @@ class Recommendations(_Out):
                     "the log row is written asynchronously, in batches"
     )
     items: list[RecItem]
+    generated_prose: list[str] = Field(
+        default_factory=list,
+        description="ids of the items whose 'prose' the configured text generator wrote (asked "
+                    "for with prose=generator; each answer fact-checked); the others' prose is "
+                    "the template's")
 
 
 class SearchResults(Recommendations):
@@ -246,6 +254,12 @@ class ConversationTurn(SearchResults):
         description="what the conversation has established: liked and disliked item ids, "
                     "genres, not_genres, avoid, era, discovery, text, turns")
     turns: int
+    parse_source: Literal["rules", "generator"] = Field(
+        "rules", description="who read this message: the rules, or the configured generator "
+                             "(structured output, validated and resolved against the catalog)")
+    reply_source: Literal["template", "generator"] = Field(
+        "template", description="who wrote 'reply': the template, or the configured generator "
+                                "(fact-checked against the state and the items)")
 
 
 class SimilarItem(_Out):
@@ -284,6 +298,10 @@ class Explanation(_Out):
     novelty_bits: float
     unexpectedness: float | None
     text: str
+    prose: str | None = Field(
+        None, description="the explanation in plain sentences: 'text' itself, or the "
+                          "configured generator's rewording of it when it passes the fact check")
+    prose_source: Literal["template", "generator"] | None = None
 
 
 class PresetOut(_Out):

@@ -6,6 +6,13 @@ list without a retrain.  Large catalogs are served by candidate retrieval
 (``serendip.models.retrieval``): the blend scores only the items its sources return, and search
 blends the text match with the user's taste on those candidates, standardising the taste with
 statistics from the same sample.
+
+With a generator (``Engine`` sets ``generator`` and ``runner``), nothing on the plain list path
+calls it: a list's ``prose`` comes from templates unless the request asks for
+``prose="generator"``; an explanation gets generated ``prose``; a conversation turn's parse
+and reply are asked of it.  Every call waits at most the runner's deadline, and any failure,
+late answer or failed fact check gives the template or rule-based answer instead: a
+generator never fails a request.
 """
 
 from __future__ import annotations
@@ -19,14 +26,22 @@ from typing import Any
 
 import numpy as np
 
-from serendip.conversation import ConversationState, parse_message
+from serendip.conversation import (
+    ConversationState,
+    Update,
+    parse_message,
+    parse_with_generator,
+    reply_with_generator,
+)
 from serendip.conversation import apply as apply_message
 from serendip.conversation import reply as conversation_reply
 from serendip.errors import ConfigError, UnknownIdError
+from serendip.llm.runner import Runner
 from serendip.models._util import standardize
 from serendip.models.base import TEXT_SPACE
 from serendip.pipeline import Pipeline, with_relevance_rank
-from serendip.prose import explain_in_prose
+from serendip.prose import ProseResult, explain_in_prose
+from serendip.prose import prose as make_prose
 from serendip.rerank.base import RELEVANCE_REASONS
 from serendip.service.catalog import Catalog
 from serendip.service.feedback import Feedback
@@ -39,7 +54,11 @@ from serendip.text.request import CatalogIndex, ParsedRequest, parse_request
 from serendip.text.templates import cell_text
 from serendip.types import ItemList, Query
 
-__all__ = ["Serving", "SESSION_ITEMS", "SEARCH_DISCOVERY", "WEAK_MATCH", "GOOD_MATCH"]
+__all__ = ["Serving", "SESSION_ITEMS", "SEARCH_DISCOVERY", "WEAK_MATCH", "GOOD_MATCH",
+           "PROSE_MODES"]
+
+#: What a list request may ask for as its items' ``prose``.
+PROSE_MODES = ("template", "generator")
 
 #: Text matches used as session context by search (when the request names no title).
 SESSION_ITEMS = 3
@@ -136,6 +155,11 @@ class Serving:
         # one request computes at a time: the numeric work is short (a few ms) and threads
         # that interleave it only contend for the interpreter lock and the cores
         self._compute_lock = threading.Lock()
+        #: the text generator and the runner bounding its calls (None: templates and rules);
+        #: conversations use the generator without the store's cache (a person's own words)
+        self.generator: Any = None
+        self.conversation_generator: Any = None
+        self.runner: Runner | None = None
 
     # ------------------------------------------------------------------- recommendations
     def _allowed(self, s: ModelState, filters: Sequence[str], negative: np.ndarray
@@ -151,9 +175,13 @@ class Serving:
 
     def recommend(self, user_id: str, k: int = 10, preset: str | None = None,
                   discovery: float | None = None, filters: Sequence[str] = (),
-                  explore: float | None = None, learn: bool = True) -> dict[str, Any]:
+                  explore: float | None = None, learn: bool = True,
+                  prose: str = "template") -> dict[str, Any]:
         """A list for ``user_id``; with ``learn`` False (a caller that may not write) a bandit
-        preset serves it without counting the list as shown."""
+        preset serves it without counting the list as shown; ``prose="generator"`` asks the
+        generator (when there is one) for the items' prose."""
+        if prose not in PROSE_MODES:
+            raise ConfigError(f"prose must be one of {', '.join(PROSE_MODES)}, got {prose!r}")
         s = self.lifecycle.state
         hist, neg = self.feedback.history(s, user_id)
         # nothing stored about them (new, or erased and not yet retrained away): a new person,
@@ -163,7 +191,7 @@ class Serving:
         # (and off-policy replay, which cannot re-apply it, leaves such lists out)
         context = f"filter: {'; '.join(filters)}" if filters else None
         return self._serve(s, q, user_id, k, preset, discovery, self._allowed(s, filters, neg),
-                           context, explore=explore, learn=learn)
+                           context, explore=explore, learn=learn, prose=prose)
 
     def recommend_session(self, item_ids: Sequence[str], k: int = 10, preset: str | None = None,
                           discovery: float | None = None, learn: bool = True) -> dict[str, Any]:
@@ -192,7 +220,7 @@ class Serving:
     def _serve(self, s: ModelState, q: Query, user_id: str | None, k: int, preset: str | None,
                discovery: float | None, candidates: np.ndarray | None,
                context: str | None = None, explore: float | None = None,
-               learn: bool = True) -> dict[str, Any]:
+               learn: bool = True, prose: str = "template") -> dict[str, Any]:
         preset = preset or self.config.default_preset
         pipe = self._pipeline(s, preset)
         d = float(pipe.preset.discovery if discovery is None else discovery)
@@ -207,9 +235,11 @@ class Serving:
                 if learn:
                     self.feedback.remember_shown(pipe, preset, user_id, lst, s)
             items = self.describe(s, q, lst)
+        # outside the lock: other requests go on meanwhile
+        generated = self.generated_prose(items) if prose == "generator" else []
         imp_id = self.log_impression(user_id, items, preset, d, context)
         return {"user_id": user_id, "preset": preset, "discovery": d, "explore": eps,
-                "impression_id": imp_id, "items": items}
+                "impression_id": imp_id, "items": items, "generated_prose": generated}
 
     def log_impression(self, user_id: str | None, items: list[dict[str, Any]], preset: str,
                        discovery: float, context: str | None) -> str:
@@ -276,6 +306,21 @@ class Serving:
                 "prose": explain_in_prose(s.titles[i], reasons),
             })
         return out
+
+    def generated_prose(self, items: list[dict[str, Any]]) -> list[str]:
+        """Replace the items' template prose by the generator's where it answers in time and
+        passes the fact check (all items asked at once, one deadline for all); returns the ids
+        of the items whose prose the generator wrote."""
+        if self.generator is None or self.runner is None or not items:
+            return []
+        got = self.runner.map([(make_prose, (it["title"], it["reasons"], None, self.generator))
+                               for it in items])
+        done = []
+        for it, res in zip(items, got, strict=True):
+            if isinstance(res, ProseResult) and res.source == "generator":
+                it["prose"] = res.text
+                done.append(it["item_id"])
+        return done
 
     # ------------------------------------------------------------------- similar items
     def similar(self, item_id: str, k: int = 10) -> dict[str, Any]:
@@ -570,7 +615,8 @@ class Serving:
             user_id = stored["user_id"] if stored["user_id"] is not None else user_id
         cid = conversation_id or uuid.uuid4().hex
         state = _state_from_stored(stored["state"] if stored else {}, s)
-        state = apply_message(state, parse_message(prompt, idx))
+        update, parse_source = self._parse_message(prompt, idx)
+        state = apply_message(state, update)
         text = state.text or " ".join(state.genres) or prompt
         words = parse_request(text, idx)
         parsed = ParsedRequest(
@@ -583,14 +629,30 @@ class Serving:
         else:
             out = self.search(prompt, user_id, k, state.discovery)
         titles = [it["title"] for it in out["items"]]
-        answer = conversation_reply(state, s.titles, titles)
+        answer, reply_source = conversation_reply(state, s.titles, titles), "template"
+        gen = self.conversation_generator
+        if gen is not None and self.runner is not None and titles:
+            got = self.runner.call(reply_with_generator, prompt, state, s.titles, titles, gen)
+            if got is not None and got[0] is not None:
+                answer, reply_source = got[0], "generator"
         messages = [*(stored["messages"] if stored else []),
                     {"role": "user", "text": prompt},
                     {"role": "assistant", "text": answer, "items": [it["item_id"] for it in
                                                                     out["items"]]}]
         self.store.save_conversation(cid, user_id, _state_to_stored(state, s), messages)
         return {**out, "conversation_id": cid, "reply": answer,
-                "state": _state_to_stored(state, s), "turns": state.turns}
+                "state": _state_to_stored(state, s), "turns": state.turns,
+                "parse_source": parse_source, "reply_source": reply_source}
+
+    def _parse_message(self, prompt: str, idx: CatalogIndex) -> tuple[Update, str]:
+        """The generator's parse of a message when it gives a valid one in time, else the
+        rules' (with where it came from)."""
+        gen = self.conversation_generator
+        if gen is not None and self.runner is not None:
+            got = self.runner.call(parse_with_generator, prompt, idx, gen)
+            if got is not None:
+                return got, "generator"
+        return parse_message(prompt, idx), "rules"
 
     def conversation(self, conversation_id: str) -> dict[str, Any]:
         got = self.store.get_conversation(conversation_id)
@@ -636,10 +698,19 @@ class Serving:
         elif hist.size == 0:
             parts.append("You have no history yet, so it was picked because many people chose "
                          "it lately, not for your taste.")
+        text = " ".join(parts)
+        prose_text, prose_source = text, "template"
+        if self.generator is not None and self.runner is not None:
+            facts = {"similar titles": [b["title"] for b in because], "people who chose it":
+                     users, "people in the data": s.n_users}
+            got = self.runner.call(make_prose, title, parts, facts, self.generator)
+            if isinstance(got, ProseResult) and got.source == "generator":
+                prose_text, prose_source = got.text, "generator"
         return {"user_id": user_id, "item_id": item_id, "title": title, "because": because,
                 "popularity": {"users": users, "of_people": s.n_users, "percentile": pct,
                                "more_popular_than_share": below},
-                "novelty_bits": bits, "unexpectedness": unexp, "text": " ".join(parts)}
+                "novelty_bits": bits, "unexpectedness": unexp, "text": text,
+                "prose": prose_text, "prose_source": prose_source}
 
     # ------------------------------------------------------------------- off-policy evaluation
     def off_policy(self, presets: Sequence[str] | None = None, explore: float = 0.0,
