@@ -74,6 +74,34 @@ def test_a_message_with_nothing_known_is_not_understood(index: CatalogIndex) -> 
     assert s.liked == () and s.genres == () and s.turns == 1
 
 
+def test_surprise_me_alone_asks_for_no_topic_and_the_reply_reads_as_a_sentence(
+        index: CatalogIndex) -> None:
+    u = parse_message("Surprise me!", index)
+    assert u.discovery == SURPRISE and u.text == "" and u.understood
+    s = apply(ConversationState(), u)
+    assert reply(s, TITLES, ["Amelie (2001)"]) == "Here are some surprises: Amelie (2001)."
+
+
+def test_the_reply_names_what_was_disliked(index: CatalogIndex) -> None:
+    s = apply(ConversationState(), parse_message("I loved Heat. I hated Saw", index))
+    assert reply(s, TITLES, ["Amelie (2001)"]) == (
+        "Since you liked Heat (1995), leaving out Saw (2004): Amelie (2001).")
+
+
+def test_nothing_understood_and_nothing_found_says_what_to_try(index: CatalogIndex) -> None:
+    s = apply(ConversationState(), parse_message("xqzv blorp", index))
+    text = reply(s, TITLES, [])
+    assert text.startswith("I could not match that") and "loosening" not in text
+
+
+def test_titles_are_found_as_people_write_them() -> None:
+    idx = CatalogIndex(["Close Shave, A (1995)", "The Heist (crime)", "Heist (2001)"])
+    assert parse_message("I loved A Close Shave", idx).liked == (0,)
+    assert parse_message("I loved The Heist", idx).liked == (1,)
+    # an alias never hides a title the catalog holds as written
+    assert parse_message("Heist was great", idx).liked == (2,)
+
+
 # ---------------------------------------------------------------- with a generator
 class Scripted:
     """Answers every request with the next of ``replies`` and keeps the messages."""

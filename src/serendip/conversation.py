@@ -113,9 +113,13 @@ def parse_message(message: str, index: CatalogIndex) -> Update:
         word = m.group(1).casefold()
         if word not in avoid and word not in whole.genres:
             avoid.append(word)
-    # feelings and the words that carry them are not part of what to look for
+    # feelings, and the words asking for surprise or familiarity, are not part of what to
+    # look for ("surprise me" alone asks for no topic)
+    level_words = {w.casefold() for rx in (_SURPRISE, _FAMILIAR) for m in rx.finditer(message)
+                   for w in m.group(0).split()}
     rest = " ".join(w for w in whole.text.split()
-                    if not (_LIKE.fullmatch(w) or _DISLIKE.fullmatch(w) or w in avoid))
+                    if not (_LIKE.fullmatch(w) or _DISLIKE.fullmatch(w) or w in avoid
+                            or w.casefold() in level_words))
     return Update(
         liked=tuple(dict.fromkeys(liked)), disliked=tuple(dict.fromkeys(disliked)),
         genres=whole.genres, not_genres=whole.not_genres, avoid=tuple(avoid), era=whole.era,
@@ -152,6 +156,9 @@ def reply(state: ConversationState, titles: list[str], recommended: list[str]) -
     if state.liked:
         named = [titles[i] for i in state.liked[-2:]]
         parts.append(f"Since you liked {' and '.join(named)}")
+    if state.disliked:
+        named = [titles[i] for i in state.disliked[-2:]]
+        parts.append(f"leaving out {' and '.join(named)}")
     wants = []
     if state.genres:
         wants.append(" or ".join(state.genres))
@@ -166,9 +173,13 @@ def reply(state: ConversationState, titles: list[str], recommended: list[str]) -
         lead = (lead + ", and you asked for " if lead else "You asked for ") + ", ".join(wants)
     if state.discovery is not None and state.discovery >= SURPRISE:
         lead = (lead + " — " if lead else "") + "here are some surprises"
+    lead = lead[:1].upper() + lead[1:]
     if not recommended:
-        return (lead + ". " if lead else "") + "Nothing in the catalog fits all of that; " \
-            "try loosening one of the wishes."
+        if not lead:
+            return ("I could not match that to anything in the catalog. Try naming a title "
+                    "you liked or a genre.")
+        return lead + ". Nothing in the catalog fits all of that; try loosening one of " \
+            "the wishes."
     picks = ", ".join(recommended[:3])
     if not lead:
         return f"Here are some ideas: {picks}."

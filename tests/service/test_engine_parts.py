@@ -507,3 +507,15 @@ def test_a_conversation_refines_its_state_turn_by_turn_and_is_erased_with_its_us
     assert engine.erase_user("u6")["removed"]["conversations"] == 1
     with pytest.raises(UnknownIdError):
         engine.conversation(cid)
+
+
+def test_surprise_me_as_a_first_message_answers_the_persons_list_at_that_discovery(
+        engine: Engine) -> None:
+    first = engine.converse("Surprise me", k=5)
+    assert first["discovery"] == 0.8 and len(first["items"]) == 5
+    assert first["reply"].startswith("Here are some surprises: ")
+    assert first["state"]["text"] == ""
+    # for a known person, their own list at that discovery, without their history
+    mine = engine.converse("surprise me", user_id="u2", k=5)
+    seen = {r["item_id"] for r in engine.history_rows("u2", 500)}
+    assert len(mine["items"]) == 5 and not seen & {it["item_id"] for it in mine["items"]}

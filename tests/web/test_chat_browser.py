@@ -57,7 +57,7 @@ def test_a_conversation_refines_resumes_and_starts_over(web: tuple[Any, PageLog]
     open_page(page, live_server)
     chat = page.get_by_test_id("chat-section")
     expect(chat.get_by_test_id("chat-new")).to_be_hidden()
-    expect(chat.get_by_test_id("chat-surprise")).to_be_disabled()  # nothing to surprise yet
+    expect(chat.get_by_test_id("chat-surprise")).to_be_enabled()  # a first message too
     assert page.get_by_test_id("chat-live").get_attribute("aria-live") == "polite"
 
     # 1. A first message naming a catalog title, liked, with a wish.
@@ -156,7 +156,7 @@ def test_a_conversation_refines_resumes_and_starts_over(web: tuple[Any, PageLog]
     expect(page.get_by_test_id("chat-state")).to_be_hidden()
     expect(page.get_by_label("Tell serendip what you want")).to_be_focused()
     expect(page.get_by_test_id("chat-new")).to_be_hidden()
-    expect(page.get_by_test_id("chat-surprise")).to_be_disabled()
+    expect(page.get_by_test_id("chat-surprise")).to_be_enabled()
     assert stored_id(page) is None
     fresh = chat_send(page, f"I loved {CLOSE_SHAVE_NATURAL[1]}, more like that")
     assert fresh.request.url.endswith("/v1/conversations")
@@ -187,6 +187,22 @@ def test_chat_with_a_picked_user_blends_in_their_history(web: tuple[Any, PageLog
     assert ev.value.status == 201
     assert json.loads(ev.value.request.post_data or "{}")["events"][0]["user_id"] == user
     expect(card.get_by_test_id("like-button")).to_have_text("Liked ✓")
+    assert_clean(log, live_server)
+
+
+def test_surprise_me_can_start_a_conversation(web: tuple[Any, PageLog],
+                                             live_server: LiveServer) -> None:
+    page, log = web
+    open_page(page, live_server)
+    with page.expect_response(lambda r: r.url.endswith("/v1/conversations")
+                              and r.request.method == "POST") as resp:
+        page.get_by_test_id("chat-surprise").click()
+    got = resp.value.json()
+    assert resp.value.status == 200 and got["items"] and got["discovery"] == 0.8
+    expect(turns(page).nth(0).get_by_test_id("chat-reply")).to_have_text(got["reply"])
+    assert got["reply"].startswith("Here are some surprises: ")
+    expect(turns(page).nth(0).get_by_test_id("rec-card")).to_have_count(len(got["items"]))
+    expect(chips(page)).to_have_text(["★ Surprises"])
     assert_clean(log, live_server)
 
 

@@ -626,6 +626,10 @@ class Serving:
         if parsed.understood:
             out = self.search(text, user_id, k, state.discovery, parsed=parsed,
                               exclude=state.disliked)
+        elif not state.text and not state.not_genres and update.understood:
+            # nothing to look for yet, only how far to go ("surprise me" as a first message):
+            # the person's own list (the trending one for someone new) at that discovery
+            out = self._taste_list(s, user_id, k, state.discovery, state.disliked)
         else:
             out = self.search(prompt, user_id, k, state.discovery)
         titles = [it["title"] for it in out["items"]]
@@ -643,6 +647,20 @@ class Serving:
         return {**out, "conversation_id": cid, "reply": answer,
                 "state": _state_to_stored(state, s), "turns": state.turns,
                 "parse_source": parse_source, "reply_source": reply_source}
+
+    def _taste_list(self, s: ModelState, user_id: str | None, k: int,
+                    discovery: float | None, exclude: Sequence[int]) -> dict[str, Any]:
+        """A conversation's list when it names no topic: the person's recommendations (the
+        trending ones without a history), leaving out the items disliked in it."""
+        if user_id is not None:
+            hist, neg = self.feedback.history(s, user_id)
+        else:
+            hist, neg = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        neg = np.union1d(neg, np.asarray(list(exclude), dtype=np.int64))
+        q = Query(s.user_index(user_id) if user_id is not None and (hist.size or neg.size)
+                  else None, hist)
+        out = self._serve(s, q, user_id, k, None, discovery, self._allowed(s, (), neg))
+        return {**out, "query": "", "session_items": [], "match": "good"}
 
     def _parse_message(self, prompt: str, idx: CatalogIndex) -> tuple[Update, str]:
         """The generator's parse of a message when it gives a valid one in time, else the

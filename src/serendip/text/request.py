@@ -68,6 +68,24 @@ def _norm_title(title: str) -> str:
     return " ".join(w.casefold() for w in _WORD.findall(t))
 
 
+_TRAILING_NOTE = re.compile(r"\s*\([^()]*\)\s*$")
+
+
+def _title_aliases(title: str) -> list[str]:
+    """Other ways a person writes ``title``: with a leading article put back in front, and
+    without trailing notes in brackets ("(1995)", "(crime)", "(live)")."""
+    from serendip.text.templates import natural_title
+
+    out = []
+    natural = natural_title(title)
+    for t in dict.fromkeys((title, natural)):
+        bare = t
+        while _TRAILING_NOTE.search(bare) and _TRAILING_NOTE.sub("", bare).strip():
+            bare = _TRAILING_NOTE.sub("", bare)
+        out.extend(x for x in (t, bare) if x != title)
+    return list(dict.fromkeys(out))
+
+
 def item_years(titles: Sequence[str], years: Sequence[object] | None = None) -> np.ndarray:
     """Each item's year (NaN when unknown): a year field when given, else "(1995)" in the
     title."""
@@ -97,6 +115,17 @@ class CatalogIndex:
             key = _norm_title(t)
             if len(key) >= 3:
                 by_title.setdefault(key, []).append(i)
+        # how people write titles the catalog spells otherwise ("A Close Shave" for "Close
+        # Shave, A (1995)", "The Heist" for "The Heist (crime)"); an alias never takes the
+        # place of a title the catalog holds as written
+        aliases: dict[str, list[int]] = {}
+        for i, t in enumerate(self.titles):
+            for alt in _title_aliases(t):
+                key = _norm_title(alt)
+                if len(key) >= 3 and key not in by_title:
+                    aliases.setdefault(key, []).append(i)
+        for key, items in aliases.items():
+            by_title[key] = items
         self.by_title = by_title
         #: longest first, so "star wars" wins over "star"
         self.max_words = max((len(k.split()) for k in by_title), default=0)

@@ -77,7 +77,6 @@ const el = {
   chatInput: $("chat-input"),
   chatSend: $("chat-send"),
   chatSurprise: $("chat-surprise"),
-  chatSurpriseHint: $("chat-surprise-hint"),
   chatError: $("chat-error"),
   chatLive: $("chat-live"),
 };
@@ -1069,18 +1068,16 @@ async function showChatState(st, userId) {
 function setChatBusy(busy) {
   state.chat.pending = busy;
   el.chatSend.disabled = busy;
-  el.chatSurprise.disabled = busy || !state.chat.id;
+  el.chatSurprise.disabled = busy;
   el.chatLog.setAttribute("aria-busy", String(busy));
 }
 
-/** The chat box once a conversation exists: it can be refined, surprised, or started over. */
+/** The chat box once a conversation exists: it can be refined or started over. */
 function chatStarted(id) {
   state.chat.id = id;
   storeConversation(id);
   el.chatLog.dataset.conversationId = id;
   el.chatNew.hidden = false;
-  el.chatSurprise.disabled = state.chat.pending;
-  el.chatSurpriseHint.hidden = true;
 }
 
 async function sendChat(text) {
@@ -1200,7 +1197,6 @@ function newConversation() {
   el.chatChips.replaceChildren();
   el.chatState.hidden = true;
   el.chatNew.hidden = true;
-  el.chatSurpriseHint.hidden = false;
   clearChatError();
   el.chatInput.value = "";
   el.chatInput.focus();
