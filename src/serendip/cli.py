@@ -819,6 +819,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     gen_cfg = _generator_config(args)
     if not (args.llm_deadline > 0 and math.isfinite(args.llm_deadline)):
         raise ConfigError(f"--llm-deadline must be > 0 seconds, got {args.llm_deadline}")
+    if not (args.model_poll >= 0 and math.isfinite(args.model_poll)):
+        raise ConfigError(f"--model-poll must be >= 0 seconds, got {args.model_poll}")
+    if args.model_dir is None and args.role != "primary":
+        raise ConfigError(f"--role {args.role} needs --model-dir (the model directory the "
+                          "instances share)")
     for note in _seed_notes(args):
         log.warning("%s", note)
     return serve(
@@ -838,6 +843,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         key_burst=args.key_burst, retention_days=args.retention_days,
         user_id_key_file=args.user_id_key_file, catalog_poll=args.catalog_poll or None,
         generator=gen_cfg, generator_deadline=args.llm_deadline,
+        shared_model_dir=args.model_dir, role=args.role, model_poll=args.model_poll or None,
     )
 
 
@@ -1258,6 +1264,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "serendip serve --seed-interactions events.csv --seed-items items.csv "
                 "--sep ';' --encoding latin-1",
                 "serendip serve --store postgresql://user@db/serendip --host 0.0.0.0",
+                "serendip serve --store postgresql://user@db/serendip --model-dir "
+                "/shared/models --role follower",
                 "serendip serve --preset weekend.toml --refresh-interval 0",
                 "serendip serve --llm-url http://127.0.0.1:11434/v1 --llm-model llama3.1")
     s.add_argument("--store", metavar="URL", default=os.environ.get("SERENDIP_STORE"),
@@ -1325,6 +1333,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how often to check the store for catalog changes made through other "
                    "instances (deletions stop being served within about this long); 0 turns "
                    "it off")
+    rp = s.add_argument_group("several instances over one store (docs/deployment.md)")
+    rp.add_argument("--model-dir", metavar="DIR",
+                    help="a model directory shared by every instance (a volume or NFS): each "
+                    "retrain saves a new version there and publishes it in the store; every "
+                    "instance loads the newest (default: one model in DATA_DIR/model)")
+    rp.add_argument("--role", choices=("primary", "follower"), default="primary",
+                    help="primary: fits when no model is published and retrains by itself "
+                    "(--refresh-interval); follower: never starts a retrain by itself, only "
+                    "loads published versions")
+    rp.add_argument("--model-poll", type=float, default=1.0, metavar="SECONDS",
+                    help="how often to check the store for a newer published model (with "
+                    "--model-dir); 0 turns it off")
     llm_args(s)
     s.set_defaults(func=cmd_serve)
 

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi import Path as PathParam
 from fastapi import Query as QueryParam
 from fastapi.exceptions import RequestValidationError
@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 #: Largest request body accepted (bytes); larger ones get 413.
 DEFAULT_MAX_BODY = 1 << 20
+#: /readyz header naming the published model version served (shared model directory only)
+MODEL_VERSION_HEADER = "X-Serendip-Model-Version"
 #: Most active admin keys a store may hold; creating one more is refused (409).
 MAX_ADMIN_KEYS = 5
 STATIC_DIR = Path(__file__).parent / "static"
@@ -464,10 +466,17 @@ def create_app(engine: Engine, *, static_keys: dict[str, Role] | None = None,
 
     @app.get("/readyz", response_model=S.Ready, tags=["health"],
              responses={503: {"model": S.Error}})
-    def readyz() -> Any:
+    def readyz(response: Response) -> Any:
         """Ready when the model is loaded, the text encoder too (when the engine warms it)
-        and the store answers."""
+        and the store answers.  Instances sharing a model directory also say which published
+        model version they serve (``X-Serendip-Model-Version``), so a load balancer or an
+        operator can see every replica follow a retrain."""
         age = engine.model_age()
+        model_version = getattr(engine, "model_version", None)
+        extra: dict[str, Any] = {}
+        if model_version is not None:
+            response.headers[MODEL_VERSION_HEADER] = str(model_version)
+            extra = {"model_version": model_version}
         if age is None:
             detail = engine.start_error or "the model is loading"
             return _error(503, "not_ready", detail, headers={"Retry-After": "5"})
@@ -479,7 +488,7 @@ def create_app(engine: Engine, *, static_keys: dict[str, Role] | None = None,
             # lists work without it; only search needs it: ready, and say what is degraded
             return {"status": "degraded", "model_age_seconds": round(age, 3),
                     "detail": f"search is unavailable: the text encoder failed to load "
-                              f"({failed})", "generator": generator_name()}
+                              f"({failed})", "generator": generator_name(), **extra}
         ping = getattr(engine.store, "ping", None)
         if ping is not None:
             try:
@@ -489,7 +498,7 @@ def create_app(engine: Engine, *, static_keys: dict[str, Role] | None = None,
                 return _error(503, "unavailable", "the store does not answer (the server log "
                               "says why)", headers={"Retry-After": str(_store_outage(e) or 5)})
         return {"status": "ready", "model_age_seconds": round(age, 3),
-                "generator": generator_name()}
+                "generator": generator_name(), **extra}
 
     def generator_name() -> str | None:
         gen = getattr(engine, "generator", None)
@@ -830,7 +839,8 @@ def serve(*, store_url: str | None = None, data_dir: str | Path = "serendip-data
           key_burst: int = _LIMIT_DEFAULTS.key_burst,
           retention_days: float | None = None, user_id_key_file: str | None = None,
           catalog_poll: float | None = 1.0, generator: Any = None,
-          generator_deadline: float = 10.0) -> int:
+          generator_deadline: float = 10.0, shared_model_dir: str | Path | None = None,
+          role: str = "primary", model_poll: float | None = 1.0) -> int:
     """Run the service with uvicorn (one worker) until interrupted; the `serve` command.
 
     The limit keyword arguments are the fields of :class:`ServerLimits` (see there).
@@ -840,7 +850,9 @@ def serve(*, store_url: str | None = None, data_dir: str | Path = "serendip-data
     ``sep`` / ``items_sep`` / ``encoding``: the seed events' and catalog's CSV delimiters
     (each found from its header when None) and their text encoding (None: UTF-8);
     ``generator``: a :class:`serendip.llm.GeneratorConfig` (None: templates and rules only),
-    whose answers a request waits for at most ``generator_deadline`` seconds.
+    whose answers a request waits for at most ``generator_deadline`` seconds;
+    ``shared_model_dir`` / ``role`` / ``model_poll``: several instances over one store
+    (docs/deployment.md, ``EngineConfig``).
 
     Seeding an empty store happens before the server listens, all or nothing: a bad seed file
     raises its one-line error and leaves the store as it was.
@@ -878,6 +890,9 @@ def serve(*, store_url: str | None = None, data_dir: str | Path = "serendip-data
         retention=None if retention_days is None else retention_days * 86_400.0,
         user_id_key=read_key_file(user_id_key_file) if user_id_key_file else None,
         catalog_poll=catalog_poll, generator=generator, generator_deadline=generator_deadline,
+        shared_model_dir=(None if shared_model_dir is None
+                          else Path(shared_model_dir).expanduser().resolve()),
+        role=role, model_poll=model_poll,
     )
     try:
         engine = Engine(store, cfg)

@@ -5,10 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from serendip.errors import ConfigError
 from serendip.llm.base import GeneratorConfig
 from serendip.pipeline import PRESETS, FitConfig, Preset, load_preset
 
-__all__ = ["EngineConfig"]
+__all__ = ["EngineConfig", "ROLES"]
+
+#: What an instance does about retraining (``EngineConfig.role``).
+ROLES = ("primary", "follower")
 
 
 @dataclass
@@ -45,6 +49,23 @@ class EngineConfig:
     #: seconds between checks of the store's catalog version: a deletion made through another
     #: instance on the same store stops being served within about this long (None: off)
     catalog_poll: float | None = 1.0
+    #: a model directory several instances share over one store (docs/deployment.md): each
+    #: retrain saves a new subdirectory and publishes it as a model version in the store, and
+    #: every instance loads the newest version.  None: one model in ``data_dir/model``
+    shared_model_dir: Path | None = None
+    #: "primary" fits when no model is published yet and retrains by itself (refresh);
+    #: "follower" never starts a retrain by itself: it waits for and loads published versions
+    #: (a retrain asked of it explicitly, or an erasure's, still runs, under the same lock)
+    role: str = "primary"
+    #: seconds between checks of the store's newest model version (shared model dir only):
+    #: a newer version is loaded in the background and swapped in whole
+    model_poll: float | None = 1.0
+    #: seconds a superseded model version is kept before its directory is deleted (the newest
+    #: two are always kept), so an instance still loading it finishes
+    model_grace: float = 600.0
+    #: seconds a retrain lock lease lasts without renewal (SQLite; a PostgreSQL advisory lock
+    #: ends with its holder's session); the holder renews it every third of this
+    lock_ttl: float = 60.0
     #: impressions (with the search text logged with them) older than this many seconds are
     #: deleted by a maintenance pass every ``retention_check`` seconds (None: kept)
     retention: float | None = None
@@ -72,6 +93,17 @@ class EngineConfig:
         out.update({p.name: p for p in self.presets})
         return out
 
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ConfigError(f"role must be one of {', '.join(ROLES)}, got {self.role!r}")
+        for what in ("model_poll", "model_grace", "lock_ttl"):
+            value = getattr(self, what)
+            if value is None and what == "model_poll":
+                continue
+            if not (isinstance(value, int | float) and 0 < value < float("inf")):
+                raise ConfigError(f"{what} must be a positive number of seconds, got {value!r}")
+
     @property
     def model_dir(self) -> Path:
+        """Where the single model lives (no shared model directory)."""
         return Path(self.data_dir) / "model"

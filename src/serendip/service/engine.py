@@ -125,6 +125,12 @@ class Engine:
         return self.lifecycle.version
 
     @property
+    def model_version(self) -> int | None:
+        """The store's version of the served model when instances share a model directory
+        (docs/deployment.md), else None."""
+        return self.lifecycle.model_version if self.lifecycle.shared else None
+
+    @property
     def start_error(self) -> str | None:
         return self.lifecycle.start_error
 
@@ -184,6 +190,9 @@ class Engine:
 
     def sync_catalog(self, force: bool = False) -> bool:
         return self.lifecycle.sync_catalog(force)
+
+    def sync_model(self) -> bool:
+        return self.lifecycle.sync_model()
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Write the impressions still queued and stop the background loops (shutdown).

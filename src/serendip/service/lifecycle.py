@@ -12,6 +12,13 @@ retrain:
 - **refresh** (optional) retrains when the store holds items the model lacks or many new
   events; the same loop deletes impressions older than the retention age.
 
+With a model directory shared by several instances (``EngineConfig.shared_model_dir``,
+docs/deployment.md) a retrain saves the new model into a subdirectory of its own and then
+publishes it as a model version in the store; a third loop, **model sync**, polls the store's
+newest version every ``model_poll`` seconds and loads a newer one in the background, swapping
+it in whole (the old state serves until then).  One retrain runs at a time across every
+instance (a lock in the store); superseded versions are deleted after ``model_grace`` seconds.
+
 Nothing here serves a request: serving reads ``lifecycle.state`` once per request.
 """
 
@@ -19,10 +26,15 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
+import socket
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -30,20 +42,25 @@ from typing import Any, cast
 import numpy as np
 
 from serendip.data.dataset import Dataset
-from serendip.errors import DataError, UnknownIdError
+from serendip.errors import ConfigError, DataError, UnknownIdError
 from serendip.pipeline import LARGE_CATALOG, FitConfig, Recommender, recover_model_dir
 from serendip.service.config import EngineConfig
 from serendip.service.state import POSITIVE_TYPES, ModelState, NotReadyError, TextEncoder
-from serendip.store.base import EventRecord, ItemRecord, Store
+from serendip.store.base import EventRecord, ItemRecord, ModelVersion, Store
 from serendip.text import Encoder, EncoderConfig
 from serendip.text.templates import cell_text
 
-__all__ = ["Lifecycle", "Job", "MAX_JOBS"]
+__all__ = ["Lifecycle", "Job", "MAX_JOBS", "POINTER", "KEEP_VERSIONS"]
 
 log = logging.getLogger(__name__)
 
 #: Finished and running jobs kept for GET /v1/admin/jobs/{id} (the oldest go first).
 MAX_JOBS = 100
+#: The file in a shared model directory naming the newest published version's subdirectory
+#: (replaced atomically; the store's model version is what instances follow).
+POINTER = "CURRENT"
+#: Published versions always kept in a shared model directory, however old.
+KEEP_VERSIONS = 2
 
 
 @dataclass
@@ -84,6 +101,11 @@ class Lifecycle:
         #: why the encoder failed to load at start (search is then unavailable), or None
         self.encoder_error: str | None = None
         self.version = 0
+        #: the store's model version now served (shared model directory), 0 before any
+        self.model_version = 0
+        #: names this process as a lock holder and publisher ("host:pid:random")
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._load_lock = threading.Lock()  # one model load at a time
         self._events_at_fit = 0
         self._catalog_version: int | None = None
         self._stop = threading.Event()
@@ -114,6 +136,11 @@ class Lifecycle:
     def ready(self) -> bool:
         return self._state is not None
 
+    @property
+    def shared(self) -> bool:
+        """Whether models live in a directory shared with other instances (versioned)."""
+        return self.config.shared_model_dir is not None
+
     def model_age(self) -> float | None:
         s = self._state
         return None if s is None else max(0.0, time.time() - s.fitted_at)
@@ -123,25 +150,28 @@ class Lifecycle:
         """Seed an empty store, then load the saved model or fit one from the store."""
         t0 = time.perf_counter()
         self._private_data_dir()
-        if self.store.count_items() == 0 or (
-                self.store.count_events() == 0 and self.config.seed_interactions is not None):
+        if self.needs_seed():
             self.seed()
         if self._injected is not None:
             self.install(self._injected, time.time())
             self._start_loops()
             return
-        model_dir = self.config.model_dir
-        recover_model_dir(model_dir)  # a save a crash interrupted
-        if (model_dir / "serendip.json").exists():
-            rec = Recommender.load(model_dir)
-            fitted_at = (model_dir / "serendip.json").stat().st_mtime
-            log.info("loaded model %s in %.1fs", model_dir, time.perf_counter() - t0)
+        if self.shared:
+            if not self._start_shared():
+                return  # stopped while waiting for a first published model
         else:
-            rec = self.fit_from_store(progress=self.config.progress)
-            rec.save(model_dir)
-            fitted_at = time.time()
-            log.info("fitted and saved %s in %.1fs", model_dir, time.perf_counter() - t0)
-        self.install(rec, fitted_at)
+            model_dir = self.config.model_dir
+            recover_model_dir(model_dir)  # a save a crash interrupted
+            if (model_dir / "serendip.json").exists():
+                rec = Recommender.load(model_dir)
+                fitted_at = (model_dir / "serendip.json").stat().st_mtime
+                log.info("loaded model %s in %.1fs", model_dir, time.perf_counter() - t0)
+            else:
+                rec = self.fit_from_store(progress=self.config.progress)
+                rec.save(model_dir)
+                fitted_at = time.time()
+                log.info("fitted and saved %s in %.1fs", model_dir, time.perf_counter() - t0)
+            self.install(rec, fitted_at)
         if self._stale_path.exists():  # an erasure the saved model still holds
             self.retrain(kind="erase", reason=self._stale_path.read_text().strip() or None,
                          fresh=True)
@@ -180,13 +210,18 @@ class Lifecycle:
         self._stop.set()
 
     def install(self, rec: Recommender, fitted_at: float,
-                events_at_fit: int | None = None) -> None:
-        """Build the serving state of ``rec`` and swap it in."""
+                events_at_fit: int | None = None, model_version: int | None = None) -> None:
+        """Build the serving state of ``rec`` and swap it in.
+
+        ``model_version``: the store's version of ``rec`` (shared model directory); a version
+        older than the one served is not installed (a newer one overtook it)."""
         events = self.store.count_events() if events_at_fit is None else events_at_fit
         version = self._read_catalog_version()
         store_ids = set(self.store.items_frame()["item_id"].astype(str))
         state = ModelState(rec, fitted_at, store_ids, self.config.all_presets())
         with self.lock:
+            if model_version is not None and model_version < self.model_version:
+                return
             # deletions that happened while the state was being built
             current = set(self.store.items_frame()["item_id"].astype(str))
             for iid, i in state.item_pos.items():
@@ -200,17 +235,36 @@ class Lifecycle:
             self._events_at_fit = events
             self._catalog_version = version
             self.version += 1
+            if model_version is not None:
+                self.model_version = model_version
         for after in self.after_install:
             after()
 
     # ------------------------------------------------------------------- seeding
+    def needs_seed(self) -> bool:
+        """An empty catalog, or seed files given and no events yet."""
+        return self.store.count_items() == 0 or (
+            self.store.count_events() == 0 and self.config.seed_interactions is not None)
+
     def seed(self) -> None:
         """Fill an empty store: the given seed files, else MovieLens-100K (ratings as events).
 
         All or nothing: both files are read and validated (by the same reader and checks as
         ``serendip fit``) before anything is written; if writing the events fails, the items
         written just before are removed again, so a failed seed leaves the store as it was.
+        Instances sharing a model directory seed under the store's lock, so replicas started
+        together seed once: whoever comes second finds the store filled and writes nothing.
         """
+        if not self.shared:
+            self._seed()
+            return
+        with self._cluster_lock("seed"):
+            if self.needs_seed():
+                self._seed()
+            else:
+                log.info("the store was seeded by another instance")
+
+    def _seed(self) -> None:
         t0 = time.perf_counter()
         records, events = self._seed_records()
         if self.store.count_events() > 0:
@@ -364,11 +418,15 @@ class Lifecycle:
     def _retrain(self, job: Job) -> None:
         t0 = time.perf_counter()
         job.started_at = time.time()
+        served = self.model_version
         try:
-            events = self.store.count_events()
-            rec = self.fit_from_store()
-            rec.save(self.config.model_dir)  # written beside the old one, then swapped in
-            self.install(rec, time.time(), events)
+            if self.shared:
+                rec = self._retrain_shared(job, served)
+            else:
+                events = self.store.count_events()
+                rec = self.fit_from_store()
+                rec.save(self.config.model_dir)  # written beside the old one, then swapped in
+                self.install(rec, time.time(), events)
             job.n_users, job.n_items = rec.data.n_users, rec.data.n_items
             job.n_interactions = len(rec.data.interactions)
             job.status = "succeeded"
@@ -385,6 +443,185 @@ class Lifecycle:
                 queued.status = "running"
         if queued is not None:
             self._launch(queued)
+
+    def _retrain_shared(self, job: Job, served: int) -> Recommender:
+        """Fit, save into a new subdirectory, publish, install; one at a time across every
+        instance.  An automatic refresh that waited while another instance published a newer
+        version follows that version instead of fitting again."""
+        with self._cluster_lock():
+            if job.kind == "refresh":
+                row = self._latest()
+                if row is not None and row.version > served:
+                    self._load_version(row)
+                    return self.state.rec
+            events = self.store.count_events()
+            rec = self.fit_from_store()
+            row = self._publish(rec, events)
+            self.install(rec, row.fitted_at, events, model_version=row.version)
+            self._prune()
+        return rec
+
+    # ------------------------------------------------------------------- shared model versions
+    @property
+    def _shared_dir(self) -> Path:
+        return Path(cast(Path, self.config.shared_model_dir))
+
+    def _latest(self) -> ModelVersion | None:
+        latest = getattr(self.store, "latest_model", None)
+        return None if latest is None else cast(ModelVersion | None, latest())
+
+    def _start_shared(self) -> bool:
+        """Load the newest published model; with none yet, a primary fits and publishes one
+        (under the lock, so instances started together fit once) and a follower waits for
+        one.  False when stopped while waiting."""
+        self._shared_dir.mkdir(parents=True, exist_ok=True)
+        row = self._latest()
+        if row is None and self.config.role == "primary":
+            with self._cluster_lock():
+                row = self._latest()
+                if row is None:
+                    t0 = time.perf_counter()
+                    events = self.store.count_events()
+                    rec = self.fit_from_store(progress=self.config.progress)
+                    row = self._publish(rec, events)
+                    self.install(rec, row.fitted_at, events, model_version=row.version)
+                    log.info("fitted and published model version %d (%s) in %.1fs",
+                             row.version, row.name, time.perf_counter() - t0)
+        while row is None:
+            if self._stop.wait(self.config.model_poll or 1.0):
+                return False
+            row = self._latest()
+        self._load_version(row)
+        return True
+
+    def _version_dir(self, row: ModelVersion) -> Path:
+        return self._shared_dir / row.name
+
+    def _load_version(self, row: ModelVersion) -> bool:
+        """Load published ``row`` and swap it in whole (the served state stays until then);
+        False when it is not newer than the one served."""
+        with self._load_lock:
+            if row.version <= self.model_version:
+                return False
+            d = self._version_dir(row)
+            if not (d / "serendip.json").exists():
+                raise ConfigError(
+                    f"model version {row.version} ({row.name}, published by {row.created_by}) "
+                    f"is not in {self._shared_dir}: every instance must share this directory")
+            t0 = time.perf_counter()
+            rec = Recommender.load(d)
+            self.install(rec, row.fitted_at, row.events, model_version=row.version)
+            log.info("loaded model version %d (%s) in %.1fs", row.version, row.name,
+                     time.perf_counter() - t0)
+            return True
+
+    def sync_model(self) -> bool:
+        """Load the store's newest model version when it is newer than the one served (a
+        retrain published by any instance); returns whether a new model was swapped in."""
+        if not self.shared or self._state is None:
+            return False  # the first model is start()'s
+        row = self._latest()
+        if row is None or row.version <= self.model_version:
+            return False
+        return self._load_version(row)
+
+    def _publish(self, rec: Recommender, events: int) -> ModelVersion:
+        """Save ``rec`` into a new subdirectory, then publish it (only a completely saved,
+        flushed directory is ever published) and point ``CURRENT`` at it."""
+        name = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+        rec.save(self._shared_dir / name)  # crash-safe: flushed before this returns
+        row = self.store.publish_model(name, time.time(), self.holder, events)
+        self._write_pointer(name)
+        return row
+
+    def _write_pointer(self, name: str) -> None:
+        base = self._shared_dir
+        tmp = base / f".{POINTER}.{uuid.uuid4().hex}"
+        with tmp.open("w") as f:
+            f.write(name + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(base / POINTER)
+        try:
+            fd = os.open(base, os.O_RDONLY)
+        except OSError:  # pragma: no cover - not every platform opens directories
+            return
+        try:
+            os.fsync(fd)
+        except OSError:  # pragma: no cover - some file systems cannot fsync a directory
+            pass
+        finally:
+            os.close(fd)
+
+    def _prune(self, now: float | None = None) -> list[str]:
+        """Delete what the shared model directory no longer needs: versions superseded more
+        than ``model_grace`` seconds ago (the newest ``KEEP_VERSIONS`` stay), and leftovers of
+        interrupted saves older than that.  Runs under the retrain lock, so no save is in
+        progress anywhere; returns the names removed."""
+        now = time.time() if now is None else now
+        grace = self.config.model_grace
+        rows = list(self.store.list_models())
+        keep = {r.name for r in rows[:KEEP_VERSIONS]}
+        superseded = {old.name: new.created_at for new, old in zip(rows, rows[1:], strict=False)}
+        removed: list[str] = []
+        for entry in sorted(self._shared_dir.iterdir()):
+            if entry.name in keep or entry.name == POINTER:
+                continue
+            try:
+                since = superseded.get(entry.name, entry.lstat().st_mtime)
+                if now - since <= grace:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+                removed.append(entry.name)
+            except OSError as e:  # another instance removed it first, or it is not ours
+                log.warning("could not remove %s from the model directory: %s", entry, e)
+        if removed:
+            log.info("removed %d old model version(s): %s", len(removed), ", ".join(removed))
+        return removed
+
+    @contextmanager
+    def _cluster_lock(self, name: str = "retrain") -> Iterator[None]:
+        """Hold the store's lock ``name`` (waiting for it), renewed in the background every
+        third of ``lock_ttl`` until released.  Each hold has its own holder id, so two holds
+        in this process exclude each other too."""
+        store = self.store
+        acquire = getattr(store, "acquire_lock", None)
+        if acquire is None:  # a store without locks: one instance
+            yield
+            return
+        ttl = self.config.lock_ttl
+        holder = f"{self.holder}:{uuid.uuid4().hex[:8]}"
+        waited = False
+        while not acquire(name, holder, ttl):
+            if not waited:
+                log.info("waiting for another instance's %s lock", name)
+                waited = True
+            if self._stop.wait(min(0.5, ttl / 4)):  # PostgreSQL: one connection per try
+                raise RuntimeError(f"stopped while waiting for the {name} lock")
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(ttl / 3):
+                try:
+                    if not store.renew_lock(name, holder, ttl):
+                        log.warning("the %s lock was lost (not renewed in time)", name)
+                        return
+                except Exception:  # the store is away: try again at the next beat
+                    log.exception("renewing the %s lock failed", name)
+
+        beat = threading.Thread(target=renew, name=f"serendip-lock-{name}", daemon=True)
+        beat.start()
+        try:
+            yield
+        finally:
+            done.set()
+            try:
+                store.release_lock(name, holder)
+            except Exception:  # it lapses (SQLite) or ends with the session (PostgreSQL)
+                log.exception("releasing the %s lock failed", name)
 
     # ------------------------------------------------------------------- stale models
     @property
@@ -475,8 +712,10 @@ class Lifecycle:
         poll = self.config.catalog_poll
         if poll is not None:
             self._loop("serendip-catalog-sync", poll, stop, self.sync_catalog)
+        if self.shared and self.config.model_poll is not None:
+            self._loop("serendip-model-sync", self.config.model_poll, stop, self.sync_model)
         interval = self.config.refresh_interval
-        if interval is not None:
+        if interval is not None and self.config.role == "primary":
             self._loop("serendip-refresh", interval, stop, self._refresh_once)
         if self.config.retention is not None:
             self.purge_expired()

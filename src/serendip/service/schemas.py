@@ -155,6 +155,9 @@ class Ready(_Out):
     generator: str | None = Field(
         None, description="the text generator's model name when one is configured (never its "
                           "key), else null")
+    model_version: int | None = Field(
+        None, description="the published model version served (with a shared model directory "
+                          "only, else null)")
 
 
 class Upserted(_Out):

@@ -20,6 +20,7 @@ from serendip.store.base import (
     EventRecord,
     Impression,
     ItemRecord,
+    ModelVersion,
     Role,
     Store,
     StoreUnavailableError,
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Role", "ROLES", "EVENT_TYPES", "ItemRecord", "UserRecord", "EventRecord", "EventAck",
     "Impression", "Store", "SQLiteStore", "PostgresStore", "open_store", "role_at_least",
-    "KEY_PREFIX", "ApiKeyInfo", "StoreUnavailableError", "redact_url",
+    "KEY_PREFIX", "ApiKeyInfo", "StoreUnavailableError", "redact_url", "ModelVersion",
 ]
 
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")

@@ -28,6 +28,7 @@ from serendip.store.base import (
     EventRecord,
     Impression,
     ItemRecord,
+    ModelVersion,
     Role,
     UserRecord,
 )
@@ -63,6 +64,9 @@ __all__ = [
     "scrub_secret",
     "check_timestamp",
     "check_version",
+    "check_model_name",
+    "check_lock",
+    "model_version_row",
     "check_count",
     "KEY_TOUCH_INTERVAL",
     "DEFAULT_POOL_SIZE",
@@ -216,6 +220,35 @@ def check_version(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise DataError(f"catalog version must be a non-negative integer, got {value!r}")
     return value
+
+
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_model_name(name: object) -> str:
+    """A model version's directory name: one path component of ``[A-Za-z0-9._-]`` (not
+    starting with a dot), so it can never point outside the shared model directory."""
+    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
+        raise DataError(f"model name must be 1-128 characters of [A-Za-z0-9._-] starting "
+                        f"with a letter or digit, got {name!r}")
+    return name
+
+
+def check_lock(name: object, holder: object, ttl: object | None = None) -> tuple[str, str, float]:
+    """A lock's name and holder (ids) and lease length (positive, finite seconds)."""
+    n, h = check_id(name, "lock name"), check_id(holder, "lock holder")
+    if ttl is None:
+        return n, h, 0.0
+    t = _finite(ttl, "lock ttl")
+    if t <= 0:
+        raise DataError(f"lock ttl must be a positive number of seconds, got {ttl!r}")
+    return n, h, t
+
+
+def model_version_row(row: Sequence[Any]) -> ModelVersion:
+    """``(version, name, fitted_at, created_at, created_by, events)`` as a ModelVersion."""
+    return ModelVersion(int(row[0]), str(row[1]), float(row[2]), float(row[3]), str(row[4]),
+                        None if row[5] is None else int(row[5]))
 
 
 def check_count(value: object, what: str, default: int) -> int:

@@ -17,7 +17,7 @@ from serendip.errors import StoreError
 
 __all__ = [
     "Role", "ROLES", "ItemRecord", "UserRecord", "EventRecord", "EventAck", "Impression",
-    "Store", "EVENT_TYPES", "ApiKeyInfo", "StoreUnavailableError",
+    "Store", "EVENT_TYPES", "ApiKeyInfo", "StoreUnavailableError", "ModelVersion",
 ]
 
 Role = Literal["read", "write", "admin"]
@@ -107,6 +107,23 @@ class Impression:
     impression_id: str | None = None
 
 
+@dataclass(frozen=True)
+class ModelVersion:
+    """A fitted model published to the store, so every instance on it can load it.
+
+    ``name`` is the model's subdirectory in the model directory the instances share; the
+    version is assigned by the store (1, 2, ...) in publishing order.  A row is written only
+    after its directory is completely saved, so a published version is always loadable.
+    """
+
+    version: int
+    name: str
+    fitted_at: float
+    created_at: float
+    created_by: str
+    events: int | None = None  # events in the store when the fit read it
+
+
 @runtime_checkable
 class Store(Protocol):
     """Persistence for catalog, users, events, impressions and API keys."""
@@ -141,6 +158,32 @@ class Store(Protocol):
         """All items: ``item_id`` plus one column per field name (missing fields empty)."""
 
     def count_items(self) -> int: ...
+
+    # model versions and the cluster-wide lock ----------------------------------------
+    def publish_model(self, name: str, fitted_at: float, created_by: str,
+                      events: int | None = None) -> ModelVersion:
+        """Record a fully saved model directory as the newest version (one transaction);
+        a ``name`` already published raises DataError naming it."""
+
+    def latest_model(self) -> ModelVersion | None:
+        """The newest published model version, or None when none was published."""
+
+    def list_models(self, limit: int | None = None) -> list[ModelVersion]:
+        """Published model versions, newest first (at most ``limit``)."""
+
+    def acquire_lock(self, name: str, holder: str, ttl: float) -> bool:
+        """Take the named lock for ``holder`` unless someone else holds it; True when held.
+
+        Held across every process on the database: PostgreSQL uses a session advisory lock
+        (released by the server if the holder's process dies), SQLite a lease row that
+        lapses ``ttl`` seconds after its last renewal.  Taking a lock one already holds
+        renews it."""
+
+    def renew_lock(self, name: str, holder: str, ttl: float) -> bool:
+        """Extend ``holder``'s hold by ``ttl`` seconds; False when it no longer holds it."""
+
+    def release_lock(self, name: str, holder: str) -> bool:
+        """Give the lock back; False when ``holder`` did not hold it."""
 
     # users ---------------------------------------------------------------------------
     def upsert_users(self, users: Sequence[UserRecord]) -> int: ...

@@ -12,6 +12,7 @@ as a query parameter.  When the server cannot be reached, or no connection becom
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,8 +33,11 @@ from serendip.store._common import (
     PreparedImpression,
     check_count,
     check_event_types,
+    check_id,
     check_key_name,
     check_limit,
+    check_lock,
+    check_model_name,
     check_role,
     check_timestamp,
     check_version,
@@ -48,6 +52,7 @@ from serendip.store._common import (
     key_infos,
     key_lookup,
     last_admin_key,
+    model_version_row,
     new_api_key,
     prepare_conversation,
     prepare_events,
@@ -66,6 +71,7 @@ from serendip.store.base import (
     EventRecord,
     Impression,
     ItemRecord,
+    ModelVersion,
     Role,
     StoreUnavailableError,
     UserRecord,
@@ -192,6 +198,23 @@ POSTGRES_MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "CREATE INDEX conversations_user ON conversations (user_id)",
         ),
     ),
+    (
+        6,
+        (
+            # Published model versions: each names its own subdirectory of the model
+            # directory several instances share, and is written after that directory is
+            # completely saved, so every instance can follow the newest one.  (Locks are
+            # advisory locks here: no table.)
+            """CREATE TABLE models (
+                version BIGINT PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                fitted_at DOUBLE PRECISION NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                created_by TEXT NOT NULL,
+                events BIGINT
+            )""",
+        ),
+    ),
 )
 SCHEMA_VERSION = POSTGRES_MIGRATIONS[-1][0]
 # Any fixed number: migrations of one database take this advisory lock, so two processes
@@ -252,6 +275,9 @@ class PostgresStore:
             else options.get("pool_timeout", DEFAULT_POOL_TIMEOUT), "pool_timeout")
         self._connect_timeout = int(connect_timeout)
         self._closed = False
+        #: locks held by this store: name -> (holder, the session holding it)
+        self._locks: dict[str, tuple[str, psycopg.Connection[Any]]] = {}
+        self._locks_guard = threading.Lock()
         # One direct connection first: a wrong URL or an unreachable server fails here with the
         # server's own reason (a pool would only time out).
         try:
@@ -327,6 +353,13 @@ class PostgresStore:
         if self._closed:
             return
         self._closed = True
+        with self._locks_guard:  # ending a lock's session releases it
+            for _holder, conn in self._locks.values():
+                try:
+                    conn.close()
+                except psycopg.Error:  # pragma: no cover - closing is best effort
+                    pass
+            self._locks.clear()
         self._pool.close()
 
     def __enter__(self) -> PostgresStore:
@@ -469,6 +502,110 @@ class PostgresStore:
         with self._read() as cur:
             row = cur.execute(f"SELECT COUNT(*) FROM {table}").fetchone()  # type: ignore[arg-type]
         return int(row[0]) if row else 0
+
+    # model versions and locks ----------------------------------------------------------
+    def publish_model(self, name: str, fitted_at: float, created_by: str,
+                      events: int | None = None) -> ModelVersion:
+        name = check_model_name(name)
+        fitted = check_timestamp(fitted_at, "fitted_at")
+        who = check_id(created_by, "created_by")
+        if events is not None and (isinstance(events, bool) or not isinstance(events, int)
+                                   or events < 0):
+            raise DataError(f"events must be a non-negative integer, got {events!r}")
+        now = time.time()
+        with self._write() as cur:
+            # versions are assigned one publisher at a time (readers are not blocked)
+            cur.execute("LOCK TABLE models IN SHARE ROW EXCLUSIVE MODE")
+            if cur.execute("SELECT 1 FROM models WHERE name = %s", (name,)).fetchone():
+                raise DataError(f"model name {name!r} is already published")
+            row = cur.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM models").fetchone()
+            assert row is not None
+            version = int(row[0])
+            cur.execute(
+                "INSERT INTO models (version, name, fitted_at, created_at, created_by, events) "
+                "VALUES (%s, %s, %s, %s, %s, %s)", (version, name, fitted, now, who, events))
+        return ModelVersion(version, name, fitted, now, who, events)
+
+    def latest_model(self) -> ModelVersion | None:
+        found = self.list_models(1)
+        return found[0] if found else None
+
+    def list_models(self, limit: int | None = None) -> list[ModelVersion]:
+        if limit is not None:
+            check_limit(limit)
+        with self._read() as cur:
+            rows = cur.execute(
+                "SELECT version, name, fitted_at, created_at, created_by, events FROM models "
+                "ORDER BY version DESC LIMIT %s", (limit,)).fetchall()
+        return [model_version_row(r) for r in rows]
+
+    # A session advisory lock on a connection of its own (not the pool's): the server
+    # releases it when that session ends, so a holder that dies never blocks the others.
+    # The key is a hash of the schema and the lock's name, so databases shared by several
+    # schemas keep their locks apart.
+    _LOCK_KEY = "hashtextextended(current_schema() || '/' || %s, 0)"
+
+    def acquire_lock(self, name: str, holder: str, ttl: float) -> bool:
+        name, holder, _ = check_lock(name, holder, ttl)
+        with self._locks_guard:
+            held = self._locks.get(name)
+            if held is not None:
+                return held[0] == holder and self._session_alive(name)
+            try:
+                conn = psycopg.connect(self.url, autocommit=True,
+                                       connect_timeout=self._connect_timeout)
+            except psycopg.OperationalError as exc:
+                raise StoreUnavailableError(
+                    f"PostgreSQL store {self.display_url} is unavailable: {self._scrub(exc)}"
+                ) from exc
+            try:
+                row = conn.execute(f"SELECT pg_try_advisory_lock({self._LOCK_KEY})",  # type: ignore[arg-type]
+                                   (name,)).fetchone()
+            except psycopg.Error:
+                conn.close()
+                raise
+            if not (row and row[0]):
+                conn.close()
+                return False
+            self._locks[name] = (holder, conn)
+            return True
+
+    def _session_alive(self, name: str) -> bool:
+        """Whether the session holding ``name`` still answers (call with the guard held)."""
+        holder, conn = self._locks[name]
+        try:
+            conn.execute("SELECT 1").fetchone()
+            return True
+        except psycopg.Error:  # the session (and with it the lock) is gone
+            self._locks.pop(name, None)
+            try:
+                conn.close()
+            except psycopg.Error:  # pragma: no cover - closing is best effort
+                pass
+            return False
+
+    def renew_lock(self, name: str, holder: str, ttl: float) -> bool:
+        name, holder, _ = check_lock(name, holder, ttl)
+        with self._locks_guard:
+            held = self._locks.get(name)
+            return held is not None and held[0] == holder and self._session_alive(name)
+
+    def release_lock(self, name: str, holder: str) -> bool:
+        name, holder, _ = check_lock(name, holder)
+        with self._locks_guard:
+            held = self._locks.get(name)
+            if held is None or held[0] != holder:
+                return False
+            self._locks.pop(name)
+            conn = held[1]
+            try:
+                conn.execute(f"SELECT pg_advisory_unlock({self._LOCK_KEY})",  # type: ignore[arg-type]
+                             (name,))
+                return True
+            except psycopg.Error:  # the session ended: the server released the lock already
+                return False
+            finally:
+                conn.close()
 
     # users -----------------------------------------------------------------------------
     def upsert_users(self, users: Sequence[UserRecord]) -> int:

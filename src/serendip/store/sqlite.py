@@ -38,8 +38,11 @@ from serendip.store._common import (
     PreparedImpression,
     check_count,
     check_event_types,
+    check_id,
     check_key_name,
     check_limit,
+    check_lock,
+    check_model_name,
     check_role,
     check_timestamp,
     check_version,
@@ -54,6 +57,7 @@ from serendip.store._common import (
     key_infos,
     key_lookup,
     last_admin_key,
+    model_version_row,
     new_api_key,
     prepare_conversation,
     prepare_events,
@@ -71,6 +75,7 @@ from serendip.store.base import (
     EventRecord,
     Impression,
     ItemRecord,
+    ModelVersion,
     Role,
     StoreUnavailableError,
     UserRecord,
@@ -194,6 +199,29 @@ SQLITE_MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
                 updated_at REAL NOT NULL
             )""",
             "CREATE INDEX conversations_user ON conversations (user_id)",
+        ),
+    ),
+    (
+        6,
+        (
+            # Published model versions: each names its own subdirectory of the model
+            # directory several instances share, and is written after that directory is
+            # completely saved, so every instance can follow the newest one.
+            """CREATE TABLE models (
+                version INTEGER PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                fitted_at REAL NOT NULL,
+                created_at REAL NOT NULL,
+                created_by TEXT NOT NULL,
+                events INTEGER
+            )""",
+            # Named leases (one retrain at a time across processes): a holder that dies
+            # stops renewing, and its lease lapses at expires_at.
+            """CREATE TABLE locks (
+                name TEXT PRIMARY KEY,
+                holder TEXT NOT NULL,
+                expires_at REAL NOT NULL
+            )""",
         ),
     ),
 )
@@ -663,6 +691,67 @@ class SQLiteStore:
     def count_items(self) -> int:
         with self._read() as conn:
             return int(conn.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+
+    # model versions and locks ----------------------------------------------------------
+    def publish_model(self, name: str, fitted_at: float, created_by: str,
+                      events: int | None = None) -> ModelVersion:
+        name = check_model_name(name)
+        fitted = check_timestamp(fitted_at, "fitted_at")
+        who = check_id(created_by, "created_by")
+        if events is not None and (isinstance(events, bool) or not isinstance(events, int)
+                                   or events < 0):
+            raise DataError(f"events must be a non-negative integer, got {events!r}")
+        now = time.time()
+        with self._write() as conn:  # BEGIN IMMEDIATE: versions are assigned one at a time
+            if conn.execute("SELECT 1 FROM models WHERE name = ?", (name,)).fetchone():
+                raise DataError(f"model name {name!r} is already published")
+            version = int(conn.execute(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM models").fetchone()[0])
+            conn.execute(
+                "INSERT INTO models (version, name, fitted_at, created_at, created_by, events) "
+                "VALUES (?, ?, ?, ?, ?, ?)", (version, name, fitted, now, who, events))
+        return ModelVersion(version, name, fitted, now, who, events)
+
+    def latest_model(self) -> ModelVersion | None:
+        found = self.list_models(1)
+        return found[0] if found else None
+
+    def list_models(self, limit: int | None = None) -> list[ModelVersion]:
+        if limit is not None:
+            check_limit(limit)
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT version, name, fitted_at, created_at, created_by, events FROM models "
+                "ORDER BY version DESC LIMIT ?", (-1 if limit is None else limit,)).fetchall()
+        return [model_version_row(r) for r in rows]
+
+    def acquire_lock(self, name: str, holder: str, ttl: float) -> bool:
+        name, holder, ttl = check_lock(name, holder, ttl)
+        now = time.time()
+        with self._write() as conn:
+            conn.execute("DELETE FROM locks WHERE name = ? AND expires_at <= ?", (name, now))
+            conn.execute(
+                "INSERT INTO locks (name, holder, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET expires_at = excluded.expires_at "
+                "WHERE locks.holder = excluded.holder", (name, holder, now + ttl))
+            row = conn.execute("SELECT holder FROM locks WHERE name = ?", (name,)).fetchone()
+        return row is not None and row[0] == holder
+
+    def renew_lock(self, name: str, holder: str, ttl: float) -> bool:
+        name, holder, ttl = check_lock(name, holder, ttl)
+        now = time.time()
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE locks SET expires_at = ? WHERE name = ? AND holder = ? "
+                "AND expires_at > ?", (now + ttl, name, holder, now))
+            return cur.rowcount > 0
+
+    def release_lock(self, name: str, holder: str) -> bool:
+        name, holder, _ = check_lock(name, holder)
+        with self._write() as conn:
+            cur = conn.execute("DELETE FROM locks WHERE name = ? AND holder = ? "
+                               "AND expires_at > ?", (name, holder, time.time()))
+            return cur.rowcount > 0
 
     # users -----------------------------------------------------------------------------
     def upsert_users(self, users: Sequence[UserRecord]) -> int:

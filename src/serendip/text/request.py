@@ -76,7 +76,7 @@ def _title_aliases(title: str) -> list[str]:
     without trailing notes in brackets ("(1995)", "(crime)", "(live)")."""
     from serendip.text.templates import natural_title
 
-    out = []
+    out: list[str] = []
     natural = natural_title(title)
     for t in dict.fromkeys((title, natural)):
         bare = t
