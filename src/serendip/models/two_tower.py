@@ -12,6 +12,42 @@ outputs are stored as factors (so the model is linear in them, which candidate r
 and the user tower is a few matrix products in NumPy.  Because the user tower reads only the
 history, anonymous sessions and new users take the same path; because the item tower reads
 text, items nobody has used still get a meaningful vector.
+
+Training for surprise (``surprise > 0``).  Each positive's softmax term is weighted by
+``exp(surprise * u)``, where ``u`` in [0, 1] is how unexpected that interaction was for its
+user.  Why this weight: the minimiser of a weighted softmax loss is the weighted distribution
+``q(j | user) ~ w(user, j) p(j | user)``, and with ``w = exp(surprise * u)`` that is the
+exponential tilt of ``p``: of all distributions with a given expected unexpectedness, the one
+closest to the user's real choices (least Kullback-Leibler divergence), so the towers learn
+"what this user would choose, shifted towards the unexpected" -- Ge et al. (2010)'s "relevant
+and unexpected" -- in the representation itself, instead of a re-ranker bolting it onto a
+finished list.  In score terms the model learns ``log p + surprise * u``: a serendipity bonus
+it must predict from the towers' features, so it generalises to items and users whose
+unexpectedness it never saw.  The linear weight ``1 + surprise * u`` tilts by at most the
+ratio of two ``u`` values however large ``surprise`` gets (small where most interactions'
+``u`` lie in a narrow band, as on MovieLens-100K); the exponential has no such ceiling and
+equals it to first order for small ``surprise``.  ``surprise = 0`` is plain maximum likelihood and runs exactly
+the code path of the unweighted model.  The batch loss divides by the batch's total weight,
+so the step size does not grow with ``surprise``.
+
+``u`` is fixed per interaction and computed once before training (no per-step cost):
+
+* content: ``1 - max cosine`` between the item's text vector and the ``max_history`` items the
+  user chose just *before* it (on data without a trustworthy order: the neighbouring items of
+  the history list, a fixed subset).  The maximum, not the mean: an item close to any one
+  thing the user chose was predictable from that thing (the mean calls everything a broad
+  user chose "unexpected").  Earlier items only, because surprise is a property of the moment
+  of choice: what the user had seen so far.  A user's first item has no profile to be
+  unexpected against and gets ``u = 0``.
+  Clipped to [0, 1]: the scale of the serendipity re-ranker and of the ``unexpectedness``
+  metric, so the two knobs speak of the same quantity.
+* popularity (``surprise_popularity`` > 0): the item's self-information divided by its
+  largest value, ``log(n_users / users of the item) / log(n_users)`` in [0, 1], since an item
+  everybody knows is no surprise however far its text lies from the profile (the "primitive
+  recommender" of Ge et al. 2010 is a popularity list).  The mixture is ``(1 -
+  surprise_popularity) * content + surprise_popularity * popularity``.
+* Raw distances, not their ranks: ranking would stretch the tiny differences among expected
+  items (near-duplicates of the profile) over the whole weight range.
 """
 
 from __future__ import annotations
@@ -36,7 +72,7 @@ from serendip.models.base import BatchScorer
 from serendip.models.semantic import normalized_vectors
 from serendip.types import Query
 
-__all__ = ["TwoTower", "TwoTowerConfig"]
+__all__ = ["TwoTower", "TwoTowerConfig", "unexpectedness"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +85,13 @@ class TwoTowerConfig(NeuralConfig):
     batch_size: int = Field(512, ge=2, le=65536)
     max_history: int = Field(50, ge=1, le=10_000, description="history items a context keeps")
     half_life: float | None = Field(20.0, gt=0, le=1e6, description="recency weighting of history")
+    surprise: float = Field(
+        0.0, ge=0, le=50,
+        description="weight each positive by exp(surprise * unexpectedness) (0: plain training)")
+    surprise_popularity: float = Field(
+        0.0, ge=0, le=1,
+        description="share of the unexpectedness taken from the item's unpopularity rather "
+                    "than its text distance to the user's earlier items")
 
 
 class TwoTower(BatchScorer):
@@ -76,6 +119,13 @@ class TwoTower(BatchScorer):
         targets_all = (np.concatenate(histories) if len(users) else np.zeros(0, np.int64))
         full = _padded(histories)
         log_q = log_popularity(data, device)
+        # per-interaction weights of the surprise term (None: the plain, unweighted loss);
+        # scaled so the largest is 1 (the loss divides by the batch's total weight anyway)
+        weights = None
+        if c.surprise > 0:
+            u = unexpectedness(data, histories, c.max_history, c.surprise_popularity)
+            weights = torch.tensor(np.exp(c.surprise * (u - u.max(initial=0.0))),
+                                   dtype=torch.float32, device=device)
         steps = 0
         for _ in range(c.epochs):
             order = rng.permutation(len(users))
@@ -94,8 +144,13 @@ class TwoTower(BatchScorer):
                 same = tgt[None, :] == tgt[:, None]
                 logits = logits.masked_fill(same & ~torch.eye(len(tgt), dtype=torch.bool,
                                                              device=device), float("-inf"))
-                loss = torch.nn.functional.cross_entropy(
-                    logits, torch.arange(len(tgt), device=device))
+                labels = torch.arange(len(tgt), device=device)
+                if weights is None:
+                    loss = torch.nn.functional.cross_entropy(logits, labels)
+                else:
+                    w = weights[torch.as_tensor(batch, device=device)]
+                    per = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+                    loss = (w * per).sum() / w.sum()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -105,7 +160,8 @@ class TwoTower(BatchScorer):
             factors = towers.item(torch.arange(n_items, device=device), text).cpu().numpy()
         self._set_state(item_factors=factors.astype(np.float32),
                         text=normalized_vectors(data, self.name), **weights_to_state(towers))
-        log.info("TwoTower: %d steps on %s in %.1fs", steps, device, time.perf_counter() - t0)
+        log.info("TwoTower: %d steps on %s in %.1fs (surprise %g)", steps, device,
+                 time.perf_counter() - t0, c.surprise)
 
     # scoring (NumPy only) -------------------------------------------------------------------
     def _after_load(self) -> None:
@@ -143,6 +199,43 @@ class TwoTower(BatchScorer):
     def score_many(self, queries: Sequence[Query]) -> np.ndarray:
         f = self._require_trained()["item_factors"]
         return np.asarray(self._user_vectors(queries) @ f.T, dtype=np.float64)
+
+
+def unexpectedness(data: Dataset, histories: Sequence[np.ndarray], max_history: int,
+                   popularity_share: float = 0.0) -> np.ndarray:
+    """How unexpected each interaction was for its user, in [0, 1], in the order of the
+    concatenated ``histories`` (see the module docstring): ``1 - max cosine`` to the user's
+    ``max_history`` earlier items (neighbouring ones on unordered data), clipped to [0, 1],
+    mixed by ``popularity_share`` with the item's self-information over ``log(n_users)``."""
+    n = int(sum(len(h) for h in histories))
+    if n == 0:
+        return np.zeros(0)
+    text = normalized_vectors(data, "two_tower")
+    # the window each interaction is compared with: earlier items, or neighbours in the list
+    before, after = ((max_history, 0) if data.time_quality.ordered
+                     else (max_history - max_history // 2, max_history // 2))
+    far = np.full(n, np.nan)  # 1 - max cosine; NaN: no context to be unexpected against
+    offset = 0
+    block = 256  # rows at a time: memory stays O(block * (block + max_history))
+    for h in histories:
+        m = h.size
+        v = text[h]
+        for a in range(0, m if m > 1 else 0, block):
+            b = min(a + block, m)
+            lo, hi = max(0, a - before), min(m, b + after)
+            pos = np.arange(a, b)[:, None]
+            col = np.arange(lo, hi)[None, :]
+            keep = (col != pos) & (col >= pos - before) & (col <= pos + after)
+            best = np.where(keep, v[a:b] @ v[lo:hi].T, -np.inf).max(axis=1)
+            far[offset + a: offset + b] = np.where(keep.any(axis=1), 1.0 - best, np.nan)
+        offset += m
+    u = np.clip(np.nan_to_num(far, nan=0.0), 0.0, 1.0)
+    if popularity_share > 0:
+        pop = np.clip(np.asarray(data.item_popularity, dtype=np.float64), 1.0, None)
+        n_users = max(data.n_users, 2)
+        info = np.clip(np.log(n_users / pop) / np.log(n_users), 0.0, 1.0)
+        u = (1.0 - popularity_share) * u + popularity_share * info[np.concatenate(histories)]
+    return u
 
 
 def _padded(histories: list[np.ndarray]) -> np.ndarray:
