@@ -794,9 +794,13 @@ class Pipeline:
             cands = self.hybrid.retrieve(q, retriever, n_cand, allowed)
         else:
             cands = _top_allowed(self._score_many([q])[0], q, allowed, n_cand)
+        if len(q.history) == 0:  # as _finish: discovery chooses among the trending items
+            n_rank = max(k, min(n_rank, COLD_POOL, self.rec.data.n_items // 5))
         if self.bandit is not None:  # Monte Carlo over the bandit's posterior
             return self.bandit.slot_distribution(q, cands.take(np.arange(min(n_rank, len(cands)))), k)
         lst = cands.take(np.arange(min(n_rank, len(cands))))
+        if len(q.history) == 0 and not self.rerankers:
+            lst = _vary(self.rec.data, lst, k)
         for rr in self.rerankers:
             lst = rr(q, lst, k, record=False)  # a what-if: not a list anyone was shown
         ranked = lst.take(np.arange(min(k, len(lst))))

@@ -55,25 +55,58 @@ def test_learns_a_known_preference_and_follows_it(data):
     assert np.mean([np.mean(s >= 10) for s in late]) > 0.9
 
 
-def test_propensities_are_consistent_estimates(data):
-    b = bandit(data, samples=4000, noise=1.0)
-    b.update(b.features(Query(None), ItemList(np.arange(20), np.arange(20.0)))[:5],
-             np.ones(5))
+def two_candidates(data, p_first: float, **cfg):  # type: ignore[no-untyped-def]
+    """A bandit and two candidates where candidate 0 wins slot 1 with known probability
+    ``p_first``: with posterior N(m, I), the score gap is normal with mean delta . m and sd
+    |delta|, so P = Phi(delta . m / |delta|)."""
+    from scipy.stats import norm
+
+    b = bandit(data, noise=1.0, prior=1.0, **cfg)
+    cands = ItemList(np.array([0, 11]), np.array([1.0, 0.0]))
+    x = b.features(Query(None), cands)
+    delta = x[0] - x[1]
+    m = norm.ppf(p_first) * delta / np.linalg.norm(delta)
+    b.set_statistics(np.eye(len(FEATURES)), m)  # mean A^-1 b = m, covariance noise^2 I
+    return b, cands
+
+
+def test_propensities_give_unbiased_inverse_weights(data):
+    """IPS of 'candidate c in slot 1' with reward 1 is exactly 1 in expectation when
+    1 / propensity is unbiased for 1 / p, for either candidate."""
+    b, cands = two_candidates(data, 0.35)
+    n = 3000
+    weights = np.zeros((n, 2))
+    for t in range(n):
+        shown = b(Query(None), cands, 2)
+        first = int(shown.items[0] == 11)
+        weights[t, first] = 1.0 / shown.fields["propensity"][0]
+    for c, p in ((0, 0.35), (1, 0.65)):
+        w = weights[:, c]
+        assert np.mean(w > 0) == pytest.approx(p, abs=0.04)  # the list follows the posterior
+        se = w.std() / np.sqrt(n)
+        assert abs(w.mean() - 1.0) < 4 * se, (c, w.mean(), se)
+
+
+def test_a_capped_count_is_biased_low_by_the_documented_factor(data):
+    """With at most ``samples`` = M fresh draws, E[1 / propensity] = (1 - (1 - p)^M) / p: the
+    bias the old 'share of 200 draws' estimate had with M = 200."""
+    b, cands = two_candidates(data, 0.35, samples=2)
+    n = 4000
+    w = np.zeros(n)
+    for t in range(n):
+        shown = b(Query(None), cands, 2)
+        if shown.items[0] == 0:
+            w[t] = 1.0 / shown.fields["propensity"][0]
+    expected = 1 - (1 - 0.35) ** 2  # 0.5775, not 1
+    assert w.mean() == pytest.approx(expected, abs=4 * w.std() / np.sqrt(n))
+    assert abs(w.mean() - 1.0) > 0.3
+
+
+def test_propensities_are_positive_and_exact_when_certain(data):
+    b = bandit(data, noise=1.0)
     cands = ItemList(np.arange(20), np.linspace(1, 0, 20))
-    shown = b(Query(None), cands, 4)
-    p = shown.fields["propensity"]
+    p = b(Query(None), cands, 4).fields["propensity"]
     assert ((p > 0) & (p <= 1)).all()
-    # the same marginal, estimated again from fresh draws, agrees within Monte Carlo error
-    again = LinearTS({"seed": 1, "samples": 4000, "noise": 1.0})
-    again.train(data)
-    again._state["A"][:] = b._state["A"]  # same posterior
-    again._state["b"][:] = b._state["b"]
-    mean, cov = again.posterior()
-    draws = np.random.default_rng(2).multivariate_normal(mean, cov, size=4000)
-    order = np.argsort(-(draws @ again.features(Query(None), cands).T), axis=1, kind="stable")
-    for slot, item in enumerate(shown.items.tolist()):
-        est = np.mean(order[:, slot] == item)
-        assert abs(est - p[slot]) < 4 * np.sqrt(max(est * (1 - est), 1e-4) / 4000) + 0.01
     # a posterior concentrated on relevance: the list is the relevance order, propensity 1
     sure = bandit(data, prior=1e6, noise=1e-4)
     sure._state["b"][:] = np.array([0, 1e6, 0, 0, 0])

@@ -22,6 +22,14 @@ from serendip.explore import (
     on_policy_value,
     snips,
 )
+from serendip.explore.ope import (
+    bootstrap,
+    cross_fit_reward_model,
+    fit_logistic,
+    fit_logistic_reward_model,
+    fold_ids,
+    switch_dr,
+)
 
 Z95 = 1.959963984540054
 
@@ -55,8 +63,9 @@ def test_ips_by_hand():
     # terms 1.6, 0, 0, 0: mean 0.4, sd (ddof 1) 0.8, stderr 0.8 / 2
     assert est.value == pytest.approx(0.4)
     assert est.stderr == pytest.approx(0.4)
-    assert (est.ci_low, est.ci_high) == pytest.approx((0.4 - Z95 * 0.4, 0.4 + Z95 * 0.4))
-    assert est.n == 4
+    # the normal interval 0.4 -+ 1.96 x 0.4 is cut to [0, 1], the range a click rate can take
+    assert (est.ci_low, est.ci_high) == pytest.approx((0.0, 1.0))
+    assert est.n == 4 and est.n_clusters == 4
 
 
 def test_clipped_ips_by_hand():
@@ -124,11 +133,11 @@ def test_on_policy_value_is_the_mean_reward():
     assert isinstance(est, Estimate) and "n=4" in str(est)
 
 
-def test_single_round_has_unbounded_interval():
+def test_single_round_has_the_whole_range_as_interval():
     log = BanditLog(action=[0], reward=[1.0], pscore=[0.5], n_actions=2)
     est = ips(log, np.array([[[0.5], [0.5]]]))
     assert est.value == 1.0
-    assert est.stderr == np.inf and est.ci_low == -np.inf and est.ci_high == np.inf
+    assert est.stderr == np.inf and (est.ci_low, est.ci_high) == (0.0, 1.0)
 
 
 # identities ---------------------------------------------------------------------------------
@@ -369,3 +378,180 @@ def test_empty_log_is_refused():
         on_policy_value(empty)
     with pytest.raises(DataError, match="the log has no rounds"):
         ips(empty, np.zeros((0, 2, 1)))
+
+
+# clusters, bounded intervals, bootstrap --------------------------------------------------------
+def test_clustered_stderr_by_hand():
+    """Terms 1.6, 0, 0, 0 (IPS of TINY), deviations 1.2, -0.4, -0.4, -0.4, in clusters {0} and
+    {1, 2, 3}: cluster sums 1.2 and -1.2, so stderr = sqrt(2 / 1 x (1.2^2 + 1.2^2)) / 4 = 0.6."""
+    log = BanditLog(action=TINY.action, reward=TINY.reward, pscore=TINY.pscore, n_actions=2,
+                    cluster=[7, 3, 3, 3])
+    est = ips(log, TARGET)
+    assert est.value == pytest.approx(0.4) and est.n_clusters == 2
+    assert est.stderr == pytest.approx(0.6)
+    # every round its own cluster: the plain sd / sqrt(n)
+    assert ips(TINY, TARGET).stderr == pytest.approx(0.4)
+
+
+def test_clustered_intervals_widen_with_correlated_users():
+    """Users whose slots share one click propensity: the per-slot stderr understates the
+    spread, the clustered one does not (checked against the spread over repeated logs)."""
+    rng = np.random.default_rng(0)
+    values, per_slot, clustered = [], [], []
+    for _ in range(200):
+        user_rate = rng.beta(0.5, 4.5, size=100)  # strongly different users
+        cluster = np.repeat(np.arange(100), 20)
+        reward = (rng.random(2000) < user_rate[cluster]).astype(float)
+        log = BanditLog(action=np.zeros(2000, dtype=int), reward=reward, pscore=np.ones(2000),
+                        n_actions=1, cluster=cluster)
+        plain = BanditLog(action=log.action, reward=reward, pscore=log.pscore, n_actions=1)
+        target = np.ones((2000, 1, 1))
+        values.append(ips(log, target).value)
+        clustered.append(ips(log, target).stderr)
+        per_slot.append(ips(plain, target).stderr)
+    true_sd = np.std(values)
+    assert np.mean(clustered) == pytest.approx(true_sd, rel=0.2)
+    assert np.mean(per_slot) < 0.5 * true_sd
+
+
+def test_snips_interval_stays_in_range_and_has_width_without_clicks():
+    log = BanditLog(action=[0, 1, 0, 1], reward=[0, 0, 0, 1], pscore=[0.5] * 4, n_actions=2)
+    est = snips(log, one_hot(np.zeros(4, dtype=int), 2))  # the target's rounds: no click
+    assert est.value == 0.0
+    assert est.ci_low == 0.0 and 0.3 < est.ci_high < 1.0  # Wilson over 2 effective rounds
+    assert 0.0 <= on_policy_value(log).ci_low <= on_policy_value(log).ci_high <= 1.0
+
+
+def test_bootstrap_resamples_whole_clusters():
+    # two clusters: one all clicks, one none; a replicate draws each cluster 0, 1 or 2 times
+    log = BanditLog(action=np.zeros(6, dtype=int), reward=[1, 1, 1, 0, 0, 0], pscore=[1.0] * 6,
+                    n_actions=1, cluster=[0, 0, 0, 1, 1, 1])
+    seen = []
+    est = bootstrap(log, lambda lg: seen.append(lg.reward.mean()) or float(lg.reward.mean()),
+                    n_boot=200, seed=1)
+    assert est.value == 0.5 and est.n_clusters == 2
+    assert set(np.round(seen[1:], 9)) <= {0.0, 0.5, 1.0}  # never a mix of partial clusters
+    assert (est.ci_low, est.ci_high) == (0.0, 1.0)
+    with pytest.raises(ConfigError, match="n_boot"):
+        bootstrap(log, lambda lg: 0.0, n_boot=1)
+
+
+# switch and clipped variants: bias on a planted example -------------------------------------
+def planted(seed: int, n: int = 4000):  # type: ignore[no-untyped-def]
+    """Logger: action 0 w.p. 0.95, action 1 w.p. 0.05; true click rates 0.2 and 0.6; the target
+    always shows action 1 (weights 20), so its value is 0.6. The model says 0.3 for both."""
+    rng = np.random.default_rng(seed)
+    action = (rng.random(n) < 0.05).astype(int)
+    reward = (rng.random(n) < np.where(action == 1, 0.6, 0.2)).astype(float)
+    log = BanditLog(action=action, reward=reward, pscore=np.where(action == 1, 0.05, 0.95),
+                    n_actions=2)
+    return log, one_hot(np.ones(n, dtype=int), 2), np.full((n, 2, 1), 0.3)
+
+
+def test_switch_and_clipping_trade_variance_for_the_documented_bias():
+    runs = [planted(seed) for seed in range(60)]
+    dr_v = [dr(lg, t, q).value for lg, t, q in runs]
+    sw_v = [switch_dr(lg, t, q, tau=10.0).value for lg, t, q in runs]
+    clip_v = [ips(lg, t, max_weight=10.0).value for lg, t, q in runs]
+    # DR is unbiased (true value 0.6)
+    assert np.mean(dr_v) == pytest.approx(0.6, abs=4 * np.std(dr_v) / np.sqrt(60))
+    # switch at tau 10: every weight (20) exceeds it, so it is DM: the model's 0.3, no spread
+    np.testing.assert_allclose(sw_v, 0.3)
+    # clipping at 10 halves every weight: 0.3 in expectation, biased low by half
+    assert np.mean(clip_v) == pytest.approx(0.3, abs=4 * np.std(clip_v) / np.sqrt(60))
+    # a tau above every weight gives DR back exactly
+    lg, t, q = runs[0]
+    assert switch_dr(lg, t, q, tau=25.0).value == pytest.approx(dr(lg, t, q).value)
+    both = estimate_all(lg, t, q, max_weight=10.0, tau=10.0)
+    assert both["dr_switch"].value == pytest.approx(0.3)
+    with pytest.raises(ConfigError, match="tau"):
+        switch_dr(lg, t, q, tau=0.0)
+
+
+# the logistic reward model, cross-fitted --------------------------------------------------------
+def test_fit_logistic_matches_the_closed_form_of_a_saturated_model():
+    """One-hot groups, no penalty to speak of: each group's fitted rate is its mean."""
+    x = np.repeat(np.eye(3), [50, 100, 150], axis=0)[:, 1:]  # group 0 is the baseline
+    y = np.concatenate([np.r_[np.ones(10), np.zeros(40)], np.r_[np.ones(50), np.zeros(50)],
+                        np.r_[np.ones(120), np.zeros(30)]])
+    coef, b = fit_logistic(x, y, l2=1e-9)
+    p = 1 / (1 + np.exp(-(x @ coef + b)))
+    np.testing.assert_allclose([p[0], p[50], p[200]], [0.2, 0.5, 0.8], atol=1e-5)
+
+
+def additive_log(seed: int = 0, n: int = 3000):  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(seed)
+    ctx = rng.normal(size=(n, 2))
+    action = rng.integers(4, size=n)
+    position = rng.integers(2, size=n)
+    z = -1.0 + ctx @ np.array([1.0, -0.5]) + np.array([0.0, 0.5, 1.0, -1.0])[action] \
+        - 0.7 * position
+    reward = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float)
+    return BanditLog(action=action, reward=reward, pscore=np.full(n, 0.125), n_actions=4,
+                     position=position, n_positions=2, context=ctx,
+                     cluster=np.arange(n) // 3), z
+
+
+def test_logistic_reward_model_recovers_a_logistic_truth():
+    log, z = additive_log()
+    model = fit_logistic_reward_model(log, l2=1e-3)
+    q = model.predict(log)
+    assert q.shape == (len(log), 4, 2) and ((q > 0) & (q < 1)).all()
+    fitted = q[np.arange(len(log)), log.action, log.position]
+    truth = 1 / (1 + np.exp(-z))
+    assert np.abs(fitted - truth).mean() < 0.03
+    # the ridge baseline predicts outside the probability range before clipping; this never does
+    assert np.corrcoef(fitted, truth)[0, 1] > 0.98
+
+
+def test_cross_fitting_never_predicts_a_round_with_a_model_that_saw_it():
+    """A reward that is pure noise per cluster: an in-sample model with one coefficient per
+    cluster-like feature memorises it; the cross-fitted one cannot."""
+    n = 240
+    rng = np.random.default_rng(3)
+    cluster = np.arange(n) // 2
+    ctx = np.eye(n // 2)[cluster]  # one indicator per cluster
+    reward = np.repeat(rng.random(n // 2) < 0.5, 2).astype(float)
+    log = BanditLog(action=np.zeros(n, dtype=int), reward=reward, pscore=np.ones(n),
+                    n_actions=1, context=ctx, cluster=cluster)
+    inside = fit_logistic_reward_model(log, l2=0.01).predict(log)[:, 0, 0]
+    crossed = cross_fit_reward_model(log, folds=3, l2=0.01)[:, 0, 0]
+    err_in = np.abs(inside - reward).mean()
+    err_cross = np.abs(crossed - reward).mean()
+    assert err_in < 0.1 and err_cross > 0.45  # out of fold, the noise is unpredictable
+    f = fold_ids(cluster, 3, seed=0)
+    assert all(np.unique(f[cluster == c]).size == 1 for c in range(0, 120, 7))
+    with pytest.raises(ConfigError, match="folds"):
+        fold_ids(cluster, 1)
+
+
+def test_dr_with_a_cross_fitted_logistic_model_is_unbiased_and_covers():
+    """Planted: a uniform logger over 4 actions, a deterministic target; 95% DR intervals
+    cover the true value in at least 90% of repetitions."""
+    covered, errors = 0, []
+    reps = 40
+    for seed in range(reps):
+        log, _ = additive_log(seed, n=1500)
+        target = one_hot(np.full(len(log), 2), 4, 2)
+        q = cross_fit_reward_model(log, folds=3, l2=1.0, seed=seed)
+        est = dr(log, target, q)
+        ctx = log.context
+        truth = np.mean(1 / (1 + np.exp(-(-1.0 + ctx @ np.array([1.0, -0.5]) + 1.0
+                                          - 0.7 * log.position))))
+        covered += est.ci_low <= truth <= est.ci_high
+        errors.append(est.value - truth)
+    assert covered / reps >= 0.9
+    assert abs(np.mean(errors)) < 3 * np.std(errors) / np.sqrt(reps)
+
+
+def test_cluster_ids_are_validated_and_kept_by_take():
+    log = BanditLog(action=[0, 1, 0], reward=[1, 0, 0], pscore=[0.5] * 3, n_actions=2,
+                    cluster=[4, 4, 9])
+    assert log.n_clusters == 2 and log.take(np.array([2, 0])).cluster.tolist() == [9, 4]
+    assert BanditLog(action=[0, 1], reward=[0, 1], pscore=[1.0, 1.0],
+                     n_actions=2).cluster.tolist() == [0, 1]  # default: each round its own
+    with pytest.raises(DataError, match=r"BanditLog.cluster\[1\] = 1.5 is not an integer"):
+        BanditLog(action=[0, 1], reward=[0, 1], pscore=[1.0, 1.0], n_actions=2,
+                  cluster=[1.0, 1.5])
+    with pytest.raises(DataError, match=r"BanditLog.cluster must have shape \(2,\)"):
+        BanditLog(action=[0, 1], reward=[0, 1], pscore=[1.0, 1.0], n_actions=2, cluster=[1])

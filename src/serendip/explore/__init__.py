@@ -4,17 +4,22 @@ from serendip.explore.bandit import FEATURES, LinearTS, LinearTSConfig
 from serendip.explore.log import BanditLog
 from serendip.explore.ope import (
     Estimate,
+    LogisticRewardModel,
     RewardModel,
     RewardModelConfig,
+    bootstrap,
+    cross_fit_reward_model,
     dm,
     dr,
     estimate_all,
     estimate_from_target,
+    fit_logistic_reward_model,
     fit_reward_model,
     importance_weights,
     ips,
     on_policy_value,
     snips,
+    switch_dr,
 )
 from serendip.explore.policies import EXPLORE_REASON, EpsilonSlate, EpsilonSlateConfig
 
@@ -32,6 +37,11 @@ __all__ = [
     "RewardModel",
     "RewardModelConfig",
     "fit_reward_model",
+    "LogisticRewardModel",
+    "fit_logistic_reward_model",
+    "cross_fit_reward_model",
+    "switch_dr",
+    "bootstrap",
     "EpsilonSlate",
     "EpsilonSlateConfig",
     "EXPLORE_REASON",

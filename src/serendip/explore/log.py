@@ -64,6 +64,11 @@ class BanditLog:
     ``action``, ``reward``, ``pscore`` and ``n_actions`` are required; a log without contexts
     gets zero-width ones, a single slot by default, and round numbers as timestamps. Arrays
     are copied and made read-only, so a log never changes after validation.
+
+    ``cluster`` (optional, one non-negative integer per round) says which rounds are not independent of
+    each other, typically the slots and lists shown to one user: standard errors and bootstrap
+    intervals treat a cluster as the unit of sampling. By default every round is its own
+    cluster.
     """
 
     action: np.ndarray
@@ -75,6 +80,7 @@ class BanditLog:
     context: np.ndarray = _FILL
     action_context: np.ndarray = _FILL
     timestamp: np.ndarray = _FILL
+    cluster: np.ndarray = _FILL
 
     def __post_init__(self) -> None:
         for name in ("n_actions", "n_positions"):
@@ -116,6 +122,8 @@ class BanditLog:
         set_(self, "action_context", _frozen(ac))
         ts = np.arange(n, dtype=np.float64) if self.timestamp is None else self.timestamp
         set_(self, "timestamp", _frozen(_as_float("timestamp", ts, (n,))))
+        cluster = np.arange(n, dtype=np.int64) if self.cluster is None else self.cluster
+        set_(self, "cluster", _frozen(_as_index("cluster", cluster, n, np.iinfo(np.int64).max)))
 
     def __len__(self) -> int:
         return int(self.action.shape[0])
@@ -132,7 +140,13 @@ class BanditLog:
             context=self.context[rows],
             action_context=self.action_context,
             timestamp=self.timestamp[rows],
+            cluster=self.cluster[rows],
         )
+
+    @property
+    def n_clusters(self) -> int:
+        """How many distinct clusters (e.g. users) the rounds come from."""
+        return int(np.unique(self.cluster).size)
 
     def split(self, train_share: float = 0.5) -> tuple[BanditLog, BanditLog]:
         """The earliest ``train_share`` of rounds by timestamp, and the rest (ties by row)."""

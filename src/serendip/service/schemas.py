@@ -325,6 +325,8 @@ class EstimateOut(_Out):
     ci_low: float | None
     ci_high: float | None
     n: int
+    n_clusters: int | None = Field(
+        None, description="independent groups (people) the standard error is clustered over")
 
 
 class TargetEstimate(_Out):
@@ -339,6 +341,10 @@ class OffPolicy(_Out):
     impressions: int
     seconds: float
     targets: dict[str, TargetEstimate]
+    unknown_items: int = Field(
+        0, description="logged slots whose item the current model does not know (counted as "
+                       "zero terms, not dropped)")
+    users: int | None = Field(None, description="people in the logged lists")
 
 
 class Job(_Out):

@@ -741,11 +741,13 @@ class Serving:
         names = list(dict.fromkeys(presets)) if presets else list(s.pipelines)
         targets = {n: self._pipeline(s, n) for n in names}
         self.impression_writer.flush(10.0)  # include what was just served
+        excluded = s.excluded if s.excluded.any() else None
+        # histories rebuilt as serving reads them: low ratings as negatives, deleted items out
         replay = replay_log(self.store.impressions_frame(), self.store.events_frame(),
                             s.item_pos, s.user_pos, s.n_items, window, limit,
-                            history_limit=self.config.history_limit)
-        excluded = s.excluded if s.excluded.any() else None
-        return as_json(evaluate_targets(replay, targets, explore, excluded))
+                            history_limit=self.config.history_limit,
+                            negative_below=s.rec.negative_below, excluded=excluded)
+        return as_json(evaluate_targets(replay, targets, explore, excluded), extended=True)
 
     def presets(self) -> list[dict[str, Any]]:
         s = self.lifecycle.current
