@@ -314,7 +314,8 @@ def test_every_option_has_help_defaults_and_examples(capsys):
 
     parser = build_parser()
     subs = {"serendip": parser, **dict(_subparsers(parser))}
-    assert {"fit", "tune", "recommend", "evaluate", "demo", "serve", "ope", "keys",
+    assert {"fit", "tune", "recommend", "evaluate", "demo", "serve", "ope", "ope obd",
+            "simulate", "chat", "keys",
             "keys create", "keys list", "keys revoke", "users", "users erase",
             "users export"} <= set(subs)
     for name, sub in subs.items():

@@ -1,5 +1,5 @@
 """The ``serendip`` command: fit, tune, enrich, recommend, chat, evaluate, demo, serve, ope,
-keys, users."""
+simulate, keys, users."""
 
 from __future__ import annotations
 
@@ -491,6 +491,14 @@ def _titles(data: Dataset) -> Callable[[int], str]:
     return lambda i: natural_title(data.item_title(int(i)))
 
 
+def _check_ray(args: argparse.Namespace) -> None:
+    """``--ray``: Ray must be importable; refused before any work when it is not."""
+    if getattr(args, "ray", None) is not None:
+        from serendip.distributed import import_ray
+
+        import_ray()
+
+
 def cmd_recommend(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -499,6 +507,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if (args.users is None) == (args.user is None):
         raise ConfigError("give exactly one of --users FILE or --user ID")
     _check_out_file(args.output, "--output")
+    _check_ray(args)
     rec = Recommender.load(args.model)
     pipe = rec.pipeline(args.preset)
     user_ids = [args.user] if args.user is not None else _read_user_ids(args.users)
@@ -514,13 +523,21 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                     "list" if unknown == 1 else "lists")
     t0 = time.perf_counter()
     lists = []
-    with tqdm(total=len(queries), desc="recommend", unit="user", file=sys.stderr,
-              disable=args.quiet or len(queries) < 2) as bar:
-        for start in range(0, len(queries), RECOMMEND_BATCH):
-            batch = queries[start : start + RECOMMEND_BATCH]
-            lists.extend(pipe.recommend_many(batch, args.k, args.discovery, candidates,
-                                             explore=args.explore))
-            bar.update(len(batch))
+    if getattr(args, "ray", None) is not None:  # sharded on Ray, one model load per worker
+        from serendip.distributed import recommend_batch_ray
+
+        lists = recommend_batch_ray(args.model, user_ids, args.k, pipe.preset,
+                                    discovery=args.discovery, candidates=candidates,
+                                    explore=args.explore, address=args.ray or None,
+                                    progress=not args.quiet, loaded=rec)
+    else:
+        with tqdm(total=len(queries), desc="recommend", unit="user", file=sys.stderr,
+                  disable=args.quiet or len(queries) < 2) as bar:
+            for start in range(0, len(queries), RECOMMEND_BATCH):
+                batch = queries[start : start + RECOMMEND_BATCH]
+                lists.extend(pipe.recommend_many(batch, args.k, args.discovery, candidates,
+                                                 explore=args.explore))
+                bar.update(len(batch))
     log.info("recommended for %s in %.2fs", _n(len(user_ids), "user"),
              time.perf_counter() - t0)
     item_ids = rec.data.item_ids
@@ -686,6 +703,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     _check_out_file(args.csv, "--csv")
     _check_out_file(args.report, "--report")
+    _check_ray(args)
+    if getattr(args, "ray", None) is not None:  # the lists sharded by test user on Ray
+        from functools import partial
+
+        from serendip.distributed import run_experiment_ray
+
+        run_experiment = partial(run_experiment_ray, address=args.ray or None)  # noqa: F811
     cfg = load_fit_config(args.config)
     if not args.dataset and not args.interactions:
         args.dataset = "movielens"
@@ -784,7 +808,7 @@ def cmd_ope(args: argparse.Namespace) -> int:
     store = open_store(args.store or f"sqlite:///{Path(args.data_dir).resolve() / 'serendip.db'}")
     try:
         result = as_json(evaluate_store(store, rec, targets, args.explore, args.window,
-                                        args.limit))
+                                        args.limit), extended=True)
     finally:
         store.close()
     if args.json:
@@ -1202,6 +1226,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
                    help="one JSON line per user, or CSV rows (user_id, rank, item_id, ...)")
     r.add_argument("--output", metavar="FILE", help="write here instead of stdout")
+    r.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="make the lists on Ray, sharded by user with one model load per "
+                   "worker: on the cluster at ADDRESS (ray://HOST:10001, or auto), or on a "
+                   "local one when no ADDRESS is given (needs: pip install 'ray[data,client]')")
     r.set_defaults(func=cmd_recommend)
 
     ch = command(sub, "chat", "a conversation in the terminal over a fitted model",
@@ -1249,6 +1277,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-k", type=_positive_int, default=10, help="list length the metrics use")
     e.add_argument("--csv", metavar="FILE", help="write all result rows as CSV")
     e.add_argument("--report", metavar="FILE", help="write an HTML report with plots")
+    e.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="make the test users' lists on Ray, sharded by user (the model is "
+                   "fitted here): on the cluster at ADDRESS (ray://HOST:10001, or auto), or on "
+                   "a local one when no ADDRESS is given (needs: pip install 'ray[data,client]')")
     e.set_defaults(func=cmd_evaluate)
 
     d = command(sub, "demo", "the whole flow on MovieLens-100K, ending in an HTML report",
@@ -1368,6 +1400,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most recent impressions used")
     o.add_argument("--json", metavar="FILE", help="also write the estimates to this file")
     o.set_defaults(func=cmd_ope)
+    osub = o.add_subparsers(dest="ope_source", metavar="SOURCE",
+                            help="obd: the Open Bandit check instead of a store's logs")
+    osub.required = False
+    ob = command(osub, "obd", "the Open Bandit check: estimate Bernoulli TS from the uniform-"
+                 "random log and set the errors beside obp's published ones; serendip's "
+                 "policies on the random log against both logged policies",
+                 "serendip ope obd", "serendip ope obd --campaigns all --n-boot 30 "
+                 "--json obd.json")
+    from serendip.explore.obd_check import add_obd_arguments, cmd_ope_obd
+
+    add_obd_arguments(ob)
+    ob.set_defaults(func=cmd_ope_obd)
+
+    from serendip.explore.commands import add_simulate_parser
+
+    add_simulate_parser(sub, command)
 
     k = command(sub, "keys", "create, list and revoke the service's API keys",
                 "serendip keys create --name ingest --role write",

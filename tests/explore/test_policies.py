@@ -211,3 +211,128 @@ def test_new_items_share_is_validated():
         EpsilonSlate({"new_items": 1.5})
     with pytest.raises(ConfigError, match="new_items"):
         EpsilonSlate({"new_items": -0.1})
+
+
+# ------------------------------------------------------------------ slate policies on features
+from serendip.explore.policies import (  # noqa: E402
+    EpsilonGreedySlate,
+    NewItemBudget,
+    PersonalThompsonSlate,
+    RidgeSlate,
+    SlateContext,
+    SquareCBSlate,
+    ThompsonSlate,
+)
+
+
+def feature_context(n: int = 12, n_new: int = 4, user: int = 0, seed: int = 0) -> SlateContext:
+    rng = np.random.default_rng(seed)
+    x = np.column_stack([np.ones(n), np.linspace(1.0, 0.0, n), rng.random(n)])
+    new = np.zeros(n, dtype=bool)
+    new[n - n_new:] = True
+    return SlateContext(user, np.arange(100, 100 + n), x, new)
+
+
+def test_new_item_budget_logs_the_computed_propensities():
+    """share 0.3, top 3: the reserved last slot shows one of the base model's 3 best new
+    items outside its list with 0.3 / 3 each; the base item keeps 0.7 of its own."""
+    ctx = feature_context(n=12, n_new=5)
+    base = RidgeSlate(3, prior_mean=np.array([0.0, 1.0, 0.0]))
+    policy = NewItemBudget(base, share=0.3, top=3, seed=4)
+    greedy = base.select(ctx, 4).positions
+    pool = policy.eligible(ctx, greedy)
+    assert pool.tolist() == [7, 8, 9]  # new items 7..11, best by relevance first
+    counts = dict.fromkeys([int(greedy[-1]), *pool.tolist()], 0)
+    n = 6000
+    for _ in range(n):
+        out = policy.select(ctx, 4)
+        assert out.positions[:3].tolist() == greedy[:3].tolist()
+        last = int(out.positions[-1])
+        want = 0.7 if last == greedy[-1] else 0.1
+        assert out.propensity[-1] == pytest.approx(want)
+        np.testing.assert_allclose(out.propensity[:3], 1.0)
+        counts[last] += 1
+    for item, c in counts.items():
+        p = 0.7 if item == greedy[-1] else 0.1
+        assert abs(c / n - p) <= 5 * np.sqrt(p * (1 - p) / n)
+
+
+def test_new_item_budget_without_new_candidates_is_the_base_policy():
+    ctx = feature_context(n=8, n_new=0)
+    base = RidgeSlate(3, prior_mean=np.array([0.0, 1.0, 0.0]))
+    out = NewItemBudget(base, share=1.0, seed=0).select(ctx, 3)
+    assert out.positions.tolist() == [0, 1, 2] and out.propensity.tolist() == [1.0] * 3
+    with pytest.raises(ConfigError, match="1.5"):
+        NewItemBudget(base, share=1.5)
+
+
+def test_epsilon_greedy_slate_marginals():
+    ctx = feature_context(n=6, n_new=0)
+    policy = EpsilonGreedySlate(3, epsilon=0.4, prior_mean=np.array([0.0, 1.0, 0.0]), seed=1)
+    n, counts = 8000, np.zeros((6, 2))
+    for _ in range(n):
+        out = policy.select(ctx, 2)
+        assert len(set(out.positions.tolist())) == 2
+        for slot, (j, p) in enumerate(zip(out.positions, out.propensity, strict=True)):
+            want = 0.6 if j == slot else 0.4 / 4
+            assert p == pytest.approx(want)
+            counts[j, slot] += 1
+    want = np.full((6, 2), 0.1)
+    want[0, 0] = want[1, 1] = 0.6
+    want[1, 0] = want[0, 1] = 0.0  # the other ranked item is never the pool's draw
+    np.testing.assert_allclose(counts / n, want, atol=5 * np.sqrt(0.25 / n))
+
+
+def test_squarecb_probabilities_follow_the_gap_formula():
+    ctx = feature_context(n=5, n_new=0)
+    policy = SquareCBSlate(3, gamma0=10.0, prior_mean=np.array([0.0, 1.0, 0.0]), seed=0)
+    y = ctx.features @ policy.mean()
+    out = policy.select(ctx, 1)  # first visit: gamma = 10
+    p = 1.0 / (5 + 10.0 * (y.max() - y))
+    p[0] = 1.0 - (p.sum() - p[0])
+    assert out.propensity[0] == pytest.approx(p[out.positions[0]])
+
+
+def test_thompson_and_personal_learn_opposite_tastes():
+    """Half the people click only column 2 high items, the others only low ones: a shared
+    model learns the average (about nothing); per-person offsets on column 2 learn both."""
+    rng = np.random.default_rng(0)
+    shared = ThompsonSlate(3, seed=0, noise=0.1)
+    personal = PersonalThompsonSlate(3, personal=[2], seed=0, noise=0.1, personal_prior=1.0)
+    got = {"shared": 0.0, "personal": 0.0}
+    for t in range(3000):
+        user = int(rng.integers(10))
+        x = np.column_stack([np.ones(20), np.zeros(20), rng.random(20)])
+        ctx = SlateContext(user, np.arange(20), x, np.zeros(20, dtype=bool))
+        u = rng.random(3)
+        for name, pol in (("shared", shared), ("personal", personal)):
+            ch = pol.select(ctx, 3)
+            col = x[ch.positions, 2]
+            p = 0.9 * (col if user % 2 else 1.0 - col) ** 4
+            r = (u < p).astype(float)
+            pol.update(ctx, ch, r)
+            if t >= 1500:
+                got[name] += r.sum()
+    assert got["personal"] > 1.3 * got["shared"]
+
+
+def test_item_offsets_find_an_item_the_features_cannot_tell_apart():
+    """Every candidate has the same features; item 3 attracts 0.5, the others 0.05.  Only the
+    per-item offsets can learn it: the hierarchical policy then shows it nearly always, the
+    shared model at chance (3 of 15 candidates)."""
+    rng = np.random.default_rng(1)
+    x = np.column_stack([np.ones(15), np.full(15, 0.5), np.full(15, 0.5)])
+    ctx = SlateContext(0, np.arange(15), x, np.zeros(15, dtype=bool))
+    hier = PersonalThompsonSlate(3, item_prior=2.0, seed=0)
+    shared = ThompsonSlate(3, seed=0)
+    shown = {"hier": 0, "shared": 0}
+    for t in range(400):
+        u = rng.random(3)
+        for name, pol in (("hier", hier), ("shared", shared)):
+            ch = pol.select(ctx, 3)
+            p = np.where(ctx.items[ch.positions] == 3, 0.5, 0.05)
+            pol.update(ctx, ch, (u < p).astype(float))
+            if t >= 200:
+                shown[name] += int(3 in ctx.items[ch.positions])
+    assert shown["hier"] > 180 and shown["shared"] < 100
+    assert hier.mean_scores(ctx).argmax() == 3

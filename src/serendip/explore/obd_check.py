@@ -203,7 +203,8 @@ def add_obd_arguments(parser: argparse.ArgumentParser) -> None:
                         help="switch-DR threshold: the model alone where the weight exceeds it")
     parser.add_argument("--n-sim", type=int, default=100_000,
                         help="Monte Carlo draws for Bernoulli TS's slot distribution")
-    parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument("--seed", type=int, default=12345,
+                        help="seed of the bootstrap and the Monte Carlo draws")
     parser.add_argument("--directory", metavar="DIR",
                         help="Open Bandit Dataset folder (default: the sample in the obp package)")
     parser.add_argument("--json", metavar="FILE", help="also write the results to this file")

@@ -30,15 +30,24 @@ share to the other.  With ``m_N = |N|``, ``m_R = |R|``, the marginals stay exact
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
 import numpy as np
 from pydantic import Field
 
 from serendip.component import Component, ComponentConfig
 from serendip.data.dataset import Dataset
-from serendip.errors import ConfigError
+from serendip.errors import ConfigError, DataError
 from serendip.types import ItemList, Query
 
-__all__ = ["EpsilonSlate", "EpsilonSlateConfig", "EXPLORE_REASON", "EXPLORE_NEW_REASON"]
+__all__ = [
+    "EpsilonSlate", "EpsilonSlateConfig", "EXPLORE_REASON", "EXPLORE_NEW_REASON",
+    "SlateContext", "SlateChoice", "SlatePolicy", "RandomSlate", "RidgeSlate",
+    "EpsilonGreedySlate", "ThompsonSlate", "UCBSlate", "SquareCBSlate", "PersonalThompsonSlate",
+    "NewItemBudget",
+]
 
 EXPLORE_REASON = "exploring: shown to learn whether you like it"
 EXPLORE_NEW_REASON = "exploring a new arrival: shown to learn whether you like it"
@@ -173,3 +182,362 @@ class EpsilonSlate(Component):
             if m_n:
                 probs[k + m_o :, p] = p_new[p] / m_n
         return items, probs
+
+
+# ---------------------------------------------------------------------------------------------
+# Slate policies over feature matrices (the simulator's contract)
+#
+# ``EpsilonSlate`` and ``LinearTS`` act on a pipeline's ItemLists.  The policies below act on
+# what any contextual bandit sees: for one visit, a ``candidates x features`` matrix, the
+# visitor, and which candidates are new; they return the positions of the ``k`` candidates to
+# show, best slot first, and the probability of what each slot shows.  The simulator
+# (``serendip.explore.simulator``) and the benchmark give every policy, serendip's and the
+# libraries', the same matrices, so a difference in reward is a difference in policy.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SlateContext:
+    """One visit: who, the candidates' item ids and feature rows, which candidates are new."""
+
+    user: int
+    items: np.ndarray
+    features: np.ndarray
+    new: np.ndarray
+
+
+@dataclass(frozen=True)
+class SlateChoice:
+    """Positions into the candidates, slot 0 first, and each slot's propensity: the policy's
+    probability of showing that candidate in that slot (``nan`` where it has no closed form,
+    as for Thompson sampling)."""
+
+    positions: np.ndarray
+    propensity: np.ndarray
+
+
+class SlatePolicy(Protocol):
+    name: str
+
+    def select(self, ctx: SlateContext, k: int) -> SlateChoice: ...
+
+    def update(self, ctx: SlateContext, choice: SlateChoice, rewards: np.ndarray) -> None: ...
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k highest scores, best first (ties by position)."""
+    k = min(k, scores.size)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    part = np.argpartition(-scores, k - 1)[:k] if k < scores.size else np.arange(scores.size)
+    return part[np.lexsort((part, -scores[part]))].astype(np.int64)
+
+
+class RandomSlate:
+    """k candidates uniformly without replacement: every candidate has 1/n in every slot."""
+
+    def __init__(self, seed: int | None = None, name: str = "random") -> None:
+        self.name = name
+        self._rng = np.random.default_rng(seed)
+
+    def select(self, ctx: SlateContext, k: int) -> SlateChoice:
+        n = len(ctx.items)
+        pos = self._rng.permutation(n)[: min(k, n)]
+        return SlateChoice(pos, np.full(pos.size, 1.0 / max(n, 1)))
+
+    def update(self, ctx: SlateContext, choice: SlateChoice, rewards: np.ndarray) -> None:
+        return None
+
+
+class RidgeSlate:
+    """Ridge regression of a slot's reward on its features, shown greedily (no exploration).
+
+    The running sums ``A = prior I + sum x x'`` and ``b = prior m0 + sum r x`` are the ones
+    ``LinearTS`` keeps; the prior mean ``m0`` puts weight 1 on the relevance feature (the
+    first column after the bias, by convention of the simulator) so learning starts from the
+    base model's order, as the adaptive preset does.
+    """
+
+    def __init__(self, dim: int, *, prior: float = 1.0, prior_mean: np.ndarray | None = None,
+                 seed: int | None = None, name: str = "greedy") -> None:
+        if dim < 1:
+            raise ConfigError(f"feature dimension must be positive, got {dim}")
+        if not (prior > 0 and np.isfinite(prior)):
+            raise ConfigError(f"prior must be a positive number, got {prior}")
+        self.name = name
+        self.dim = dim
+        m0 = np.zeros(dim) if prior_mean is None else np.asarray(prior_mean, dtype=np.float64)
+        if m0.shape != (dim,):
+            raise ConfigError(f"prior_mean needs {dim} values, got {m0.shape}")
+        self.A = np.eye(dim) * prior
+        self.b = prior * m0
+        self._rng = np.random.default_rng(seed)
+
+    def mean(self) -> np.ndarray:
+        return np.linalg.solve(self.A, self.b)
+
+    def mean_scores(self, ctx: SlateContext) -> np.ndarray:
+        return np.asarray(ctx.features @ self.mean(), dtype=np.float64)
+
+    def select(self, ctx: SlateContext, k: int) -> SlateChoice:
+        pos = _top(self.mean_scores(ctx), k)
+        return SlateChoice(pos, np.ones(pos.size))
+
+    def update(self, ctx: SlateContext, choice: SlateChoice, rewards: np.ndarray) -> None:
+        x = ctx.features[choice.positions]
+        r = np.asarray(rewards, dtype=np.float64)
+        if x.shape[0] != r.size or x.shape[1] != self.dim:
+            raise DataError(f"update needs {x.shape[0]} rewards for {self.dim}-feature rows, "
+                            f"got {r.size}")
+        self.A += x.T @ x
+        self.b += x.T @ r
+
+
+class EpsilonGreedySlate(RidgeSlate):
+    """The greedy list with each slot, with probability epsilon, showing instead the slot's
+    entry of a uniform permutation of the other candidates (``EpsilonSlate``'s marginals:
+    ranked item 1 - epsilon, each other candidate epsilon / m)."""
+
+    def __init__(self, dim: int, *, epsilon: float = 0.1, **kw: Any) -> None:
+        kw.setdefault("name", "epsilon-greedy")
+        super().__init__(dim, **kw)
+        if not 0.0 <= epsilon <= 1.0:
+            raise ConfigError(f"epsilon must lie in [0, 1], got {epsilon}")
+        self.epsilon = epsilon
+
+    def select(self, ctx: SlateContext, k: int) -> SlateChoice:
+        scores = self.mean_scores(ctx)
+        ranked = _top(scores, k)
+        rest = np.setdiff1d(np.arange(scores.size), ranked)
+        m = rest.size
+        perm = rest[self._rng.permutation(m)]
+        swap = (self._rng.random(ranked.size) < self.epsilon) & (np.arange(ranked.size) < m)
+        pos = ranked.copy()
+        pos[swap] = perm[np.flatnonzero(swap)]
+        prop = np.where(np.arange(ranked.size) < m, 1.0 - self.epsilon, 1.0)
+        prop[swap] = self.epsilon / m
+        return SlateChoice(pos, prop)
+
+
+class ThompsonSlate(RidgeSlate):
+    """``LinearTS``'s rule on a feature matrix: one draw from N(mean, noise^2 A^-1) per visit,
+    the k best candidates under it.  Propensities have no closed form (``nan``)."""
+
+    def __init__(self, dim: int, *, noise: float = 0.25, **kw: Any) -> None:
+        kw.setdefault("name", "serendip LinearTS")
+        super().__init__(dim, **kw)
+        self.noise = noise
+
+    def draw(self) -> np.ndarray:
+        chol = np.linalg.cholesky(np.linalg.inv(self.A))
+        return np.asarray(self.mean() + self.noise * (chol @ self._rng.standard_normal(self.dim)))
+
+    def select(self, ctx: SlateContext, k: int) -> SlateChoice:
+        pos = _top(ctx.features @ self.draw(), k)
+        return SlateChoice(pos, np.full(pos.size, np.nan))
+
+
+class UCBSlate(RidgeSlate):
+    """LinUCB (Li et al. 2010) with shared weights: mean + alpha * sqrt(x' A^-1 x)."""
+
+    def __init__(self, dim: int, *, alpha: float = 0.25, **kw: Any) -> None:
+        kw.setdefault("name", "serendip LinUCB")
+        super().__init__(dim, **kw)
+        self.alpha = alpha
+
+    def select(self, ctx: SlateContext, k: int) -> SlateChoice:
+        x = ctx.features
+        inv = np.linalg.inv(self.A)
+        width = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", x, inv, x), 0.0))
+        pos = _top(x @ self.mean() + self.alpha * width, k)
+        return SlateChoice(pos, np.ones(pos.size))
+
+
+class SquareCBSlate(RidgeSlate):
+    """SquareCB (Foster & Rakhlin 2020, "Beyond UCB") slot by slot over the ridge predictions.
+
+    For each slot, among the candidates not yet placed (m of them) with predicted rewards y
+    and best prediction y*, candidate a gets ``1 / (m + gamma (y* - y_a))`` and the best one the
+    rest; the logged propensity is that probability, conditional on the slots above.
+    ``gamma`` grows as ``gamma0 * sqrt(t)`` with the number of visits t, so exploration fades
+    as the regression improves.
+    """
+
+    def __init__(self, dim: int, *, gamma0: float = 50.0, **kw: Any) -> None:
+        kw.setdefault("name", "serendip SquareCB")
+        super().__init__(dim, **kw)
+        self.gamma0 = gamma0
+        self.visits = 0
+
+    def select(self, ctx: SlateContext, k: int) -> SlateChoice:
+        y = self.mean_scores(ctx)
+        self.visits += 1
+        gamma = self.gamma0 * np.sqrt(self.visits)
+        left = np.ones(y.size, dtype=bool)
+        pos, prop = [], []
+        for _ in range(min(k, y.size)):
+            cand = np.flatnonzero(left)
+            yc = y[cand]
+            best = int(np.argmax(yc))
+            p = 1.0 / (cand.size + gamma * (yc[best] - yc))
+            p[best] = 0.0
+            p[best] = max(1.0 - p.sum(), 0.0)
+            p /= p.sum()
+            j = int(self._rng.choice(cand.size, p=p))
+            pos.append(int(cand[j]))
+            prop.append(float(p[j]))
+            left[cand[j]] = False
+        return SlateChoice(np.array(pos, dtype=np.int64), np.array(prop))
+
+
+class PersonalThompsonSlate(ThompsonSlate):
+    """Thompson sampling over a shared model plus, optionally, each person's taste for the
+    discovery features and each item's own appeal (a hierarchical posterior, fitted by
+    backfitting the three parts on each other's residuals).
+
+    - **Per person.**  A share of people reward novelty and others do not; one weight vector
+      for everyone can only learn the average.  Each person gets ridge sums over the
+      ``personal`` columns (e.g. novelty, tail, new), prior precision ``personal_prior``
+      around 0; a visit draws the person's offsets, so people whose taste is still unknown
+      are the ones explored.
+    - **Per item** (``item_prior`` set).  Generic features cannot say that one film pleases
+      more than its features suggest; each item gets a Gaussian offset with prior precision
+      ``item_prior`` around 0, learnt from every showing, drawn per candidate.  This is what
+      lets a new item's exposure pay: after a few showings its own offset says whether it is
+      worth showing more.
+    """
+
+    def __init__(self, dim: int, *, personal: Sequence[int] = (), personal_prior: float = 25.0,
+                 item_prior: float | None = None, **kw: Any) -> None:
+        kw.setdefault("name", "serendip PersonalTS")
+        super().__init__(dim, **kw)
+        self.personal = np.asarray(personal, dtype=np.int64)
+        if self.personal.size and (self.personal.min() < 0 or self.personal.max() >= dim):
+            raise ConfigError(f"personal columns must lie in 0..{dim - 1}, got "
+                              f"{self.personal.tolist()}")
+        if not personal_prior > 0 or (item_prior is not None and not item_prior > 0):
+            raise ConfigError(f"priors must be positive, got {personal_prior}, {item_prior}")
+        self.personal_prior = personal_prior
+        self.item_prior = item_prior
+        self._user: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._item_n = np.zeros(0)
+        self._item_b = np.zeros(0)
+
+    def _stats(self, user: int) -> tuple[np.ndarray, np.ndarray]:
+        if user not in self._user:
+            m = self.personal.size
+            self._user[user] = (np.eye(m) * self.personal_prior, np.zeros(m))
+        return self._user[user]
+
+    def _grow(self, items: np.ndarray) -> None:
+        top = int(items.max()) + 1 if items.size else 0
+        if top > self._item_n.size:
+            self._item_n = np.concatenate([self._item_n, np.zeros(top - self._item_n.size)])
+            self._item_b = np.concatenate([self._item_b, np.zeros(top - self._item_b.size)])
+
+    def _item_mean(self, items: np.ndarray) -> np.ndarray:
+        if self.item_prior is None:
+            return np.zeros(items.size)
+        self._grow(items)
+        return np.asarray(self._item_b[items] / (self.item_prior + self._item_n[items]))
+
+    def _personal_mean(self, user: int, x: np.ndarray) -> np.ndarray:
+        if not self.personal.size:
+            return np.zeros(x.shape[0])
+        a, b = self._stats(user)
+        return np.asarray(x[:, self.personal] @ np.linalg.solve(a, b))
+
+    def mean_scores(self, ctx: SlateContext) -> np.ndarray:
+        return (super().mean_scores(ctx) + self._item_mean(ctx.items)
+                + self._personal_mean(ctx.user, ctx.features))
+
+    def select(self, ctx: SlateContext, k: int) -> SlateChoice:
+        scores = ctx.features @ self.draw()
+        if self.personal.size:
+            a, b = self._stats(ctx.user)
+            inv = np.linalg.inv(a)
+            chol = np.linalg.cholesky(inv)
+            w = inv @ b + self.noise * (chol @ self._rng.standard_normal(b.size))
+            scores = scores + ctx.features[:, self.personal] @ w
+        if self.item_prior is not None:
+            mean = self._item_mean(ctx.items)
+            prec = self.item_prior + self._item_n[ctx.items]
+            scores = scores + mean + self.noise * self._rng.standard_normal(mean.size) / np.sqrt(
+                prec)
+        pos = _top(scores, k)
+        return SlateChoice(pos, np.full(pos.size, np.nan))
+
+    def update(self, ctx: SlateContext, choice: SlateChoice, rewards: np.ndarray) -> None:
+        x = ctx.features[choice.positions]
+        items = ctx.items[choice.positions]
+        r = np.asarray(rewards, dtype=np.float64)
+        shared = x @ self.mean()
+        item = self._item_mean(items)
+        person = self._personal_mean(ctx.user, x)
+        if x.shape[0] != r.size:
+            raise DataError(f"update needs {x.shape[0]} rewards, got {r.size}")
+        self.A += x.T @ x
+        self.b += x.T @ (r - item - person)
+        if self.personal.size:
+            a, b = self._stats(ctx.user)
+            xp = x[:, self.personal]
+            a += xp.T @ xp
+            b += xp.T @ (r - shared - item)
+        if self.item_prior is not None:
+            np.add.at(self._item_n, items, 1.0)
+            np.add.at(self._item_b, items, r - shared - person)
+
+
+class NewItemBudget:
+    """A measured exposure budget for new items on top of any slate policy.
+
+    With probability ``share`` per visit, the last slot (``slot``) shows one of the ``top``
+    new candidates not already in the base policy's list, chosen uniformly; the new items are
+    ranked by the base policy's mean prediction when it has one, so the budget goes to the new
+    items the model already finds most promising, and what they earn is learnt by the base
+    policy like any other slot.  Exact propensities: ``share / m`` for the new item shown
+    (``m = min(top, new candidates outside the list)``); the base item of that slot keeps its
+    own propensity times ``1 - share``.
+    """
+
+    def __init__(self, base: SlatePolicy, *, share: float = 0.2, top: int = 5,
+                 slot: int = -1, seed: int | None = None, name: str | None = None) -> None:
+        if not 0.0 <= share <= 1.0:
+            raise ConfigError(f"share must lie in [0, 1], got {share}")
+        if top < 1:
+            raise ConfigError(f"top must be a positive integer, got {top}")
+        self.base = base
+        self.share = share
+        self.top = top
+        self.slot = slot
+        self.name = name or f"{base.name} + new-item budget"
+        self._rng = np.random.default_rng(seed)
+
+    def eligible(self, ctx: SlateContext, shown: np.ndarray) -> np.ndarray:
+        """The positions the reserved slot draws from, given the base list."""
+        new = np.flatnonzero(ctx.new)
+        new = new[~np.isin(new, shown)]
+        if new.size == 0:
+            return new
+        mean_scores = getattr(self.base, "mean_scores", None)
+        order = _top(mean_scores(ctx)[new], new.size) if callable(mean_scores) else np.arange(new.size)
+        return new[order[: self.top]]
+
+    def select(self, ctx: SlateContext, k: int) -> SlateChoice:
+        choice = self.base.select(ctx, k)
+        pos, prop = choice.positions.copy(), np.asarray(choice.propensity, dtype=np.float64).copy()
+        if pos.size == 0:
+            return choice
+        pool = self.eligible(ctx, pos)
+        if pool.size == 0:
+            return SlateChoice(pos, prop)
+        slot = self.slot % pos.size
+        if self._rng.random() < self.share:
+            pos[slot] = pool[int(self._rng.integers(pool.size))]
+            prop[slot] = self.share / pool.size
+        else:
+            prop[slot] *= 1.0 - self.share
+        return SlateChoice(pos, prop)
+
+    def update(self, ctx: SlateContext, choice: SlateChoice, rewards: np.ndarray) -> None:
+        self.base.update(ctx, choice, rewards)
