@@ -1,6 +1,6 @@
 """Candidate retrieval against full-catalog scoring, side by side in one run.
 
-    python bench/retrieval.py [--users 300] [--out bench/results/retrieval.md]
+    python bench/retrieval.py [--users 300] [--index faiss] [--out bench/results/retrieval.md]
 
 1. MovieLens-100K, temporal split: every preset recommends for every test user twice, once
    scoring every item and once through retrieval (forced on, IVF index even on this small text
@@ -32,6 +32,7 @@ from serendip.text import Encoder, EncoderConfig  # noqa: E402
 from serendip.types import Query  # noqa: E402
 
 EXACT = RetrievalConfig(mode="exact")
+INDEX = RetrievalConfig().index  # the index backend (--index; bench/index.py compares them)
 
 
 def movielens(k: int) -> list[str]:
@@ -40,10 +41,10 @@ def movielens(k: int) -> list[str]:
     split = make_split(data, "temporal")
     truth = truth_of(split)
     rec = Recommender.fit(split.train, FitConfig(), progress=False)
-    ann = RetrievalConfig(mode="ann", exact_flops=0)  # IVF on the text space too
+    ann = RetrievalConfig(mode="ann", exact_flops=0, index=INDEX)  # index the text space too
     out = ["## MovieLens-100K, temporal split: full scoring vs retrieval", "",
-           f"Retrieval forced on ({ann.per_source} items per source, IVF lists = sqrt(items), "
-           f"{ann.probe:.0%} probed). K = {k}.", "",
+           f"Retrieval forced on ({ann.per_source} items per source, index {ann.index!r}, IVF lists "
+           f"= sqrt(items), {ann.probe:.0%} probed). K = {k}.", "",
            "| preset | path | NDCG@10 | tail share | coverage | novelty | serendipity | "
            "seconds (all users) |", "|---|---|---|---|---|---|---|---|"]
     for preset in ("accurate", "balanced", "discovery"):
@@ -72,7 +73,7 @@ def synthetic(n_users: int, k: int) -> list[str]:
     users = rng.choice(data.n_users, n_users, replace=False)
     queries = [Query(int(u), data.history(int(u))) for u in users]
     t0 = time.perf_counter()
-    rec.use_retrieval(RetrievalConfig(mode="ann"))
+    rec.use_retrieval(RetrievalConfig(mode="ann", index=INDEX))
     assert rec.retriever() is not None
     build_s = time.perf_counter() - t0
     out = ["## Synthetic 100,000-item catalog: full scoring vs retrieval", "",
@@ -89,7 +90,7 @@ def synthetic(n_users: int, k: int) -> list[str]:
         t0 = time.perf_counter()
         full = [full_pipe.recommend(q, k) for q in queries]
         full_ms = (time.perf_counter() - t0) * 1000 / len(queries)
-        rec.use_retrieval(RetrievalConfig(mode="ann"))
+        rec.use_retrieval(RetrievalConfig(mode="ann", index=INDEX))
         retriever = rec.retriever()
         assert retriever is not None
         pipe = rec.pipeline(preset)
@@ -120,8 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--users", type=int, default=300, help="synthetic users timed")
     p.add_argument("-k", type=int, default=10)
+    p.add_argument("--index", choices=["ivf", "faiss", "usearch"], default=RetrievalConfig().index,
+                   help="index backend for the text space")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "retrieval.md"))
     args = p.parse_args(argv)
+    global INDEX
+    INDEX = args.index
     lines = ["# Candidate retrieval (bench/retrieval.py)", "",
              f"Command: `{' '.join(['python', 'bench/retrieval.py', *sys.argv[1:]])}`", ""]
     lines += movielens(args.k) + [""] + synthetic(args.users, args.k)

@@ -113,7 +113,7 @@ def test_blend_on_candidates_equals_full_blend(data, trained, tail_boost):
     retriever = Retriever(trained, data.n_items, RetrievalConfig(mode="ann"))
     assert set(retriever.space_of) == {"popularity", "als", "semantic", "textcf"}
     assert retriever.space_of["semantic"] == retriever.space_of["textcf"]  # one text space
-    for q in (Query(0, data.history(0)), Query(45, data.history(45)), Query(None, [3, 4])):
+    for q in (Query(0, data.history(0)), Query(45, data.history(45)), Query(None, np.array([3, 4]))):
         full = hybrid.score_many([q])[0]
         items = np.array([0, 5, 17, 22, 39])
         np.testing.assert_allclose(hybrid.score_items(q, retriever, items), full[items],
@@ -140,7 +140,7 @@ def test_retrieve_matches_exact_top_and_respects_masks(data, trained):
     # a filter that leaves three items: all three come back, never more
     narrow = np.zeros(data.n_items, dtype=bool)
     narrow[[20, 21, 22]] = True
-    got = hybrid.retrieve(Query(None, [0]), retriever, 8, narrow)
+    got = hybrid.retrieve(Query(None, np.array([0])), retriever, 8, narrow)
     assert sorted(got.items.tolist()) == [20, 21, 22]
 
 
@@ -171,3 +171,150 @@ def test_retrieval_config_errors_name_the_field(tmp_path):
     good = tmp_path / "ok.toml"
     good.write_text('[retrieval]\nmode = "ann"\nper_source = 50\n')
     assert load_fit_config(str(good)).retrieval == {"mode": "ann", "per_source": 50}
+
+
+# ------------------------------------------------------------------ library index backends
+def planted(n: int = 4000, d: int = 24, n_top: int = 30, seed: int = 3):
+    """Unit vectors around 16 topics, plus ``n_top`` items planted next to the query."""
+    x, rng = clustered(n=n, d=d, k=16, seed=seed)
+    q = rng.normal(size=d).astype(np.float32)
+    q /= np.linalg.norm(q)
+    top = rng.choice(n, n_top, replace=False)
+    near = q + 0.05 * rng.normal(size=(n_top, d)).astype(np.float32)
+    x[top] = near / np.linalg.norm(near, axis=1, keepdims=True)
+    return x, q, top, rng
+
+
+@pytest.mark.parametrize("codes", ["sq8", "flat"])
+def test_faiss_index_finds_planted_top_and_recalls_exact_search(codes):
+    pytest.importorskip("faiss")
+    from serendip.models.retrieval import FaissIndex
+
+    x, q, top, rng = planted()
+    index = FaissIndex(x, n_lists=40, codes=codes)
+    got = index.search(q, len(top), n_probe=4)
+    assert set(got.tolist()) == set(top.tolist())  # the planted items, and only them
+    assert np.all(np.diff(x[got] @ q) <= 1e-6)  # best first
+    recalls = []
+    for _ in range(10):
+        qq = x[rng.integers(0, len(x))] + 0.1 * rng.normal(size=x.shape[1]).astype(np.float32)
+        want = set(brute_top(x, qq, 100).tolist())
+        recalls.append(len(want & set(index.search(qq, 100, n_probe=8).tolist())) / 100)
+    assert np.mean(recalls) >= 0.9
+    # probing every list is an exact search (re-ranked exactly for the quantized codes)
+    qq = rng.normal(size=x.shape[1]).astype(np.float32)
+    every = index.search(qq, 50, n_probe=index.n_lists)
+    assert set(every.tolist()) == set(brute_top(x, qq, 50).tolist())
+
+
+def test_usearch_index_finds_planted_top():
+    pytest.importorskip("usearch")
+    from serendip.models.retrieval import USearchIndex
+
+    x, q, top, _ = planted(n=1500)
+    index = USearchIndex(x, ef_search=200)
+    assert set(index.search(q, len(top)).tolist()) == set(top.tolist())
+
+
+@pytest.mark.parametrize("kind", ["ivf", "faiss"])
+def test_near_origin_factors_are_ranked_by_inner_product_not_cosine(kind):
+    """ALS leaves unused items near (or at) the origin; a long vector a little off the query
+    direction must beat a tiny one pointing straight at it.  (An HNSW graph, usearch, does not
+    reliably order the crowd at the origin, which is one reason such spaces are scanned.)"""
+    if kind != "ivf":
+        pytest.importorskip(kind)
+    from serendip.models.retrieval import make_index
+
+    rng = np.random.default_rng(5)
+    d = 8
+    x = rng.normal(size=(600, d)) * 1e-4  # near the origin
+    x[:100] = 0.0  # and exactly at it
+    q = np.zeros(d)
+    q[0] = 1.0
+    x[200] = q * 1e-3  # aligned with the query, tiny: first by cosine, not by inner product
+    x[300] = np.r_[0.8, 0.6, np.zeros(d - 2)] * 5.0  # off the query direction, long: first
+    x[400] = np.r_[0.6, -0.8, np.zeros(d - 2)] * 3.0  # second
+    x = x.astype(np.float32)
+    index = make_index(x, RetrievalConfig(index=kind, n_lists=6, ef_search=600))
+    got = index.search(q, 5, 6)
+    assert got[:3].tolist() == [300, 400, 200]
+    assert set(got.tolist()) == set(brute_top(x, q.astype(np.float32), 5).tolist())
+    # the factor space of such vectors is scanned exactly, whatever index is configured
+    space = FactorSpace(x, RetrievalConfig(index=kind, exact_flops=0))
+    assert space.index is None
+    assert space.search(q, 3).tolist() == [300, 400, 200]
+
+
+def test_missing_library_falls_back_to_builtin_ivf(monkeypatch, caplog):
+    import sys
+
+    import serendip.models.retrieval as retrieval
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # makes ``import faiss`` fail
+    monkeypatch.setattr(retrieval, "_warned", set())
+    assert not retrieval.available("faiss")
+    x, q, top, _ = planted(n=1200)
+    cfg = RetrievalConfig(index="faiss", exact_flops=0, n_lists=10)
+    with caplog.at_level("WARNING", logger="serendip.models.retrieval"):
+        space = FactorSpace(x, cfg)
+        FactorSpace(x, cfg)
+    assert isinstance(space.index, IVFIndex)
+    notes = [r.getMessage() for r in caplog.records if "faiss" in r.getMessage()]
+    assert len(notes) == 1 and "built-in IVF" in notes[0]  # said once, not per space
+    assert set(space.search(q, len(top)).tolist()) == set(top.tolist())
+
+
+def test_concurrent_searches_equal_sequential_ones():
+    pytest.importorskip("faiss")
+    from concurrent.futures import ThreadPoolExecutor
+
+    x, _, _, rng = planted(n=3000)
+    space = FactorSpace(x, RetrievalConfig(index="faiss", exact_flops=0, n_lists=30))
+    queries = rng.normal(size=(64, x.shape[1])).astype(np.float32)
+    alone = [space.search(q, 40).tolist() for q in queries]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda q: space.search(q, 40).tolist(), queries))
+    assert together == alone
+
+
+def _fit_with(data, retrieval):
+    cfg = FitConfig(models={"ease_recent": {"type": "als"}, "textcf": {}, "transition": {},
+                            "semantic": {}, "popularity": {}}, retrieval=retrieval)
+    return Recommender.fit(data, cfg, progress=False)
+
+
+def test_backends_give_the_exact_recommendations_and_survive_save_load(tmp_path):
+    """With a pool that covers the exact top, every backend (the index only chooses
+    candidates; the blend scores them exactly) returns the full-scoring lists, also after
+    the model is saved and loaded (the index is rebuilt from the saved factors)."""
+    pytest.importorskip("faiss")
+    from serendip.models.retrieval import FaissIndex
+
+    data = make_blocks(n_users=60, n_items=40)
+    base = {"mode": "ann", "per_source": 40, "exact_flops": 0, "n_lists": 4, "probe": 1.0}
+    qs = [Query(u, data.history(u)) for u in range(0, 60, 6)] + [Query(None, np.array([1, 2]))]
+    rec = _fit_with(data, {**base, "index": "faiss"})
+    ann = rec.pipeline("balanced").recommend_many(qs, 5)
+    retriever = rec.retriever()
+    assert retriever is not None
+    assert any(isinstance(s.index, FaissIndex) for s in retriever.spaces.values())
+    rec.use_retrieval(RetrievalConfig(mode="exact"))
+    exact = rec.pipeline("balanced").recommend_many(qs, 5)
+    rec.use_retrieval(RetrievalConfig(**{**base, "index": "ivf"}))
+    builtin = rec.pipeline("balanced").recommend_many(qs, 5)
+    rec.use_retrieval(RetrievalConfig(**{**base, "index": "faiss"}))
+    rec.save(tmp_path / "model")
+    loaded = Recommender.load(tmp_path / "model")
+    assert loaded.retrieval.index == "faiss"
+    again = loaded.pipeline("balanced").recommend_many(qs, 5)
+    for a, b, c, e in zip(ann, builtin, again, exact, strict=True):
+        assert a.items.tolist() == b.items.tolist() == c.items.tolist() == e.items.tolist()
+        np.testing.assert_allclose(a.scores, e.scores, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(c.scores, e.scores, rtol=1e-4, atol=1e-4)
+
+
+def test_index_option_errors_name_the_field(tmp_path):
+    bad = tmp_path / "fit.toml"
+    bad.write_text('[retrieval]\nindex = "annoy"\n')
+    with pytest.raises(ConfigError, match=r"retrieval\.index.*'annoy'"):
+        load_fit_config(str(bad))

@@ -16,14 +16,23 @@ scorers they come in closed form: with item-factor mean ``m`` and covariance ``C
 O(n d)).  Sparse scores give theirs from the nonzeros.  So a retrieved item's blend score is
 the same number the full-catalog path computes; only *which* items are considered can differ.
 
-Spaces with many items x dimensions are searched with an inverted-file index (IVF: k-means
-lists, probe the lists whose centroids score best, Jegou et al. 2011, as in FAISS'
-IndexIVFFlat); small spaces are searched exactly.  ``bench/retrieval.py`` reports the recall of
-the retrieved lists against full scoring.
+Spaces of unit vectors (text) with many items x dimensions are searched with an inverted-file
+index (IVF: k-means lists, probe the lists whose centroids score best, Jegou et al. 2011).  By
+default (``RetrievalConfig.index = "faiss"``) that is FAISS' ``IndexIVFScalarQuantizer`` with
+8-bit codes whose best results are re-ranked exactly; without the ``faiss-cpu`` package it is
+the built-in numpy ``IVFIndex`` (with a logged note), and ``"usearch"`` (an HNSW graph) is
+there for comparison.  Every other space (ALS and other factors whose lengths carry
+popularity, with the unused items at the origin) is scanned exactly in order of decreasing
+length: ``bench/index.py`` found that scan exact and faster than any approximate index on such
+spaces, and FAISS as accurate as the built-in IVF on text spaces, faster at 1,000,000 items,
+with a quarter of the memory (docs/scale.md).  Indexes are rebuilt when a model is loaded, not
+stored: they are derived from the saved factors, and a stored binary would tie a model
+directory to one library version and could disagree with the factors beside it.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import threading
@@ -39,11 +48,14 @@ from serendip.component import ComponentConfig
 from serendip.models.base import BatchScorer
 
 __all__ = [
-    "IVFIndex", "RetrievalConfig", "Retriever", "FactorSpace", "LazyRetriever",
-    "retrieval_enabled",
+    "IVFIndex", "FaissIndex", "USearchIndex", "RetrievalConfig", "Retriever", "FactorSpace",
+    "LazyRetriever", "retrieval_enabled", "make_index", "to_sphere", "IndexKind",
 ]
 
 log = logging.getLogger(__name__)
+
+#: search structures for the unit-vector spaces: the built-in numpy IVF, FAISS' IVF, usearch HNSW
+IndexKind = Literal["ivf", "faiss", "usearch"]
 
 
 class RetrievalConfig(ComponentConfig):
@@ -64,6 +76,20 @@ class RetrievalConfig(ComponentConfig):
     n_lists: int | None = Field(None, ge=1, le=1_000_000, description="IVF lists (None: sqrt(n))")
     probe: float = Field(0.08, gt=0, le=1, description="share of IVF lists probed per search")
     iterations: int = Field(10, ge=1, le=100, description="k-means iterations for IVF lists")
+    index: IndexKind = Field(
+        "faiss",
+        description="index over large unit-vector spaces: faiss (IndexIVFFlat; falls back to "
+                    "ivf when faiss-cpu is not installed), ivf (built-in), usearch (HNSW)",
+    )
+    faiss_codes: Literal["sq8", "flat"] = Field(
+        "sq8",
+        description="faiss only: 8-bit codes re-ranked exactly (a quarter of the memory), or "
+                    "float vectors",
+    )
+    ef_search: int = Field(
+        800, ge=1, le=100_000,
+        description="usearch only: candidate list of the graph search (at least per_source)",
+    )
     seed: int = Field(0, ge=0)
 
 
@@ -82,19 +108,10 @@ class IVFIndex:
 
     def __init__(self, vectors: np.ndarray, n_lists: int | None = None, *, iterations: int = 10,
                  seed: int = 0, sample_per_list: int = 64) -> None:
-        x = np.asarray(vectors, dtype=np.float32)
-        if x.ndim != 2 or x.shape[0] == 0:
-            raise ValueError(f"IVFIndex needs a non-empty 2-D array, got shape {x.shape}")
-        norms = np.linalg.norm(x.astype(np.float64), axis=1)
-        big = float(norms.max())
-        self.dim = x.shape[1]
-        if big > 0 and float(norms.min()) < big * (1 - 1e-4):
-            extra = np.sqrt(np.maximum(big**2 - norms**2, 0.0))[:, None]
-            x = (np.hstack([x.astype(np.float64), extra]) / big).astype(np.float32)
-        x = np.ascontiguousarray(x)
+        self.dim = _check_vectors(vectors, "IVFIndex")
+        x = to_sphere(vectors)
         n = x.shape[0]
-        k = int(n_lists) if n_lists is not None else max(1, int(round(math.sqrt(n))))
-        k = max(1, min(k, n))
+        k = _n_lists(n, n_lists)
         rng = np.random.default_rng(seed)
         train = x[np.sort(rng.choice(n, min(n, sample_per_list * k), replace=False))]
         centroids = train[rng.choice(train.shape[0], k, replace=False)].copy()
@@ -125,11 +142,7 @@ class IVFIndex:
 
     def search(self, query: np.ndarray, n: int, n_probe: int) -> np.ndarray:
         """Ids of (about) the ``n`` items with the largest ``item . query``, best first."""
-        q = np.asarray(query, dtype=np.float32).reshape(-1)
-        if q.size != self.dim:
-            raise ValueError(f"query has {q.size} dimensions, the index {self.dim}")
-        if self.vectors.shape[1] > q.size:
-            q = np.append(q, np.float32(0.0))
+        q = _query(query, self.dim, self.vectors.shape[1])
         n_probe = max(1, min(int(n_probe), self.n_lists))
         cs = self.centroids @ q
         if n_probe < self.n_lists:
@@ -147,6 +160,183 @@ class IVFIndex:
                 where[at : at + b - a] = np.arange(a, b)
                 at += b - a
         return self.ids[where[_top(scores, n)]]
+
+
+def _check_vectors(vectors: np.ndarray, who: str) -> int:
+    """The dimension of a non-empty 2-D array of vectors (ValueError otherwise)."""
+    shape = np.shape(vectors)
+    if len(shape) != 2 or shape[0] == 0:
+        raise ValueError(f"{who} needs a non-empty 2-D array, got shape {tuple(shape)}")
+    return int(shape[1])
+
+
+def _n_lists(n: int, n_lists: int | None) -> int:
+    k = int(n_lists) if n_lists is not None else max(1, int(round(math.sqrt(n))))
+    return max(1, min(k, n))
+
+
+def _query(query: np.ndarray, dim: int, stored: int) -> np.ndarray:
+    """The query as float32, with a zero appended when the items were mapped to the sphere."""
+    q = np.asarray(query, dtype=np.float32).reshape(-1)
+    if q.size != dim:
+        raise ValueError(f"query has {q.size} dimensions, the index {dim}")
+    if stored > dim:
+        q = np.append(q, np.float32(0.0))
+    return np.ascontiguousarray(q)
+
+
+def to_sphere(vectors: np.ndarray) -> np.ndarray:
+    """Vectors of unequal length mapped to the unit sphere, keeping the order of inner products.
+
+    Appends ``sqrt(M^2 - |x|^2)`` and divides by ``M``, the largest norm (Bachrach et al.
+    2014): ``[x, e] / M . [q, 0] = x . q / M``, so every query ranks the items as before, and
+    clustering or graph building by direction sees what an inner-product search needs.
+    Vectors of (nearly) equal length are returned as float32 unchanged.
+    """
+    x = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(x.astype(np.float64), axis=1)
+    big = float(norms.max()) if norms.size else 0.0
+    if big > 0 and float(norms.min()) < big * (1 - 1e-4):
+        extra = np.sqrt(np.maximum(big**2 - norms**2, 0.0))[:, None]
+        x = (np.hstack([x.astype(np.float64), extra]) / big).astype(np.float32)
+    return np.ascontiguousarray(x)
+
+
+class FaissIndex:
+    """FAISS inverted-file index (inner-product metric) over the sphere-mapped vectors.
+
+    The same method as ``IVFIndex`` (spherical k-means lists, probe the lists whose centroids
+    score best), in compiled code.  With ``codes="sq8"`` (the default) the lists hold 8-bit
+    scalar-quantized vectors (``IndexIVFScalarQuantizer``): a quarter of the memory and a
+    faster scan; the ``REFINE * n`` best by the quantized scores are then re-ranked exactly
+    against the float vectors, so the ``n`` returned are ordered by true inner products.
+    ``codes="flat"`` stores float vectors (``IndexIVFFlat``) and needs no re-ranking.
+
+    A search passes its own ``nprobe`` (``SearchParametersIVF``) and changes nothing in the
+    index, so concurrent searches from several threads are safe (FAISS documents concurrent
+    searches on CPU indexes as thread-safe).
+    """
+
+    #: candidates fetched per wanted item before exact re-ranking of quantized results
+    REFINE = 2
+
+    def __init__(self, vectors: np.ndarray, n_lists: int | None = None, *, iterations: int = 10,
+                 seed: int = 0, sample_per_list: int = 64,
+                 codes: Literal["sq8", "flat"] = "sq8") -> None:
+        import faiss  # optional dependency: callers check ``available("faiss")``
+
+        self.dim = _check_vectors(vectors, "FaissIndex")
+        x = to_sphere(vectors)
+        n, d = x.shape
+        k = _n_lists(n, n_lists)
+        quantizer = faiss.IndexFlatIP(d)
+        index: faiss.IndexIVF
+        if codes == "sq8":
+            index = faiss.IndexIVFScalarQuantizer(quantizer, d, k, faiss.ScalarQuantizer.QT_8bit,
+                                                  faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = faiss.IndexIVFFlat(quantizer, d, k, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter = int(iterations)
+        index.cp.seed = int(seed)
+        index.cp.spherical = True  # unit centroids: probing by inner product ranks directions
+        index.cp.max_points_per_centroid = int(sample_per_list)
+        rng = np.random.default_rng(seed)
+        train = x[np.sort(rng.choice(n, min(n, sample_per_list * k), replace=False))]
+        index.train(train)
+        index.add(x)
+        self._faiss = faiss
+        self.index = index
+        self.codes = codes
+        self.vectors = x if codes == "sq8" else None  # for exact re-ranking
+        self.n_lists = k
+        self._n = n
+        self._stored = d
+
+    def __len__(self) -> int:
+        return self._n
+
+    def search(self, query: np.ndarray, n: int, n_probe: int) -> np.ndarray:
+        """Ids of (about) the ``n`` items with the largest ``item . query``, best first."""
+        q = _query(query, self.dim, self._stored)
+        n = max(1, min(int(n), self._n))
+        fetch = n if self.vectors is None else min(self.REFINE * n, self._n)
+        params = self._faiss.SearchParametersIVF()
+        params.nprobe = max(1, min(int(n_probe), self.n_lists))
+        _, found = self.index.search(q[None, :], fetch, params=params)
+        ids = found[0]
+        ids = ids[ids >= 0].astype(np.int64)
+        if self.vectors is not None:
+            ids = ids[_top(self.vectors[ids] @ q, n)]
+        return ids
+
+
+class USearchIndex:
+    """usearch HNSW graph (inner-product metric) over the sphere-mapped vectors.
+
+    ``ef_search`` (the graph search's candidate list) is fixed when the index is built, so
+    searches change no shared state and may run concurrently.
+    """
+
+    def __init__(self, vectors: np.ndarray, *, ef_search: int = 800, connectivity: int = 16,
+                 expansion_add: int = 128, threads: int = 0) -> None:
+        from usearch.index import Index  # optional dependency
+
+        self.dim = _check_vectors(vectors, "USearchIndex")
+        x = to_sphere(vectors)
+        self._n, self._stored = x.shape
+        self.index = Index(ndim=self._stored, metric="ip", dtype="f32",
+                           connectivity=connectivity, expansion_add=expansion_add,
+                           expansion_search=int(ef_search))
+        self.index.add(np.arange(self._n, dtype=np.uint64), x, threads=threads)
+        self.n_lists = 1  # no lists: the probe share does not apply
+
+    def __len__(self) -> int:
+        return self._n
+
+    def search(self, query: np.ndarray, n: int, n_probe: int = 1) -> np.ndarray:
+        """Ids of (about) the ``n`` items with the largest ``item . query``, best first."""
+        q = _query(query, self.dim, self._stored)
+        found = self.index.search(q, max(1, min(int(n), self._n)), threads=1)
+        return np.asarray(found.keys, dtype=np.int64)
+
+
+def available(kind: str) -> bool:
+    """Whether the library behind index ``kind`` can be imported (``ivf`` always can)."""
+    module = {"faiss": "faiss", "usearch": "usearch.index"}.get(kind)
+    if module is None:
+        return True
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+_warned: set[str] = set()
+
+
+def resolve_index(kind: str) -> str:
+    """``kind``, or ``ivf`` (with a logged note, once) when its library is not installed."""
+    if available(kind):
+        return kind
+    if kind not in _warned:
+        _warned.add(kind)
+        log.warning("retrieval: index %r needs the %s package, which is not installed; using "
+                    "the built-in IVF index (pip install %s)", kind, kind,
+                    "faiss-cpu" if kind == "faiss" else kind)
+    return "ivf"
+
+
+def make_index(vectors: np.ndarray, config: RetrievalConfig
+               ) -> IVFIndex | FaissIndex | USearchIndex:
+    """The search structure ``config.index`` names (built-in IVF if its library is missing)."""
+    kind = resolve_index(config.index)
+    if kind == "faiss":
+        return FaissIndex(vectors, config.n_lists, iterations=config.iterations,
+                          seed=config.seed, codes=config.faiss_codes)
+    if kind == "usearch":
+        return USearchIndex(vectors, ef_search=max(config.ef_search, config.per_source))
+    return IVFIndex(vectors, config.n_lists, iterations=config.iterations, seed=config.seed)
 
 
 def _nearest(x: np.ndarray, centroids: np.ndarray, chunk: int = 8192) -> np.ndarray:
@@ -191,12 +381,11 @@ class FactorSpace:
         centred = f64 - self.mean
         self.cov = centred.T @ centred / max(f.shape[0], 1)  # population covariance (ddof 0)
         self.config = config
-        self.index: IVFIndex | None = None
+        self.index: IVFIndex | FaissIndex | USearchIndex | None = None
         norms = np.linalg.norm(f64, axis=1)
         unit = norms.size > 0 and float(norms.max() - norms.min()) <= 1e-3 * max(norms.max(), 1e-12)
         if unit and f.shape[0] * f.shape[1] > config.exact_flops:
-            self.index = IVFIndex(f, config.n_lists, iterations=config.iterations,
-                                  seed=config.seed)
+            self.index = make_index(f, config)
         else:
             order = np.argsort(-norms, kind="stable")
             self._order = order.astype(np.int64)
