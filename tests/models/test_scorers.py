@@ -188,6 +188,32 @@ def test_dense_models_refuse_catalogs_over_their_limit(name, data):
     assert not m.is_trained
 
 
+@pytest.mark.parametrize("name", ["ease", "knn"])
+def test_dense_models_refuse_catalogs_too_large_for_free_memory(name, data, monkeypatch):
+    import serendip.models._util as util
+
+    need = data.n_items ** 2 * 8 * 3
+    monkeypatch.setattr(util, "available_memory", lambda: need - 1)
+    m = SCORERS[name]()
+    with pytest.raises(DataError, match=rf"{name} needs about .* GB of memory is available"):
+        m.train(data)
+    assert not m.is_trained
+    monkeypatch.setattr(util, "available_memory", lambda: need)
+    m.train(data)
+    assert m.is_trained
+
+
+def test_ease_weights_are_the_closed_form(data):
+    """B = -P / diag(P) off the diagonal, 0 on it, P = (X'X + l2 I)^-1 (computed in place)."""
+    m = EASE({"l2": 10.0})
+    m.train(data)
+    x = data.matrix.toarray().astype(np.float64)
+    p = np.linalg.inv(x.T @ x + 10.0 * np.eye(data.n_items))
+    b = -p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    np.testing.assert_allclose(m._require_trained()["weights"], b, rtol=1e-4, atol=1e-6)
+
+
 def test_two_tower_numpy_user_tower_equals_the_torch_one(trained, data):
     """Scoring re-implements the user tower in NumPy; it must match the trained network."""
     import torch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -10,17 +11,44 @@ import scipy.sparse as sp
 from serendip.errors import DataError
 from serendip.types import Query
 
-__all__ = ["history_weights", "history_matrix", "standardize", "check_dense_items"]
+__all__ = ["history_weights", "history_matrix", "standardize", "check_dense_items",
+           "available_memory"]
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can give without swapping (Linux ``MemAvailable``), or
+    None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def check_dense_items(who: str, n_items: int, max_items: int) -> None:
-    """Refuse a dense items x items model on a catalog too large for it, before allocating."""
+    """Refuse a dense items x items model on a catalog too large for it, or for the memory
+    free right now, before allocating (running out of memory inside the linear algebra kills
+    the process instead of raising)."""
+    need = n_items * n_items * 8 * 3  # float64 Gram, the inversion's copy, its result
+    gb = need / 1e9
     if n_items > max_items:
-        gb = n_items * n_items * 8 * 3 / 1e9  # float64 Gram, its inverse, the weights
         raise DataError(
             f"{who} builds dense {n_items:,} x {n_items:,} matrices (about {gb:,.0f} GB) and is "
             f"limited to max_items={max_items:,}; use als, textcf and semantic for this catalog "
             f"(or raise {who}.max_items)"
+        )
+    free = available_memory()
+    if free is not None and need > free:
+        raise DataError(
+            f"{who} needs about {gb:,.1f} GB for dense {n_items:,} x {n_items:,} matrices but "
+            f"{free / 1e9:,.1f} GB of memory is available; leave {who} out of the models for "
+            f"this catalog (als, textcf and semantic scale to it) or free memory"
         )
 
 

@@ -83,9 +83,10 @@ class EASE(BatchScorer):
             l2 = l2 + cfg.dp_l2_noise * pg.sigma * float(np.sqrt(data.n_items))
         g[np.diag_indices_from(g)] += l2
         p = np.linalg.inv(g)
-        b = -p / np.diag(p)[None, :]
-        b[np.diag_indices_from(b)] = 0.0
-        self._set_state(weights=b.astype(np.float32))
+        del g  # the largest catalogs need every copy gone that can go
+        p /= -np.diag(p)[None, :]  # B = -P / diag(P), in place
+        p[np.diag_indices_from(p)] = 0.0
+        self._set_state(weights=p.astype(np.float32))
         log.info("EASE: %d items in %.2fs", data.n_items, time.perf_counter() - t0)
 
     def score_many(self, queries: Sequence[Query]) -> np.ndarray:
