@@ -146,3 +146,154 @@ def test_the_prior_mean_is_where_learning_starts(data):
     items, probs = b.slot_distribution(Query(None), cands, 3)
     np.testing.assert_allclose(probs.sum(axis=0), 1.0)
     assert items.tolist() == list(range(20)) and probs.shape == (20, 3)
+
+
+# ---------------------------------------------------------------- hierarchy and new-item budget
+def with_new_items(n_new: int = 4):  # type: ignore[no-untyped-def]
+    """``make_blocks`` plus ``n_new`` catalog items nobody has interacted with (i20, ...)."""
+    import pandas as pd
+
+    from serendip.data.dataset import Dataset
+
+    base = make_blocks(n_users=40, n_items=20)
+    users, items = base.user_ids, base.item_ids
+    inter = base.interactions
+    rows = pd.DataFrame({
+        "user_id": users[inter["user"].to_numpy()] if "user" in inter else inter["user_id"],
+        "item_id": items[inter["item"].to_numpy()] if "item" in inter else inter["item_id"],
+        "timestamp": np.arange(len(inter), dtype=float), "rating": 1.0})
+    n = 20 + n_new
+    cat = pd.DataFrame({"item_id": [f"i{i}" for i in range(n)],
+                        "title": [f"item {i}" for i in range(n)]})
+    data = Dataset.from_frames(rows, cat)
+    vec = np.zeros((n, 8), dtype=np.float32)
+    vec[np.arange(n), np.arange(n) % 8] = 1.0
+    return data.with_item_vectors(vec)
+
+
+def test_the_hierarchy_learns_a_planted_item_the_shared_model_cannot(data):
+    """Everyone clicks item 13, whatever its features; other items pay 10% of the time.
+    Item 13's feature row lies inside the convex hull of the other candidates' rows (checked
+    below), so no shared weight vector can score it strictly above all of them: LinearTS
+    cannot learn to put it first; the item offset of the hierarchy can (default priors)."""
+    from scipy.optimize import linprog
+
+    cands = ItemList(np.arange(20), np.linspace(1, 0, 20))
+    q = Query(0, data.history(0))
+    x = bandit(data).features(q, cands)
+    inside = linprog(np.zeros(19), A_eq=np.delete(x, 13, axis=0).T, b_eq=x[13],
+                     bounds=[(0, None)] * 19)
+    assert inside.status == 0  # x13 = a convex combination of the others (bias column = 1)
+    rng = np.random.default_rng(1)
+    first = {}
+    for hier in (False, True):
+        b = bandit(data, noise=0.25, hierarchy=hier)  # the adaptive preset's settings
+        for _ in range(300):
+            shown = b(q, cands, 3)
+            r = np.where(shown.items == 13, 1.0, (rng.random(3) < 0.1).astype(float))
+            b.update(shown.fields["features"], r)
+        mean = b.mean_scores(q, cands)
+        first[hier] = (int(np.argmax(mean)),
+                       np.mean([b(q, cands, 3).items[0] == 13 for _ in range(50)]))
+    assert first[True][0] == 13 and first[True][1] > 0.8
+    assert first[False][0] != 13 and first[False][1] < 0.2
+
+
+def test_hierarchy_rows_credit_and_state_round_trip(data):
+    b = bandit(data, hierarchy=True)
+    cands = ItemList(np.arange(20), np.linspace(1, 0, 20))
+    q = Query(3, data.history(3))
+    shown = b(q, cands, 4)
+    rows = shown.fields["features"]
+    assert rows.shape == (4, len(FEATURES) + 2)
+    assert len(set(rows[:, -2].tolist())) == 4 and len(set(rows[:, -1].tolist())) == 1
+    # shown with reward 0, then credited, equals shown with reward 1 (state for state)
+    twin = bandit(data, hierarchy=True)
+    twin.set_statistics(*b.statistics())
+    b.update(rows, np.zeros(4))
+    b.credit(rows[:2])
+    twin.update(rows, np.array([1.0, 1.0, 0.0, 0.0]))
+    for u, v in zip(b.statistics(), twin.statistics(), strict=True):
+        np.testing.assert_allclose(u, v)
+    assert b.mean_scores(q, cands)[shown.items[0]] > b.mean_scores(q, cands)[shown.items[3]]
+    # save / load through the (A, b) arrays: offsets and their recency come back exactly
+    back = bandit(data, hierarchy=True)
+    back.set_statistics(*b.statistics())
+    np.testing.assert_allclose(back.mean_scores(q, cands), b.mean_scores(q, cands))
+    np.testing.assert_array_equal(back.statistics()[1], b.statistics()[1])
+    # a plain state loads into a hierarchical bandit (no offsets yet), not the reverse
+    plain = bandit(data)
+    back.set_statistics(*plain.statistics())
+    assert back.statistics()[1].tolist()[-2:] == [0.0, 0.0]  # no people, no items
+    with pytest.raises(DataError, match="hierarchy = false"):
+        plain.set_statistics(*b.statistics())
+    with pytest.raises(DataError, match="do not hold"):
+        back.set_statistics(b.statistics()[0], b.statistics()[1][:-1])
+    # memory bounds: the least recently updated items are dropped
+    small = bandit(data, hierarchy=True, max_items=2, max_people=1)
+    small.update(rows, np.zeros(4))
+    small.update(bandit(data, hierarchy=True)(Query(30, data.history(30)), cands, 1)
+                 .fields["features"], np.ones(1))
+    _, packed = small.statistics()
+    assert packed[len(FEATURES):len(FEATURES) + 2].tolist() == [1.0, 2.0]
+
+
+def budget_bandit(data, **cfg) -> tuple[LinearTS, ItemList]:  # type: ignore[no-untyped-def]
+    b = LinearTS({"seed": 0, "new_item_share": 0.3, "new_item_pool": 2, **cfg})
+    b.train(data)
+    # old items 0..19 then the new items 20..23, the blend's order
+    cands = ItemList(np.arange(24), np.linspace(1, 0, 24))
+    return b, cands
+
+
+def test_the_budget_slot_shows_new_items_at_their_exact_share():
+    """A posterior sure of relevance: the base list is the blend's top 3, so each of the two
+    best new items (20, 21) is in the last slot with probability exactly 0.3 / 2 and the base's
+    third item with 0.7; the other slots never change (propensity 1)."""
+    data = with_new_items()
+    b, cands = budget_bandit(data, prior=1e6, noise=1e-4)
+    b._state["b"][:] = np.array([0, 1e6, 0, 0, 0])
+    n = 3000
+    last = np.zeros(n, dtype=np.int64)
+    inv = np.zeros(n)
+    for t in range(n):
+        out = b(Query(None), cands, 3)
+        assert out.items[:2].tolist() == [0, 1]
+        assert out.fields["propensity"][:2].tolist() == [1.0, 1.0]
+        last[t], inv[t] = out.items[2], 1.0 / out.fields["propensity"][2]
+    for item, p in ((20, 0.15), (21, 0.15), (2, 0.7)):
+        hit = last == item
+        assert hit.mean() == pytest.approx(p, abs=4 * np.sqrt(p * (1 - p) / n))
+        # IPS of "this item in the last slot": E[1{shown} / propensity] = 1
+        w = np.where(hit, inv, 0.0)
+        assert abs(w.mean() - 1.0) < 4 * w.std() / np.sqrt(n), (item, w.mean())
+    assert set(np.unique(last).tolist()) == {2, 20, 21}
+    _, probs = b.slot_distribution(Query(None), cands, 3)
+    np.testing.assert_allclose(probs[[20, 21, 2], 2], [0.15, 0.15, 0.7], atol=0.05)
+
+
+def test_budget_propensities_stay_unbiased_when_the_base_can_pick_new_items_too():
+    """With an uncertain posterior the base policy also puts new items in the last slot:
+    the item's probability there is 0.3/2 + 0.7 p_base; 1 / propensity stays unbiased for it."""
+    data = with_new_items()
+    b, cands = budget_bandit(data, noise=1.0, new_item_share=0.3)
+    cands = ItemList(cands.items[-8:], cands.scores[-8:])  # 16..23: four old, four new
+    n = 3000
+    w = np.zeros((n, 2))
+    for t in range(n):
+        out = b(Query(None), cands, 2)
+        for j, item in enumerate((20, 21)):
+            if out.items[1] == item:
+                w[t, j] = 1.0 / out.fields["propensity"][1]
+    for j in range(2):
+        assert abs(w[:, j].mean() - 1.0) < 4 * w[:, j].std() / np.sqrt(n), w[:, j].mean()
+
+
+def test_budget_config_checks():
+    with pytest.raises(ConfigError, match="new_item_share"):
+        LinearTS({"new_item_share": 1.5})
+    data = with_new_items()
+    b, cands = budget_bandit(data)
+    old = ItemList(np.arange(20), np.linspace(1, 0, 20))  # no new candidate: no budget
+    out = b(Query(None), old, 3)
+    assert (out.items < 20).all()

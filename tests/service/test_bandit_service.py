@@ -1,22 +1,33 @@
-"""The adaptive preset in the service: shown slots count, rewards credit once, state persists."""
+"""The adaptive preset in the service: shown slots count, rewards credit once, state persists,
+new items get their exposure budget."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from tests.service.conftest import build_engine
+from serendip.data.dataset import Dataset
+from serendip.pipeline import Recommender
+from tests.service.conftest import SMALL, Seed, build_engine, write_seed
+
+
+def bandit(engine):  # type: ignore[no-untyped-def]
+    return engine.state.pipelines["adaptive"].bandit
 
 
 def stats(engine):  # type: ignore[no-untyped-def]
-    return engine.state.pipelines["adaptive"].bandit.statistics()
+    return bandit(engine).statistics()
 
 
 def test_adaptive_lists_learn_from_clicks_and_persist(api, engine, store, tmp_path, seed_files,
                                                       fitted, encoder):
-    a0, b0 = stats(engine)
+    b = bandit(engine)
+    assert b.config.hierarchy and b.config.new_item_share == 0.2  # the shipped preset
+    a0, _ = stats(engine)
     shown = []
     for _ in range(3):
         out = api("GET", "/v1/users/u3/recommendations?k=4&preset=adaptive").json()
@@ -26,25 +37,30 @@ def test_adaptive_lists_learn_from_clicks_and_persist(api, engine, store, tmp_pa
         shown.append([it["item_id"] for it in out["items"]])
     a1, b1 = stats(engine)
     assert a1[0, 0] == pytest.approx(a0[0, 0] + 12)  # 12 slots counted (bias feature is 1)
-    np.testing.assert_allclose(b1, b0)  # ... each with reward 0 so far
+    assert b1[5:7].tolist() == [1.0, float(len(set(sum(shown, []))))]  # one person, the items
+    pos = engine.state.item_pos
     item = shown[-1][0]
+    n1, sum1 = b.item_sums(np.array([pos[item]]))
+    assert n1[0] == sum(s.count(item) for s in shown)
     for key in ("c1", "c1", "c2"):  # a duplicate post, then a second click: credited once
         r = api("POST", "/v1/events", "write", json={"events": [
             {"user_id": "u3", "item_id": item, "type": "click", "idempotency_key": key}]})
         assert r.status_code == 201
     a2, b2 = stats(engine)
-    assert b2[0] == pytest.approx(b1[0] + 1.0)
+    assert b2[0] == pytest.approx(b1[0] + 1.0)  # the shared part: bias feature 1
+    n2, sum2 = b.item_sums(np.array([pos[item]]))
+    assert (n2[0], sum2[0]) == (n1[0], pytest.approx(sum1[0] + 1.0))  # and the item's offset
+    np.testing.assert_allclose(a2, a1)
     listed = {p["name"]: p for p in api("GET", "/v1/presets", "read").json()["presets"]}
     learned = listed["adaptive"]["learned"]
     assert set(learned) == {"bias", "relevance", "unexpectedness", "novelty", "tail"}
-    assert learned == pytest.approx(engine.state.pipelines["adaptive"].bandit.weights(), abs=1e-6)
+    assert learned == pytest.approx(b.weights(), abs=1e-6)
     assert listed["balanced"]["learned"] is None
-    np.testing.assert_allclose(a2, a1)
     unseen = next(f"i{n}" for n in range(24) if f"i{n}" not in sum(shown, []))
     api("POST", "/v1/events", "write", json={"events": [
         {"user_id": "u3", "item_id": unseen, "type": "like"}]})
     np.testing.assert_allclose(stats(engine)[1], b2)  # not shown: nothing to credit
-    # a refitted model keeps what was learned
+    # a refitted model keeps what was learned, offsets included
     engine._install(engine.state.rec, time.time())
     np.testing.assert_allclose(stats(engine)[1], b2)
     # and so does a restart: the statistics are saved in the data directory on close
@@ -54,6 +70,7 @@ def test_adaptive_lists_learn_from_clicks_and_persist(api, engine, store, tmp_pa
         a3, b3 = stats(again)
         np.testing.assert_allclose(a3, a2)
         np.testing.assert_allclose(b3, b2)
+        assert bandit(again).item_sums(np.array([pos[item]]))[1][0] == pytest.approx(sum2[0])
     finally:
         again.close()
 
@@ -78,3 +95,48 @@ def test_concurrent_saves_of_bandit_state_do_not_collide(engine, tmp_path):
     assert not errors
     files = sorted(p.name for p in (tmp_path / "bandits").iterdir())
     assert files == ["adaptive.npz"]  # no temporary files left behind
+
+
+NEW = ["i24", "i25", "i26"]
+
+
+def seed_with_new_items(d: Path) -> Seed:
+    """The service's seed plus three catalog items nobody has used (new at fit time)."""
+    d.mkdir(parents=True, exist_ok=True)
+    seed = write_seed(d)
+    items = pd.read_csv(seed.items, dtype=str)
+    extra = pd.DataFrame({"item_id": NEW, "title": [f"funny space cartoon {i}" for i in NEW],
+                          "genres": ["Comedy|Family"] * len(NEW)})
+    pd.concat([items, extra], ignore_index=True).to_csv(seed.items, index=False)
+    return seed
+
+
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+def test_new_items_get_the_configured_exposure_with_exact_weights(store, tmp_path, encoder):
+    seed = seed_with_new_items(tmp_path / "seed")
+    data = Dataset.from_files(seed.interactions, seed.items)
+    assert (data.item_popularity[data.item_numbers(NEW)] == 0).all()
+    rec = Recommender.fit(data, SMALL, progress=False, encoder=encoder)  # type: ignore[arg-type]
+    engine = build_engine(store, tmp_path / "data", seed, rec, encoder)
+    try:
+        pipe = engine.state.pipelines["adaptive"]
+        q = pipe.query("u3")
+        n, k = 1500, 4
+        new_pos = {int(i) for i in data.item_numbers(NEW)}
+        last = np.zeros(n, dtype=np.int64)
+        inv = np.zeros(n)
+        for t in range(n):
+            lst = pipe.recommend(q, k)
+            last[t], inv[t] = lst.items[-1], 1.0 / lst.fields["propensity"][-1]
+        is_new = np.isin(last, list(new_pos))
+        # the budget alone gives new items the last slot 20% of the time; the bandit may add
+        share = is_new.mean()
+        assert share >= 0.2 - 4 * np.sqrt(0.2 * 0.8 / n), share
+        # each new item's 1{in the last slot} / propensity has mean 1: the logged propensities
+        # are the policy's, budget included
+        for i in new_pos:
+            w = np.where(last == i, inv, 0.0)
+            assert (last == i).any()
+            assert abs(w.mean() - 1.0) < 4 * w.std() / np.sqrt(n), (i, w.mean())
+    finally:
+        engine.close()

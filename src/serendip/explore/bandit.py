@@ -30,13 +30,20 @@ put the item there", has E[1 / estimate] = (1 - (1 - p)^200) / p (since E[1 / (1
 p))] = (1 - (1 - p)^200) / (200 p)): IPS weights biased low by that factor, 0.27 at
 p = 0.0016.  Its replacement costs about as many draws as the slot's distribution has likely
 items, in batches.
+
+Options (see ``LinearTS``): ``hierarchy`` adds per-person and per-item Gaussian offsets to the
+shared weights; ``new_item_share`` reserves the last slot, with that probability, for one of
+the best new candidates.  Either way the geometric count re-runs the whole policy (every
+posterior part redrawn, the budget's coin and pick included), so it stays unbiased for 1/p.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 
 import numpy as np
+import pandas as pd
 from pydantic import Field
 
 from serendip.component import Component, ComponentConfig
@@ -46,9 +53,20 @@ from serendip.eval.metrics import head_by_item_share
 from serendip.models.semantic import normalized_vectors
 from serendip.types import ItemList, Query
 
-__all__ = ["LinearTS", "LinearTSConfig", "FEATURES"]
+__all__ = ["LinearTS", "LinearTSConfig", "FEATURES", "PERSONAL"]
 
 FEATURES = ("bias", "relevance", "unexpectedness", "novelty", "tail")
+#: the features a person's own weights are learnt for (``hierarchy``): the discovery ones
+PERSONAL = ("unexpectedness", "novelty", "tail")
+_PCOLS = np.array([FEATURES.index(f) for f in PERSONAL])
+_KEY_MASK = np.uint64((1 << 52) - 1)
+
+
+def _keys(ids: np.ndarray) -> np.ndarray:
+    """Stable keys for ids, exact integers 1..2^52 as float64 (so they ride in a slot's feature
+    row): offsets are stored by key, so they outlive a refit that renumbers items and people."""
+    h = pd.util.hash_array(np.asarray([str(v) for v in ids], dtype=object))  # fixed hash key
+    return ((h & _KEY_MASK) + np.uint64(1)).astype(np.float64)
 
 
 class LinearTSConfig(ComponentConfig):
@@ -66,6 +84,23 @@ class LinearTSConfig(ComponentConfig):
         description="prior mean weights by feature name (others 0): where learning starts",
     )
 
+    hierarchy: bool = Field(False, description="add each person's own weights for the discovery "
+                            "features and each item's own appeal to the shared weights")
+    person_prior: float = Field(25.0, gt=0, le=1e6,
+                                description="prior precision of a person's offsets (around 0)")
+    item_prior: float = Field(10.0, gt=0, le=1e6,
+                              description="prior precision of an item's offset (around 0)")
+    max_people: int = Field(100_000, ge=1, le=10_000_000,
+                            description="people whose offsets are kept (least recent dropped)")
+    max_items: int = Field(200_000, ge=1, le=10_000_000,
+                           description="items whose offsets are kept (least recent dropped)")
+    new_item_share: float = Field(0.0, ge=0, le=1,
+                                  description="probability that the last slot shows one of the "
+                                  "best new candidates (no interactions at fit time)")
+    new_item_pool: int = Field(5, ge=1, le=1_000,
+                               description="how many of the best new candidates (by posterior "
+                               "mean) the budget slot draws from, uniformly")
+
     def model_post_init(self, __context: object) -> None:
         unknown = sorted(set(self.prior_mean) - set(FEATURES))
         if unknown:
@@ -76,7 +111,20 @@ class LinearTSConfig(ComponentConfig):
 
 
 class LinearTS(Component):
-    """Thompson sampling over ``FEATURES`` of the candidates; learns from ``update``."""
+    """Thompson sampling over ``FEATURES`` of the candidates; learns from ``update``.
+
+    With ``hierarchy`` the sampled score of a candidate adds two Gaussian offsets to the
+    shared linear one: the person's own weights for the ``PERSONAL`` features (ridge sums per
+    person, prior precision ``person_prior`` around 0) and the item's own appeal (prior
+    precision ``item_prior`` around 0).  The three parts are fitted by backfitting: each
+    learns from the reward less the other two's current means.  A slot's ``features`` row then
+    carries two more columns, the item's and the person's key, so that ``update`` and
+    ``credit`` (which see only the row) know whose offsets to move.
+
+    With ``new_item_share`` the policy is a mixture: with that probability the last slot
+    shows one of the ``new_item_pool`` best new candidates (by posterior mean), chosen
+    uniformly, and the other slots are the sampled ranking of the rest.
+    """
 
     name = "linear_ts"
     config_class = LinearTSConfig
@@ -87,16 +135,30 @@ class LinearTS(Component):
         info = -np.log2(np.maximum(pop, 1.0) / max(int(data.n_users), 1))
         d = len(FEATURES)
         m0 = np.array([self.config.prior_mean.get(f, 0.0) for f in FEATURES])
+        extra: dict[str, np.ndarray] = {}
+        if self.config.hierarchy:
+            extra = {"item_keys": _keys(data.item_ids), "user_keys": _keys(data.user_ids)}
         self._set_state(
             A=np.eye(d) * self.config.prior, b=self.config.prior * m0,  # posterior mean = m0
             novelty=info / max(float(info.max()), 1e-12),
             tail=(~head_by_item_share(pop, 0.2)).astype(np.float64),
             vectors=normalized_vectors(data, self.name),
+            new=pop <= 0,
+            **extra,
         )
 
     def _after_load(self) -> None:
         self._rng = np.random.default_rng(self.config.seed)
         self._lock = threading.Lock()
+        # hierarchy: key -> (A, b) of a person's PERSONAL weights; key -> [n, sum] of an item
+        self._people: OrderedDict[float, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._items: OrderedDict[float, np.ndarray] = OrderedDict()
+
+    @property
+    def row_width(self) -> int:
+        """Columns of a slot's ``features`` row: the features, and with ``hierarchy`` the item's
+        and the person's keys."""
+        return len(FEATURES) + (2 if self.config.hierarchy else 0)
 
     # ------------------------------------------------------------------ features
     def features(self, query: Query, candidates: ItemList) -> np.ndarray:
@@ -130,31 +192,118 @@ class LinearTS(Component):
         cov = np.linalg.inv(a)
         return cov @ b, (self.config.noise**2) * cov
 
+    def _context(self, query: Query, candidates: ItemList) -> _Context:
+        """What one request's draws need: features, the shared posterior, the offsets'
+        posteriors for this person and these candidates, and the budget's pool."""
+        st = self._require_trained()
+        x = self.features(query, candidates)
+        mean, cov = self.posterior()
+        ctx = _Context(x=x, mean=mean, cov=cov)
+        if self.config.hierarchy:
+            ctx.item_keys = st["item_keys"][candidates.items]
+            ctx.person_key = (float(st["user_keys"][query.user]) if query.user is not None
+                              else 0.0)
+            n, total = self._item_sums(ctx.item_keys)
+            prec = self.config.item_prior + n
+            ctx.item_mean, ctx.item_sd = total / prec, self.config.noise / np.sqrt(prec)
+            with self._lock:
+                got = self._people.get(ctx.person_key)
+                pa, pb = (got[0].copy(), got[1].copy()) if got is not None else (None, None)
+            if pa is not None and pb is not None:
+                inv = np.linalg.inv(pa)
+                ctx.person_mean = inv @ pb
+                ctx.person_chol = self.config.noise * np.linalg.cholesky(inv)
+        if self.config.new_item_share > 0 and "new" in st:  # (a model saved before: no budget)
+            new = np.flatnonzero(st["new"][candidates.items])
+            if new.size:
+                best = np.argsort(-ctx.mean_scores()[new], kind="stable")
+                ctx.pool = new[best[: self.config.new_item_pool]]
+                ctx.share = self.config.new_item_share
+        return ctx
+
+    def item_sums(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """With ``hierarchy``: per item index, its showings learnt from and the sum of their
+        residual rewards (the item offset's sufficient statistics; zeros when unknown)."""
+        st = self._require_trained()
+        if not self.config.hierarchy:
+            raise ConfigError("item_sums needs a bandit with hierarchy = true")
+        return self._item_sums(st["item_keys"][np.asarray(items, dtype=np.int64)])
+
+    def _item_sums(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n, total = np.zeros(keys.size), np.zeros(keys.size)
+        with self._lock:
+            for j, key in enumerate(keys.tolist()):
+                got = self._items.get(key)
+                if got is not None:
+                    n[j], total[j] = got[0], got[1]
+        return n, total
+
+    def mean_scores(self, query: Query, candidates: ItemList) -> np.ndarray:
+        """Each candidate's posterior mean reward (shared part plus, with ``hierarchy``, the
+        person's and the item's offsets): what the policy expects without exploring."""
+        return self._context(query, candidates).mean_scores()
+
+    def _sample(self, ctx: _Context, size: int) -> np.ndarray:
+        """``size`` x candidates sampled scores: every posterior part drawn afresh."""
+        scores = self._draw(ctx.mean, ctx.cov, size) @ ctx.x.T
+        if ctx.item_mean is not None and ctx.item_sd is not None:
+            z = self._normal((size, ctx.item_mean.size))
+            scores += ctx.item_mean + z * ctx.item_sd
+        if ctx.person_mean is not None and ctx.person_chol is not None:
+            w = ctx.person_mean + self._normal((size, ctx.person_mean.size)) @ ctx.person_chol.T
+            scores += w @ ctx.x[:, _PCOLS].T
+        return scores
+
+    def _orders(self, ctx: _Context, size: int, k: int) -> np.ndarray:
+        """``size`` independent runs of the whole policy: ``size x k`` candidate positions."""
+        scores = self._sample(ctx, size)
+        if ctx.pool is None or ctx.share <= 0:
+            return _top(scores, k)
+        with self._lock:
+            budget = self._rng.random(size) < ctx.share
+            picks = ctx.pool[self._rng.integers(ctx.pool.size, size=size)]
+        out = _top(scores, k)
+        rows = np.flatnonzero(budget)
+        if rows.size:
+            s = scores[rows]
+            s[np.arange(rows.size), picks[rows]] = -np.inf
+            out[rows, : k - 1] = _top(s, k - 1) if k > 1 else out[rows, :0]
+            out[rows, k - 1] = picks[rows]
+        return out
+
     def __call__(self, query: Query, candidates: ItemList, k: int) -> ItemList:  # type: ignore[override]
         """The k candidates with the best sampled reward, each with ``propensity`` (1 / N, N the
         fresh draws until it returns to its slot: 1 / propensity is unbiased for 1 / p),
         ``features`` rows and the sampled score."""
         if not isinstance(k, int | np.integer) or k < 1:
             raise ConfigError(f"k must be a positive integer, got {k!r}")
-        x = self.features(query, candidates)
         k = min(int(k), len(candidates))
         if k == 0:
             return ItemList.empty()
-        mean, cov = self.posterior()
-        draw = self._draw(mean, cov, 1)[0]
-        score = x @ draw
-        shown = np.argsort(-score, kind="stable")[:k]
-        counts = self._return_counts(mean, cov, x, shown)
+        ctx = self._context(query, candidates)
+        x = ctx.x
+        if ctx.plain:
+            draw = self._draw(ctx.mean, ctx.cov, 1)[0]
+            score = x @ draw
+            shown = np.argsort(-score, kind="stable")[:k]
+        else:
+            shown = self._orders(ctx, 1, k)[0]
+            score = ctx.mean_scores()
+        counts = self._return_counts(ctx, shown)
         lst = candidates.take(shown)
+        rows = x[shown]
+        if self.config.hierarchy:
+            assert ctx.item_keys is not None
+            rows = np.column_stack([rows, ctx.item_keys[shown],
+                                    np.full(shown.size, ctx.person_key)])
         return (lst.with_scores(score[shown])
                 .with_field("propensity", 1.0 / counts)
-                .with_field("features", x[shown])
+                .with_field("features", rows)
                 .with_field("relevance", candidates.scores[shown]))
 
-    def _return_counts(self, mean: np.ndarray, cov: np.ndarray, x: np.ndarray,
-                       shown: np.ndarray) -> np.ndarray:
-        """Per slot: fresh posterior draws until ``shown[slot]`` is in that slot again (the
-        first draw that puts it there counts), at most ``samples``: a geometric N, E[N] = 1/p."""
+    def _return_counts(self, ctx: _Context, shown: np.ndarray) -> np.ndarray:
+        """Per slot: fresh runs of the policy until ``shown[slot]`` is in that slot again (the
+        first run that puts it there counts), at most ``samples``: a geometric N, E[N] = 1/p."""
         k = shown.size
         cap = self.config.samples
         counts = np.zeros(k)
@@ -162,14 +311,7 @@ class LinearTS(Component):
         used, batch = 0, 64
         while open_.any() and used < cap:
             b = min(batch, cap - used)
-            scores = self._draw(mean, cov, b) @ x.T  # b x candidates
-            if k < scores.shape[1]:
-                top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-                order = np.take_along_axis(
-                    top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1,
-                                    kind="stable"), axis=1)
-            else:
-                order = np.argsort(-scores, axis=1, kind="stable")
+            order = self._orders(ctx, b, k)
             hit = order == shown[None, :]  # b x k
             first = np.where(hit.any(axis=0), hit.argmax(axis=0), -1)
             done = open_ & (first >= 0)
@@ -185,57 +327,159 @@ class LinearTS(Component):
         with self._lock:
             return self._rng.multivariate_normal(mean, cov, size=size, method="cholesky")
 
+    def _normal(self, shape: tuple[int, int]) -> np.ndarray:
+        with self._lock:
+            return self._rng.standard_normal(shape)
+
+    def _rows(self, features: np.ndarray, what: str) -> np.ndarray:
+        x = np.atleast_2d(np.asarray(features, dtype=np.float64))
+        widths = {len(FEATURES), self.row_width}
+        if x.ndim != 2 or x.shape[1] not in widths or not np.isfinite(x).all():
+            raise DataError(f"{what} needs finite n x {self.row_width} features, got {x.shape}")
+        return x
+
     def update(self, features: np.ndarray, rewards: np.ndarray) -> None:
         """Learn from shown slots: their feature rows and rewards (0 = shown, not taken)."""
         x = np.atleast_2d(np.asarray(features, dtype=np.float64))
         r = np.asarray(rewards, dtype=np.float64).reshape(-1)
-        if x.shape[1] != len(FEATURES) or x.shape[0] != r.size:
+        d = len(FEATURES)
+        if x.shape[1] not in {d, self.row_width} or x.shape[0] != r.size:
             raise DataError(
-                f"update needs n x {len(FEATURES)} features and n rewards, got {x.shape} and "
+                f"update needs n x {self.row_width} features and n rewards, got {x.shape} and "
                 f"{r.shape}"
             )
         if not (np.isfinite(x).all() and np.isfinite(r).all()):
             raise DataError("update features and rewards must be finite")
         st = self._require_trained()
+        if x.shape[1] == d:  # no keys: the shared part only
+            with self._lock:
+                st["A"] += x.T @ x
+                st["b"] += x.T @ r
+            return
+        f, items, people = x[:, :d], x[:, d], x[:, d + 1]
         with self._lock:
-            st["A"] += x.T @ x
-            st["b"] += x.T @ r
+            shared = f @ np.linalg.solve(st["A"], st["b"])
+            item = np.array([self._item_offset(key) for key in items.tolist()])
+            person = np.array([self._person_offset(key, row) for key, row
+                               in zip(people.tolist(), f[:, _PCOLS], strict=True)])
+            st["A"] += f.T @ f
+            st["b"] += f.T @ (r - item - person)
+            for key, row, res in zip(people.tolist(), f[:, _PCOLS], r - shared - item,
+                                     strict=True):
+                if key > 0:
+                    pa, pb = self._person(key)
+                    pa += np.outer(row, row)
+                    pb += row * res
+            for key, res in zip(items.tolist(), r - shared - person, strict=True):
+                got = self._item(key)
+                got[0] += 1.0
+                got[1] += res
+            self._trim()
+
+    def _item_offset(self, key: float) -> float:
+        got = self._items.get(key)
+        return 0.0 if got is None else float(got[1] / (self.config.item_prior + got[0]))
+
+    def _person_offset(self, key: float, row: np.ndarray) -> float:
+        got = self._people.get(key)
+        return 0.0 if got is None else float(row @ np.linalg.solve(got[0], got[1]))
+
+    def _person(self, key: float) -> tuple[np.ndarray, np.ndarray]:
+        got = self._people.get(key)
+        if got is None:
+            m = len(PERSONAL)
+            got = self._people[key] = (np.eye(m) * self.config.person_prior, np.zeros(m))
+        self._people.move_to_end(key)
+        return got
+
+    def _item(self, key: float) -> np.ndarray:
+        got = self._items.get(key)
+        if got is None:
+            got = self._items[key] = np.zeros(2)
+        self._items.move_to_end(key)
+        return got
+
+    def _trim(self) -> None:
+        while len(self._people) > self.config.max_people:
+            self._people.popitem(last=False)
+        while len(self._items) > self.config.max_items:
+            self._items.popitem(last=False)
 
     def credit(self, features: np.ndarray) -> None:
         """Reward 1 for slots already counted by ``update`` as shown with reward 0."""
-        x = np.atleast_2d(np.asarray(features, dtype=np.float64))
-        if x.shape[1] != len(FEATURES) or not np.isfinite(x).all():
-            raise DataError(f"credit needs finite n x {len(FEATURES)} features, got {x.shape}")
+        x = self._rows(features, "credit")
         st = self._require_trained()
+        d = len(FEATURES)
         with self._lock:
-            st["b"] += x.sum(axis=0)
+            st["b"] += x[:, :d].sum(axis=0)
+            if x.shape[1] == d:
+                return
+            for row in x:
+                if row[d + 1] > 0 and row[d + 1] in self._people:
+                    self._people[row[d + 1]][1][:] += row[_PCOLS]
+                if row[d] in self._items:
+                    self._items[row[d]][1] += 1.0
 
     def statistics(self) -> tuple[np.ndarray, np.ndarray]:
-        """Copies of the learned sums (A, b), e.g. to carry them to a refitted model."""
+        """Copies of the learned sums (A, b), e.g. to carry them to a refitted model.
+
+        With ``hierarchy`` the offsets follow the shared ``b`` in the same vector:
+        ``[b, n_people, n_items, (key, A, b) per person, (key, n, sum) per item]``, least
+        recent first, so ``set_statistics`` restores them (and their recency) exactly."""
         st = self._require_trained()
         with self._lock:
-            return st["A"].copy(), st["b"].copy()
+            a, b = st["A"].copy(), st["b"].copy()
+            if not self.config.hierarchy:
+                return a, b
+            people = [np.concatenate([[key], pa.ravel(), pb]) for key, (pa, pb)
+                      in self._people.items()]
+            items = [np.concatenate([[key], v]) for key, v in self._items.items()]
+        parts = [b, [len(people), len(items)], *people, *items]
+        return a, np.concatenate([np.asarray(p, dtype=np.float64).ravel() for p in parts])
 
     def set_statistics(self, a: np.ndarray, b: np.ndarray) -> None:
         d = len(FEATURES)
         a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-        if a.shape != (d, d) or b.shape != (d,) or not (np.isfinite(a).all() and np.isfinite(b).all()):
+        if a.shape != (d, d) or b.ndim != 1 or b.size < d or not (
+                np.isfinite(a).all() and np.isfinite(b).all()):
             raise DataError(f"bandit statistics must be finite {d}x{d} and {d}, got {a.shape}, {b.shape}")
+        people: OrderedDict[float, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        items: OrderedDict[float, np.ndarray] = OrderedDict()
+        if b.size > d:  # offsets (see ``statistics``)
+            m = len(PERSONAL)
+            pw, iw = 1 + m * m + m, 3
+            if not self.config.hierarchy or b.size < d + 2:
+                raise DataError("bandit statistics hold per-person and per-item offsets, but "
+                                "this bandit has hierarchy = false")
+            n_p, n_i = int(b[d]), int(b[d + 1])
+            if n_p < 0 or n_i < 0 or b.size != d + 2 + n_p * pw + n_i * iw:
+                raise DataError(f"bandit statistics of {b.size} values do not hold {n_p} people "
+                                f"and {n_i} items")
+            rows = b[d + 2:]
+            for row in rows[: n_p * pw].reshape(n_p, pw):
+                people[float(row[0])] = (row[1 : 1 + m * m].reshape(m, m).copy(),
+                                         row[1 + m * m :].copy())
+            for row in rows[n_p * pw :].reshape(n_i, iw):
+                items[float(row[0])] = row[1:].copy()
         st = self._require_trained()
         with self._lock:
             st["A"][:] = a
-            st["b"][:] = b
+            st["b"][:] = b[:d]
+            self._people, self._items = people, items
+            self._trim()
 
     def slot_distribution(self, query: Query, candidates: ItemList, k: int
                           ) -> tuple[np.ndarray, np.ndarray]:
         """Monte Carlo estimate of the policy's distribution over items in each slot:
-        ``(items, probs)`` with ``probs[i, p]`` the share of posterior draws that put
-        ``items[i]`` in slot ``p`` (over ``target_samples`` draws)."""
-        x = self.features(query, candidates)
+        ``(items, probs)`` with ``probs[i, p]`` the share of runs of the policy that put
+        ``items[i]`` in slot ``p`` (over ``target_samples`` runs)."""
         k = min(int(k), len(candidates))
-        mean, cov = self.posterior()
-        draws = self._draw(mean, cov, self.config.target_samples)
-        order = np.argsort(-(draws @ x.T), axis=1, kind="stable")[:, :k]
+        ctx = self._context(query, candidates)
+        if ctx.plain:
+            draws = self._draw(ctx.mean, ctx.cov, self.config.target_samples)
+            order = np.argsort(-(draws @ ctx.x.T), axis=1, kind="stable")[:, :k]
+        else:
+            order = self._orders(ctx, self.config.target_samples, k)
         probs = np.zeros((len(candidates), k))
         for p in range(k):
             probs[:, p] = np.bincount(order[:, p], minlength=len(candidates))
@@ -246,3 +490,41 @@ class LinearTS(Component):
         """The posterior mean weight of each feature (what the bandit has learned)."""
         mean, _ = self.posterior()
         return dict(zip(FEATURES, (float(m) for m in mean), strict=True))
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Per row of ``scores``, the positions of the k largest, best first."""
+    if k < scores.shape[1]:
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        return np.take_along_axis(
+            top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable"),
+            axis=1)
+    return np.argsort(-scores, axis=1, kind="stable")
+
+
+class _Context:
+    """One request's posterior, drawn from many times (the list, then its propensities)."""
+
+    def __init__(self, x: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> None:
+        self.x, self.mean, self.cov = x, mean, cov
+        self.item_keys: np.ndarray | None = None
+        self.person_key = 0.0
+        self.item_mean: np.ndarray | None = None
+        self.item_sd: np.ndarray | None = None
+        self.person_mean: np.ndarray | None = None
+        self.person_chol: np.ndarray | None = None
+        self.pool: np.ndarray | None = None  # candidate positions the budget slot draws from
+        self.share = 0.0
+
+    @property
+    def plain(self) -> bool:
+        """No offsets and no budget: the shared Thompson draw alone."""
+        return self.item_mean is None and self.person_mean is None and self.pool is None
+
+    def mean_scores(self) -> np.ndarray:
+        out = self.x @ self.mean
+        if self.item_mean is not None:
+            out = out + self.item_mean
+        if self.person_mean is not None:
+            out = out + self.x[:, _PCOLS] @ self.person_mean
+        return np.asarray(out)
