@@ -384,34 +384,23 @@ def run_experiment_ray(
     import pandas as pd
 
     from serendip.data.splits import make_split
-    from serendip.eval.runner import DEFAULT_SWEEP, _metrics, truth_of
-    from serendip.models import SCORERS
-    from serendip.pipeline import FitConfig
+    from serendip.eval.runner import (
+        DEFAULT_SWEEP,
+        _metrics,
+        experiment_config,
+        experiment_jobs,
+        truth_of,
+    )
 
     sweep = DEFAULT_SWEEP if sweep is None else sweep
-    cfg = (fit_config or FitConfig()).for_data(data)
-    bad = [m for m in models if m not in SCORERS and m not in cfg.models]
-    if bad:
-        raise ConfigError(
-            f"unknown model(s) {bad}; valid: {sorted(set(SCORERS) | set(cfg.models))}"
-        )
+    cfg = experiment_config(data, models, fit_config)
     split = split or make_split(data, protocol)
-    needed = dict(cfg.models)
-    for m in models:
-        needed.setdefault(m, {})
-    cfg = cfg.model_copy(update={"models": needed})
     t0 = time.perf_counter()
     rec = Recommender.fit(split.train, cfg, progress=progress)
     fit_seconds = time.perf_counter() - t0
     truth = truth_of(split)
     users = np.fromiter(truth.keys(), dtype=np.int64)
-    preset_objs = [p if isinstance(p, Preset) else rec.preset(p) for p in presets]
-    jobs: list[tuple[str, str, Preset]] = [
-        ("model", m, Preset(name=m, blend={m: 1.0}, cold_fill=False)) for m in models]
-    for p in preset_objs:
-        jobs.append(("preset", p.name, p))
-        if p.rerank:
-            jobs.append(("sweep", p.name, p))
+    jobs = experiment_jobs(rec, models, presets)
     values = [float(v) for v in sweep]
     bad_values = [v for v in values if not 0.0 <= v <= 1.0]
     if bad_values:

@@ -128,6 +128,38 @@ def sweep_knob(
     return out
 
 
+def experiment_config(data: Dataset, models: Sequence[str],
+                      fit_config: FitConfig | None) -> FitConfig:
+    """The fit config of an experiment: ``fit_config`` (or the default) for ``data``, with
+    every model measured on its own added to what it fits; unknown names are refused."""
+    cfg = (fit_config or FitConfig()).for_data(data)
+    bad = [m for m in models if m not in SCORERS and m not in cfg.models]
+    if bad:
+        raise ConfigError(
+            f"unknown model(s) {bad}; valid: {sorted(set(SCORERS) | set(cfg.models))}"
+        )
+    needed = dict(cfg.models)
+    for m in models:
+        needed.setdefault(m, {})
+    return cfg.model_copy(update={"models": needed})
+
+
+def experiment_jobs(rec: Recommender, models: Sequence[str], presets: Sequence[str | Preset]
+                    ) -> list[tuple[str, str, Preset]]:
+    """What an experiment lists: ("model", name, its own preset) for each model, then
+    ("preset", name, preset) and, when it re-ranks, ("sweep", name, preset) for each preset."""
+    # a name means what it means for this model: its tuned preset, else the shipped one
+    # adapted to the models it has, else a preset file
+    preset_objs = [p if isinstance(p, Preset) else rec.preset(p) for p in presets]
+    # a model measured as itself: no cold fill borrowed from the text model
+    jobs = [("model", m, Preset(name=m, blend={m: 1.0}, cold_fill=False)) for m in models]
+    for p in preset_objs:
+        jobs.append(("preset", p.name, p))
+        if p.rerank:
+            jobs.append(("sweep", p.name, p))
+    return jobs
+
+
 def run_experiment(
     data: Dataset,
     protocol: str,
@@ -148,37 +180,18 @@ def run_experiment(
     ``protocol`` names the split (see ``serendip.data.PROTOCOLS``) and ``split_kwargs`` are
     passed to it, e.g. ``{"cut": "2020-06-01"}`` for ``time``; or pass a ready ``split``.
     """
-    cfg = (fit_config or FitConfig()).for_data(data)
-    bad = [m for m in models if m not in SCORERS and m not in cfg.models]
-    if bad:
-        raise ConfigError(
-            f"unknown model(s) {bad}; valid: {sorted(set(SCORERS) | set(cfg.models))}"
-        )
+    cfg = experiment_config(data, models, fit_config)
     if split is not None and split_kwargs:
         raise ConfigError(
             f"split_kwargs {sorted(split_kwargs)} only apply when the runner makes the split; "
             f"a ready split ({split.name!r}) was given"
         )
     split = split or make_split(data, protocol, **(split_kwargs or {}))
-    needed = dict(cfg.models)
-    for m in models:
-        needed.setdefault(m, {})
-    cfg = cfg.model_copy(update={"models": needed})
     t0 = time.perf_counter()
     rec = Recommender.fit(split.train, cfg, progress=progress)
     fit_seconds = time.perf_counter() - t0
     truth = truth_of(split)
-    # a name means what it means for this model: its tuned preset, else the shipped one
-    # adapted to the models it has, else a preset file
-    preset_objs = [p if isinstance(p, Preset) else rec.preset(p) for p in presets]
-    jobs: list[tuple[str, str, Preset]] = []
-    for model in models:
-        # a model measured as itself: no cold fill borrowed from the text model
-        jobs.append(("model", model, Preset(name=model, blend={model: 1.0}, cold_fill=False)))
-    for p in preset_objs:
-        jobs.append(("preset", p.name, p))
-        if p.rerank:
-            jobs.append(("sweep", p.name, p))
+    jobs = experiment_jobs(rec, models, presets)
     rows = []
     bar = tqdm(total=sum(len(sweep) if kind == "sweep" else 1 for kind, _, _ in jobs),
                desc=f"evaluate {protocol}", disable=not progress)
