@@ -469,17 +469,22 @@ class RewardModel:
         return np.clip(q + self.position_coef[None, None, :], 0.0, 1.0)
 
 
+def _reward_config(l2: float) -> RewardModelConfig:
+    """The reward model's settings, or a ConfigError naming the bad penalty."""
+    try:
+        return RewardModelConfig(l2=l2)
+    except ValidationError as e:
+        msg = e.errors()[0]["msg"]
+        raise ConfigError(f"reward_model.l2: {msg} (got {l2!r})") from None
+
+
 def fit_reward_model(log: BanditLog, l2: float = 1.0) -> RewardModel:
     """Ridge regression (Hoerl & Kennard 1970) of reward on [context, item one-hot, slot one-hot].
 
     Closed form on centred features, so the intercept is not shrunk:
     coef = (Xc' Xc + l2 I)^-1 Xc' (r - mean r).
     """
-    try:
-        config = RewardModelConfig(l2=l2)
-    except ValidationError as e:
-        msg = e.errors()[0]["msg"]
-        raise ConfigError(f"reward_model.l2: {msg} (got {l2!r})") from None
+    config = _reward_config(l2)
     rows = _rows(log)
     n, d = log.context.shape
     x = np.zeros((n, d + log.n_actions + log.n_positions))
@@ -606,11 +611,7 @@ def fit_logistic_reward_model(log: BanditLog, l2: float = 1.0,
     ``per_action`` False leaves out the item one-hot: items are then told apart only by
     their features (``action_context``), fewer parameters for a log with few rewards.
     """
-    try:
-        config = RewardModelConfig(l2=l2)
-    except ValidationError as e:
-        msg = e.errors()[0]["msg"]
-        raise ConfigError(f"reward_model.l2: {msg} (got {l2!r})") from None
+    config = _reward_config(l2)
     rows = _rows(log)
     n, d = log.context.shape
     ac = log.action_context
