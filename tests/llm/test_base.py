@@ -118,3 +118,15 @@ def test_config_forbids_unknown_fields_and_bad_values() -> None:
     cfg = GeneratorConfig(kind="openai", model="m", base_url="http://127.0.0.1:8000/v1",
                           api_key_env="LLM_KEY")
     assert GeneratorConfig.model_validate(cfg.model_dump()) == cfg
+
+
+def test_keywords_beyond_the_common_ones_are_checked_by_jsonschema() -> None:
+    pytest.importorskip("jsonschema")
+    schema = {"type": "object", "properties": {"code": {"type": "string",
+                                                         "pattern": "^[A-Z]{3}$"}}}
+    assert validate_json('{"code": "ABC"}', schema) == {"code": "ABC"}
+    with pytest.raises(GenerationError, match="does not match"):
+        validate_json('{"code": "abcd"}', schema)
+    # the common keywords keep their own message, naming the path
+    with pytest.raises(GenerationError, match=r"\$\.code should be string"):
+        validate_json('{"code": 3}', schema)

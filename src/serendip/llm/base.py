@@ -218,23 +218,27 @@ def _check(value: Any, schema: dict[str, Any], path: str) -> str | None:
 def validate_json(text: str, schema: dict[str, Any]) -> Any:
     """Parse ``text`` and check it against ``schema``; GenerationError saying what is wrong.
 
-    Uses the ``jsonschema`` package when it is installed, else the common keywords above."""
+    The common keywords above are checked first (their messages name the path, e.g.
+    "$.year should be integer", whatever is installed); when the ``jsonschema`` package is
+    installed it then checks every other keyword too."""
     try:
         value = json.loads(text)
     except ValueError as exc:
         raise GenerationError(f"reply is not valid JSON ({exc}): {text[:200]!r}") from None
-    try:
-        import jsonschema  # type: ignore[import-untyped]
-    except ImportError:
-        problem = _check(value, schema, "$")
-    else:
+    problem = _check(value, schema, "$")
+    if problem is None:
         try:
-            jsonschema.validate(value, schema)
-            problem = None
-        except jsonschema.ValidationError as exc:
-            problem = exc.message
-        except jsonschema.SchemaError as exc:
-            raise ConfigError(f"json_schema is not a valid JSON schema: {exc.message}") from None
+            import jsonschema  # type: ignore[import-untyped]
+        except ImportError:
+            pass
+        else:
+            try:
+                jsonschema.validate(value, schema)
+            except jsonschema.ValidationError as exc:
+                problem = exc.message
+            except jsonschema.SchemaError as exc:
+                raise ConfigError(
+                    f"json_schema is not a valid JSON schema: {exc.message}") from None
     if problem:
         raise GenerationError(f"reply does not match the JSON schema: {problem}")
     return value
