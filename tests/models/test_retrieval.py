@@ -212,8 +212,11 @@ def test_usearch_index_finds_planted_top():
     from serendip.models.retrieval import USearchIndex
 
     x, q, top, _ = planted(n=1500)
-    index = USearchIndex(x, ef_search=200)
-    assert set(index.search(q, len(top)).tolist()) == set(top.tolist())
+    # one insertion thread: a graph built by several threads at once depends on their timing
+    index = USearchIndex(x, ef_search=200, threads=1)
+    found = set(index.search(q, len(top)).tolist())
+    # an approximate graph: nearly all of the planted items (random ids would find about 1)
+    assert len(found & set(top.tolist())) >= 0.9 * len(top)
 
 
 @pytest.mark.parametrize("kind", ["ivf", "faiss"])
