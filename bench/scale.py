@@ -68,11 +68,23 @@ TARGET_P99_MS = 50.0
 TARGET_FIT_S = 15 * 60.0
 TARGET_PEAK_GB = 12.0
 TARGET_BATCH = 2000.0
+TOPICS = 200  # topic centres of the item vectors (--vectors topics)
+RECALL_USERS = 20  # users whose retrieved top k is compared with full scoring
+VECTORS_TEXT = {
+    "topics": f"unit vectors drawn around {TOPICS} topic centres, each genre owning its share of "
+              "the topics (centre plus 0.8 x Gaussian noise per dimension, normalised, as "
+              "`bench/index.py`'s text space)",
+    "random": "unit vectors uniform on the sphere (no structure: an inverted-file index's "
+              "worst case)",
+}
 
 
 # ------------------------------------------------------------------------------ data
-def make_data(n_items: int, n_users: int, n_events: int, dim: int, seed: int = 0) -> Any:
-    """A synthetic Dataset with text columns, events and random unit item vectors."""
+def make_data(n_items: int, n_users: int, n_events: int, dim: int, seed: int = 0,
+              vectors: str = "topics") -> Any:
+    """A synthetic Dataset with text columns, events and unit item vectors: around topic
+    centres that follow the items' genres (``topics``), or uniform on the sphere
+    (``random``, no structure for an index to use: its worst case)."""
     import pandas as pd
 
     from load import synthetic_catalog
@@ -117,9 +129,17 @@ def make_data(n_items: int, n_users: int, n_events: int, dim: int, seed: int = 0
     })
     del user, item, order, keep
     data = Dataset.from_frames(events, items)
+    row = pd.Index(items["item_id"]).get_indexer(data.item_ids)  # data order -> catalog row
     vec = np.empty((data.n_items, dim), dtype=np.float32)
+    if vectors == "topics":  # as bench/index.py: centres, each genre owning its share of them
+        centres = rng.standard_normal((TOPICS, dim), dtype=np.float32)
+        share = max(1, TOPICS // g)
+        item_topic = (g1 * share + rng.integers(0, share, n_items)) % TOPICS
     for s in range(0, data.n_items, 100_000):
-        block = rng.standard_normal((min(100_000, data.n_items - s), dim), dtype=np.float32)
+        size = min(100_000, data.n_items - s)
+        block = rng.standard_normal((size, dim), dtype=np.float32)
+        if vectors == "topics":
+            block = centres[item_topic[row[s : s + size]]] + 0.8 * block
         block /= np.linalg.norm(block, axis=1, keepdims=True)
         vec[s : s + len(block)] = block
     return data.with_item_vectors(vec)
@@ -159,7 +179,7 @@ def stage_fit(args: argparse.Namespace) -> dict[str, Any]:
 
     n_users, n_events = sizes_for(args.size, args)
     t0 = time.perf_counter()
-    data = make_data(args.size, n_users, n_events, args.dim)
+    data = make_data(args.size, n_users, n_events, args.dim, vectors=args.vectors)
     gen_s = time.perf_counter() - t0
     out: dict[str, Any] = {
         "items": data.n_items, "users": data.n_users, "events": len(data.interactions),
@@ -195,6 +215,7 @@ def _pct(xs: list[float], q: float) -> float:
 def stage_serve(args: argparse.Namespace) -> dict[str, Any]:
     from serendip.distributed import SHARD
     from serendip.pipeline import Recommender
+    from serendip.types import Query
 
     out: dict[str, Any] = {}
     t0 = time.perf_counter()
@@ -245,6 +266,20 @@ def stage_serve(args: argparse.Namespace) -> dict[str, Any]:
     say(f"open loop at {args.rate:g}/s: {len(lat)} requests, p50 {out['open_p50_ms']:.2f} ms, "
         f"p99 {out['open_p99_ms']:.2f} ms")
     out["serve_peak_mb"] = peak_mb()
+    if retriever is not None:  # what retrieval misses: its top k against scoring every item
+        hits = []
+        for q0 in queries[: RECALL_USERS]:
+            q = Query(q0.user, q0.history, q0.text,
+                      discovery=pipe.preset.internal_discovery(pipe.preset.discovery))
+            full = pipe.hybrid.score_many([q])[0]
+            full[q.history] = -np.inf
+            want = set(np.argsort(-full, kind="stable")[:K].tolist())
+            got = set(pipe.hybrid.retrieve(q, retriever, K).items.tolist())
+            hits.append(len(want & got) / K)
+        out["recall"] = float(np.mean(hits))
+        out["recall_users"] = len(hits)
+        say(f"retrieval recall@{K} of the blend's top {K} (against every item scored, "
+            f"{len(hits)} users): {out['recall']:.3f}")
     n_batch = min(args.batch_users, data.n_users)
     batch_users = rng.choice(data.n_users, size=n_batch, replace=False)
     t0 = time.perf_counter()
@@ -289,7 +324,8 @@ def run_stage(size: int, stage: str, model_dir: Path, args: argparse.Namespace
            "--requests", str(args.requests), "--rate", str(args.rate),
            "--batch-users", str(args.batch_users), "--events-per-item",
            str(args.events_per_item), "--users-per-item", str(args.users_per_item),
-           "--max-users", str(args.max_users), "--max-events", str(args.max_events)]
+           "--max-users", str(args.max_users), "--max-events", str(args.max_events),
+           "--vectors", args.vectors]
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(args.threads)
@@ -409,9 +445,11 @@ def write_results(results: dict[str, dict[str, Any]], meta: dict[str, Any], out_
         f"{'; '.join(f'`{c}`' for c in meta['commands'])}). serendip "
         f"{meta['serendip']}, Python {meta['python']}, numpy {meta['numpy']}, "
         f"{meta['cpus']} CPUs visible, {meta['threads']} BLAS/OpenMP threads per process. "
-        f"Item vectors: random unit vectors of the encoder's width ({meta.get('encoder_dim', meta['dim'])}), attached "
-        "as precomputed vectors (a fit with every encoding cached), unless the table says "
-        "a narrower width. Users and events per "
+        f"Item vectors: {VECTORS_TEXT[meta.get('vectors', 'random')]}, of the encoder's width "
+        f"({meta.get('encoder_dim', meta['dim'])}) unless the table says a narrower one, "
+        "attached as precomputed vectors (a fit with every encoding cached). "
+        f"Recall: for {RECALL_USERS} users, the share of the blend's top {K} by scoring every "
+        f"item that retrieval also returns as its top {K} (before re-ranking). Users and events per "
         "size are in the table below (as many users as items and ten events per item, at "
         "most 1,000,000 users and 10,000,000 events, unless a command above says fewer). "
         "Each stage ran "
@@ -423,8 +461,8 @@ def write_results(results: dict[str, dict[str, Any]], meta: dict[str, Any], out_
         "",
         "| items | users | events | vector width | data s | fit s | save s | fit peak MB | load s | "
         "retrieval (index) | index build s | p50 ms | p99 ms | open-loop p50 ms | "
-        "open-loop p99 ms | requests per phase | batch users/s (users) | serve peak MB |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "open-loop p99 ms | requests per phase | batch users/s (users) | serve peak MB | recall@10 |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def f(r: dict[str, Any], key: str, nd: int = 1) -> str:
@@ -448,7 +486,7 @@ def write_results(results: dict[str, dict[str, Any]], meta: dict[str, Any], out_
             f"| {f(srv, 'seq_p50_ms', 2)} | {f(srv, 'seq_p99_ms', 2)} "
             f"| {f(srv, 'open_p50_ms', 2)} | {f(srv, 'open_p99_ms', 2)} "
             f"| {f(srv, 'seq_n', 0)} | {f(srv, 'batch_users_per_s', 0)} ({f(srv, 'batch_users', 0)}) "
-            f"| {f(srv, 'peak_mb', 0)} |")
+            f"| {f(srv, 'peak_mb', 0)} | {f(srv, 'recall', 3)} |")
     ratios = {round(st["fit"]["users"] / int(n), 2)
               for n, st in results.items() if "users" in st.get("fit", {})}
     dims = {st["fit"]["dim"] for st in results.values() if "dim" in st.get("fit", {})}
@@ -590,6 +628,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="BLAS/OpenMP threads per stage")
     p.add_argument("--dim", type=int, default=0,
                    help="item vector width (0: the default text encoder's)")
+    p.add_argument("--vectors", choices=["topics", "random"], default="topics",
+                   help="item vectors around genre topic centres, or uniform random")
     p.add_argument("--skip", nargs="*", default=[],
                    help="SIZE:STAGE pairs not to run (e.g. 1000000:serve)")
     p.add_argument("--stage-timeout", type=float, default=1800.0)
@@ -631,6 +671,7 @@ def main(argv: list[str] | None = None) -> int:
         "dim": args.dim, "encoder_dim": encoder_dim, "events_per_item": args.events_per_item,
         "users_per_item": args.users_per_item, "max_events": args.max_events,
         "max_users": args.max_users, "rate": args.rate, "batch_users": args.batch_users,
+        "vectors": args.vectors,
     }
     results: dict[str, dict[str, Any]] = {}
     old_args: argparse.Namespace | None = None

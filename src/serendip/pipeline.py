@@ -347,7 +347,9 @@ class Recommender:
     def use_retrieval(self, config: RetrievalConfig) -> None:
         """Set when (and how) pipelines retrieve candidates instead of scoring every item."""
         self.retrieval = config
-        self._retriever = LazyRetriever(self.scorers, self.data.n_items, config)
+        pop = self.data.item_popularity
+        cold = np.flatnonzero(pop == 0) if np.any(pop > 0) else None
+        self._retriever = LazyRetriever(self.scorers, self.data.n_items, config, cold)
 
     def retriever(self) -> Retriever | None:
         """The candidate retriever (built on first use), or None if every item is scored."""

@@ -185,3 +185,28 @@ def test_cold_fill_reaches_the_retrieved_list(cold_data, cold_trained):
     assert {3, 4} <= set(got.items.tolist())
     plain = Hybrid(cold_trained, weights, cold_data.item_popularity, cold_fill=False)
     assert not {3, 4} & set(plain.retrieve(q, retriever, 12).items.tolist())
+
+
+def test_never_seen_items_found_through_their_own_index(cold_data, cold_trained):
+    """With an index over the never-seen items (here one list, so its search is exact), the
+    cold candidates come from a search, not a scan, and a block-A user still gets the new A
+    items with their exact blend scores; without the cold set the retriever builds none."""
+    weights = {"ease": 1.0, "als": 0.5, "transition": 0.25, "textcf": 0.3}
+    cold = np.flatnonzero(cold_data.item_popularity == 0)
+    config = RetrievalConfig(mode="ann", per_source=2, exact_flops=0, n_lists=1)
+    with_index = Retriever(cold_trained, cold_data.n_items, config, cold=cold)
+    assert set(with_index.cold_spaces) == {with_index.space_of["textcf"]}
+    assert not Retriever(cold_trained, cold_data.n_items, config).cold_spaces
+    hybrid = Hybrid(cold_trained, weights, cold_data.item_popularity)
+    q = Query(0, cold_data.history(0))
+    views = hybrid._views(q, with_index)
+    search = hybrid._cold_search(views, with_index)
+    assert search is not None
+    assert set(search(2).tolist()) == {3, 4}  # the two new A items, not the new B item
+    got = hybrid.retrieve(q, with_index, 12)
+    assert {3, 4} <= set(got.items.tolist())
+    full = hybrid.score_many([q])[0]
+    np.testing.assert_allclose(got.scores, full[got.items], rtol=1e-4, atol=1e-4)
+    # another cold set than the one the index holds: no index, the exact scan
+    other = Hybrid(cold_trained, weights, cold_data.item_popularity + (np.arange(40) == 27))
+    assert other._cold_search(other._views(q, with_index), with_index) is None

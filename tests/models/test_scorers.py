@@ -175,6 +175,28 @@ def test_transition_hand_computed():
     np.testing.assert_allclose([s[a], s[b], s[c]], [0.0, 1 / 2.5, 1.5 / 2.5])
 
 
+def test_transition_sparse_scores_equal_the_decayed_row_sum(data):
+    """Cross-check: each query's scores are sum_k decay^k T[recent_k], the product of a decay
+    row vector with T; repeated history items vote once per occurrence; empty history is 0."""
+    import scipy.sparse as sp
+
+    m = Transition(recent=4, decay=0.5)
+    m.train(data)
+    t = m._t.toarray().astype(np.float64)
+    queries = [Query(u, data.history(u)) for u in (0, 3, 9)]
+    queries += [Query(None, np.array([5, 2, 5])), Query(None)]
+    got = m.sparse_scores(queries)
+    assert isinstance(got, sp.csr_matrix) and got.shape == (5, data.n_items)
+    for row, q in zip(got.toarray(), queries, strict=True):
+        want = np.zeros(data.n_items)
+        for step, item in enumerate(q.history[-4:][::-1]):
+            want += 0.5**step * t[item]
+        np.testing.assert_allclose(row, want, rtol=1e-12, atol=1e-15)
+    for r in range(5):  # columns come sorted and unique
+        cols = got.indices[got.indptr[r]:got.indptr[r + 1]]
+        assert np.all(np.diff(cols) > 0)
+
+
 def test_component_repr_and_isinstance():
     assert isinstance(EASE(), Component)
     assert "l2=500.0" in repr(EASE())

@@ -92,6 +92,7 @@ class Hybrid(BatchScorer):
         self.cold_fill = bool(cold_fill)
         #: never-seen items (None when there are none, or cold_fill is off or has no source)
         self.cold: np.ndarray | None = None
+        self.cold_items = np.zeros(0, dtype=np.int64)
         #: the trained scorer cold_fill reads (name and model), None when not filling
         self.cold_source: tuple[str, BatchScorer] | None = None
         #: the seen items whose scores define the quantiles (all, or an even sample)
@@ -102,6 +103,7 @@ class Hybrid(BatchScorer):
             self.cold_source = _cold_source(scorers, self.weights)
             if self.cold_source is not None:
                 self.cold = popularity == 0
+                self.cold_items = np.flatnonzero(self.cold)
                 pick = np.linspace(0, seen_items.size - 1, min(seen_items.size, COLD_REFERENCE))
                 self.reference = seen_items[np.unique(np.round(pick).astype(np.int64))]
         self._state = {}
@@ -150,7 +152,9 @@ class Hybrid(BatchScorer):
             if fill is None:  # a model the preset does not blend: seen, never searched
                 fill = self._view(src, scorer, 0.0, query, retriever)
             ref = self.reference
-            fill.ranks = _Ranks(fill.z(ref))
+            fill_ref = fill.z(ref)
+            fill.ranks = _Ranks(fill_ref)
+            fill.ref_spread = float(np.std(_finite(fill_ref)))
             for v in members:
                 if v.kind not in COLD_MODELS:
                     v.ref_sorted = _sorted_finite(v.z(ref))
@@ -173,14 +177,14 @@ class Hybrid(BatchScorer):
         sparse = scorer.sparse_scores([query])
         if sparse is not None:
             row = sparse.tocsr()[0]
+            row.sum_duplicates()  # sorted, unique columns
             data = np.asarray(row.data, dtype=np.float64)
+            support = np.asarray(row.indices, dtype=np.int64)
             n = retriever.n_items
             mu = float(data.sum()) / n
             var = float((data**2).sum()) / n - mu * mu
-            dense = np.zeros(n)
-            dense[row.indices] = data
-            return _View(name, kind, w, mu, np.sqrt(max(var, 0.0)), dense.__getitem__,
-                         None, None, np.asarray(row.indices), data)
+            return _View(name, kind, w, mu, np.sqrt(max(var, 0.0)),
+                         partial(_sparse_values, support, data), None, None, support, data)
         full = scorer.score_many([query])[0].astype(np.float64)
         finite = full[np.isfinite(full)]
         mu = float(finite.mean()) if finite.size else 0.0
@@ -205,11 +209,43 @@ class Hybrid(BatchScorer):
         for key, q in combined.items():
             out.append(partial(retriever.spaces[key].search, q))
         if views.fill is not None and self.cold is not None:
-            # the searches above rank by the members' own scores, where cold items sit low;
-            # scanning the cold items costs O(cold items x dims) and finds the ones filled high
-            cold = np.flatnonzero(self.cold)
-            out.append(partial(_top_of, cold, self._blend(views, cold)))
+            # the searches above rank by the members' own scores, where cold items sit low
+            search = self._cold_search(views, retriever)
+            if search is not None:
+                out.append(search)
+            else:  # an exact scan: O(cold items x dims), finds the ones filled high
+                cold = self.cold_items
+                out.append(partial(_top_of, cold, self._blend(views, cold)))
         return out
+
+    def _cold_search(self, views: _Views, retriever: Retriever
+                     ) -> Callable[[int], np.ndarray] | None:
+        """A search of the never-seen items' own index for the ones the blend fills high, or
+        None when there is no such index (few never-seen items: they are scanned exactly).
+
+        On a never-seen item the blend is ``G(s) + q_t . x``: ``s = q_f . x`` the fill
+        source's score, ``G`` the (nondecreasing) quantile map that fills the other members,
+        and ``q_t`` the text members' queries with their weights, scales and the cold items'
+        gate.  ``G`` is replaced by its slope, the ratio of the reference scores' spreads (a
+        quantile map between two standardized score sets is near the identity), giving one
+        linear query; the items it finds are then scored exactly like every candidate.
+        """
+        fill = views.fill
+        assert fill is not None
+        if fill.space is None or fill.query is None or fill.ref_spread is None:
+            return None
+        space = retriever.cold_space(fill.space, self.cold_items)
+        if space is None:
+            return None
+        gate = float(self._gate[self.cold_items[0]])  # one value for every never-seen item
+        slope = sum(v.weight * float(np.std(v.ref_sorted)) for v in views.members
+                    if v.ref_sorted is not None)
+        spread = fill.ref_spread if fill.ref_spread > 0 else 1.0
+        q = (slope / spread / fill.scale) * fill.query
+        for v in views.members:
+            if v.space == fill.space and v.query is not None and v.kind in TEXT_MODELS:
+                q = q + (v.weight * (1.0 + gate) / v.scale) * v.query
+        return partial(space.search, q)
 
     def _blend(self, views: _Views, items: np.ndarray) -> np.ndarray:
         total = np.zeros(items.size)
@@ -290,6 +326,7 @@ class _View:
 
     ranks: _Ranks | None = None  # the cold_fill source: quantile positions of its scores
     ref_sorted: np.ndarray | None = None  # a filled member: its sorted reference z-scores
+    ref_spread: float | None = None  # the cold_fill source: spread of its reference z-scores
 
     def z(self, items: np.ndarray) -> np.ndarray:
         """The z-scores of ``items`` (``-inf`` where the scorer gives no finite score)."""
@@ -346,6 +383,16 @@ def _top_of(items: np.ndarray | None, scores: np.ndarray, n: int) -> np.ndarray:
     """The ``n`` best of ``items`` (all items when None) by ``scores``."""
     best = _top(scores, n)
     return best if items is None else items[best]
+
+
+def _sparse_values(support: np.ndarray, data: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Scores of ``idx`` from a sparse row (sorted ``support``, its ``data``; 0 elsewhere),
+    without a catalog-sized array."""
+    idx = np.asarray(idx, dtype=np.int64)
+    if support.size == 0:
+        return np.zeros(idx.shape)
+    pos = np.minimum(np.searchsorted(support, idx), support.size - 1)
+    return np.where(support[pos] == idx, data[pos], 0.0)
 
 
 def _linear_values(items: np.ndarray, q: np.ndarray, b: float

@@ -49,7 +49,7 @@ from serendip.models.base import BatchScorer
 
 __all__ = [
     "IVFIndex", "FaissIndex", "USearchIndex", "RetrievalConfig", "Retriever", "FactorSpace",
-    "LazyRetriever", "retrieval_enabled", "make_index", "to_sphere", "IndexKind",
+    "LazyRetriever", "SubSpace", "retrieval_enabled", "make_index", "to_sphere", "IndexKind",
 ]
 
 log = logging.getLogger(__name__)
@@ -426,11 +426,15 @@ class Retriever:
     """The factor spaces of a fitted model's scorers (built once, shared by every preset)."""
 
     def __init__(self, scorers: Mapping[str, BatchScorer], n_items: int,
-                 config: RetrievalConfig | None = None) -> None:
+                 config: RetrievalConfig | None = None, cold: np.ndarray | None = None) -> None:
         self.config = config or RetrievalConfig()
         self.n_items = n_items
         self.spaces: dict[str, FactorSpace] = {}
         self.space_of: dict[str, str] = {}  # scorer instance name -> space key
+        #: the never-seen items (sorted ids) and, per unit-vector space where scanning them
+        #: all would cost more than ``exact_flops``, a search structure over them alone
+        self.cold = np.zeros(0, np.int64) if cold is None else np.unique(np.asarray(cold, np.int64))
+        self.cold_spaces: dict[str, SubSpace] = {}
         t0 = time.perf_counter()
         for name, scorer in scorers.items():
             form = scorer.factor_space() if scorer.is_trained else None
@@ -442,9 +446,34 @@ class Retriever:
                 continue  # not aligned with the catalog: leave it to full scoring
             if key not in self.spaces:
                 self.spaces[key] = FactorSpace(items, self.config)
+                if self.spaces[key].index is not None and (
+                        self.cold.size * items.shape[1] > self.config.exact_flops):
+                    self.cold_spaces[key] = SubSpace(items, self.cold, self.config)
             self.space_of[name] = key
-        log.info("retrieval: %d factor spaces (%s) built in %.2fs", len(self.spaces),
-                 ", ".join(self.spaces), time.perf_counter() - t0)
+        log.info("retrieval: %d factor spaces (%s)%s built in %.2fs", len(self.spaces),
+                 ", ".join(self.spaces),
+                 f" and an index of their {self.cold.size:,} never-seen items"
+                 if self.cold_spaces else "", time.perf_counter() - t0)
+
+    def cold_space(self, key: str, cold: np.ndarray) -> SubSpace | None:
+        """The search structure over the never-seen items of space ``key``, when ``cold`` (the
+        caller's never-seen items) is the set it was built for; None otherwise."""
+        space = self.cold_spaces.get(key)
+        if space is None or cold.size != self.cold.size or not np.array_equal(cold, self.cold):
+            return None
+        return space
+
+
+class SubSpace:
+    """Some items of a factor space (e.g. the never-seen ones), searchable on their own:
+    ``search`` returns catalog ids, about the ``n`` best of these items by ``items @ query``."""
+
+    def __init__(self, items: np.ndarray, ids: np.ndarray, config: RetrievalConfig) -> None:
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.space = FactorSpace(np.asarray(items)[self.ids], config)
+
+    def search(self, query: np.ndarray, n: int) -> np.ndarray:
+        return self.ids[self.space.search(query, n)]
 
 
 def retrieval_enabled(config: RetrievalConfig, n_items: int) -> bool:
@@ -456,16 +485,16 @@ class LazyRetriever:
     """Builds the Retriever on first use, once, under a lock; None when retrieval is off."""
 
     def __init__(self, scorers: Mapping[str, BatchScorer], n_items: int,
-                 config: RetrievalConfig) -> None:
-        self._args = (scorers, n_items, config)
+                 config: RetrievalConfig, cold: np.ndarray | None = None) -> None:
+        self._args = (scorers, n_items, config, cold)
         self._lock = threading.Lock()
         self._value: Retriever | None = None
 
     def get(self) -> Retriever | None:
-        scorers, n_items, config = self._args
+        scorers, n_items, config, cold = self._args
         if not retrieval_enabled(config, n_items):
             return None
         with self._lock:
             if self._value is None:
-                self._value = Retriever(scorers, n_items, config)
+                self._value = Retriever(scorers, n_items, config, cold)
             return self._value

@@ -68,16 +68,23 @@ class Transition(BatchScorer):
         return np.asarray(self.sparse_scores(queries).toarray(), dtype=np.float64)
 
     def sparse_scores(self, queries: Sequence[Query]) -> sp.csr_matrix:
+        """The decayed sum of the rows of each query's recent items, read row by row (work in
+        the rows' nonzeros, not in the catalog size), columns sorted."""
         self._require_trained()
         c = self.config
-        n = self._t.shape[0]
+        t = self._t
         indptr, cols, vals = [0], [], []
         for q in queries:
-            recent = q.history[-c.recent :][::-1]
-            cols.append(recent)
-            vals.append(c.decay ** np.arange(len(recent)))
-            indptr.append(indptr[-1] + len(recent))
-        h = sp.csr_matrix(
-            (np.concatenate(vals), np.concatenate(cols), np.asarray(indptr)), shape=(len(queries), n)
-        )
-        return sp.csr_matrix(h @ self._t)
+            recent = np.asarray(q.history[-c.recent :][::-1], dtype=np.int64)
+            starts, ends = t.indptr[recent], t.indptr[recent + 1]
+            idx = np.concatenate([t.indices[a:b] for a, b in zip(starts, ends, strict=True)]
+                                 + [np.zeros(0, t.indices.dtype)])
+            val = np.concatenate([t.data[a:b].astype(np.float64) * c.decay**step for step, (a, b)
+                                  in enumerate(zip(starts, ends, strict=True))]
+                                 + [np.zeros(0)])
+            items, inverse = np.unique(idx, return_inverse=True)
+            cols.append(items.astype(np.int64))
+            vals.append(np.bincount(inverse, weights=val, minlength=items.size))
+            indptr.append(indptr[-1] + items.size)
+        return sp.csr_matrix((np.concatenate(vals), np.concatenate(cols), np.asarray(indptr)),
+                             shape=(len(queries), t.shape[0]))
