@@ -220,8 +220,9 @@ class Hybrid(BatchScorer):
 
     def _cold_search(self, views: _Views, retriever: Retriever
                      ) -> Callable[[int], np.ndarray] | None:
-        """A search of the never-seen items' own index for the ones the blend fills high, or
-        None when there is no such index (few never-seen items: they are scanned exactly).
+        """A search of the never-seen items' own rows (an index, or an exact scan of their
+        contiguous vectors when few) for the ones the blend fills high, or None when the
+        retriever holds none for the fill source's space (then every one is blended exactly).
 
         On a never-seen item the blend is ``G(s) + q_t . x``: ``s = q_f . x`` the fill
         source's score, ``G`` the (nondecreasing) quantile map that fills the other members,
@@ -249,15 +250,29 @@ class Hybrid(BatchScorer):
 
     def _blend(self, views: _Views, items: np.ndarray) -> np.ndarray:
         total = np.zeros(items.size)
-        pos = cold = None
+        pos = cold = warm = fill_z = None
         if views.fill is not None and views.fill.ranks is not None and self.cold is not None:
             cold = self.cold[items]
             if cold.any():
-                pos = views.fill.ranks.position(views.fill.z(items[cold]))
+                fill_z = views.fill.z(items[cold])
+                pos = views.fill.ranks.position(fill_z)
+                warm = ~cold
         for v in views.members:
-            z = v.z(items)
-            if pos is not None and cold is not None and v.ref_sorted is not None:
-                z[cold] = _value_at(v.ref_sorted, pos)
+            if pos is not None and cold is not None and warm is not None:
+                if v.ref_sorted is not None:  # filled: the cold items' scores are not read
+                    z = np.empty(items.size)
+                    z[cold] = _value_at(v.ref_sorted, pos)
+                    if warm.any():
+                        z[warm] = v.z(items[warm])
+                elif v is views.fill:  # the fill source blended: its cold scores are known
+                    z = np.empty(items.size)
+                    z[cold] = fill_z
+                    if warm.any():
+                        z[warm] = v.z(items[warm])
+                else:
+                    z = v.z(items)
+            else:
+                z = v.z(items)
             if v.kind in TEXT_MODELS:
                 z = z * (1.0 + self._gate[items])
             total += v.weight * z

@@ -361,6 +361,25 @@ def _top(scores: np.ndarray, n: int) -> np.ndarray:
     return part[np.lexsort((part, -scores[part]))]
 
 
+def _moments(f: np.ndarray, block: int = 65_536) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, population covariance (ddof 0) and row norms of ``f``, in float64, a block of
+    rows at a time (two passes: the mean, then the centred products), so that a million
+    vectors never need a float64 copy of the whole matrix."""
+    n, d = f.shape
+    total = np.zeros(d)
+    norms = np.empty(n)
+    for a in range(0, n, block):
+        b = f[a : a + block].astype(np.float64)
+        total += b.sum(axis=0)
+        norms[a : a + block] = np.sqrt(np.einsum("ij,ij->i", b, b))
+    mean = total / max(n, 1)
+    cov = np.zeros((d, d))
+    for a in range(0, n, block):
+        c = f[a : a + block].astype(np.float64) - mean
+        cov += c.T @ c
+    return mean, cov / max(n, 1), norms
+
+
 class FactorSpace:
     """Item factors shared by one or more linear scorers: moments and a search structure.
 
@@ -376,14 +395,11 @@ class FactorSpace:
     def __init__(self, items: np.ndarray, config: RetrievalConfig) -> None:
         f = np.asarray(items, dtype=np.float32)
         self.items = f
-        f64 = f.astype(np.float64)
-        self.mean = f64.mean(axis=0)
-        centred = f64 - self.mean
-        self.cov = centred.T @ centred / max(f.shape[0], 1)  # population covariance (ddof 0)
+        self.mean, self.cov, norms = _moments(f)
         self.config = config
         self.index: IVFIndex | FaissIndex | USearchIndex | None = None
-        norms = np.linalg.norm(f64, axis=1)
         unit = norms.size > 0 and float(norms.max() - norms.min()) <= 1e-3 * max(norms.max(), 1e-12)
+        self.unit = bool(unit)  # unit vectors (text): searched by an index when large
         if unit and f.shape[0] * f.shape[1] > config.exact_flops:
             self.index = make_index(f, config)
         else:
@@ -431,8 +447,9 @@ class Retriever:
         self.n_items = n_items
         self.spaces: dict[str, FactorSpace] = {}
         self.space_of: dict[str, str] = {}  # scorer instance name -> space key
-        #: the never-seen items (sorted ids) and, per unit-vector space where scanning them
-        #: all would cost more than ``exact_flops``, a search structure over them alone
+        #: the never-seen items (sorted ids) and, per unit-vector (text) space, a search
+        #: structure over them alone (an index, or an exact scan of their own contiguous rows
+        #: when they are few: ``exact_flops``)
         self.cold = np.zeros(0, np.int64) if cold is None else np.unique(np.asarray(cold, np.int64))
         self.cold_spaces: dict[str, SubSpace] = {}
         t0 = time.perf_counter()
@@ -446,8 +463,7 @@ class Retriever:
                 continue  # not aligned with the catalog: leave it to full scoring
             if key not in self.spaces:
                 self.spaces[key] = FactorSpace(items, self.config)
-                if self.spaces[key].index is not None and (
-                        self.cold.size * items.shape[1] > self.config.exact_flops):
+                if self.spaces[key].unit and self.cold.size:
                     self.cold_spaces[key] = SubSpace(items, self.cold, self.config)
             self.space_of[name] = key
         log.info("retrieval: %d factor spaces (%s)%s built in %.2fs", len(self.spaces),

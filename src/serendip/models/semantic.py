@@ -20,9 +20,11 @@ __all__ = ["Semantic", "SemanticConfig", "normalized_vectors"]
 def normalized_vectors(data: Dataset, who: str) -> np.ndarray:
     if data.item_vectors is None:
         raise DataError(f"{who} needs item vectors: encode the catalog first (Encoder)")
-    v = data.item_vectors.astype(np.float32)
-    n = np.linalg.norm(v, axis=1, keepdims=True)
-    return v / np.where(n > 0, n, 1.0)
+    v = np.asarray(data.item_vectors, dtype=np.float32)
+    n = np.sqrt(np.einsum("ij,ij->i", v, v, dtype=np.float64))[:, None]
+    if n.size and float(np.abs(n - 1.0).max()) <= 1e-6:
+        return v  # already unit vectors: shared, not copied (a million of them is gigabytes)
+    return (v / np.where(n > 0, n, 1.0)).astype(np.float32)
 
 
 class SemanticConfig(ComponentConfig):

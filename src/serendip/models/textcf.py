@@ -42,35 +42,50 @@ class TextCF(BatchScorer):
     config: TextCFConfig
 
     def _features(self, data: Dataset) -> np.ndarray:
-        e = normalized_vectors(data, self.name).astype(np.float64)
+        """The unit item vectors (and the constant bias feature), float32, built in place:
+        one catalog-sized array, not a chain of copies."""
+        if data.item_vectors is None:
+            normalized_vectors(data, self.name)  # raises the one-line error
+        v = data.item_vectors
+        assert v is not None
+        n, d = v.shape
+        e = np.empty((n, d + 1 if self.config.bias else d), dtype=np.float32)
+        e[:, :d] = v
+        block = 65_536
+        for a in range(0, n, block):
+            rows = e[a : a + block, :d]
+            norm = np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float64))
+            rows /= np.where(norm > 0, norm, 1.0)[:, None].astype(np.float32)
         if self.config.bias:
-            e = np.hstack([e, np.ones((e.shape[0], 1))])
+            e[:, d] = 1.0
         return e
 
     def train(self, data: Dataset) -> None:
         t0 = time.perf_counter()
         e = self._features(data)
-        x = data.matrix.astype(np.float64)
-        a = np.asarray(x @ e)  # users x d
-        sa, ua = np.linalg.eigh(a.T @ a)
-        se, ue = np.linalg.eigh(e.T @ e)
-        rhs = ua.T @ (a.T @ np.asarray(x @ e)) @ ue
+        x = data.matrix.astype(np.float32)
+        a = np.asarray(x @ e, dtype=np.float64)  # users x d (sums over one history)
+        gram = a.T @ a
+        del a
+        sa, ua = np.linalg.eigh(gram)
+        ee = np.zeros((e.shape[1], e.shape[1]))
+        for s in range(0, e.shape[0], 65_536):  # E'E in float64, a block of items at a time
+            b = e[s : s + 65_536].astype(np.float64)
+            ee += b.T @ b
+        se, ue = np.linalg.eigh(ee)
+        rhs = ua.T @ gram @ ue
         w_t = rhs / (np.outer(np.clip(sa, 0, None), np.clip(se, 0, None)) + self.config.l2)
         w = ua @ w_t @ ue.T
-        self._set_state(features=e.astype(np.float32), weights=w.astype(np.float32))
+        self._set_state(features=e, weights=w.astype(np.float32))
         log.info("TextCF: %d items, %d dims in %.2fs", e.shape[0], e.shape[1],
                  time.perf_counter() - t0)
-
-    def _after_load(self) -> None:
-        st = self._state
-        assert st is not None
-        self._right = (st["weights"] @ st["features"].T).astype(np.float32)
 
     def score_many(self, queries: Sequence[Query]) -> np.ndarray:
         st = self._require_trained()
         e = st["features"]
         h = history_matrix(queries, e.shape[0], self.config.half_life)
-        return np.asarray((h @ e) @ self._right, dtype=np.float64)
+        q = np.asarray((h @ e) @ st["weights"], dtype=np.float32)
+        return np.asarray(q @ e.T, dtype=np.float64)
 
     def factor_space(self) -> tuple[str | None, np.ndarray]:
         # the unit text vectors; the bias feature (a constant 1) becomes the offset
