@@ -286,13 +286,24 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from serendip.pipeline import Recommender, load_fit_config
 
     _check_model_out(args.out)
+    _check_ray(args)
     cfg = load_fit_config(args.config)
     t0 = time.perf_counter()
     data, name = _input_data(args, cfg)
+    encoder = None
+    if getattr(args, "ray", None) is not None:  # encoding sharded on Ray; training stays here
+        from serendip.distributed import RayEncoder
+        from serendip.text import EncoderConfig
+
+        encoder = RayEncoder(EncoderConfig(**cfg.encoder), address=args.ray or None)
     if args.tune:
         from serendip.tune import tune
 
-        data = _encoded(data, cfg, args.quiet)
+        if encoder is None:
+            data = _encoded(data, cfg, args.quiet)
+        else:
+            data = data.with_item_vectors(encoder.encode_items(
+                data, template=cfg.item_template, progress=not args.quiet))
         result = tune(data, _tune_config(args), fit_config=cfg if args.config else None,
                       progress=not args.quiet)
         if not args.quiet:
@@ -301,7 +312,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         rec.presets = dict(result.presets)
         rec.tuning = result.summary()
     else:
-        rec = Recommender.fit(data, cfg, progress=not args.quiet)
+        rec = Recommender.fit(data, cfg, progress=not args.quiet, encoder=encoder)
     rec.save(args.out)
     tuned = f", presets tuned: {', '.join(rec.presets)}" if rec.presets else ""
     print(f"fitted {_n(len(rec.scorers), 'model')} on {name} ({data.describe()}) in "
@@ -1144,7 +1155,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "--budget 300",
                 "serendip fit --interactions events.tsv --items items.csv --encoding latin-1 "
                 "--unknown-items drop --out model/",
-                "serendip fit --dataset lastfm --out lastfm-model/")
+                "serendip fit --dataset lastfm --out lastfm-model/",
+                "serendip fit --interactions events.csv --items items.csv --out model/ "
+                "--ray ray://ray-head:10001")
     data_args(f)
     f.add_argument("--out", required=True, metavar="DIR",
                    help="model directory to write (a new directory, or a model to replace)")
@@ -1152,6 +1165,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "on a validation split carved from the data; the model keeps the tuned "
                    "presets")
     tune_args(f)
+    f.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="encode the catalog texts the embedding cache lacks on Ray, in shards "
+                   "of whole encoder batches with one encoder load per worker (the vectors "
+                   "equal one process's; training stays here): on the cluster at ADDRESS "
+                   "(ray://HOST:10001, or auto), or on a local one when no ADDRESS is given "
+                   "(needs: pip install 'ray[data,client]')")
     f.set_defaults(func=cmd_fit)
 
     t = command(sub, "tune", "choose models, blend and presets for this catalog on a "

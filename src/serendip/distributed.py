@@ -1,4 +1,5 @@
-"""Batch work on a Ray cluster: recommendation lists and evaluation, sharded by user.
+"""Batch work on a Ray cluster: recommendation lists and evaluation, sharded by user, and
+encoding a catalog, sharded by encoder batch.
 
 The work is split into shards of ``SHARD`` users, in the order the single-process path sees
 them, and each shard is scored as one ``Pipeline.recommend_many`` batch, exactly the batch the
@@ -16,6 +17,12 @@ Some pipelines make a list from the lists before it: the exposure memory of the
 multi-objective reranker, exploration (one random stream over the whole batch) and the bandit
 (which samples).  Sharded, their lists would depend on which shard ran where, so they are
 refused here with an error that says so; run them without ``--ray``.
+
+Encoding a catalog (``fit --ray``) is sharded the same way: ``RayEncoder`` keeps the
+single-process encoder's longest-first order and its batches, a shard is a run of whole
+batches, and each actor loads the sentence encoder once and runs every batch of its shards
+through the same forward pass, so the vectors are equal bit for bit.  The embedding cache
+stays with the caller: cached texts never travel.
 
 Ray is imported only when a function here is called, so serendip does not depend on it.
 """
@@ -38,12 +45,13 @@ import numpy as np
 
 from serendip.errors import ConfigError
 from serendip.pipeline import Pipeline, Preset, Recommender
+from serendip.text.encoder import _DEFAULT_MODEL_ID, DEFAULT_MODEL, Encoder, EncoderConfig
 from serendip.types import ItemList, Query
 
 __all__ = [
     "RAY_INSTALL", "SHARD", "import_ray", "ray_session", "order_dependent", "pack_lists",
     "unpack_lists", "recommend_batch_ray", "evaluate_lists_ray", "job_lists",
-    "run_experiment_ray",
+    "run_experiment_ray", "RayEncoder", "SHARD_BATCHES",
 ]
 
 log = logging.getLogger(__name__)
@@ -53,6 +61,9 @@ RAY_INSTALL = 'pip install "ray[data,client]"'
 #: users per shard: ``Pipeline.recommend_many``'s batch and the CLI's, so a shard is scored as
 #: the very batch the single-process path scores
 SHARD = 256
+#: encoder batches per encoding shard (``RayEncoder``): a shard is this many whole batches of
+#: ``EncoderConfig.batch_size`` texts, 1,024 texts at the default batch of 64
+SHARD_BATCHES = 16
 
 
 def import_ray() -> ModuleType:
@@ -221,27 +232,31 @@ class _RecommendWorker(_Model):
                 "lists": np.array(blobs, dtype=object)}
 
 
-def _workers(ray: ModuleType, n_shards: int, workers: int | None) -> int:
+def _workers(ray: ModuleType, n_shards: int, workers: int | None, cpus: int = 1) -> int:
+    """Actors in the pool: ``workers``, else as many of ``cpus`` CPUs each as the cluster
+    holds; never more than there are shards."""
     if workers is None:
-        workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        workers = max(1, int(ray.cluster_resources().get("CPU", 1)) // cpus)
     return max(1, min(workers, n_shards))
 
 
 def _run_shards(ray: ModuleType, rows: list[dict[str, Any]], worker: type, kwargs: dict[str, Any],
-                workers: int | None) -> list[bytes]:
-    """Each row (one shard) through an actor pool of ``worker``; the packed results in shard
+                workers: int | None, key: str = "lists", cpus: int = 1,
+                gpus: int = 0) -> list[bytes]:
+    """Each row (one shard) through an actor pool of ``worker`` (``cpus`` CPUs and ``gpus``
+    GPUs reserved per actor); the packed results (the workers' ``key`` column) in shard
     order."""
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-    pool = ray.data.ActorPoolStrategy(size=_workers(ray, len(rows), workers))
+    pool = ray.data.ActorPoolStrategy(size=_workers(ray, len(rows), workers, cpus))
     out = ds.map_batches(worker, fn_constructor_kwargs=kwargs, batch_size=1, compute=pool,
-                         num_cpus=1, batch_format="numpy")
+                         num_cpus=cpus, num_gpus=gpus, batch_format="numpy")
     got: dict[int, bytes] = {}
     for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
-        for shard, blob in zip(batch["shard"], batch["lists"], strict=True):
+        for shard, blob in zip(batch["shard"], batch[key], strict=True):
             got[int(shard)] = bytes(blob)
     missing = sorted(set(range(len(rows))) - set(got))
     if missing:  # never expected: Ray Data retries failed tasks
-        raise RuntimeError(f"Ray returned no lists for shards {missing}")
+        raise RuntimeError(f"Ray returned no {key} for shards {missing}")
     return [got[n] for n in range(len(rows))]
 
 
@@ -420,3 +435,186 @@ def run_experiment_ray(
             rows.append({"protocol": protocol, "split": split.name, "kind": kind, "name": name,
                          "discovery": d, "k": k, "fit_seconds": fit_seconds, **metrics})
     return pd.DataFrame(rows)
+
+
+# --- encoding the catalog --------------------------------------------------------------------
+
+def _longest_first(texts: Sequence[str]) -> list[int]:
+    """The order ``Encoder._encode_uncached`` encodes ``texts`` in: longest first, ties in
+    input order (a stable sort), so that its batches are the very batches made here."""
+    return sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+
+
+def _pack_array(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _unpack_array(blob: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(blob), allow_pickle=False)  # type: ignore[no-any-return]
+
+
+class _EncodeWorker:
+    """A Ray Data actor: one encoder load, then the raw vectors of shard after shard of
+    texts, each shard run through the model in the batches the single-process path makes."""
+
+    def __init__(self, config: dict[str, Any], batch_size: int, threads: int,
+                 model_ref: list[Any]):
+        import torch
+
+        # a CPU forward pass sums in an order that depends on the number of threads: run as
+        # many as the single-process path runs, whatever CPUs Ray reserved for this actor
+        torch.set_num_threads(threads)
+        ray = import_ray()
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if model_ref:  # a local model directory, shipped through the object store
+            files: dict[str, bytes] = ray.get(model_ref[0])
+            self._tmp = tempfile.TemporaryDirectory(prefix="serendip-encoder-")
+            root = Path(self._tmp.name) / "model"
+            for rel, data in files.items():
+                path = root / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+            config = {**config, "model": str(root)}
+        self.encoder = Encoder(EncoderConfig(**config))
+        self.encoder._load()
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        blobs = []
+        bs = self.batch_size
+        for texts_json in batch["texts"]:
+            texts: list[str] = json.loads(str(texts_json))
+            vecs = [self.encoder._forward(texts[s : s + bs]) for s in range(0, len(texts), bs)]
+            blobs.append(_pack_array(np.concatenate(vecs)))
+        return {"shard": np.asarray(batch["shard"], dtype=np.int64),
+                "vectors": np.array(blobs, dtype=object)}
+
+
+def _largest_node_cpus(ray: ModuleType) -> int:
+    """CPUs of the cluster's largest live node."""
+    cpus = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    return max(1, int(max(cpus, default=1)))
+
+
+class RayEncoder(Encoder):
+    """An ``Encoder`` whose texts that are not cached are encoded on a Ray cluster.
+
+    The driver does everything ``Encoder.encode`` does (deduplication, the embedding cache,
+    normalisation); only the texts the cache lacks go to Ray.  They are put in the order the
+    single-process path encodes them (longest first) and cut into the same batches of
+    ``config.batch_size``; a shard is a run of ``shard_batches`` whole batches, and each actor
+    (one encoder load each) runs the batches of its shards through ``Encoder._forward`` one
+    by one.  Every forward pass thus sees the texts, padding and shapes the single-process
+    pass sees.  On a CPU the sums inside a forward pass also depend on the number of torch
+    threads, so each actor runs ``threads`` of them (default: as many as this process runs,
+    which is what the single-process path would use) and reserves that many CPUs (at most a
+    node's).  The vectors are then equal bit for bit on the same hardware and libraries.
+
+    The workers run the device and precision resolved here, so the cache key written here
+    (``model_id``) names what they ran.  A model given as a local directory travels through
+    the object store (the workers need no copy of it); the bundled default model and names
+    resolved from the Hugging Face cache are loaded by each worker from its own install.
+    """
+
+    def __init__(self, config: EncoderConfig | dict[str, Any] | None = None, *,
+                 address: str | None = None, workers: int | None = None,
+                 shard_batches: int = SHARD_BATCHES, threads: int | None = None,
+                 progress: bool | None = None, **kwargs: Any):
+        super().__init__(config, **kwargs)
+        for name, value in (("shard_batches", shard_batches), ("workers", workers),
+                            ("threads", threads)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        self.address = address or None
+        self.workers = workers
+        self.shard_batches = shard_batches
+        #: torch threads per actor (default: what this process runs, when it encodes)
+        self.threads = threads
+        #: Ray's progress bars and worker logs (default: as ``encode``'s ``progress``)
+        self.ray_progress = progress
+        #: what the last ``encode`` sent to Ray: texts, shards, and actors that encoded them
+        self.sent_texts = self.sent_shards = self.sent_workers = 0
+
+    def encode(self, texts: Sequence[str], progress: bool = True) -> np.ndarray:
+        self.sent_texts = self.sent_shards = self.sent_workers = 0
+        return super().encode(texts, progress)
+
+    @staticmethod
+    def _local_threads() -> int:
+        import torch
+
+        return int(torch.get_num_threads())
+
+    def _worker_config(self) -> dict[str, Any]:
+        """The encoder config the workers run: this one with the device and precision
+        resolved here (so they match the cache key) and no cache of their own."""
+        values = self.config.model_dump()
+        values["device"] = self.device
+        if not self.config.quantize:
+            values["precision"] = self.precision
+        values["cache_dir"] = None
+        return values
+
+    def _model_files(self) -> dict[str, bytes] | None:
+        """A local model directory's files (read once, here), or None when the workers load
+        the model from their own install."""
+        if self.config.model in (DEFAULT_MODEL, _DEFAULT_MODEL_ID):
+            return None
+        root = Path(self._model_path())
+        if not root.is_dir():
+            return None
+        return {p.relative_to(root).as_posix(): p.read_bytes()
+                for p in sorted(root.rglob("*")) if p.is_file()}
+
+    def _encode_uncached(self, texts: list[str], progress: bool) -> np.ndarray:
+        order = _longest_first(texts)
+        per_shard = self.config.batch_size * self.shard_batches
+        bounds = list(range(0, len(order), per_shard))
+        # ASCII JSON: every text, even one with a lone surrogate, travels and comes back exact
+        rows = [{"shard": n, "texts": json.dumps([texts[i] for i in order[s : s + per_shard]])}
+                for n, s in enumerate(bounds)]
+        config = self._worker_config()
+        threads = self.threads or self._local_threads()
+        files = self._model_files()
+        show = progress if self.ray_progress is None else self.ray_progress
+        with ray_session(self.address, self.workers, show) as ray:
+            t0 = time.perf_counter()
+            # reserve the actor's threads as CPUs, but never more than the largest node has
+            # (it then runs its threads on fewer cores: slower, the same sums)
+            cpus = max(1, min(threads, _largest_node_cpus(ray)))
+            # never more actors than the cluster's CPUs (and GPUs) hold at once
+            fit = _workers(ray, len(rows), None, cpus)
+            gpus = 1 if config["device"] == "cuda" else 0  # each actor on a GPU of its own
+            if gpus:
+                fit = min(fit, int(ray.cluster_resources().get("GPU", 0)))
+                if fit < 1:
+                    raise ConfigError("the encoder runs on CUDA here, but the Ray cluster has "
+                                      "no GPU; set [encoder] device = \"cpu\" in the fit "
+                                      "config, or fit without --ray")
+            workers = min(self.workers or fit, fit)
+            kwargs = {"config": config, "batch_size": self.config.batch_size,
+                      "threads": threads,
+                      "model_ref": [ray.put(files)] if files is not None else []}
+            blobs = _run_shards(ray, rows, _EncodeWorker, kwargs, workers, key="vectors",
+                                cpus=cpus, gpus=gpus)
+            log.info("Ray: %d texts encoded in %d shards by %d actors of %d threads in %.2fs",
+                     len(texts), len(rows), workers, threads, time.perf_counter() - t0)
+        self.sent_texts, self.sent_shards, self.sent_workers = len(texts), len(rows), workers
+        out: np.ndarray | None = None
+        for s, blob in zip(bounds, blobs, strict=True):
+            vecs = _unpack_array(blob)
+            idx = order[s : s + per_shard]
+            if vecs.shape[0] != len(idx):  # never expected: a shard answers for its texts
+                raise RuntimeError(f"Ray returned {vecs.shape[0]} vectors for a shard of "
+                                   f"{len(idx)} texts")
+            if out is None:
+                out = np.empty((len(texts), vecs.shape[1]), dtype=np.float32)
+            out[idx] = vecs
+        assert out is not None
+        return out
+
+    def __repr__(self) -> str:
+        return f"Ray{super().__repr__()[:-1]}, address={self.address!r})"

@@ -10,6 +10,10 @@ spent on items that end up nowhere near the list.  For catalogs above
    sparse scorers, and the top of any other scorer's dense scores;
 2. scores the union of those items *exactly* with the blend.
 
+Never-seen items (``Hybrid``'s ``cold_fill``) rank low in every member's own search, so the
+Retriever, given them, keeps a ``SubSpace`` of their rows per unit-vector space: an exact scan
+of a contiguous copy when they are few, an index of their own when many.
+
 Step 2 needs each scorer's z-score statistics over the whole catalog, and for the linear
 scorers they come in closed form: with item-factor mean ``m`` and covariance ``C``, the scores
 ``q . f_j + b`` have mean ``q . m + b`` and variance ``q' C q`` (O(d^2) per request instead of
