@@ -133,19 +133,30 @@ class LinearTS(Component):
     def train(self, data: Dataset) -> None:
         pop = np.asarray(data.item_popularity, dtype=np.float64)
         info = -np.log2(np.maximum(pop, 1.0) / max(int(data.n_users), 1))
-        d = len(FEATURES)
-        m0 = np.array([self.config.prior_mean.get(f, 0.0) for f in FEATURES])
         extra: dict[str, np.ndarray] = {}
         if self.config.hierarchy:
             extra = {"item_keys": _keys(data.item_ids), "user_keys": _keys(data.user_ids)}
         self._set_state(
-            A=np.eye(d) * self.config.prior, b=self.config.prior * m0,  # posterior mean = m0
+            **self._prior(),
             novelty=info / max(float(info.max()), 1e-12),
             tail=(~head_by_item_share(pop, 0.2)).astype(np.float64),
             vectors=normalized_vectors(data, self.name),
             new=pop <= 0,
             **extra,
         )
+
+    def _prior(self) -> dict[str, np.ndarray]:
+        """The learning sums before any feedback: ``A = prior I``, ``b = prior m0``, so the
+        posterior mean starts at ``prior_mean`` (m0)."""
+        m0 = np.array([self.config.prior_mean.get(f, 0.0) for f in FEATURES])
+        return {"A": np.eye(len(FEATURES)) * self.config.prior, "b": self.config.prior * m0}
+
+    def start(self) -> None:
+        """Begin from the prior with no catalogue: the state ``choose`` needs, for a caller
+        that computes the feature rows, keys and new-item mask itself (the simulator runs the
+        served policy this way on its world's features).  The request path (``__call__``,
+        ``features``) needs ``train``."""
+        self._set_state(**self._prior())
 
     def _after_load(self) -> None:
         self._rng = np.random.default_rng(self.config.seed)
@@ -193,16 +204,28 @@ class LinearTS(Component):
         return cov @ b, (self.config.noise**2) * cov
 
     def _context(self, query: Query, candidates: ItemList) -> _Context:
-        """What one request's draws need: features, the shared posterior, the offsets'
-        posteriors for this person and these candidates, and the budget's pool."""
+        """A request's context: its feature rows, keys and new candidates from the trained
+        catalogue (``features``, ``item_keys``, ``user_keys``, ``new``)."""
         st = self._require_trained()
         x = self.features(query, candidates)
+        item_keys, person_key = None, 0.0
+        if self.config.hierarchy:
+            item_keys = st["item_keys"][candidates.items]
+            person_key = (float(st["user_keys"][query.user]) if query.user is not None
+                          else 0.0)
+        new = st["new"][candidates.items] if "new" in st else None  # (saved before: no budget)
+        return self._context_of(x, item_keys, person_key, new)
+
+    def _context_of(self, x: np.ndarray, item_keys: np.ndarray | None, person_key: float,
+                    new: np.ndarray | None) -> _Context:
+        """What one request's draws need: features, the shared posterior, the offsets'
+        posteriors for this person and these candidates, and the budget's pool."""
         mean, cov = self.posterior()
         ctx = _Context(x=x, mean=mean, cov=cov)
         if self.config.hierarchy:
-            ctx.item_keys = st["item_keys"][candidates.items]
-            ctx.person_key = (float(st["user_keys"][query.user]) if query.user is not None
-                              else 0.0)
+            assert item_keys is not None
+            ctx.item_keys = item_keys
+            ctx.person_key = person_key
             n, total = self._item_sums(ctx.item_keys)
             prec = self.config.item_prior + n
             ctx.item_mean, ctx.item_sd = total / prec, self.config.noise / np.sqrt(prec)
@@ -213,11 +236,11 @@ class LinearTS(Component):
                 inv = np.linalg.inv(pa)
                 ctx.person_mean = inv @ pb
                 ctx.person_chol = self.config.noise * np.linalg.cholesky(inv)
-        if self.config.new_item_share > 0 and "new" in st:  # (a model saved before: no budget)
-            new = np.flatnonzero(st["new"][candidates.items])
-            if new.size:
-                best = np.argsort(-ctx.mean_scores()[new], kind="stable")
-                ctx.pool = new[best[: self.config.new_item_pool]]
+        if self.config.new_item_share > 0 and new is not None:
+            fresh = np.flatnonzero(new)
+            if fresh.size:
+                best = np.argsort(-ctx.mean_scores()[fresh], kind="stable")
+                ctx.pool = fresh[best[: self.config.new_item_pool]]
                 ctx.share = self.config.new_item_share
         return ctx
 
@@ -275,12 +298,61 @@ class LinearTS(Component):
         """The k candidates with the best sampled reward, each with ``propensity`` (1 / N, N the
         fresh draws until it returns to its slot: 1 / propensity is unbiased for 1 / p),
         ``features`` rows and the sampled score."""
-        if not isinstance(k, int | np.integer) or k < 1:
-            raise ConfigError(f"k must be a positive integer, got {k!r}")
-        k = min(int(k), len(candidates))
+        k = _slots(k, len(candidates))
         if k == 0:
             return ItemList.empty()
-        ctx = self._context(query, candidates)
+        shown, score, propensity, rows = self._show(self._context(query, candidates), k)
+        return (candidates.take(shown).with_scores(score[shown])
+                .with_field("propensity", propensity)
+                .with_field("features", rows)
+                .with_field("relevance", candidates.scores[shown]))
+
+    def choose(self, x: np.ndarray, k: int, *, item_keys: np.ndarray | None = None,
+               person_key: float = 0.0, new: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The policy of ``__call__`` on feature rows computed elsewhere.
+
+        ``x``: ``n x len(FEATURES)`` rows of the candidates (columns in ``FEATURES`` order);
+        with ``hierarchy``, ``item_keys`` (n finite keys, one per candidate, what the offsets
+        are stored by) and ``person_key`` (0: unknown, no person offsets); ``new``: n booleans,
+        the candidates the new-item budget may show (None: no budget).  Returns the shown
+        candidates' positions (best slot first), their propensities and the feature rows to
+        give ``update`` / ``credit`` (with ``hierarchy``, the keys appended), as ``__call__``
+        does.
+        """
+        self._require_trained()
+        x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+        if x.ndim != 2 or x.shape[1] != len(FEATURES) or not np.isfinite(x).all():
+            raise DataError(f"choose needs finite n x {len(FEATURES)} features "
+                            f"({', '.join(FEATURES)}), got {x.shape}")
+        n = x.shape[0]
+        keys = None
+        if self.config.hierarchy:
+            if item_keys is None:
+                raise DataError("choose needs item_keys for a bandit with hierarchy = true")
+            keys = np.asarray(item_keys, dtype=np.float64).reshape(-1)
+            if keys.size != n or not np.isfinite(keys).all():
+                raise DataError(f"choose needs {n} finite item_keys, got {keys.size}")
+        if not (np.isfinite(person_key) and person_key >= 0):
+            raise DataError(f"person_key must be a finite key >= 0 (0: unknown), got {person_key}")
+        mask = None
+        if new is not None:
+            mask = np.asarray(new, dtype=bool).reshape(-1)
+            if mask.size != n:
+                raise DataError(f"choose needs {n} new-item flags, got {mask.size}")
+        empty = np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros((0, self.row_width))
+        k = _slots(k, n)
+        if k == 0:
+            return empty
+        shown, _, propensity, rows = self._show(
+            self._context_of(x, keys, float(person_key), mask), k)
+        return shown, propensity, rows
+
+    def _show(self, ctx: _Context, k: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One run of the policy for ``k <= candidates`` slots: the shown positions, every
+        candidate's score (the sampled one, or the posterior mean when the draw has more parts
+        than the shared weights), the shown slots' propensities and their feature rows."""
         x = ctx.x
         if ctx.plain:
             draw = self._draw(ctx.mean, ctx.cov, 1)[0]
@@ -290,16 +362,12 @@ class LinearTS(Component):
             shown = self._orders(ctx, 1, k)[0]
             score = ctx.mean_scores()
         counts = self._return_counts(ctx, shown)
-        lst = candidates.take(shown)
         rows = x[shown]
         if self.config.hierarchy:
             assert ctx.item_keys is not None
             rows = np.column_stack([rows, ctx.item_keys[shown],
                                     np.full(shown.size, ctx.person_key)])
-        return (lst.with_scores(score[shown])
-                .with_field("propensity", 1.0 / counts)
-                .with_field("features", rows)
-                .with_field("relevance", candidates.scores[shown]))
+        return shown, score, 1.0 / counts, rows
 
     def _return_counts(self, ctx: _Context, shown: np.ndarray) -> np.ndarray:
         """Per slot: fresh runs of the policy until ``shown[slot]`` is in that slot again (the
@@ -490,6 +558,13 @@ class LinearTS(Component):
         """The posterior mean weight of each feature (what the bandit has learned)."""
         mean, _ = self.posterior()
         return dict(zip(FEATURES, (float(m) for m in mean), strict=True))
+
+
+def _slots(k: object, n: int) -> int:
+    """``k`` checked (a positive integer) and capped at the ``n`` candidates."""
+    if not isinstance(k, int | np.integer) or k < 1:
+        raise ConfigError(f"k must be a positive integer, got {k!r}")
+    return min(int(k), n)
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:

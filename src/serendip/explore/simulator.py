@@ -67,7 +67,7 @@ __all__ = [
     "FEATURES", "WorldConfig", "World", "Oracle", "fit_preferences", "build_world",
     "run_policy", "Trace", "summarize", "POLICY_NAMES", "make_policy", "simulate",
     "format_table", "verdict", "timing", "SERENDIP_POLICIES", "LIBRARY_POLICIES", "plot_traces",
-    "VowpalWabbitSlate", "MabwiserSlate", "t_interval",
+    "VowpalWabbitSlate", "MabwiserSlate", "t_interval", "ServedLinearTS",
 ]
 
 FEATURES = ("bias", "relevance", "similarity", "novelty", "tail", "new", "shown", "clicked")
@@ -503,6 +503,65 @@ class MabwiserSlate:
         self.mab.partial_fit(["slot"] * len(rewards), list(map(float, rewards)), x)
 
 
+class ServedLinearTS:
+    """The service's own bandit in the world: ``serendip.explore.bandit.LinearTS``, built from
+    the ``adaptive`` preset's ``[bandit]`` settings (hierarchy, new-item budget, priors, noise)
+    and run through its ``choose`` and ``update``, so what is measured is the component that
+    serves that preset, not a re-implementation of its method.
+
+    It sees the five features the service computes, taken from the world's rows: bias,
+    relevance, unexpectedness (``1 - similarity``: the world's similarity is (1 + cos) / 2, the
+    service's unexpectedness (1 - cos) / 2), novelty and tail; not the world's ``new``,
+    ``shown`` and ``clicked``.  The world's new items feed the budget (the service's "no
+    interactions at fit time").  Offsets are keyed by item index + 1 and person index + 1.
+    """
+
+    #: world columns of the served FEATURES (unexpectedness is derived from similarity)
+    _SERVED = ("bias", "relevance", "similarity", "novelty", "tail")
+
+    def __init__(self, seed: int = 0, *, preset: str = "adaptive",
+                 name: str = "serendip adaptive preset (served LinearTS)") -> None:
+        from serendip.explore.bandit import FEATURES as SERVED
+        from serendip.explore.bandit import LinearTS
+        from serendip.pipeline import load_preset
+
+        settings = load_preset(preset).bandit
+        if settings is None:
+            raise ConfigError(f"preset {preset!r} has no [bandit] section to simulate")
+        if len(SERVED) != len(self._SERVED) or SERVED[2] != "unexpectedness":
+            raise ConfigError(f"the served bandit's features changed to {SERVED}; update "
+                              "ServedLinearTS's mapping")
+        self.name = name
+        self.bandit = LinearTS({**settings, "seed": seed})
+        self.bandit.start()
+        self._cols = [_COL[f] for f in self._SERVED]
+        self._last: tuple[SlateChoice, np.ndarray] | None = None
+
+    def served_features(self, features: np.ndarray) -> np.ndarray:
+        """The world's ``FEATURES`` rows as the service's ``bandit.FEATURES`` rows."""
+        if features.ndim != 2 or features.shape[1] != len(FEATURES):
+            raise DataError(f"served LinearTS needs n x {len(FEATURES)} world features, got "
+                            f"{features.shape}")
+        x = features[:, self._cols].astype(np.float64)
+        x[:, 2] = 1.0 - x[:, 2]
+        return x
+
+    def select(self, ctx: SlateContext, k: int) -> SlateChoice:
+        pos, prop, rows = self.bandit.choose(
+            self.served_features(ctx.features), k,
+            item_keys=np.asarray(ctx.items, dtype=np.float64) + 1.0,
+            person_key=float(ctx.user) + 1.0, new=ctx.new)
+        choice = SlateChoice(pos.astype(np.int64), prop)
+        self._last = (choice, rows)
+        return choice
+
+    def update(self, ctx: SlateContext, choice: SlateChoice, rewards: np.ndarray) -> None:
+        if self._last is None or self._last[0] is not choice:
+            raise DataError("served LinearTS learns only from the slate it chose last")
+        self.bandit.update(self._last[1], rewards)
+        self._last = None
+
+
 def _prior() -> np.ndarray:
     m = np.zeros(len(FEATURES))
     m[_COL["relevance"]] = 1.0  # start from the base model's order, as the adaptive preset
@@ -533,6 +592,7 @@ POLICY_NAMES: dict[str, Callable[[int, int], SlatePolicy]] = {
         PersonalThompsonSlate(d, personal=_PERSONAL, item_prior=10.0, prior_mean=_prior(),
                               seed=s, name="serendip HierTS"),
         share=0.2, top=5, seed=s + 1, name="serendip HierTS + new-item budget"),
+    "served": lambda d, s: ServedLinearTS(s),
     "greedy+new": lambda d, s: NewItemBudget(
         RidgeSlate(d, prior_mean=_prior(), seed=s, name="greedy"), share=0.2, top=5,
         seed=s + 1, name="greedy + new-item budget"),
@@ -545,7 +605,7 @@ POLICY_NAMES: dict[str, Callable[[int, int], SlatePolicy]] = {
 }
 
 SERENDIP_POLICIES = ("lints", "linucb", "squarecb", "personal", "personal+new", "hier",
-                     "hier+new")
+                     "hier+new", "served")
 LIBRARY_POLICIES = ("vw-squarecb", "vw-epsilon", "mab-linucb", "mab-lints")
 
 
