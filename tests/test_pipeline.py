@@ -72,6 +72,24 @@ def test_save_load_same_lists(rec, tmp_path):
             np.testing.assert_allclose(x.scores, y.scores, rtol=1e-5)
 
 
+def test_loaded_model_holds_one_copy_of_unit_item_vectors(tmp_path):
+    """Semantic's state equals the catalog's (unit) vectors: after a load both names point at
+    one array; a state that differs (TextCF's, with its bias column) keeps its own."""
+    data = make_blocks()
+    v = data.item_vectors.astype(np.float32)
+    data = data.with_item_vectors(v / np.linalg.norm(v, axis=1, keepdims=True))
+    fitted = Recommender.fit(data, FitConfig(models={"semantic": {}, "textcf": {}}),
+                             progress=False)
+    assert fitted.scorers["semantic"]._state["vectors"] is fitted.data.item_vectors
+    fitted.save(tmp_path / "m")
+    back = Recommender.load(tmp_path / "m")
+    assert back.scorers["semantic"]._state["vectors"] is back.data.item_vectors
+    assert back.scorers["textcf"]._state["features"] is not back.data.item_vectors
+    q = back.pipeline("accurate").query("u3")
+    np.testing.assert_allclose(back.scorers["semantic"].score_many([q]),
+                               fitted.scorers["semantic"].score_many([q]), rtol=1e-6)
+
+
 def test_save_replaces_model_and_refuses_foreign_dir(rec, tmp_path):
     rec.save(tmp_path / "m")
     rec.save(tmp_path / "m")  # overwrite a model: fine

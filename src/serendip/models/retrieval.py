@@ -198,7 +198,7 @@ def to_sphere(vectors: np.ndarray) -> np.ndarray:
     Vectors of (nearly) equal length are returned as float32 unchanged.
     """
     x = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(x.astype(np.float64), axis=1)
+    norms = _row_norms(x)
     big = float(norms.max()) if norms.size else 0.0
     if big > 0 and float(norms.min()) < big * (1 - 1e-4):
         extra = np.sqrt(np.maximum(big**2 - norms**2, 0.0))[:, None]
@@ -365,23 +365,30 @@ def _top(scores: np.ndarray, n: int) -> np.ndarray:
     return part[np.lexsort((part, -scores[part]))]
 
 
+def _row_norms(x: np.ndarray, block: int = 65_536) -> np.ndarray:
+    """Euclidean norms of the rows of ``x``, summed in float64 a block of rows at a time."""
+    x = np.atleast_2d(x)
+    out = np.empty(x.shape[0])
+    for a in range(0, x.shape[0], block):
+        b = x[a : a + block].astype(np.float64)
+        out[a : a + block] = np.sqrt(np.einsum("ij,ij->i", b, b))
+    return out
+
+
 def _moments(f: np.ndarray, block: int = 65_536) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean, population covariance (ddof 0) and row norms of ``f``, in float64, a block of
     rows at a time (two passes: the mean, then the centred products), so that a million
     vectors never need a float64 copy of the whole matrix."""
     n, d = f.shape
     total = np.zeros(d)
-    norms = np.empty(n)
     for a in range(0, n, block):
-        b = f[a : a + block].astype(np.float64)
-        total += b.sum(axis=0)
-        norms[a : a + block] = np.sqrt(np.einsum("ij,ij->i", b, b))
+        total += f[a : a + block].sum(axis=0, dtype=np.float64)
     mean = total / max(n, 1)
     cov = np.zeros((d, d))
     for a in range(0, n, block):
         c = f[a : a + block].astype(np.float64) - mean
         cov += c.T @ c
-    return mean, cov / max(n, 1), norms
+    return mean, cov / max(n, 1), _row_norms(f, block)
 
 
 class FactorSpace:
