@@ -64,9 +64,10 @@ class TextCF(BatchScorer):
         t0 = time.perf_counter()
         e = self._features(data)
         x = data.matrix.astype(np.float32)
-        a = np.asarray(x @ e, dtype=np.float64)  # users x d (sums over one history)
-        gram = a.T @ a
-        del a
+        gram = np.zeros((e.shape[1], e.shape[1]))
+        for s in range(0, x.shape[0], 65_536):  # (XE)'(XE), a block of users at a time
+            a = np.asarray(x[s : s + 65_536] @ e, dtype=np.float64)  # sums over one history
+            gram += a.T @ a
         sa, ua = np.linalg.eigh(gram)
         ee = np.zeros((e.shape[1], e.shape[1]))
         for s in range(0, e.shape[0], 65_536):  # E'E in float64, a block of items at a time
