@@ -25,10 +25,11 @@ from tests.explore.test_simulator import planted
 
 
 def tail_world():  # type: ignore[no-untyped-def]
-    """40 items, popularity falling with the index (novelty rises smoothly with it); the head
-    is the first half.  Tail items attract with 0.5, head items with 0.02; the base scores
-    (relevance) are noise."""
-    n_u, n_i = 30, 40
+    """160 items, popularity falling with the index (novelty rises smoothly with it); the
+    head is the first half.  Tail items attract with 0.5, head items with 0.02; the base scores
+    (relevance) are noise.  Enough tail items that a person does not run out of unclicked ones
+    (the served policy, as the service, never shows an item clicked before)."""
+    n_u, n_i = 30, 160
     pop = np.linspace(60.0, 1.0, n_i)
     tail = np.arange(n_i) >= n_i // 2
     q = np.tile(np.where(tail, 0.5, 0.02), (n_u, 1))
@@ -98,8 +99,8 @@ def test_the_worlds_new_items_get_the_presets_budget():
     """New items never attract, old ones do: the shared and item parts learn to rank new items
     low, yet the last slot keeps showing one with at least the preset's share (0.2), the other
     slots rarely."""
-    n_u, n_i = 20, 30
-    new = np.arange(20, 30)
+    n_u, n_i = 20, 130  # enough old items that nobody runs out of unclicked ones
+    new = np.arange(120, 130)
     q = np.full((n_u, n_i), 0.3)
     q[:, new] = 0.0
     w = planted(q, new_items=new, release_at=np.zeros(new.size, dtype=np.int64))
@@ -215,3 +216,21 @@ def test_choose_checks_its_inputs(data):
     fresh.start()  # the prior alone: choose works, the catalogue path needs train
     assert fresh.choose(x, 2)[0].size == 2
     assert fresh.weights() == pytest.approx({f: 1.0 if f == "relevance" else 0.0 for f in SERVED})
+
+
+def test_the_served_policy_never_shows_an_item_the_person_clicked():
+    """As the service (a click is history, history is never listed): over many visits of a
+    few people, no slate holds an item its person clicked before; other policies may."""
+    w, _ = tail_world()
+    served = ServedLinearTS(2)
+    rng = np.random.default_rng(3)
+    reshown = 0
+    for t in range(300):
+        u = int(rng.integers(3))  # three people, so clicks pile up
+        ctx = w.context(u, t)
+        choice = served.select(ctx, 5)
+        items = ctx.items[choice.positions]
+        reshown += int((w.clicks[u, items] > 0).sum())
+        served.update(ctx, choice, w.step(u, items, rng.random(5)))
+    assert reshown == 0
+    assert w.clicks[:3].sum() > 50  # the people did click (the check above was not vacuous)

@@ -512,7 +512,10 @@ class ServedLinearTS:
     It sees the five features the service computes, taken from the world's rows: bias,
     relevance, unexpectedness (``1 - similarity``: the world's similarity is (1 + cos) / 2, the
     service's unexpectedness (1 - cos) / 2), novelty and tail; not the world's ``new``,
-    ``shown`` and ``clicked``.  The world's new items feed the budget (the service's "no
+    ``shown`` and ``clicked``.  As the served pipeline, it never shows a person an item they
+    clicked before (in the service that click is an event of their history, and history is
+    excluded from every list); items shown and not clicked stay candidates, and their
+    satiation is invisible to it.  The world's new items feed the budget (the service's "no
     interactions at fit time").  Offsets are keyed by item index + 1 and person index + 1.
     """
 
@@ -547,11 +550,17 @@ class ServedLinearTS:
         return x
 
     def select(self, ctx: SlateContext, k: int) -> SlateChoice:
+        # as the service: a click is an event, events are the person's history, and history
+        # is never recommended, so candidates this person clicked before are left out
+        keep = np.flatnonzero(ctx.features[:, _COL["clicked"]] == 0)
+        if keep.size == 0:
+            keep = np.arange(len(ctx.items))
+        x = self.served_features(ctx.features[keep])
         pos, prop, rows = self.bandit.choose(
-            self.served_features(ctx.features), k,
-            item_keys=np.asarray(ctx.items, dtype=np.float64) + 1.0,
-            person_key=float(ctx.user) + 1.0, new=ctx.new)
-        choice = SlateChoice(pos.astype(np.int64), prop)
+            x, min(k, keep.size),
+            item_keys=np.asarray(ctx.items[keep], dtype=np.float64) + 1.0,
+            person_key=float(ctx.user) + 1.0, new=ctx.new[keep])
+        choice = SlateChoice(keep[pos].astype(np.int64), prop)
         self._last = (choice, rows)
         return choice
 
