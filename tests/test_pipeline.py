@@ -80,7 +80,10 @@ def test_loaded_model_holds_one_copy_of_unit_item_vectors(tmp_path):
     data = data.with_item_vectors(v / np.linalg.norm(v, axis=1, keepdims=True))
     fitted = Recommender.fit(data, FitConfig(models={"semantic": {}, "textcf": {}}),
                              progress=False)
-    assert fitted.scorers["semantic"]._state["vectors"] is fitted.data.item_vectors
+    held = fitted.scorers["semantic"]._state["vectors"]
+    assert np.shares_memory(held, fitted.data.item_vectors)
+    with pytest.raises(ValueError, match="read-only"):  # the model cannot change the catalog
+        held[0, 0] = 0.5
     fitted.save(tmp_path / "m")
     back = Recommender.load(tmp_path / "m")
     assert back.scorers["semantic"]._state["vectors"] is back.data.item_vectors

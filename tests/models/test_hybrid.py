@@ -151,15 +151,20 @@ def test_new_items_rank_with_their_block(cold_data, cold_trained):
     {"ease": 1.0, "textcf": 0.7, "semantic": 0.4, "knn": 0.5},
 ])
 @pytest.mark.parametrize(("tail_boost", "reference"), [(0.0, 2048), (2.0, 2048), (0.0, 10)])
+@pytest.mark.parametrize("cold_index", [False, True])
 def test_retrieval_scores_equal_full_scores_with_new_items(cold_data, cold_trained, weights,
-                                                           tail_boost, reference, monkeypatch):
+                                                           tail_boost, reference, cold_index,
+                                                           monkeypatch):
     import serendip.models.hybrid as hybrid_module
 
     monkeypatch.setattr(hybrid_module, "COLD_REFERENCE", reference)
     hybrid = Hybrid(cold_trained, weights, cold_data.item_popularity, tail_boost)
     assert hybrid.reference.size == min(reference, 37)
     retriever = Retriever(cold_trained, cold_data.n_items,
-                          RetrievalConfig(mode="ann", per_source=4, exact_flops=0, n_lists=4))
+                          RetrievalConfig(mode="ann", per_source=4, exact_flops=0, n_lists=4),
+                          cold=np.flatnonzero(cold_data.item_popularity == 0) if cold_index
+                          else None)
+    assert bool(retriever.cold_spaces) == cold_index
     for q in (Query(0, cold_data.history(0)), Query(45, cold_data.history(45)),
               Query(None, np.array([3, 30])), Query(None)):
         full = hybrid.score_many([q])[0]

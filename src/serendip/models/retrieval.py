@@ -49,7 +49,7 @@ import scipy.sparse as sp
 from pydantic import Field
 
 from serendip.component import ComponentConfig
-from serendip.models.base import BatchScorer
+from serendip.models.base import TEXT_SPACE, BatchScorer
 
 __all__ = [
     "IVFIndex", "FaissIndex", "USearchIndex", "RetrievalConfig", "Retriever", "FactorSpace",
@@ -458,7 +458,8 @@ class Retriever:
         self.n_items = n_items
         self.spaces: dict[str, FactorSpace] = {}
         self.space_of: dict[str, str] = {}  # scorer instance name -> space key
-        #: the never-seen items (sorted ids) and, per unit-vector (text) space, a search
+        #: the never-seen items (sorted ids) and, for the text space (what ``cold_fill``
+        #: reads), a search
         #: structure over them alone (an index, or an exact scan of their own contiguous rows
         #: when they are few: ``exact_flops``)
         self.cold = np.zeros(0, np.int64) if cold is None else np.unique(np.asarray(cold, np.int64))
@@ -474,7 +475,7 @@ class Retriever:
                 continue  # not aligned with the catalog: leave it to full scoring
             if key not in self.spaces:
                 self.spaces[key] = FactorSpace(items, self.config)
-                if self.spaces[key].unit and self.cold.size:
+                if key == TEXT_SPACE and self.spaces[key].unit and self.cold.size:
                     self.cold_spaces[key] = SubSpace(items, self.cold, self.config)
             self.space_of[name] = key
         log.info("retrieval: %d factor spaces (%s)%s built in %.2fs", len(self.spaces),

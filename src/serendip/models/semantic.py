@@ -23,7 +23,11 @@ def normalized_vectors(data: Dataset, who: str) -> np.ndarray:
     v = np.asarray(data.item_vectors, dtype=np.float32)
     n = np.sqrt(np.einsum("ij,ij->i", v, v, dtype=np.float64))[:, None]
     if n.size and float(np.abs(n - 1.0).max()) <= 1e-6:
-        return v  # already unit vectors: shared, not copied (a million of them is gigabytes)
+        # already unit vectors: shared, not copied (a million of them is gigabytes), read-only
+        # so that nothing can change the catalog's vectors through a model or the reverse
+        shared = v.view()
+        shared.flags.writeable = False
+        return shared
     return (v / np.where(n > 0, n, 1.0)).astype(np.float32)
 
 
