@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -71,3 +72,17 @@ def make_blocks(n_users: int = 40, n_items: int = 20, seed: int = 0) -> Dataset:
 @pytest.fixture
 def blocks() -> Dataset:
     return make_blocks()
+
+
+@contextmanager
+def local_ray_cluster(num_cpus: int) -> Iterator[None]:
+    """A local Ray cluster on loopback with ``num_cpus`` logical CPUs, quiet, shut down after."""
+    import ray
+
+    ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=False, logging_level="warning")
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        yield
+    finally:
+        ray.shutdown()

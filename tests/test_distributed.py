@@ -15,7 +15,7 @@ from serendip.cli import main
 from serendip.errors import ConfigError
 from serendip.pipeline import FitConfig, Recommender
 from serendip.types import ItemList
-from tests.conftest import make_blocks
+from tests.conftest import local_ray_cluster, make_blocks
 
 ray = pytest.importorskip("ray", reason="Ray is optional: pip install 'ray[data,client]'")
 
@@ -37,13 +37,8 @@ FIT = FitConfig(models={"popularity": {}, "ease": {},
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False, logging_level="warning")
-    try:
-        ray.data.DataContext.get_current().enable_progress_bars = False
+    with local_ray_cluster(num_cpus=2):
         yield
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

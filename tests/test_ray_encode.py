@@ -17,6 +17,7 @@ import pytest
 from serendip.cli import main
 from serendip.errors import ConfigError
 from serendip.text import Encoder
+from tests.conftest import local_ray_cluster
 
 ray = pytest.importorskip("ray", reason="Ray is optional: pip install 'ray[data,client]'")
 torch = pytest.importorskip("torch")
@@ -37,13 +38,8 @@ def _texts(n: int, seed: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False, logging_level="warning")
-    try:
-        ray.data.DataContext.get_current().enable_progress_bars = False
+    with local_ray_cluster(num_cpus=4):
         yield
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture

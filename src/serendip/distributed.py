@@ -186,6 +186,19 @@ def unpack_lists(blob: bytes) -> list[ItemList]:
 
 # --- the model on the workers --------------------------------------------------------------
 
+def _unpack_files(ref: Any, prefix: str) -> tuple[tempfile.TemporaryDirectory[str], Path]:
+    """A directory's files shipped through the object store (``ref``: ``_model_files``),
+    written under a fresh temporary directory (kept alive by the returned handle)."""
+    files: dict[str, bytes] = import_ray().get(ref)
+    tmp = tempfile.TemporaryDirectory(prefix=prefix)
+    root = Path(tmp.name) / "model"
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return tmp, root
+
+
 def _model_files(directory: str | Path) -> dict[str, bytes]:
     """Every file of a model directory, by relative path (read once, on the driver)."""
     root = Path(directory)
@@ -200,14 +213,7 @@ class _Model:
     loaded once."""
 
     def __init__(self, model_ref: list[Any]):
-        ray = import_ray()
-        files: dict[str, bytes] = ray.get(model_ref[0])
-        self._tmp = tempfile.TemporaryDirectory(prefix="serendip-model-")
-        root = Path(self._tmp.name) / "model"
-        for rel, data in files.items():
-            path = root / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+        self._tmp, root = _unpack_files(model_ref[0], "serendip-model-")
         self.rec = Recommender.load(root)
 
 
@@ -466,16 +472,9 @@ class _EncodeWorker:
         # a CPU forward pass sums in an order that depends on the number of threads: run as
         # many as the single-process path runs, whatever CPUs Ray reserved for this actor
         torch.set_num_threads(threads)
-        ray = import_ray()
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if model_ref:  # a local model directory, shipped through the object store
-            files: dict[str, bytes] = ray.get(model_ref[0])
-            self._tmp = tempfile.TemporaryDirectory(prefix="serendip-encoder-")
-            root = Path(self._tmp.name) / "model"
-            for rel, data in files.items():
-                path = root / rel
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(data)
+            self._tmp, root = _unpack_files(model_ref[0], "serendip-encoder-")
             config = {**config, "model": str(root)}
         self.encoder = Encoder(EncoderConfig(**config))
         self.encoder._load()

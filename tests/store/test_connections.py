@@ -252,3 +252,23 @@ def test_postgres_server_down_ping_raises_unavailable() -> None:
             store.count_events()  # no connection can be made within the pool timeout
     finally:
         store.close()
+
+
+def test_closing_the_store_leaves_a_checked_out_reader_to_its_thread(tmp_path) -> None:
+    """A reader in use by another thread is not closed under it (that crashed the process):
+    closing refuses new reads at once, and the reader is closed when it is put back."""
+    import sqlite3
+
+    store = open_store(f"sqlite:///{tmp_path / 'c.db'}")
+    try:
+        held = store._readers.get()  # a query in flight on another thread
+        store.close()
+        assert held.execute("SELECT 1").fetchone() == (1,)  # still usable by its holder
+        with pytest.raises(StoreError, match="closed"):
+            store.list_models()
+        store._readers.put(held)
+        with pytest.raises(sqlite3.ProgrammingError):  # closed once given back
+            held.execute("SELECT 1")
+        assert store._readers.open_connections == 0
+    finally:
+        store.close()

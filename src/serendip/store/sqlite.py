@@ -339,15 +339,19 @@ class _ReaderPool:
             self._cv.notify()
 
     def close(self) -> None:
-        """Close every connection, also ones checked out (their next use fails)."""
+        """Close the idle connections now and refuse new ones; a connection checked out is
+        closed when it is put back.  Closing it here, while another thread may be inside a
+        query on it, is a use-after-free in the sqlite3 module (a background poll crashed the
+        process so when its store was closed under it)."""
         with self._cv:
             self._closed = True
-            for conn in self._all:
+            for conn in self._idle:
                 try:
                     conn.close()
                 except sqlite3.Error:  # pragma: no cover - closing is best effort
                     pass
-            self._all.clear()
+                if conn in self._all:
+                    self._all.remove(conn)
             self._idle.clear()
             self._cv.notify_all()
 
