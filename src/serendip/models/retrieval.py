@@ -464,6 +464,7 @@ class Retriever:
         #: when they are few: ``exact_flops``)
         self.cold = np.zeros(0, np.int64) if cold is None else np.unique(np.asarray(cold, np.int64))
         self.cold_spaces: dict[str, SubSpace] = {}
+        self._cold_checked: dict[int, tuple[np.ndarray, bool]] = {}
         t0 = time.perf_counter()
         for name, scorer in scorers.items():
             form = scorer.factor_space() if scorer.is_trained else None
@@ -487,9 +488,19 @@ class Retriever:
         """The search structure over the never-seen items of space ``key``, when ``cold`` (the
         caller's never-seen items) is the set it was built for; None otherwise."""
         space = self.cold_spaces.get(key)
-        if space is None or cold.size != self.cold.size or not np.array_equal(cold, self.cold):
+        if space is None or not self._same_cold(cold):
             return None
         return space
+
+    def _same_cold(self, cold: np.ndarray) -> bool:
+        """Whether ``cold`` holds this retriever's never-seen items; compared once per array
+        (a pipeline passes the same one on every request), not once per request."""
+        known = self._cold_checked.get(id(cold))
+        if known is not None and known[0] is cold:
+            return known[1]
+        same = cold.size == self.cold.size and bool(np.array_equal(cold, self.cold))
+        self._cold_checked[id(cold)] = (cold, same)  # holds the array: its id is not reused
+        return same
 
 
 class SubSpace:
