@@ -50,6 +50,10 @@ PRESETS = ("accurate", "balanced", "discovery", "adaptive")
 FORMAT_VERSION = 1
 #: Catalogs above this size get the large-catalog default models (no dense item x item ones).
 LARGE_CATALOG = 40_000
+#: On those catalogs the transition model keeps each item's strongest successors only
+#: (``TransitionConfig.max_next``): a request then reads at most ``recent`` x this many
+#: entries, where a popular item's full row can hold hundreds of thousands.
+LARGE_CATALOG_NEXT = 1_000
 #: A shipped preset run on a model without one of its blend members puts that member's weight
 #: on the first of these that the model has (large-catalog models have ALS, not EASE).
 SUBSTITUTES: dict[str, tuple[str, ...]] = {
@@ -121,7 +125,7 @@ class FitConfig(BaseModel):
             models = cls().models
         else:
             models = {"popularity": {}, "als": {}, "semantic": {}, "textcf": {},
-                      "transition": {}}
+                      "transition": {"max_next": LARGE_CATALOG_NEXT}}
         if not ordered:
             models = {k: v for k, v in models.items() if k not in ORDER_MODELS}
         return cls(models=models)

@@ -197,6 +197,27 @@ def test_transition_sparse_scores_equal_the_decayed_row_sum(data):
         assert np.all(np.diff(cols) > 0)
 
 
+def test_transition_max_next_keeps_each_rows_strongest_successors(data):
+    """Against a row-by-row reference on the full model: each row keeps its ``max_next``
+    largest entries (ties to the lower item), values unchanged; rows already short are whole."""
+    full = Transition()
+    full.train(data)
+    cut = Transition(max_next=3)
+    cut.train(data)
+    a, b = full._t.toarray(), cut._t.toarray()
+    assert b.shape == a.shape and np.diff(cut._t.indptr).max() <= 3
+    for row_a, row_b in zip(a, b, strict=True):
+        nz = np.flatnonzero(row_a)
+        keep = nz[np.lexsort((nz, -row_a[nz]))][:3]
+        want = np.zeros_like(row_a)
+        want[keep] = row_a[keep]
+        np.testing.assert_array_equal(row_b, want)
+    assert np.all(np.diff(cut._t.indices[cut._t.indptr[0]:cut._t.indptr[1]]) > 0)
+    loose = Transition(max_next=10_000)
+    loose.train(data)
+    assert (loose._t != full._t).nnz == 0
+
+
 def test_component_repr_and_isinstance():
     assert isinstance(EASE(), Component)
     assert "l2=500.0" in repr(EASE())

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 from hypothesis import given
 from hypothesis import strategies as st
 
-from serendip.rerank.base import genre_shares, head_mask, minmax, people
+from serendip.rerank.base import csr_rows, genre_shares, head_mask, minmax, people
 from serendip.types import Query
 from tests.conftest import make_blocks
 
@@ -63,3 +63,18 @@ def test_people_grammar() -> None:
     assert people(0) == "nobody has"
     assert people(1) == "only 1 person has"
     assert people(12) == "only 12 people have"
+
+
+def test_csr_rows_equals_scipy_row_indexing():
+    """Rows in the given order, repeats and empty rows included, as ``m[rows]``."""
+    rng = np.random.default_rng(0)
+    dense = rng.random((30, 12)) * (rng.random((30, 12)) < 0.3)
+    dense[4] = 0.0
+    m = sp.csr_matrix(dense.astype(np.float32))
+    for rows in (np.array([3, 4, 3, 29, 0]), np.arange(30)[::-1], np.zeros(0, np.int64),
+                 np.array([4, 4])):
+        got, want = csr_rows(m, rows), m[rows]
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_array_equal(got.toarray(), want.toarray())
+        np.testing.assert_array_equal(got.indptr, want.indptr)
+        np.testing.assert_array_equal(got.indices, want.indices)

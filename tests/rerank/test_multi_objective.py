@@ -10,7 +10,7 @@ import pytest
 from serendip.data import Dataset
 from serendip.errors import ConfigError
 from serendip.rerank import MultiObjective
-from serendip.rerank.multi_objective import OBJECTIVES
+from serendip.rerank.multi_objective import OBJECTIVES, at_least_median
 from serendip.types import ItemList, Query
 from tests.conftest import make_blocks
 
@@ -328,3 +328,18 @@ def test_exposure_penalty_hand_computed_and_no_dilution() -> None:
     a, b = base(q0, a_first(), 6), spread(q0, a_first(), 6)
     assert a.items.tolist() == b.items.tolist()
     np.testing.assert_allclose(a.scores, b.scores)
+
+
+def test_at_least_median_agrees_with_numpy_median() -> None:
+    """The sort-free comparison decides as ``values >= np.median(pool, axis=1)`` on odd and even
+    rows, with ties, repeated values and each row's own entries as the compared values."""
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 3, 4, 7, 8, 50, 51):
+        for _ in range(40):
+            pool = rng.integers(0, 4, size=(7, n)) / 4.0 if rng.random() < 0.5 else \
+                rng.standard_normal((7, n))
+            cols = rng.integers(0, n, size=7)
+            for values in (pool[np.arange(7), cols], rng.standard_normal(7),
+                           np.median(pool, axis=1)):
+                want = values >= np.median(pool, axis=1)
+                np.testing.assert_array_equal(at_least_median(values, pool), want)

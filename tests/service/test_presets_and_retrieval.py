@@ -14,7 +14,13 @@ from serendip.cli import build_parser
 from serendip.data import Dataset
 from serendip.errors import ConfigError
 from serendip.models.retrieval import RetrievalConfig
-from serendip.pipeline import FitConfig, Recommender, adapt_shipped_preset, load_preset
+from serendip.pipeline import (
+    LARGE_CATALOG_NEXT,
+    FitConfig,
+    Recommender,
+    adapt_shipped_preset,
+    load_preset,
+)
 from serendip.service import Engine, EngineConfig, create_app
 from serendip.service.app import _preset_file
 from serendip.store import open_store
@@ -96,6 +102,8 @@ def test_default_fit_config_has_no_dense_models_on_large_catalogs():
     assert "ease_recent" in FitConfig.default_for(1682).models
     big = FitConfig.default_for(100_000).models
     assert not {"ease", "ease_recent", "knn"} & set(big) and "als" in big
+    assert big["transition"] == {"max_next": LARGE_CATALOG_NEXT}
+    assert "max_next" not in FitConfig.default_for(1682).models["transition"]
 
 
 @pytest.fixture

@@ -27,6 +27,11 @@ class TransitionConfig(ComponentConfig):
     recent: int = Field(5, ge=1, le=100, description="how many recent history items vote")
     decay: float = Field(0.6, gt=0, le=1, description="vote weight decay per step back")
     smoothing: float = Field(5.0, ge=0, le=1e6, description="added to row sums when normalising")
+    max_next: int | None = Field(
+        None, ge=1, le=10_000_000,
+        description="keep only each item's strongest successors (after normalising; ties by "
+        "item order); None keeps all. Bounds a request's work on a large catalog, where a "
+        "popular item is followed by hundreds of thousands of others")
 
 
 class Transition(BatchScorer):
@@ -55,6 +60,8 @@ class Transition(BatchScorer):
         rs = np.asarray(t.sum(axis=1)).ravel() + c.smoothing
         t = sp.diags(1.0 / np.where(rs > 0, rs, 1.0)) @ t
         t = t.tocsr().astype(np.float32)
+        if c.max_next is not None:
+            t = strongest_per_row(t, c.max_next)
         self._set_state(data=t.data, indices=t.indices, indptr=t.indptr, shape=np.asarray(t.shape))
 
     def _after_load(self) -> None:
@@ -88,3 +95,19 @@ class Transition(BatchScorer):
             indptr.append(indptr[-1] + items.size)
         return sp.csr_matrix((np.concatenate(vals), np.concatenate(cols), np.asarray(indptr)),
                              shape=(len(queries), t.shape[0]))
+
+
+def strongest_per_row(m: sp.csr_matrix, keep: int) -> sp.csr_matrix:
+    """``m`` (sorted indices) with only each row's ``keep`` largest entries, ties going to the
+    lower column; the kept entries stay in column order."""
+    counts = np.diff(m.indptr)
+    if counts.size == 0 or int(counts.max()) <= keep:
+        return m
+    row = np.repeat(np.arange(m.shape[0]), counts)
+    order = np.lexsort((-m.data, row))  # by row, then value descending; stable: column order
+    rank = np.arange(m.nnz) - m.indptr[row[order]]
+    kept = np.zeros(m.nnz, dtype=bool)
+    kept[order[rank < keep]] = True
+    indptr = np.zeros(m.shape[0] + 1, dtype=m.indptr.dtype)
+    np.cumsum(np.minimum(counts, keep), out=indptr[1:])
+    return sp.csr_matrix((m.data[kept], m.indices[kept], indptr), shape=m.shape)

@@ -168,6 +168,19 @@ def maybe_unit_vectors(data: Dataset, who: str, *, required: bool = False,
     return None
 
 
+def csr_rows(m: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
+    """``m[rows]`` (rows in the given order, repeats allowed), gathered with numpy: the same
+    matrix as scipy's row indexing without its per-call checks, which cost more than the
+    gather on a request's few hundred rows."""
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    starts = m.indptr[rows].astype(np.int64)
+    counts = m.indptr[rows + 1].astype(np.int64) - starts
+    indptr = np.zeros(rows.size + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    pos = np.repeat(starts - indptr[:-1], counts) + np.arange(int(indptr[-1]), dtype=np.int64)
+    return sp.csr_matrix((m.data[pos], m.indices[pos], indptr), shape=(rows.size, m.shape[1]))
+
+
 def restrict_columns(m: sp.csr_matrix, cols: np.ndarray) -> sp.csr_matrix:
     """The entries of ``m`` in the sorted columns ``cols``, renumbered 0..len(cols)-1."""
     m = sp.csr_matrix(m)

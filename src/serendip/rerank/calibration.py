@@ -23,6 +23,7 @@ from serendip.rerank.base import (
     GreedyReranker,
     RerankConfig,
     Selection,
+    csr_rows,
     csr_state,
     genre_shares,
     names_state,
@@ -83,6 +84,9 @@ class CalibrationState:
         self._indices = rows.indices.astype(np.int64)
         self._data = rows.data
         self._row_of = np.repeat(np.arange(self._n), np.diff(rows.indptr))
+        # the candidates' distinct masses (few: 0 and 1 for shares), found once, not per step
+        self._masses, inverse = np.unique(self._row_mass, return_inverse=True)
+        self._mass_of = inverse.reshape(-1)
         self._const = float(self._pp @ np.log(self._pp))
         self.mass_sum = np.zeros(self._pp.size)
         self.mass_total = 0.0
@@ -95,16 +99,16 @@ class CalibrationState:
         own genres: the sum over genres is taken once per distinct normaliser, then corrected
         on the candidate's entries."""
         a, alpha, pp, ms = 1.0 - self.alpha, self.alpha, self._pp, self.mass_sum
-        total = self.mass_total + self._row_mass
-        denom = np.where(total > 0, total, 1.0)
-        uniq, inv = np.unique(denom, return_inverse=True)
+        total = self.mass_total + self._masses  # per distinct mass, as per candidate
+        uniq = np.where(total > 0, total, 1.0)
         base = np.log(a * (ms[None, :] / uniq[:, None]) + alpha * pp[None, :]) @ pp
+        denom = uniq[self._mass_of]
         idx = self._indices
         d = denom[self._row_of]
         ms_e, pp_e = ms[idx], pp[idx]
         corr = pp_e * (np.log(a * ((ms_e + self._data) / d) + alpha * pp_e)
                        - np.log(a * (ms_e / d) + alpha * pp_e))
-        s = base[inv.reshape(-1)] + np.bincount(self._row_of, weights=corr, minlength=self._n)
+        s = base[self._mass_of] + np.bincount(self._row_of, weights=corr, minlength=self._n)
         return np.asarray(self._const - s)
 
     def _entries(self, j: int) -> slice:
@@ -137,7 +141,7 @@ def history_mix(genres: sp.csr_matrix, history: np.ndarray
     None when the history carries no genre."""
     if history.size == 0 or genres.shape[1] == 0:
         return None
-    sub = genres[history]
+    sub = csr_rows(genres, history)
     if sub.nnz == 0:
         return None
     cols, inv = np.unique(sub.indices, return_inverse=True)
@@ -152,7 +156,7 @@ def genre_rows(genres: sp.csr_matrix, items: np.ndarray, cols: np.ndarray
                ) -> tuple[sp.csr_matrix, np.ndarray]:
     """The items' genre shares over the sorted columns ``cols`` only, and each item's genre
     mass over all genres (1 for an item with genres, else 0: shares sum to 1)."""
-    sub = genres[items]
+    sub = csr_rows(genres, items)
     mass = (np.diff(sub.indptr) > 0).astype(np.float64)
     return restrict_columns(sub, cols), mass
 

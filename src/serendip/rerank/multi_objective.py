@@ -96,6 +96,25 @@ def novelty_reason(popularity: float, tail: bool) -> str:
     return "less well known than the usual picks"
 
 
+def at_least_median(values: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """Per row ``r``: ``values[r] >= np.median(pool[r])``, without sorting.  The count of the
+    row's entries at or below the value decides; for an even count with exactly half below,
+    the two middle entries are the largest at or below the value and the smallest above it,
+    and their mean is compared as ``np.median`` computes it."""
+    n = pool.shape[1]
+    below = pool <= values[:, None]
+    count = below.sum(axis=1)
+    half = n // 2
+    out = count >= half + 1
+    if n % 2 == 0:
+        tie = count == half
+        if tie.any():
+            lo = np.where(below, pool, -np.inf).max(axis=1)
+            hi = np.where(below, np.inf, pool).min(axis=1)
+            out |= tie & (values >= (lo + hi) / 2)
+    return np.asarray(out)
+
+
 def exposure_reason(share: float) -> str:
     """Why an item few recent lists showed was picked (``share`` of those lists)."""
     if share <= 0:
@@ -337,9 +356,10 @@ class MultiObjective(GreedyReranker):
             # a reason must be true of the item: an objective names it only where the item is
             # above the candidates' median on it (Titanic is never "less well known")
             pool = obj[1:, open_ if open_.any() else avail]
-            above = (obj[1:, j] >= np.median(pool, axis=1)) & (obj[1:, j] > pool.min(axis=1))
-            above[_EXPO - 1] = (expo_gain[j] >= np.median(expo_gain)) & (
-                expo_gain[j] > expo_gain.min())
+            above = at_least_median(obj[1:, j], pool) & (obj[1:, j] > pool.min(axis=1))
+            above[_EXPO - 1] = (self.tracks_exposure  # else every gain is 0: never above
+                                and bool(at_least_median(expo_gain[j:j + 1], expo_gain[None])[0])
+                                and expo_gain[j] > expo_gain.min())
             contrib = np.where(above, contrib, 0.0)
             o = int(np.argmax(contrib)) + 1
             name = OBJECTIVES[o] if contrib[o - 1] > 1e-9 else "relevance"
