@@ -49,6 +49,7 @@ import scipy.sparse as sp
 from pydantic import Field
 
 from serendip.component import ComponentConfig
+from serendip.errors import ConfigError
 from serendip.models.base import TEXT_SPACE, BatchScorer
 
 __all__ = [
@@ -403,10 +404,18 @@ class FactorSpace:
 
     BLOCK = 4096
 
-    def __init__(self, items: np.ndarray, config: RetrievalConfig) -> None:
+    def __init__(self, items: np.ndarray, config: RetrievalConfig, *, moments: bool = True
+                 ) -> None:
+        """``moments`` False skips the mean and covariance (``stats``), for a space that is
+        only searched (a ``SubSpace``)."""
         f = np.asarray(items, dtype=np.float32)
         self.items = f
-        self.mean, self.cov, norms = _moments(f)
+        self.mean: np.ndarray | None = None
+        self.cov: np.ndarray | None = None
+        if moments:
+            self.mean, self.cov, norms = _moments(f)
+        else:
+            norms = _row_norms(f)
         self.config = config
         self.index: IVFIndex | FaissIndex | USearchIndex | None = None
         unit = norms.size > 0 and float(norms.max() - norms.min()) <= 1e-3 * max(norms.max(), 1e-12)
@@ -421,6 +430,8 @@ class FactorSpace:
 
     def stats(self, query: np.ndarray, offset: float) -> tuple[float, float]:
         """Mean and standard deviation of ``items @ query + offset`` over every item."""
+        if self.mean is None or self.cov is None:
+            raise ConfigError("this factor space was built without its moments (search only)")
         mu = float(query @ self.mean) + float(offset)
         var = float(query @ self.cov @ query)
         return mu, math.sqrt(max(var, 0.0))
@@ -509,7 +520,7 @@ class SubSpace:
 
     def __init__(self, items: np.ndarray, ids: np.ndarray, config: RetrievalConfig) -> None:
         self.ids = np.asarray(ids, dtype=np.int64)
-        self.space = FactorSpace(np.asarray(items)[self.ids], config)
+        self.space = FactorSpace(np.asarray(items)[self.ids], config, moments=False)
 
     def search(self, query: np.ndarray, n: int) -> np.ndarray:
         return self.ids[self.space.search(query, n)]
