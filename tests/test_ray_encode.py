@@ -162,7 +162,8 @@ def _write_inputs(d: Path) -> None:
         d / "events.csv", index=False)
     # the real encoder, batches of 4 (several shards), no cache: both fits encode everything
     (d / "fit.toml").write_text('[encoder]\nbatch_size = 4\nmax_seq_length = 64\n\n'
-                                '[models.popularity]\n\n[models.semantic]\n\n[models.textcf]\n')
+                                '[models.popularity]\n\n[models.semantic]\n\n[models.textcf]\n\n'
+                                '[models.als]\nfactors = 8\niterations = 3\nuse_gpu = false\n')
 
 
 @pytest.mark.slow
@@ -179,7 +180,7 @@ def test_cli_fit_ray_gives_the_same_model(local_ray, tmp_path, capsys):
     assert one.shape == (36, 384)
     assert np.array_equal(one, sharded)  # bit for bit
     # the models trained on them are then the same too
-    for name in ("semantic", "textcf"):
+    for name in ("semantic", "textcf", "als"):  # ALS: trained on Ray in shards
         states = sorted((outs[0] / "components" / name).glob("*.npz"))
         assert states
         for f in states:

@@ -290,12 +290,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
     cfg = load_fit_config(args.config)
     t0 = time.perf_counter()
     data, name = _input_data(args, cfg)
-    encoder = None
-    if getattr(args, "ray", None) is not None:  # encoding sharded on Ray; training stays here
-        from serendip.distributed import RayEncoder
+    encoder = trainer = None
+    if getattr(args, "ray", None) is not None:  # encoding and ALS sharded on Ray
+        from serendip.distributed import RayEncoder, RayTrainer
         from serendip.text import EncoderConfig
 
         encoder = RayEncoder(EncoderConfig(**cfg.encoder), address=args.ray or None)
+        trainer = RayTrainer(args.ray or None)
     if args.tune:
         from serendip.tune import tune
 
@@ -308,11 +309,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
                       progress=not args.quiet)
         if not args.quiet:
             _print_tuning(result)
-        rec = Recommender.fit(data, result.fit_config, progress=not args.quiet)
+        rec = Recommender.fit(data, result.fit_config, progress=not args.quiet,
+                              trainer=trainer)
         rec.presets = dict(result.presets)
         rec.tuning = result.summary()
     else:
-        rec = Recommender.fit(data, cfg, progress=not args.quiet, encoder=encoder)
+        rec = Recommender.fit(data, cfg, progress=not args.quiet, encoder=encoder,
+                              trainer=trainer)
     rec.save(args.out)
     tuned = f", presets tuned: {', '.join(rec.presets)}" if rec.presets else ""
     print(f"fitted {_n(len(rec.scorers), 'model')} on {name} ({data.describe()}) in "
@@ -1167,8 +1170,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune_args(f)
     f.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="encode the catalog texts the embedding cache lacks on Ray, in shards "
-                   "of whole encoder batches with one encoder load per worker (the vectors "
-                   "equal one process's; training stays here): on the cluster at ADDRESS "
+                   "of whole encoder batches with one encoder load per worker, and train ALS "
+                   "with each half-step's rows sharded over Ray tasks (vectors and factors "
+                   "equal one process's; the other models train here): on the cluster at ADDRESS "
                    "(ray://HOST:10001, or auto), or on a local one when no ADDRESS is given "
                    "(needs: pip install 'ray[data,client]')")
     f.set_defaults(func=cmd_fit)

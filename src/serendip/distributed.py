@@ -51,7 +51,7 @@ from serendip.types import ItemList, Query
 __all__ = [
     "RAY_INSTALL", "SHARD", "import_ray", "ray_session", "order_dependent", "pack_lists",
     "unpack_lists", "recommend_batch_ray", "evaluate_lists_ray", "job_lists",
-    "run_experiment_ray", "RayEncoder", "SHARD_BATCHES",
+    "run_experiment_ray", "RayEncoder", "SHARD_BATCHES", "RayTrainer",
 ]
 
 log = logging.getLogger(__name__)
@@ -295,6 +295,101 @@ def recommend_batch_ray(
         log.info("Ray: %d lists in %d shards in %.2fs", len(user_ids), len(rows),
                  time.perf_counter() - t0)
     return [lst for blob in blobs for lst in unpack_lists(blob)]
+
+
+# --- training --------------------------------------------------------------------------------
+def _als_rows(config: dict[str, Any], rows: Any, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """One shard of an ALS half-step, on a worker: its rows of ``x`` solved from all of ``y``
+    with implicit's CPU solver, BLAS on one thread (as ``ALS.train`` runs it)."""
+    from threadpoolctl import threadpool_limits
+
+    from serendip.models.als import ALSConfig, cpu_solver
+
+    c = ALSConfig(**config)
+    # arguments come read-only from the object store, and implicit's solver takes writable
+    # buffers (it writes only ``out``)
+    out = np.array(x, dtype=np.float32, copy=True)
+    fixed = y if y.flags.writeable else np.array(y, copy=True)
+    if not all(a.flags.writeable for a in (rows.data, rows.indices, rows.indptr)):
+        rows = rows.copy()
+    with threadpool_limits(1, "blas"):
+        cpu_solver(c)(rows, out, fixed, c.regularization, num_threads=1)
+    return out
+
+
+class RayTrainer:
+    """``Recommender.fit``'s ``trainer`` for ``fit --ray``: ALS is trained on a Ray cluster,
+    every other model here (their training does not split into independent parts, or takes
+    seconds).
+
+    ALS alternates two half-steps, the users' factors from the items' and back; within one,
+    each row is solved from its own confidence row, its own start and the other side's
+    factors, independently of every other row.  Each half-step is therefore cut into row
+    ranges (``shards``, default one per CPU of the cluster), solved by Ray tasks of one CPU
+    each, and gathered here before the next.  The rows of the confidence matrix and of its
+    transpose travel to the object store once; the fixed side's factors once per half-step.
+    The factors equal a single-process fit's bit for bit (``ALS.train_in_half_steps``).  When
+    ALS would train on a CUDA GPU here, it does so here.
+    """
+
+    def __init__(self, address: str | None = None, *, shards: int | None = None,
+                 progress: bool = False) -> None:
+        if shards is not None and (isinstance(shards, bool) or not isinstance(shards, int)
+                                   or shards < 1):
+            raise ConfigError(f"shards must be a positive integer, got {shards!r}")
+        self.address = address or None
+        self.shards = shards
+        self.progress = progress
+        #: what the last ALS training sent to Ray: shards per half-step, half-steps
+        self.sent_shards = self.sent_steps = 0
+
+    def __call__(self, scorer: Any, data: Any) -> None:
+        from serendip.models.als import ALS
+
+        if not isinstance(scorer, ALS) or self._on_gpu(scorer):
+            scorer.train(data)
+            return
+        self.train_als(scorer, data)
+
+    @staticmethod
+    def _on_gpu(scorer: Any) -> bool:
+        if not scorer.config.use_gpu:
+            return False
+        import implicit
+
+        return bool(implicit.gpu.HAS_CUDA)
+
+    def train_als(self, scorer: Any, data: Any) -> None:
+        """Train ``scorer`` (an ``ALS``) with its half-steps sharded on Ray."""
+        config = scorer.config.model_dump()
+        self.sent_shards = self.sent_steps = 0
+        with ray_session(self.address, None, self.progress) as ray:
+            task = ray.remote(num_cpus=1)(_als_rows)
+            n = self.shards or max(1, int(ray.cluster_resources().get("CPU", 1)))
+            # per matrix (users x items, then its transpose): the row ranges and their refs,
+            # holding the matrix so that its id is not reused while cached
+            parts: dict[int, tuple[Any, list[tuple[int, int, Any]]]] = {}
+            t0 = time.perf_counter()
+
+            def half_step(rows: Any, x: np.ndarray, y: np.ndarray) -> None:
+                got = parts.get(id(rows))
+                if got is None or got[0] is not rows:
+                    cuts = np.unique(np.linspace(0, x.shape[0], n + 1).astype(np.int64))
+                    got = (rows, [(int(a), int(b), ray.put(rows[int(a):int(b)]))
+                                  for a, b in zip(cuts[:-1], cuts[1:], strict=True)])
+                    parts[id(rows)] = got
+                y_ref = ray.put(y)
+                futures = [task.remote(config, ref, x[a:b], y_ref) for a, b, ref in got[1]]
+                for (a, b, _), solved in zip(got[1], ray.get(futures), strict=True):
+                    x[a:b] = solved
+                self.sent_shards = len(got[1])
+                self.sent_steps += 1
+                if self.sent_steps % 2 == 0:
+                    log.info("ALS on Ray: iteration %d of %d (%d shards per half-step), "
+                             "%.1fs", self.sent_steps // 2, scorer.config.iterations,
+                             len(got[1]), time.perf_counter() - t0)
+
+            scorer.train_in_half_steps(data, half_step)
 
 
 # --- evaluation ------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -361,7 +361,12 @@ class Recommender:
 
     @classmethod
     def fit(cls, data: Dataset, config: FitConfig | None = None, *, progress: bool = True,
-            encoder: Encoder | None = None) -> Recommender:
+            encoder: Encoder | None = None,
+            trainer: Callable[[BatchScorer, Dataset], None] | None = None) -> Recommender:
+        """Fit every model of ``config`` on ``data``.  ``encoder`` encodes the item texts when
+        ``data`` has no vectors (e.g. ``serendip.distributed.RayEncoder``); ``trainer(scorer,
+        data)`` trains each model (default: ``scorer.train(data)``; e.g.
+        ``serendip.distributed.RayTrainer``, which shards ALS on a Ray cluster)."""
         config = (config or FitConfig()).for_data(data)
         # the defence reads every rating, so it looks before negatives are set aside
         defense = (make_config(ProfileDefense, config.defense, "defense")
@@ -391,7 +396,10 @@ class Recommender:
             t0 = time.perf_counter()
             params = {k: v for k, v in values.items() if k != "type"}
             scorer = SCORERS[values.get("type", name)](params)
-            scorer.train(train)
+            if trainer is None:
+                scorer.train(train)
+            else:
+                trainer(scorer, train)
             scorers[name] = scorer
             log.info("trained %s in %.2fs", name, time.perf_counter() - t0)
         return cls(data, scorers, config, negatives=negatives, negative_below=threshold)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from pydantic import Field
@@ -16,7 +16,11 @@ from serendip.data.dataset import Dataset
 from serendip.models.base import BatchScorer
 from serendip.types import Query
 
-__all__ = ["ALS", "ALSConfig"]
+__all__ = ["ALS", "ALSConfig", "HalfStep", "cpu_solver"]
+
+#: One half of an ALS iteration: ``half_step(C, X, Y)`` sets every row of ``X`` (in place)
+#: from the fixed factors ``Y`` and the confidence rows ``C`` (CSR, one row per row of ``X``).
+HalfStep = Callable[[object, np.ndarray, np.ndarray], None]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,43 @@ class ALS(BatchScorer):
             item_factors=np.asarray(model.item_factors, dtype=np.float32),
         )
 
+    def train_in_half_steps(self, data: Dataset, half_step: HalfStep | None = None) -> None:
+        """``train`` on the CPU with each half-step of every iteration done by ``half_step``
+        (default: implicit's solver here, over all rows at once).
+
+        The steps are implicit's own ``fit`` on the CPU, taken apart so that a half-step can
+        be sharded by rows (``serendip.distributed.RayALSTrainer``): the same confidence
+        matrix and its transpose, the same seeded start, users then items each iteration.
+        Each row's solve reads only its own row of ``C``, its own start in ``X`` and all of
+        ``Y``, so a half-step split over row ranges, each solved by ``cpu_solver`` with BLAS
+        on one thread, gives the factors ``train`` gives, bit for bit.
+        """
+        from implicit.utils import check_csr, check_random_state
+        from threadpoolctl import threadpool_limits
+
+        c = self.config
+        if half_step is None:
+            solver = cpu_solver(c)
+
+            def half_step(rows: object, x: np.ndarray, y: np.ndarray) -> None:
+                with threadpool_limits(1, "blas"):
+                    solver(rows, x, y, c.regularization, num_threads=0)
+
+        cui = check_csr(data.matrix.tocsr())
+        if cui.dtype != np.float32:
+            cui = cui.astype(np.float32)
+        if c.alpha != 1.0:
+            cui = c.alpha * cui
+        ciu = cui.T.tocsr()
+        rs = check_random_state(c.seed)
+        x = rs.random((cui.shape[0], c.factors), dtype=np.float32) * 0.01
+        y = rs.random((cui.shape[1], c.factors), dtype=np.float32) * 0.01
+        for _ in range(c.iterations):
+            half_step(cui, x, y)
+            half_step(ciu, y, x)
+        self._set_state(user_factors=np.asarray(x, dtype=np.float32),
+                        item_factors=np.asarray(y, dtype=np.float32))
+
     def _fold_in(self, history: np.ndarray) -> np.ndarray:
         """Closed-form ALS user step for an unseen user (same objective as training)."""
         y = self._require_trained()["item_factors"].astype(np.float64)
@@ -86,3 +127,14 @@ class ALS(BatchScorer):
         vecs, _ = self.query_factors(queries)
         itf = self._require_trained()["item_factors"]
         return np.asarray(vecs.astype(np.float32) @ itf.T, dtype=np.float64)
+
+
+def cpu_solver(config: ALSConfig) -> Callable[..., None]:
+    """implicit's CPU half-step for ``config`` (the one ``ALS.train`` runs there):
+    ``solver(C, X, Y, regularization, num_threads=...)`` sets the rows of ``X`` in place."""
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    model = AlternatingLeastSquares(
+        factors=config.factors, regularization=config.regularization, alpha=config.alpha,
+        iterations=config.iterations, random_state=config.seed)
+    return model.solver  # type: ignore[no-any-return]
