@@ -32,7 +32,7 @@ from serendip.explore.policies import EpsilonSlate, EpsilonSlateConfig
 from serendip.models import SCORERS, BatchScorer, Hybrid
 from serendip.models.retrieval import LazyRetriever, RetrievalConfig, Retriever
 from serendip.rerank import RERANKERS
-from serendip.rerank.base import RELEVANCE_REASONS
+from serendip.rerank.base import RELEVANCE_REASONS, csr_rows
 from serendip.rerank.mmr import VARIETY
 from serendip.robust import ProfileDefense
 from serendip.text import Encoder, EncoderConfig
@@ -910,8 +910,8 @@ class Pipeline:
         if cats is None:
             return None
         names = self.rec.data.category_names
-        own = set(cats[int(lst.items[n])].indices.tolist())
-        others = set(cats[np.delete(lst.items, n)].indices.tolist())
+        own = set(csr_rows(cats, lst.items[n : n + 1]).indices.tolist())
+        others = set(csr_rows(cats, np.delete(lst.items, n)).indices.tolist())
         alone = list(own - others)
         if not alone:
             return None

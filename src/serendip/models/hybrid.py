@@ -108,8 +108,9 @@ class Hybrid(BatchScorer):
                 pick = np.linspace(0, seen_items.size - 1, min(seen_items.size, COLD_REFERENCE))
                 self.reference = seen_items[np.unique(np.round(pick).astype(np.int64))]
         self._state = {}
-        #: member name -> (its factor rows, a contiguous copy of the reference items' rows)
-        self._reference_rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        #: member name -> (where its factor rows lie, a contiguous copy of the reference
+        #: items' rows)
+        self._reference_rows: dict[str, tuple[tuple[object, ...], np.ndarray]] = {}
 
     # ---------------------------------------------------------------- retrieval path
     def retrieve(self, query: Query, retriever: Retriever, n: int,
@@ -169,9 +170,13 @@ class Hybrid(BatchScorer):
         product is the same."""
         if v.rows is None or v.query is None:
             return v.z(self.reference)
+        # keyed by the rows' memory, not the array object: a scorer may hand out a new view
+        # of the same factors on every request
+        key = (v.rows.__array_interface__["data"][0], v.rows.shape, v.rows.strides,
+               v.rows.dtype.str)
         got = self._reference_rows.get(v.name)
-        if got is None or got[0] is not v.rows:
-            got = (v.rows, np.ascontiguousarray(v.rows[self.reference]))
+        if got is None or got[0] != key:
+            got = (key, np.ascontiguousarray(v.rows[self.reference]))
             self._reference_rows[v.name] = got
         values = np.asarray(got[1] @ v.query.astype(v.rows.dtype), dtype=np.float64) + v.offset
         z = (values - v.mu) / v.scale

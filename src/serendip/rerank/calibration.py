@@ -164,7 +164,10 @@ def genre_rows(genres: sp.csr_matrix, items: np.ndarray, cols: np.ndarray
 def history_count(genres: sp.csr_matrix, history: np.ndarray, col: int) -> tuple[int, int]:
     """(items of the history in category ``col``, items in the history)."""
     hist = np.unique(history)
-    return int((genres[hist][:, [int(col)]] != 0).sum()), int(hist.size)
+    rows = csr_rows(genres, hist)
+    hit = (rows.indices == int(col)) & (rows.data != 0)
+    owner = np.repeat(np.arange(hist.size), np.diff(rows.indptr))
+    return int(np.unique(owner[hit]).size), int(hist.size)
 
 
 def interest_reason(name: str, count: int, total: int) -> str:
