@@ -30,6 +30,7 @@ from serendip.errors import ConfigError, ModelFormatError
 from serendip.explore.bandit import LinearTS, LinearTSConfig
 from serendip.explore.policies import EpsilonSlate, EpsilonSlateConfig
 from serendip.models import SCORERS, BatchScorer, Hybrid
+from serendip.models._util import row_dots
 from serendip.models.retrieval import LazyRetriever, RetrievalConfig, Retriever
 from serendip.rerank import RERANKERS
 from serendip.rerank.base import RELEVANCE_REASONS, csr_rows
@@ -603,7 +604,7 @@ def _vary(data: Dataset, lst: ItemList, k: int) -> ItemList:
         value[picked] = -np.inf
         j = int(np.argmax(value))
         picked.append(j)
-        max_sim = np.maximum(max_sim, vec @ vec[j])
+        max_sim = np.maximum(max_sim, row_dots(vec, vec[j]))
     return pool.take(np.asarray(picked, dtype=np.int64))
 
 
@@ -879,7 +880,8 @@ class Pipeline:
         v = data.item_vectors
         assert v is not None
         recent = np.unique(q.history[-50:])
-        sims = np.asarray(v[lst.items] @ v[recent].T, dtype=np.float64)
+        sims = np.asarray(np.einsum("ij,kj->ik", v[lst.items], v[recent]),  # as row_dots
+                          dtype=np.float64)
         reasons = []
         for row, item, r in zip(sims, lst.items.tolist(), rest, strict=True):
             row = np.where(recent == item, -np.inf, row)

@@ -12,7 +12,25 @@ from serendip.errors import DataError
 from serendip.types import Query
 
 __all__ = ["history_weights", "history_matrix", "standardize", "check_dense_items",
-           "available_memory"]
+           "available_memory", "row_dots", "quadratic_form"]
+
+
+def row_dots(rows: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``rows @ q`` (one dot product per row, in the rows' precision), by numpy's own loops
+    rather than BLAS, so the bits do not depend on the number of BLAS threads.
+
+    OpenBLAS splits a matrix-vector product among its threads, and the rows a thread is left
+    with past its last full block of rows take another code path with another summation
+    order: with one thread and with two, 1,500 rows gave different last bits.  On the request
+    path that would make a list depend on how many threads made it (a Ray worker with one,
+    the command with all), so the products that decide a list are taken here.
+    """
+    return np.einsum("ij,j->i", rows, q)
+
+
+def quadratic_form(q: np.ndarray, m: np.ndarray) -> float:
+    """``q @ m @ q`` by numpy's own loops (thread-independent, as ``row_dots``)."""
+    return float(np.einsum("i,ij,j->", q, m, q))
 
 
 def available_memory() -> int | None:

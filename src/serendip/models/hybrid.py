@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from serendip.errors import ConfigError
-from serendip.models._util import standardize
+from serendip.models._util import row_dots, standardize
 from serendip.models.base import BatchScorer
 from serendip.models.retrieval import Retriever, _top
 from serendip.types import ItemList, Query
@@ -178,7 +178,8 @@ class Hybrid(BatchScorer):
         if got is None or got[0] != key:
             got = (key, np.ascontiguousarray(v.rows[self.reference]))
             self._reference_rows[v.name] = got
-        values = np.asarray(got[1] @ v.query.astype(v.rows.dtype), dtype=np.float64) + v.offset
+        values = np.asarray(row_dots(got[1], v.query.astype(v.rows.dtype)),
+                            dtype=np.float64) + v.offset
         z = (values - v.mu) / v.scale
         return np.where(np.isfinite(z), z, -np.inf)
 
@@ -440,6 +441,6 @@ def _linear_values(items: np.ndarray, q: np.ndarray, b: float
     q32 = q.astype(items.dtype)
 
     def values(idx: np.ndarray) -> np.ndarray:
-        return np.asarray(items[idx] @ q32, dtype=np.float64) + b
+        return np.asarray(row_dots(items[idx], q32), dtype=np.float64) + b
 
     return values

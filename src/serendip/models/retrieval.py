@@ -50,6 +50,7 @@ from pydantic import Field
 
 from serendip.component import ComponentConfig
 from serendip.errors import ConfigError
+from serendip.models._util import quadratic_form, row_dots
 from serendip.models.base import TEXT_SPACE, BatchScorer
 
 __all__ = [
@@ -149,7 +150,7 @@ class IVFIndex:
         """Ids of (about) the ``n`` items with the largest ``item . query``, best first."""
         q = _query(query, self.dim, self.vectors.shape[1])
         n_probe = max(1, min(int(n_probe), self.n_lists))
-        cs = self.centroids @ q
+        cs = row_dots(self.centroids, q)
         if n_probe < self.n_lists:
             lists = np.argpartition(-cs, n_probe - 1)[:n_probe]
         else:
@@ -161,7 +162,7 @@ class IVFIndex:
         at = 0
         for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
             if b > a:
-                scores[at : at + b - a] = self.vectors[a:b] @ q
+                scores[at : at + b - a] = row_dots(self.vectors[a:b], q)
                 where[at : at + b - a] = np.arange(a, b)
                 at += b - a
         return self.ids[where[_top(scores, n)]]
@@ -271,7 +272,7 @@ class FaissIndex:
         ids = found[0]
         ids = ids[ids >= 0].astype(np.int64)
         if self.vectors is not None:
-            ids = ids[_top(self.vectors[ids] @ q, n)]
+            ids = ids[_top(row_dots(self.vectors[ids], q), n)]
         return ids
 
 
@@ -432,8 +433,8 @@ class FactorSpace:
         """Mean and standard deviation of ``items @ query + offset`` over every item."""
         if self.mean is None or self.cov is None:
             raise ConfigError("this factor space was built without its moments (search only)")
-        mu = float(query @ self.mean) + float(offset)
-        var = float(query @ self.cov @ query)
+        mu = float(row_dots(self.mean[None, :], query)[0]) + float(offset)
+        var = quadratic_form(query, self.cov)
         return mu, math.sqrt(max(var, 0.0))
 
     def search(self, query: np.ndarray, n: int) -> np.ndarray:
@@ -453,7 +454,7 @@ class FactorSpace:
         for a in range(0, total, block):
             if best.size >= n and float(best[-1]) >= qn * float(self._norms[a]) * (1 + 1e-6):
                 break  # nothing further down can enter the top n
-            scores = np.concatenate([best, self._sorted[a : a + block] @ q])
+            scores = np.concatenate([best, row_dots(self._sorted[a : a + block], q)])
             pos = np.concatenate([best_pos, np.arange(a, min(a + block, total))])
             keep = _top(scores, n)
             best, best_pos = scores[keep], pos[keep]

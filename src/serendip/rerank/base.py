@@ -19,6 +19,7 @@ from serendip.component import ComponentConfig, Reranker
 from serendip.data.dataset import Dataset
 from serendip.errors import DataError, UnknownIdError
 from serendip.limits import MAX_CATEGORIES_PER_ITEM, MAX_CATEGORIES_TOTAL
+from serendip.models._util import row_dots
 from serendip.types import ItemList, Query
 
 __all__ = [
@@ -213,7 +214,7 @@ def dots_with_row(vecs: Rows, j: int) -> np.ndarray:
     """``vecs @ vecs[j]``: the dot product of every row with row ``j``."""
     if sp.issparse(vecs):
         return np.asarray(vecs @ vecs[j].toarray().ravel()).ravel()
-    return np.asarray(vecs @ vecs[j])
+    return np.asarray(row_dots(vecs, vecs[j]))
 
 
 def row_norms_sq(vecs: Rows) -> np.ndarray:

@@ -330,7 +330,8 @@ class MultiObjective(GreedyReranker):
         max_sim = np.zeros(n)
         obj[_DIV] = 1.0
         static_rows = [0, _NOV, _TAIL, _UNEXP, _FRESH, _EXPO]
-        static = (1.0 - lam) * cand.rel + weight[static_rows] @ obj[static_rows]
+        static = (1.0 - lam) * cand.rel + np.einsum("i,ij->j", weight[static_rows],
+                                                    obj[static_rows])  # as row_dots
         # for the reason, exposure counts by how much less shown the item is than the most shown
         expo_gain = share.max() - share if n else share
         avail = np.ones(n, dtype=bool)

@@ -13,6 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
+from serendip.models._util import row_dots
 from serendip.rerank.base import (
     Candidates,
     RerankConfig,
@@ -46,7 +47,7 @@ def history_similarity(vectors: Rows, items: np.ndarray, history: np.ndarray) ->
         centre_ = np.asarray(rows[: history.size].mean(axis=0)).ravel()
         return np.asarray(rows[history.size:] @ centre_).ravel()
     centre = vectors[history].astype(np.float64).mean(axis=0)
-    return np.asarray(vectors[items].astype(np.float64) @ centre)
+    return np.asarray(row_dots(vectors[items].astype(np.float64), centre))
 
 
 def unexpected_reason(similarity: float) -> str:
