@@ -98,3 +98,16 @@ def test_lists_are_the_same_bits_with_one_and_two_blas_threads(retrieving: Recom
         with threadpool_limits(2):
             b = pipe.hybrid.retrieve(q, retriever, 400)
         assert np.array_equal(a.items, b.items) and np.array_equal(a.scores, b.scores)
+
+
+def test_forked_processes_give_the_same_lists_on_a_retrieval_model(retrieving: Recommender
+                                                                   ) -> None:
+    """``recommend --processes``: each forked process runs one BLAS thread, the parent two."""
+    from serendip.distributed import recommend_batch_local
+
+    pipe = retrieving.pipeline("balanced")
+    queries = [pipe.query(str(u)) for u in retrieving.data.user_ids[:600]]
+    with threadpool_limits(2):
+        one = _dump(pipe.recommend_many(queries, 10))
+        forked = _dump(recommend_batch_local(pipe, queries, 10, processes=2))
+    assert one == forked

@@ -522,6 +522,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         raise ConfigError("give exactly one of --users FILE or --user ID")
     _check_out_file(args.output, "--output")
     _check_ray(args)
+    if args.processes > 1 and getattr(args, "ray", None) is not None:
+        raise ConfigError("give --processes or --ray, not both")
     rec = Recommender.load(args.model)
     pipe = rec.pipeline(args.preset)
     user_ids = [args.user] if args.user is not None else _read_user_ids(args.users)
@@ -544,6 +546,15 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                                     discovery=args.discovery, candidates=candidates,
                                     explore=args.explore, address=args.ray or None,
                                     progress=not args.quiet, loaded=rec)
+    elif args.processes > 1:  # forked copies of this process, sharing the loaded model
+        from serendip.distributed import recommend_batch_local
+
+        with tqdm(total=len(queries), desc="recommend", unit="user", file=sys.stderr,
+                  disable=args.quiet or len(queries) < 2) as bar:
+            lists = recommend_batch_local(pipe, queries, args.k, discovery=args.discovery,
+                                          candidates=candidates, explore=args.explore,
+                                          processes=args.processes,
+                                          progress=bar.update)
     else:
         with tqdm(total=len(queries), desc="recommend", unit="user", file=sys.stderr,
                   disable=args.quiet or len(queries) < 2) as bar:
@@ -1253,6 +1264,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="make the lists on Ray, sharded by user with one model load per "
                    "worker: on the cluster at ADDRESS (ray://HOST:10001, or auto), or on a "
                    "local one when no ADDRESS is given (needs: pip install 'ray[data,client]')")
+    r.add_argument("--processes", type=_positive_int, default=1, metavar="N",
+                   help="make the lists in N forked processes on this machine that share the "
+                   "loaded model (no second copy in memory), one BLAS thread each; the lists "
+                   "equal one process's (default 1)")
     r.set_defaults(func=cmd_recommend)
 
     ch = command(sub, "chat", "a conversation in the terminal over a fitted model",

@@ -35,7 +35,7 @@ import logging
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -51,7 +51,7 @@ from serendip.types import ItemList, Query
 __all__ = [
     "RAY_INSTALL", "SHARD", "import_ray", "ray_session", "order_dependent", "pack_lists",
     "unpack_lists", "recommend_batch_ray", "evaluate_lists_ray", "job_lists",
-    "run_experiment_ray", "RayEncoder", "SHARD_BATCHES", "RayTrainer",
+    "run_experiment_ray", "RayEncoder", "SHARD_BATCHES", "RayTrainer", "recommend_batch_local",
 ]
 
 log = logging.getLogger(__name__)
@@ -295,6 +295,64 @@ def recommend_batch_ray(
         log.info("Ray: %d lists in %d shards in %.2fs", len(user_ids), len(rows),
                  time.perf_counter() - t0)
     return [lst for blob in blobs for lst in unpack_lists(blob)]
+
+
+# --- several processes on this machine --------------------------------------------------------
+#: what the forked workers of ``recommend_batch_local`` read (set in the parent before the fork,
+#: so each child shares the loaded model's memory instead of loading its own)
+_FORKED: dict[str, Any] = {}
+
+
+def _forked_shard(n: int) -> tuple[int, bytes]:
+    from threadpoolctl import threadpool_limits
+
+    job = _FORKED
+    with threadpool_limits(1):  # one BLAS thread per process: the processes share the cores
+        lists = job["pipe"].recommend_many(job["shards"][n], job["k"], job["discovery"],
+                                           job["candidates"], explore=job["explore"])
+    return n, pack_lists(lists)
+
+
+def recommend_batch_local(
+    pipe: Pipeline, queries: Sequence[Query], k: int = 10, *, discovery: float | None = None,
+    candidates: np.ndarray | None = None, explore: float | None = None, processes: int = 2,
+    progress: Callable[[int], object] | None = None,
+) -> list[ItemList]:
+    """``pipe.recommend_many`` for ``queries`` in batches of ``SHARD``, by ``processes`` forked
+    copies of this process that share its loaded model (copy-on-write: the model's arrays and
+    index are not duplicated), one BLAS thread each.  The lists equal the single-process
+    lists bit for bit: the shards are its batches, and no product that decides a list depends
+    on the number of BLAS threads.  ``progress(n)`` is called with each shard's size as it
+    completes.  Needs the ``fork`` start method (Linux, and other POSIX systems); presets
+    whose lists depend on the lists before them are refused, as on Ray."""
+    import multiprocessing as mp
+
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ConfigError(f"processes must be a positive integer, got {processes!r}")
+    _refuse_order_dependent(pipe, explore)
+    if "fork" not in mp.get_all_start_methods():
+        raise ConfigError("--processes needs the fork start method, which this system lacks; "
+                          "run without it, or use --ray")
+    shards = [list(queries[s : s + SHARD]) for s in range(0, len(queries), SHARD)]
+    if processes == 1 or len(shards) <= 1:
+        out: list[ItemList] = []
+        for shard in shards:
+            out.extend(pipe.recommend_many(shard, k, discovery, candidates, explore=explore))
+            if progress is not None:
+                progress(len(shard))
+        return out
+    _FORKED.update(pipe=pipe, shards=shards, k=k, discovery=discovery, candidates=candidates,
+                   explore=explore)
+    got: dict[int, list[ItemList]] = {}
+    try:
+        with mp.get_context("fork").Pool(min(processes, len(shards))) as pool:
+            for n, blob in pool.imap_unordered(_forked_shard, range(len(shards))):
+                got[n] = unpack_lists(blob)
+                if progress is not None:
+                    progress(len(shards[n]))
+    finally:
+        _FORKED.clear()
+    return [lst for n in range(len(shards)) for lst in got[n]]
 
 
 # --- training --------------------------------------------------------------------------------

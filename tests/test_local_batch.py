@@ -1,0 +1,92 @@
+"""``recommend --processes N``: lists made by forked copies of the process that share its
+loaded model, equal to the single-process lists bit for bit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serendip.cli import main
+from serendip.distributed import SHARD, recommend_batch_local
+from serendip.errors import ConfigError
+from serendip.pipeline import FitConfig, Recommender
+from serendip.types import ItemList
+from tests.conftest import make_blocks
+
+FIT = FitConfig(models={"popularity": {}, "ease": {},
+                        "ease_recent": {"type": "ease", "half_life": 20.0}, "semantic": {},
+                        "textcf": {}, "transition": {}})
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    # three shards, the last partial, so both processes get work
+    data = make_blocks(n_users=2 * SHARD + 90, n_items=40, seed=3)
+    d = tmp_path_factory.mktemp("local") / "model"
+    Recommender.fit(data, FIT, progress=False).save(d)
+    return d, [str(u) for u in data.user_ids]
+
+
+def same(a: list[ItemList], b: list[ItemList]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert np.array_equal(x.items, y.items)
+        assert np.array_equal(x.scores, y.scores)  # bit for bit
+        assert x.reasons == y.reasons
+        assert sorted(x.fields) == sorted(y.fields)
+        for name in x.fields:
+            assert np.array_equal(x.fields[name], y.fields[name])
+
+
+@pytest.mark.parametrize("preset", ["balanced", "accurate", "discovery"])
+def test_forked_lists_equal_one_process(model: tuple[Path, list[str]], preset: str) -> None:
+    d, users = model
+    rec = Recommender.load(d)
+    pipe = rec.pipeline(preset)
+    queries = [pipe.query(u) for u in [*users, "a stranger"]]
+    allowed = np.arange(5, 35)
+    expected = pipe.recommend_many(queries, 7, None, allowed)
+    done: list[int] = []
+    got = recommend_batch_local(pipe, queries, 7, candidates=allowed, processes=2,
+                                progress=done.append)
+    same(expected, got)
+    assert sorted(done) == sorted([SHARD, SHARD, len(queries) - 2 * SHARD])
+    assert all(set(x.items.tolist()) <= set(allowed.tolist()) for x in got)
+
+
+def test_order_dependent_presets_and_bad_counts_are_refused(model: tuple[Path, list[str]]
+                                                            ) -> None:
+    d, users = model
+    rec = Recommender.load(d)
+    queries = [rec.pipeline("balanced").query(u) for u in users]
+    with pytest.raises(ConfigError, match="bandit"):
+        recommend_batch_local(rec.pipeline("adaptive"), queries, 5)
+    with pytest.raises(ConfigError, match="exploration"):
+        recommend_batch_local(rec.pipeline("balanced"), queries, 5, explore=0.3)
+    for bad in (0, -2, True, 1.5):
+        with pytest.raises(ConfigError, match="processes must be a positive integer"):
+            recommend_batch_local(rec.pipeline("balanced"), queries, 5,
+                                  processes=bad)  # type: ignore[arg-type]
+
+
+def test_cli_processes_writes_the_same_file(model: tuple[Path, list[str]], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    d, users = model
+    (tmp_path / "users.txt").write_text("\n".join([*users[::-1], "nobody"]) + "\n")
+    outs = []
+    for extra in ([], ["--processes", "2"]):
+        out = tmp_path / f"recs{len(extra)}.jsonl"
+        assert main(["-q", "recommend", "--model", str(d), "--users", str(tmp_path / "users.txt"),
+                     "-k", "5", "--output", str(out), *extra]) == 0
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1] and len(outs[0].splitlines()) == len(users) + 1
+    capsys.readouterr()
+    assert main(["recommend", "--model", str(d), "--user", users[0], "--processes", "2",
+                 "--ray"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["serendip: error: give --processes or --ray, not both"]
+    with pytest.raises(SystemExit):
+        main(["recommend", "--model", str(d), "--user", users[0], "--processes", "0"])
+    assert "expected a positive integer, got 0" in capsys.readouterr().err
