@@ -213,7 +213,7 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def stage_serve(args: argparse.Namespace) -> dict[str, Any]:
-    from serendip.distributed import SHARD
+    from serendip.distributed import SHARD, recommend_batch_local
     from serendip.pipeline import Recommender
     from serendip.types import Query
 
@@ -284,14 +284,27 @@ def stage_serve(args: argparse.Namespace) -> dict[str, Any]:
     batch_users = rng.choice(data.n_users, size=n_batch, replace=False)
     t0 = time.perf_counter()
     bq = [pipe.query(str(data.user_ids[u])) for u in batch_users]
+    one = []
     for s in range(0, len(bq), SHARD):
-        pipe.recommend_many(bq[s : s + SHARD], K)
+        one.extend(pipe.recommend_many(bq[s : s + SHARD], K))
     out["batch_s"] = time.perf_counter() - t0
     out["batch_users"] = n_batch
     out["batch_users_per_s"] = n_batch / out["batch_s"]
     out["peak_mb"] = peak_mb()
     say(f"batch: {n_batch:,} users in {out['batch_s']:.1f}s "
         f"({out['batch_users_per_s']:,.0f} users/s) (peak {peak_mb():,.0f} MB)")
+    # the same users in forked processes sharing this model (recommend --processes)
+    t0 = time.perf_counter()
+    bq = [pipe.query(str(data.user_ids[u])) for u in batch_users]
+    forked = recommend_batch_local(pipe, bq, K, processes=args.processes)
+    out["forked_s"] = time.perf_counter() - t0
+    out["forked_processes"] = args.processes
+    out["forked_users_per_s"] = n_batch / out["forked_s"]
+    out["forked_equal"] = all(
+        np.array_equal(a.items, b.items) and np.array_equal(a.scores, b.scores)
+        and a.reasons == b.reasons for a, b in zip(one, forked, strict=True))
+    say(f"batch in {args.processes} forked processes: {out['forked_users_per_s']:,.0f} users/s, "
+        f"lists {'equal' if out['forked_equal'] else 'NOT equal'} to one process's")
     return out
 
 
@@ -339,7 +352,8 @@ def run_stage(size: int, stage: str, model_dir: Path, args: argparse.Namespace
     cmd = [sys.executable, __file__, "--worker", stage, "--size", str(size),
            "--model-dir", str(model_dir), "--result", str(result), "--dim", str(args.dim),
            "--requests", str(args.requests), "--rate", str(args.rate),
-           "--batch-users", str(args.batch_users), "--events-per-item",
+           "--batch-users", str(args.batch_users), "--processes", str(args.processes),
+           "--events-per-item",
            str(args.events_per_item), "--users-per-item", str(args.users_per_item),
            "--max-users", str(args.max_users), "--max-events", str(args.max_events),
            "--vectors", args.vectors]
@@ -483,13 +497,21 @@ def write_results(results: dict[str, dict[str, Any]], meta: dict[str, Any], out_
         "",
         "| items | users | events | vector width | data s | fit s | save s | fit peak MB | load s | "
         "retrieval (index) | index build s | p50 ms | p99 ms | open-loop p50 ms | "
-        "open-loop p99 ms | requests per phase | batch users/s (users) | serve peak MB | recall@10 |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "open-loop p99 ms | requests per phase | batch users/s (users) | batch users/s, forked "
+        "(processes) | serve peak MB | recall@10 |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:"
+        "|---:|",
     ]
 
     def f(r: dict[str, Any], key: str, nd: int = 1) -> str:
         v = r.get(key)
         return "—" if v is None else f"{v:,.{nd}f}"
+
+    def forked(r: dict[str, Any]) -> str:
+        if "forked_users_per_s" not in r:
+            return "—"
+        same = "" if r.get("forked_equal") else ", lists NOT equal"
+        return f"{r['forked_users_per_s']:,.0f} ({r['forked_processes']}{same})"
 
     skipped = []
     for size_s, st in sorted(results.items(), key=lambda kv: int(kv[0])):
@@ -508,7 +530,7 @@ def write_results(results: dict[str, dict[str, Any]], meta: dict[str, Any], out_
             f"| {f(srv, 'seq_p50_ms', 2)} | {f(srv, 'seq_p99_ms', 2)} "
             f"| {f(srv, 'open_p50_ms', 2)} | {f(srv, 'open_p99_ms', 2)} "
             f"| {f(srv, 'seq_n', 0)} | {f(srv, 'batch_users_per_s', 0)} ({f(srv, 'batch_users', 0)}) "
-            f"| {f(srv, 'peak_mb', 0)} | {f(srv, 'recall', 3)} |")
+            f"| {forked(srv)} | {f(srv, 'peak_mb', 0)} | {f(srv, 'recall', 3)} |")
     ratios = {round(st["fit"]["users"] / int(n), 2)
               for n, st in results.items() if "users" in st.get("fit", {})}
     dims = {st["fit"]["dim"] for st in results.values() if "dim" in st.get("fit", {})}
@@ -525,7 +547,11 @@ def write_results(results: dict[str, dict[str, Any]], meta: dict[str, Any], out_
     lines += ["", f"Open loop: {meta['rate']:g} requests/s on a fixed schedule, latency from the "
               "scheduled arrival. One at a time: back to back, service time only. Batch: "
               f"`Pipeline.recommend_many` in shards of 256 over random "
-              "users (the number in brackets).", "", "## Models trained (seconds)", "",
+              "users (the number in brackets); forked: the same users and shards in that many "
+              "processes forked after the model was loaded, sharing it "
+              "(`recommend --processes`, one BLAS thread each), with whether their lists equal "
+              "the one process's bit for bit. The batch target is read against the faster of "
+              "the two.", "", "## Models trained (seconds)", "",
               "| items | " + " | ".join(sorted({m for st in results.values()
                                                  for m in st.get("fit", {}).get("models", {})}))
               + " |"]
@@ -583,6 +609,11 @@ def write_results(results: dict[str, dict[str, Any]], meta: dict[str, Any], out_
         reduced += ")"
     peak = max([v for v in (fit.get("peak_mb"), srv.get("peak_mb")) if v is not None],
                default=None)
+    # the faster of one process and the forked processes (when their lists were equal)
+    batches = [srv.get("batch_users_per_s")]
+    if srv.get("forked_equal"):
+        batches.append(srv.get("forked_users_per_s"))
+    best_batch = max([b for b in batches if b is not None], default=None)
     lines += ["| target | goal | measured at 1,000,000 items | |", "|---|---|---|---|",
               target(f"p99 at {meta['rate']:g} requests/s (ms)", p99, "≤ 50 ms",
                      None if p99 is None else p99 <= TARGET_P99_MS),
@@ -590,9 +621,8 @@ def write_results(results: dict[str, dict[str, Any]], meta: dict[str, Any], out_
                      None if "fit_s" not in fit else fit["fit_s"] <= TARGET_FIT_S),
               target("peak memory (GB)", None if peak is None else peak / 1024, "≤ 12 GB",
                      None if peak is None else peak / 1024 <= TARGET_PEAK_GB),
-              target("batch (users/s)", srv.get("batch_users_per_s"), "≥ 2,000 users/s",
-                     None if "batch_users_per_s" not in srv
-                     else srv["batch_users_per_s"] >= TARGET_BATCH)]
+              target("batch (users/s)", best_batch, "≥ 2,000 users/s",
+                     None if best_batch is None else best_batch >= TARGET_BATCH)]
     lines += ["", "## Not measured", ""]
     lines += [f"* {s}" for s in [*meta.get("failed", []), *skipped]] or [
         "* nothing: every stage of every size ran"]
@@ -647,6 +677,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=200, help="requests per latency phase")
     p.add_argument("--rate", type=float, default=100.0, help="open-loop requests per second")
     p.add_argument("--batch-users", type=int, default=2000)
+    p.add_argument("--processes", type=int, default=2,
+                   help="forked processes for the second batch measurement")
     p.add_argument("--threads", type=int, default=2, help="BLAS/OpenMP threads per stage")
     p.add_argument("--dim", type=int, default=0,
                    help="item vector width (0: the default text encoder's)")
