@@ -321,3 +321,31 @@ def test_index_option_errors_name_the_field(tmp_path):
     bad.write_text('[retrieval]\nindex = "annoy"\n')
     with pytest.raises(ConfigError, match=r"retrieval\.index.*'annoy'"):
         load_fit_config(str(bad))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_scan_is_the_row_dots_top_whatever_the_blas_threads(seed):
+    """The length-ordered scan returns the n best by ``row_dots`` (ties to the longer item),
+    with one BLAS thread and with two, on lengths spread over orders of magnitude, exact
+    duplicates (ties) and a width where BLAS's last bits depend on the threads."""
+    from threadpoolctl import threadpool_limits
+
+    from serendip.models._util import row_dots
+
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(size=(3000, 384)) * rng.lognormal(sigma=1.5, size=(3000, 1)))
+    x[100:140] = x[7]  # forty copies of one item: ties at whatever rank it reaches
+    x = x.astype(np.float32)
+    space = FactorSpace(x, RetrievalConfig(exact_flops=10**12))
+    space.BLOCK = 256
+    for _ in range(3):
+        q = rng.normal(size=384).astype(np.float32)
+        with threadpool_limits(1):
+            one = space.search(q, 60)
+        with threadpool_limits(2):
+            two = space.search(q, 60)
+        assert np.array_equal(one, two)
+        exact = row_dots(x, q)
+        pos = space._order  # length order -> item
+        want = pos[np.lexsort((np.arange(pos.size), -exact[pos]))[:60]]
+        assert np.array_equal(one, want)

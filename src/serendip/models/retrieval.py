@@ -446,19 +446,48 @@ class FactorSpace:
             n_probe = max(math.ceil(self.config.probe * idx.n_lists),
                           math.ceil(4 * n * idx.n_lists / max(len(idx), 1)))
             return idx.search(q, n, n_probe)
-        qn = float(np.linalg.norm(q.astype(np.float64)))
+        return self._order[self._scan(q, int(n))]
+
+    def _scan(self, q: np.ndarray, n: int) -> np.ndarray:
+        """Positions (in length order) of the ``n`` items with the largest ``row_dots``
+        scores, best first, ties to the longer item: the same answer whatever the number of
+        BLAS threads.
+
+        Blocks are scored with BLAS (fast, but its last bits depend on the threads) and only
+        a superset is kept: every item within ``margin`` of the ``n``-th best BLAS score,
+        ``margin`` twice the largest possible gap between two float32 dot products of this
+        length taken in any order (``2 d u / (1 - d u) |q| |f|``, ``u = 2^-24``, for either
+        product, ``|f|`` the longest item).  The kept items are then scored by ``row_dots``
+        and the top ``n`` taken.  The scan stops once no item further down can come within
+        ``margin`` of the threshold (Cauchy-Schwarz on the next block's length, widened by
+        the same error bound).
+        """
         total = self._sorted.shape[0]
-        block = max(self.BLOCK, 2 * int(n))
-        best_pos = np.zeros(0, dtype=np.int64)
-        best = np.zeros(0, dtype=np.float32)
+        if total == 0 or n <= 0:
+            return np.zeros(0, dtype=np.int64)
+        qn = float(np.linalg.norm(q.astype(np.float64)))
+        d = self._sorted.shape[1]
+        unit = d * 2.0**-24
+        gamma = unit / max(1.0 - unit, 1e-9)  # relative error bound of one dot product
+        margin = 4.0 * gamma * qn * float(self._norms[0]) + 1e-30
+        block = max(self.BLOCK, 2 * n)
+        kept_pos = np.zeros(0, dtype=np.int64)
+        kept = np.zeros(0, dtype=np.float32)
+        threshold = -np.inf
         for a in range(0, total, block):
-            if best.size >= n and float(best[-1]) >= qn * float(self._norms[a]) * (1 + 1e-6):
-                break  # nothing further down can enter the top n
-            scores = np.concatenate([best, row_dots(self._sorted[a : a + block], q)])
-            pos = np.concatenate([best_pos, np.arange(a, min(a + block, total))])
-            keep = _top(scores, n)
-            best, best_pos = scores[keep], pos[keep]
-        return self._order[best_pos]
+            if kept.size >= n and threshold - margin > qn * float(self._norms[a]) * (1 + 2 * gamma):
+                break  # nothing further down can come within the margin of the top n
+            scores = np.concatenate([kept, self._sorted[a : a + block] @ q])
+            pos = np.concatenate([kept_pos, np.arange(a, min(a + block, total))])
+            if scores.size > n:
+                threshold = float(np.partition(scores, scores.size - n)[scores.size - n])
+                near = scores >= threshold - margin
+                kept, kept_pos = scores[near], pos[near]
+            else:
+                kept, kept_pos = scores, pos
+        kept_pos = np.sort(kept_pos)
+        exact = row_dots(self._sorted[kept_pos], q)
+        return kept_pos[np.lexsort((kept_pos, -exact))[:n]]
 
 
 class Retriever:
