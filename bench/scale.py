@@ -435,7 +435,16 @@ WHY_MODEL = {
     "ease_recent": "the same dense items x items model as EASE",
     "knn": "dense items x items similarities: O(n^2) memory and time",
     "als": "",
-    "textcf": "",
+    "textcf": "its operations (two float64 Gram products over the items' features, n x d^2) "
+              "grow linearly; the step lies between the two smallest sizes (see the slope "
+              "between the two largest) and was not profiled further",
+    "transition": "the (item, next item) pairs are summed by sorting them (scipy's "
+                  "`sum_duplicates`) and, above 40,000 items, each item's strongest successors "
+                  "are picked by a sort: n log n in the pairs, tens of millions at the largest "
+                  "size (the measured step is larger than the log factor alone; not profiled "
+                  "further)",
+    "popularity": "a count per item, linear; its times are fractions of a second, so timer and "
+                  "machine noise dominate its slope",
 }
 
 
@@ -574,7 +583,11 @@ def write_results(results: dict[str, dict[str, Any]], meta: dict[str, Any], out_
             why = WHY_MODEL.get(label[6:], "")
         verdict = "—" if a is None else ("yes" if a > 1.1 else "no")
         if a is not None and a > 1.1:
-            faster.append(f"* **{label}** (a = {a:.2f}): "
+            last = (exponent([s for s, _ in pts[-2:]], [v for _, v in pts[-2:]])
+                    if len(pts) > 2 else None)
+            tail = ("" if last is None else
+                    f"; between the two largest sizes alone, a = {last:.2f}")
+            faster.append(f"* **{label}** (a = {a:.2f}{tail}): "
                           f"{why or 'see the per-size figures; no structural reason known'}")
         lines.append(f"| {label} | {', '.join(f'{s:,}' for s, _ in pts)} | "
                      f"{'—' if a is None else f'{a:.2f}'} | {verdict} |")
