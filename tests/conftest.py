@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -86,3 +87,34 @@ def local_ray_cluster(num_cpus: int) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+#: small and fast to fit, with ease_recent and transition for the shipped presets' blends:
+#: the model the sharded batch paths (Ray, forked processes) are checked on
+SHARDED_FIT = {"popularity": {}, "ease": {}, "ease_recent": {"type": "ease", "half_life": 20.0},
+               "semantic": {}, "textcf": {}, "transition": {}}
+
+
+def sharded_model(directory: Path) -> list[str]:
+    """Fit ``SHARDED_FIT`` on more users than two shards of ``distributed.SHARD`` (so two
+    workers both get work and the last shard is partial), save it to ``directory``; the
+    user ids."""
+    from serendip.distributed import SHARD
+    from serendip.pipeline import FitConfig, Recommender
+
+    data = make_blocks(n_users=2 * SHARD + 90, n_items=40, seed=3)
+    Recommender.fit(data, FitConfig(models=SHARDED_FIT), progress=False).save(directory)
+    return [str(u) for u in data.user_ids]
+
+
+def assert_same_lists(a: list, b: list) -> None:
+    """Two runs' lists are the same: items, scores bit for bit, reasons, fields and dtypes."""
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert np.array_equal(x.items, y.items)
+        assert np.array_equal(x.scores, y.scores)  # bit for bit, not approximately
+        assert x.reasons == y.reasons
+        assert sorted(x.fields) == sorted(y.fields)
+        for name in x.fields:
+            assert np.array_equal(x.fields[name], y.fields[name])
+            assert np.asarray(x.fields[name]).dtype == np.asarray(y.fields[name]).dtype

@@ -15,12 +15,17 @@ from serendip.cli import main
 from serendip.errors import ConfigError
 from serendip.pipeline import FitConfig, Recommender
 from serendip.types import ItemList
-from tests.conftest import local_ray_cluster, make_blocks
+from tests.conftest import (
+    SHARDED_FIT,
+    assert_same_lists,
+    local_ray_cluster,
+    make_blocks,
+    sharded_model,
+)
 
 ray = pytest.importorskip("ray", reason="Ray is optional: pip install 'ray[data,client]'")
 
 from serendip.distributed import (  # noqa: E402
-    SHARD,
     import_ray,
     pack_lists,
     recommend_batch_ray,
@@ -30,9 +35,7 @@ from serendip.distributed import (  # noqa: E402
 from serendip.eval.runner import run_experiment  # noqa: E402
 
 #: small and fast to fit; ease_recent and transition for the shipped presets' blends
-FIT = FitConfig(models={"popularity": {}, "ease": {},
-                        "ease_recent": {"type": "ease", "half_life": 20.0}, "semantic": {},
-                        "textcf": {}, "transition": {}})
+FIT = FitConfig(models=SHARDED_FIT)
 
 
 @pytest.fixture(scope="module")
@@ -43,23 +46,11 @@ def local_ray() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> tuple[Path, list[str]]:
-    # more users than two shards, so both workers get work and a shard is partial
-    data = make_blocks(n_users=2 * SHARD + 90, n_items=40, seed=3)
     d = tmp_path_factory.mktemp("ray") / "model"
-    Recommender.fit(data, FIT, progress=False).save(d)
-    return d, [str(u) for u in data.user_ids]
+    return d, sharded_model(d)
 
 
-def _same(a: list[ItemList], b: list[ItemList]) -> None:
-    assert len(a) == len(b)
-    for x, y in zip(a, b, strict=True):
-        assert np.array_equal(x.items, y.items)
-        assert np.array_equal(x.scores, y.scores)  # bit for bit, not approximately
-        assert x.reasons == y.reasons
-        assert sorted(x.fields) == sorted(y.fields)
-        for name in x.fields:
-            assert np.array_equal(x.fields[name], y.fields[name])
-            assert np.asarray(x.fields[name]).dtype == np.asarray(y.fields[name]).dtype
+_same = assert_same_lists
 
 
 def test_pack_round_trip_keeps_values_and_dtypes():

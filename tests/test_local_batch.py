@@ -11,33 +11,14 @@ import pytest
 from serendip.cli import main
 from serendip.distributed import SHARD, recommend_batch_local
 from serendip.errors import ConfigError
-from serendip.pipeline import FitConfig, Recommender
-from serendip.types import ItemList
-from tests.conftest import make_blocks
-
-FIT = FitConfig(models={"popularity": {}, "ease": {},
-                        "ease_recent": {"type": "ease", "half_life": 20.0}, "semantic": {},
-                        "textcf": {}, "transition": {}})
+from serendip.pipeline import Recommender
+from tests.conftest import assert_same_lists, sharded_model
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
-    # three shards, the last partial, so both processes get work
-    data = make_blocks(n_users=2 * SHARD + 90, n_items=40, seed=3)
     d = tmp_path_factory.mktemp("local") / "model"
-    Recommender.fit(data, FIT, progress=False).save(d)
-    return d, [str(u) for u in data.user_ids]
-
-
-def same(a: list[ItemList], b: list[ItemList]) -> None:
-    assert len(a) == len(b)
-    for x, y in zip(a, b, strict=True):
-        assert np.array_equal(x.items, y.items)
-        assert np.array_equal(x.scores, y.scores)  # bit for bit
-        assert x.reasons == y.reasons
-        assert sorted(x.fields) == sorted(y.fields)
-        for name in x.fields:
-            assert np.array_equal(x.fields[name], y.fields[name])
+    return d, sharded_model(d)
 
 
 @pytest.mark.parametrize("preset", ["balanced", "accurate", "discovery"])
@@ -51,7 +32,7 @@ def test_forked_lists_equal_one_process(model: tuple[Path, list[str]], preset: s
     done: list[int] = []
     got = recommend_batch_local(pipe, queries, 7, candidates=allowed, processes=2,
                                 progress=done.append)
-    same(expected, got)
+    assert_same_lists(expected, got)
     assert sorted(done) == sorted([SHARD, SHARD, len(queries) - 2 * SHARD])
     assert all(set(x.items.tolist()) <= set(allowed.tolist()) for x in got)
 
