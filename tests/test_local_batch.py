@@ -46,6 +46,9 @@ def test_order_dependent_presets_and_bad_counts_are_refused(model: tuple[Path, l
         recommend_batch_local(rec.pipeline("adaptive"), queries, 5)
     with pytest.raises(ConfigError, match="exploration"):
         recommend_batch_local(rec.pipeline("balanced"), queries, 5, explore=0.3)
+    assert_same_lists(recommend_batch_local(rec.pipeline("balanced"), queries, 5,
+                                            processes=np.int64(2)),
+                      rec.pipeline("balanced").recommend_many(queries, 5))
     for bad in (0, -2, True, 1.5):
         with pytest.raises(ConfigError, match="processes must be a positive integer"):
             recommend_batch_local(rec.pipeline("balanced"), queries, 5,

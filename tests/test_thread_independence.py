@@ -14,7 +14,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from serendip.data import Dataset
-from serendip.models._util import quadratic_form, row_dots
+from serendip.models._util import quadratic_form, row_dots, rows_times
 from serendip.pipeline import FitConfig, Recommender
 from serendip.types import Query
 
@@ -42,6 +42,17 @@ def test_row_dots_are_the_same_bits_with_one_and_two_threads() -> None:
     with threadpool_limits(2):
         b = quadratic_form(q, m)
     assert a == b and a == pytest.approx(float(q @ m @ q), rel=1e-9)
+    # one person's scores or query vector: a single row, where BLAS runs a matrix-vector
+    # product; more rows go to BLAS's matrix-matrix product
+    items = rng.standard_normal((384, 1501)).astype(np.float32)
+    for a_rows in (rng.standard_normal((1, 384)).astype(np.float32),
+                   rng.standard_normal((5, 384)).astype(np.float32)):
+        with threadpool_limits(1):
+            one = rows_times(a_rows, items)
+        with threadpool_limits(2):
+            two = rows_times(a_rows, items)
+        assert np.array_equal(one, two)
+        np.testing.assert_allclose(one, a_rows.astype(np.float64) @ items, rtol=1e-4, atol=1e-4)
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import numbers
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -299,8 +301,10 @@ def recommend_batch_ray(
 
 # --- several processes on this machine --------------------------------------------------------
 #: what the forked workers of ``recommend_batch_local`` read (set in the parent before the fork,
-#: so each child shares the loaded model's memory instead of loading its own)
+#: so each child shares the loaded model's memory instead of loading its own); one batch at a
+#: time per process (``_FORK_LOCK``)
 _FORKED: dict[str, Any] = {}
+_FORK_LOCK = threading.Lock()
 
 
 def _forked_shard(n: int) -> tuple[int, bytes]:
@@ -326,9 +330,13 @@ def recommend_batch_local(
     completes.  Needs the ``fork`` start method (Linux, and other POSIX systems); presets
     whose lists depend on the lists before them are refused, as on Ray."""
     import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
-    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+    if isinstance(processes, bool) or not isinstance(processes, numbers.Integral) \
+            or processes < 1:
         raise ConfigError(f"processes must be a positive integer, got {processes!r}")
+    processes = int(processes)
     _refuse_order_dependent(pipe, explore)
     if "fork" not in mp.get_all_start_methods():
         raise ConfigError("--processes needs the fork start method, which this system lacks; "
@@ -341,17 +349,24 @@ def recommend_batch_local(
             if progress is not None:
                 progress(len(shard))
         return out
-    _FORKED.update(pipe=pipe, shards=shards, k=k, discovery=discovery, candidates=candidates,
-                   explore=explore)
     got: dict[int, list[ItemList]] = {}
-    try:
-        with mp.get_context("fork").Pool(min(processes, len(shards))) as pool:
-            for n, blob in pool.imap_unordered(_forked_shard, range(len(shards))):
-                got[n] = unpack_lists(blob)
-                if progress is not None:
-                    progress(len(shards[n]))
-    finally:
-        _FORKED.clear()
+    with _FORK_LOCK:
+        _FORKED.update(pipe=pipe, shards=shards, k=k, discovery=discovery,
+                       candidates=candidates, explore=explore)
+        try:
+            with ProcessPoolExecutor(min(processes, len(shards)),
+                                     mp_context=mp.get_context("fork")) as pool:
+                futures = [pool.submit(_forked_shard, n) for n in range(len(shards))]
+                for future in as_completed(futures):
+                    n, blob = future.result()
+                    got[n] = unpack_lists(blob)
+                    if progress is not None:
+                        progress(len(shards[n]))
+        except BrokenProcessPool:
+            raise ConfigError("a process making the lists stopped before its shard was done "
+                              "(out of memory?); run with fewer --processes") from None
+        finally:
+            _FORKED.clear()
     return [lst for n in range(len(shards)) for lst in got[n]]
 
 

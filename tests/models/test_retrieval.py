@@ -349,3 +349,10 @@ def test_scan_is_the_row_dots_top_whatever_the_blas_threads(seed):
         pos = space._order  # length order -> item
         want = pos[np.lexsort((np.arange(pos.size), -exact[pos]))[:60]]
         assert np.array_equal(one, want)
+
+
+def test_scan_of_a_zero_query_returns_the_first_items_without_scanning():
+    x = np.random.default_rng(0).normal(size=(5000, 8)).astype(np.float32)
+    space = FactorSpace(x, RetrievalConfig(exact_flops=10**12))
+    got = space.search(np.zeros(8), 7)
+    assert np.array_equal(got, space._order[:7])  # every score is 0: ties to the longer items

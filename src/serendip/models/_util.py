@@ -12,7 +12,7 @@ from serendip.errors import DataError
 from serendip.types import Query
 
 __all__ = ["history_weights", "history_matrix", "standardize", "check_dense_items",
-           "available_memory", "row_dots", "quadratic_form"]
+           "available_memory", "row_dots", "quadratic_form", "rows_times"]
 
 
 def row_dots(rows: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -26,6 +26,17 @@ def row_dots(rows: np.ndarray, q: np.ndarray) -> np.ndarray:
     the command with all), so the products that decide a list are taken here.
     """
     return np.einsum("ij,j->i", rows, q)
+
+
+def rows_times(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for dense 2-d ``a`` and ``b``, with the same bits whatever the number of BLAS
+    threads: a single row (one person's scores or query, where OpenBLAS runs a
+    matrix-vector product whose last bits depend on its threads) by numpy's own loops; more
+    rows by BLAS's matrix-matrix product, each of whose elements is summed in an order that
+    does not depend on the threads."""
+    if a.ndim == 2 and a.shape[0] == 1:
+        return np.einsum("ij,jk->ik", a, b)
+    return np.asarray(a @ b)
 
 
 def quadratic_form(q: np.ndarray, m: np.ndarray) -> float:

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from serendip.component import ComponentConfig
 from serendip.data.dataset import Dataset
+from serendip.models._util import rows_times
 from serendip.models.base import BatchScorer
 from serendip.types import Query
 
@@ -68,7 +69,7 @@ class ALS(BatchScorer):
         (default: implicit's solver here, over all rows at once).
 
         The steps are implicit's own ``fit`` on the CPU, taken apart so that a half-step can
-        be sharded by rows (``serendip.distributed.RayALSTrainer``): the same confidence
+        be sharded by rows (``serendip.distributed.RayTrainer``): the same confidence
         matrix and its transpose, the same seeded start, users then items each iteration.
         Each row's solve reads only its own row of ``C``, its own start in ``X`` and all of
         ``Y``, so a half-step split over row ranges, each solved by ``cpu_solver`` with BLAS
@@ -79,7 +80,9 @@ class ALS(BatchScorer):
 
         c = self.config
         if half_step is None:
-            solver = cpu_solver(c)
+            with warnings.catch_warnings():  # as in ``train``: implicit's BLAS advice
+                warnings.filterwarnings("ignore", message="OpenBLAS is configured")
+                solver = cpu_solver(c)
 
             def half_step(rows: object, x: np.ndarray, y: np.ndarray) -> None:
                 with threadpool_limits(1, "blas"):
@@ -126,7 +129,7 @@ class ALS(BatchScorer):
     def score_many(self, queries: Sequence[Query]) -> np.ndarray:
         vecs, _ = self.query_factors(queries)
         itf = self._require_trained()["item_factors"]
-        return np.asarray(vecs.astype(np.float32) @ itf.T, dtype=np.float64)
+        return np.asarray(rows_times(vecs.astype(np.float32), itf.T), dtype=np.float64)
 
 
 def cpu_solver(config: ALSConfig) -> Callable[..., None]:

@@ -110,7 +110,7 @@ class Hybrid(BatchScorer):
         self._state = {}
         #: member name -> (where its factor rows lie, a contiguous copy of the reference
         #: items' rows)
-        self._reference_rows: dict[str, tuple[tuple[object, ...], np.ndarray]] = {}
+        self._reference_rows: dict[str, tuple[tuple[object, ...], np.ndarray, np.ndarray]] = {}
 
     # ---------------------------------------------------------------- retrieval path
     def retrieve(self, query: Query, retriever: Retriever, n: int,
@@ -176,8 +176,8 @@ class Hybrid(BatchScorer):
                v.rows.dtype.str)
         got = self._reference_rows.get(v.name)
         if got is None or got[0] != key:
-            got = (key, np.ascontiguousarray(v.rows[self.reference]))
-            self._reference_rows[v.name] = got
+            got = (key, np.ascontiguousarray(v.rows[self.reference]), v.rows)
+            self._reference_rows[v.name] = got  # holding the rows: their memory is not reused
         values = np.asarray(row_dots(got[1], v.query.astype(v.rows.dtype)),
                             dtype=np.float64) + v.offset
         z = (values - v.mu) / v.scale

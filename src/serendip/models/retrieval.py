@@ -466,6 +466,8 @@ class FactorSpace:
         if total == 0 or n <= 0:
             return np.zeros(0, dtype=np.int64)
         qn = float(np.linalg.norm(q.astype(np.float64)))
+        if not qn > 0:  # a zero query scores every item 0: the first n, without a scan
+            return np.arange(min(n, total), dtype=np.int64)
         d = self._sorted.shape[1]
         unit = d * 2.0**-24
         gamma = unit / max(1.0 - unit, 1e-9)  # relative error bound of one dot product
@@ -481,7 +483,7 @@ class FactorSpace:
             pos = np.concatenate([kept_pos, np.arange(a, min(a + block, total))])
             if scores.size > n:
                 threshold = float(np.partition(scores, scores.size - n)[scores.size - n])
-                near = scores >= threshold - margin
+                near = scores.astype(np.float64) >= threshold - margin  # not in float32
                 kept, kept_pos = scores[near], pos[near]
             else:
                 kept, kept_pos = scores, pos

@@ -10,7 +10,7 @@ from pydantic import Field
 from serendip.component import ComponentConfig
 from serendip.data.dataset import Dataset
 from serendip.errors import DataError
-from serendip.models._util import history_weights
+from serendip.models._util import history_weights, rows_times
 from serendip.models.base import TEXT_SPACE, BatchScorer
 from serendip.types import Query
 
@@ -52,7 +52,7 @@ class Semantic(BatchScorer):
         if len(history) == 0:
             return np.zeros(v.shape[1], dtype=np.float32)
         w = history_weights(len(history), self.config.half_life)
-        u = w @ v[history]
+        u = rows_times(w[None, :], v[history])[0]  # the same bits on any number of threads
         n = np.linalg.norm(u)
         return u / n if n > 0 else u
 
@@ -66,4 +66,4 @@ class Semantic(BatchScorer):
     def score_many(self, queries: Sequence[Query]) -> np.ndarray:
         v = self._require_trained()["vectors"]
         u = np.stack([self.user_vector(q.history) for q in queries])
-        return np.asarray(u @ v.T, dtype=np.float64)
+        return np.asarray(rows_times(u, v.T), dtype=np.float64)

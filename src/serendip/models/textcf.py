@@ -18,7 +18,7 @@ from pydantic import Field
 
 from serendip.component import ComponentConfig
 from serendip.data.dataset import Dataset
-from serendip.models._util import history_matrix
+from serendip.models._util import history_matrix, rows_times
 from serendip.models.base import TEXT_SPACE, BatchScorer
 from serendip.models.semantic import normalized_vectors
 from serendip.types import Query
@@ -85,8 +85,8 @@ class TextCF(BatchScorer):
         st = self._require_trained()
         e = st["features"]
         h = history_matrix(queries, e.shape[0], self.config.half_life)
-        q = np.asarray((h @ e) @ st["weights"], dtype=np.float32)
-        return np.asarray(q @ e.T, dtype=np.float64)
+        q = np.asarray(rows_times(np.asarray(h @ e), st["weights"]), dtype=np.float32)
+        return np.asarray(rows_times(q, e.T), dtype=np.float64)
 
     def factor_space(self) -> tuple[str | None, np.ndarray]:
         # the unit text vectors; the bias feature (a constant 1) becomes the offset
@@ -97,7 +97,7 @@ class TextCF(BatchScorer):
         st = self._require_trained()
         e, w = st["features"], st["weights"]
         h = history_matrix(queries, e.shape[0], self.config.half_life)
-        q = np.asarray((h @ e) @ w, dtype=np.float64)
+        q = np.asarray(rows_times(np.asarray(h @ e), w), dtype=np.float64)
         if self.config.bias:
             return q[:, :-1], q[:, -1].copy()
         return q, np.zeros(len(queries))

@@ -61,6 +61,7 @@ class Transition(BatchScorer):
         t = sp.diags(1.0 / np.where(rs > 0, rs, 1.0)) @ t
         t = t.tocsr().astype(np.float32)
         if c.max_next is not None:
+            t.sort_indices()
             t = strongest_per_row(t, c.max_next)
         self._set_state(data=t.data, indices=t.indices, indptr=t.indptr, shape=np.asarray(t.shape))
 
