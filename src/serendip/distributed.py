@@ -68,6 +68,14 @@ SHARD = 256
 SHARD_BATCHES = 16
 
 
+def _positive_int(name: str, value: object) -> int:
+    """``value`` as an int when it is a positive integer (numpy's too, not a bool), else a
+    one-line error naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def import_ray() -> ModuleType:
     """Ray, or a one-line error saying how to install it."""
     try:
@@ -333,10 +341,7 @@ def recommend_batch_local(
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
-    if isinstance(processes, bool) or not isinstance(processes, numbers.Integral) \
-            or processes < 1:
-        raise ConfigError(f"processes must be a positive integer, got {processes!r}")
-    processes = int(processes)
+    processes = _positive_int("processes", processes)
     _refuse_order_dependent(pipe, explore)
     if "fork" not in mp.get_all_start_methods():
         raise ConfigError("--processes needs the fork start method, which this system lacks; "
@@ -407,11 +412,8 @@ class RayTrainer:
 
     def __init__(self, address: str | None = None, *, shards: int | None = None,
                  progress: bool = False) -> None:
-        if shards is not None and (isinstance(shards, bool) or not isinstance(shards, int)
-                                   or shards < 1):
-            raise ConfigError(f"shards must be a positive integer, got {shards!r}")
         self.address = address or None
-        self.shards = shards
+        self.shards = None if shards is None else _positive_int("shards", shards)
         self.progress = progress
         #: what the last ALS training sent to Ray: shards per half-step, half-steps
         self.sent_shards = self.sent_steps = 0
@@ -692,9 +694,8 @@ class RayEncoder(Encoder):
         super().__init__(config, **kwargs)
         for name, value in (("shard_batches", shard_batches), ("workers", workers),
                             ("threads", threads)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < 1):
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            if value is not None:
+                _positive_int(name, value)
         self.address = address or None
         self.workers = workers
         self.shard_batches = shard_batches
