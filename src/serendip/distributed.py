@@ -135,13 +135,14 @@ def order_dependent(pipe: Pipeline) -> str | None:
     return None
 
 
-def _refuse_order_dependent(pipe: Pipeline, explore: float | None = None) -> None:
+def _refuse_order_dependent(pipe: Pipeline, explore: float | None = None,
+                            where: str = "on Ray", option: str = "--ray") -> None:
     why = order_dependent(pipe)
     if why is None and explore is not None and explore > 0 and pipe.bandit is None:
         why = "exploration draws from one random stream over the whole batch"
     if why is not None:
-        raise ConfigError(f"preset {pipe.preset.name!r} cannot run on Ray with results equal "
-                          f"to one process: {why}; run it without --ray")
+        raise ConfigError(f"preset {pipe.preset.name!r} cannot run {where} with results equal "
+                          f"to one process: {why}; run it without {option}")
 
 
 # --- lists through Ray Data: a compact, exact encoding ------------------------------------
@@ -342,7 +343,7 @@ def recommend_batch_local(
     from concurrent.futures.process import BrokenProcessPool
 
     processes = _positive_int("processes", processes)
-    _refuse_order_dependent(pipe, explore)
+    _refuse_order_dependent(pipe, explore, "in several processes", "--processes")
     if "fork" not in mp.get_all_start_methods():
         raise ConfigError("--processes needs the fork start method, which this system lacks; "
                           "run without it, or use --ray")
