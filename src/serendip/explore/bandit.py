@@ -31,6 +31,15 @@ p))] = (1 - (1 - p)^200) / (200 p)): IPS weights biased low by that factor, 0.27
 p = 0.0016.  Its replacement costs about as many draws as the slot's distribution has likely
 items, in batches.
 
+How a run is computed is part of the policy, the same for the list shown and for every run
+that counts a return: the weights (shared and the person's) are one Gaussian draw, scores are
+float32, an item offset's noise is one of ``NORMAL_GRID``'s 65,536 equally likely normal
+quantiles (a table lookup, several times cheaper than a fresh normal; |z| <= 4.17), and a
+run's list is its candidates by score, ties to the earlier one.  Counting a return checks only
+the slots still open, by how many candidates rank above the shown item.  A slate's cost is
+runs x candidates, and the runs it needs are the geometric counts themselves: about 1 / p for
+its least likely slot (``bench/bandit.py`` times it).
+
 Options (see ``LinearTS``): ``hierarchy`` adds per-person and per-item Gaussian offsets to the
 shared weights; ``new_item_share`` reserves the last slot, with that probability, for one of
 the best new candidates.  Either way the geometric count re-runs the whole policy (every
@@ -45,6 +54,7 @@ from collections import OrderedDict
 import numpy as np
 import pandas as pd
 from pydantic import Field
+from scipy.special import ndtri
 
 from serendip.component import Component, ComponentConfig
 from serendip.data.dataset import Dataset
@@ -60,6 +70,12 @@ FEATURES = ("bias", "relevance", "unexpectedness", "novelty", "tail")
 PERSONAL = ("unexpectedness", "novelty", "tail")
 _PCOLS = np.array([FEATURES.index(f) for f in PERSONAL])
 _KEY_MASK = np.uint64((1 << 52) - 1)
+#: an item offset's standard-normal draw: one of 2^16 equally likely quantiles of the normal,
+#: Phi^-1((j + 1/2) / 2^16) (|z| <= 4.17); a lookup is several times cheaper than a fresh draw
+NORMAL_GRID = ndtri((np.arange(1 << 16) + 0.5) / (1 << 16)).astype(np.float32)
+NORMAL_GRID.setflags(write=False)
+#: runs of the policy per batch while counting returns (each batch scores them together)
+_RUNS = 128
 
 
 def _keys(ids: np.ndarray) -> np.ndarray:
@@ -229,6 +245,8 @@ class LinearTS(Component):
             n, total = self._item_sums(ctx.item_keys)
             prec = self.config.item_prior + n
             ctx.item_mean, ctx.item_sd = total / prec, self.config.noise / np.sqrt(prec)
+            ctx.xm32 = np.ascontiguousarray(np.vstack([x.T, ctx.item_mean]), dtype=np.float32)
+            ctx.sd32 = ctx.item_sd.astype(np.float32)
             with self._lock:
                 got = self._people.get(ctx.person_key)
                 pa, pb = (got[0].copy(), got[1].copy()) if got is not None else (None, None)
@@ -266,33 +284,57 @@ class LinearTS(Component):
         person's and the item's offsets): what the policy expects without exploring."""
         return self._context(query, candidates).mean_scores()
 
-    def _sample(self, ctx: _Context, size: int) -> np.ndarray:
-        """``size`` x candidates sampled scores: every posterior part drawn afresh."""
-        scores = self._draw(ctx.mean, ctx.cov, size) @ ctx.x.T
-        if ctx.item_mean is not None and ctx.item_sd is not None:
-            z = self._normal((size, ctx.item_mean.size))
-            scores += ctx.item_mean + z * ctx.item_sd
-        if ctx.person_mean is not None and ctx.person_chol is not None:
-            w = ctx.person_mean + self._normal((size, ctx.person_mean.size)) @ ctx.person_chol.T
-            scores += w @ ctx.x[:, _PCOLS].T
-        return scores
+    def _runs(self, ctx: _Context, size: int, weights: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``size`` independent runs of the whole policy, as scores: ``size x candidates``
+        float32, and per run the budget's pick for the last slot (-1: no budget this run),
+        whose score is then -inf (it leaves the ranking).
 
-    def _orders(self, ctx: _Context, size: int, k: int) -> np.ndarray:
-        """``size`` independent runs of the whole policy: ``size x k`` candidate positions."""
-        scores = self._sample(ctx, size)
+        A run's score of candidate i is ``v . x_i + m_i + s_i z_i``: v the weights (the shared
+        ones and, with ``hierarchy``, the person's, drawn together as one Gaussian), m_i and
+        s_i the item offset's posterior mean and sd, and z_i one of ``NORMAL_GRID``'s
+        equally likely normal quantiles.  The policy is what this computes, for the list shown
+        and for the runs that count its returns alike, so the counts stay unbiased for it.
+        A run's list is its candidates by score, ties to the earlier candidate (``_order``)."""
+        if weights is None:
+            weights = self._draw(ctx.run_mean, ctx.run_cov, size)
+        w32 = weights.astype(np.float32)
+        if ctx.xm32 is None or ctx.sd32 is None:
+            scores = w32 @ ctx.x32
+        else:  # the offsets' means ride in the product as one more row
+            scores = np.column_stack([w32, np.ones(size, dtype=np.float32)]) @ ctx.xm32
+            with self._lock:  # 16 random bits per candidate and run pick its quantile
+                bits = self._rng.bit_generator.random_raw(-(-scores.size // 4))
+            z = NORMAL_GRID.take(bits.view(np.uint16)[: scores.size].reshape(scores.shape))
+            z *= ctx.sd32
+            scores += z
         if ctx.pool is None or ctx.share <= 0:
-            return _top(scores, k)
+            return scores, None
         with self._lock:
             budget = self._rng.random(size) < ctx.share
             picks = ctx.pool[self._rng.integers(ctx.pool.size, size=size)]
-        out = _top(scores, k)
+        picks = np.where(budget, picks, -1)
         rows = np.flatnonzero(budget)
-        if rows.size:
-            s = scores[rows]
-            s[np.arange(rows.size), picks[rows]] = -np.inf
-            out[rows, : k - 1] = _top(s, k - 1) if k > 1 else out[rows, :0]
+        scores[rows, picks[rows]] = -np.inf
+        return scores, picks
+
+    def _orders(self, ctx: _Context, size: int, k: int) -> np.ndarray:
+        """``size`` runs of the policy: ``size x k`` candidate positions (``slot_distribution``;
+        among exact ties of float32 scores the order may differ from ``_order``'s)."""
+        scores, picks = self._runs(ctx, size)
+        out = _top(scores, k)
+        if picks is not None:
+            rows = np.flatnonzero(picks >= 0)
             out[rows, k - 1] = picks[rows]
         return out
+
+    def _order(self, scores: np.ndarray, pick: int, k: int) -> np.ndarray:
+        """One run's list: the k best by score, ties to the earlier candidate; a budget pick
+        (``pick >= 0``) takes the last slot."""
+        shown = np.argsort(-scores, kind="stable")[:k]
+        if pick >= 0:
+            shown[k - 1] = pick
+        return shown
 
     def __call__(self, query: Query, candidates: ItemList, k: int) -> ItemList:  # type: ignore[override]
         """The k candidates with the best sampled reward, each with ``propensity`` (1 / N, N the
@@ -354,13 +396,10 @@ class LinearTS(Component):
         candidate's score (the sampled one, or the posterior mean when the draw has more parts
         than the shared weights), the shown slots' propensities and their feature rows."""
         x = ctx.x
-        if ctx.plain:
-            draw = self._draw(ctx.mean, ctx.cov, 1)[0]
-            score = x @ draw
-            shown = np.argsort(-score, kind="stable")[:k]
-        else:
-            shown = self._orders(ctx, 1, k)[0]
-            score = ctx.mean_scores()
+        draw = self._draw(ctx.run_mean, ctx.run_cov, 1)
+        scores, picks = self._runs(ctx, 1, draw)
+        shown = self._order(scores[0], -1 if picks is None else int(picks[0]), k)
+        score = x @ draw[0] if ctx.plain else ctx.mean_scores()
         counts = self._return_counts(ctx, shown)
         rows = x[shown]
         if self.config.hierarchy:
@@ -371,33 +410,37 @@ class LinearTS(Component):
 
     def _return_counts(self, ctx: _Context, shown: np.ndarray) -> np.ndarray:
         """Per slot: fresh runs of the policy until ``shown[slot]`` is in that slot again (the
-        first run that puts it there counts), at most ``samples``: a geometric N, E[N] = 1/p."""
+        first run that puts it there counts), at most ``samples``: a geometric N, E[N] = 1/p.
+
+        A run puts candidate c in slot j when exactly j candidates rank above it (score higher,
+        or equal and earlier), and, in the last slot, when the run has no budget pick (a pick
+        takes that slot instead); only the slots still open are checked."""
         k = shown.size
         cap = self.config.samples
-        counts = np.zeros(k)
-        open_ = np.ones(k, dtype=bool)
-        used, batch = 0, 64
-        while open_.any() and used < cap:
-            b = min(batch, cap - used)
-            order = self._orders(ctx, b, k)
-            hit = order == shown[None, :]  # b x k
-            first = np.where(hit.any(axis=0), hit.argmax(axis=0), -1)
-            done = open_ & (first >= 0)
-            counts[done] = used + first[done] + 1
-            open_ &= ~done
+        counts = np.full(k, float(cap))
+        open_ = list(range(k))
+        used = 0
+        while open_ and used < cap:
+            b = min(_RUNS, cap - used)
+            scores, picks = self._runs(ctx, b)
+            for j in list(open_):
+                hit = _at(scores, int(shown[j]), j)
+                if picks is not None:
+                    if j == k - 1:
+                        hit = np.where(picks >= 0, picks == shown[j], hit)
+                    else:  # a pick scores -inf: it never ranks above
+                        hit &= picks != shown[j]
+                first = np.flatnonzero(hit)
+                if first.size:
+                    counts[j] = used + first[0] + 1
+                    open_.remove(j)
             used += b
-            batch = min(batch * 4, 4096)
-        counts[open_] = cap
         return counts
 
     def _draw(self, mean: np.ndarray, cov: np.ndarray, size: int) -> np.ndarray:
         """``size`` posterior draws; the generator is shared, so draws take the lock."""
         with self._lock:
             return self._rng.multivariate_normal(mean, cov, size=size, method="cholesky")
-
-    def _normal(self, shape: tuple[int, int]) -> np.ndarray:
-        with self._lock:
-            return self._rng.standard_normal(shape)
 
     def _rows(self, features: np.ndarray, what: str) -> np.ndarray:
         x = np.atleast_2d(np.asarray(features, dtype=np.float64))
@@ -567,10 +610,24 @@ def _slots(k: object, n: int) -> int:
     return min(int(k), n)
 
 
+def _at(scores: np.ndarray, c: int, j: int) -> np.ndarray:
+    """Per row of ``scores``: is candidate c in position j of the row's order (by score, ties
+    to the earlier candidate)?"""
+    own = scores[:, c : c + 1]
+    above = np.count_nonzero(scores > own, axis=1)
+    hit = above == j
+    maybe = np.flatnonzero(above <= j)  # equal scores before c may move it down to j
+    if maybe.size:
+        tied = np.count_nonzero(scores[maybe, :c] == own[maybe], axis=1)
+        hit[maybe] = above[maybe] + tied == j
+    return hit
+
+
 def _top(scores: np.ndarray, k: int) -> np.ndarray:
     """Per row of ``scores``, the positions of the k largest, best first."""
-    if k < scores.shape[1]:
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    n = scores.shape[1]
+    if k < n:
+        top = np.argpartition(scores, n - k, axis=1)[:, n - k:]
         return np.take_along_axis(
             top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable"),
             axis=1)
@@ -582,6 +639,9 @@ class _Context:
 
     def __init__(self, x: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> None:
         self.x, self.mean, self.cov = x, mean, cov
+        self.x32 = np.ascontiguousarray(x.T, dtype=np.float32)  # features x candidates
+        self.xm32: np.ndarray | None = None  # with item offsets: x32 and a row of their means
+        self.sd32: np.ndarray | None = None
         self.item_keys: np.ndarray | None = None
         self.person_key = 0.0
         self.item_mean: np.ndarray | None = None
@@ -590,6 +650,24 @@ class _Context:
         self.person_chol: np.ndarray | None = None
         self.pool: np.ndarray | None = None  # candidate positions the budget slot draws from
         self.share = 0.0
+
+    @property
+    def run_mean(self) -> np.ndarray:
+        """Mean of a run's weights: the shared ones plus the person's on ``PERSONAL``."""
+        if self.person_mean is None:
+            return self.mean
+        out = self.mean.copy()
+        out[_PCOLS] += self.person_mean
+        return out
+
+    @property
+    def run_cov(self) -> np.ndarray:
+        """Covariance of a run's weights (the shared and the person's parts are independent)."""
+        if self.person_chol is None:
+            return self.cov
+        out = self.cov.copy()
+        out[np.ix_(_PCOLS, _PCOLS)] += self.person_chol @ self.person_chol.T
+        return out
 
     @property
     def plain(self) -> bool:
