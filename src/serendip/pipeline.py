@@ -31,7 +31,13 @@ from serendip.explore.bandit import LinearTS, LinearTSConfig
 from serendip.explore.policies import EpsilonSlate, EpsilonSlateConfig
 from serendip.models import SCORERS, BatchScorer, Hybrid
 from serendip.models._util import row_dots
-from serendip.models.retrieval import LazyRetriever, RetrievalConfig, Retriever
+from serendip.models.retrieval import (
+    INDEX_DIR,
+    LazyRetriever,
+    RetrievalConfig,
+    Retriever,
+    StoredIndexes,
+)
 from serendip.rerank import RERANKERS
 from serendip.rerank.base import RELEVANCE_REASONS, csr_rows
 from serendip.rerank.mmr import VARIETY
@@ -317,6 +323,8 @@ class Recommender:
         #: same name in ``pipeline``.  ``tuning`` says how they were chosen.
         self.presets: dict[str, Preset] = dict(presets or {})
         self.tuning = tuning
+        #: FAISS indexes saved with the model (``load``), used by the first retriever built
+        self._stored_indexes: StoredIndexes | None = None
         self.use_retrieval(make_config(RetrievalConfig, config.retrieval, "retrieval"))
 
     def trending(self) -> np.ndarray:
@@ -354,11 +362,15 @@ class Recommender:
         self.retrieval = config
         pop = self.data.item_popularity
         cold = np.flatnonzero(pop == 0) if np.any(pop > 0) else None
-        self._retriever = LazyRetriever(self.scorers, self.data.n_items, config, cold)
+        self._retriever = LazyRetriever(self.scorers, self.data.n_items, config, cold,
+                                        self._stored_indexes)
 
     def retriever(self) -> Retriever | None:
         """The candidate retriever (built on first use), or None if every item is scored."""
-        return self._retriever.get()
+        got = self._retriever.get()
+        if got is not None:
+            self._stored_indexes = None  # read by the retriever just built
+        return got
 
     @classmethod
     def fit(cls, data: Dataset, config: FitConfig | None = None, *, progress: bool = True,
@@ -434,6 +446,9 @@ class Recommender:
         for name, preset in self.presets.items():
             (tmp / "presets").mkdir(exist_ok=True)
             (tmp / "presets" / f"{name}.toml").write_text(preset_toml(preset))
+        retriever = self.retriever()  # large catalogs: built here once, read back by ``load``
+        if retriever is not None:
+            retriever.save_indexes(tmp / INDEX_DIR)
         meta = {
             "format": FORMAT_VERSION, "serendip": __version__,
             "fit_config": self.config.model_dump(), "category_column": d.category_column,
@@ -493,8 +508,13 @@ class Recommender:
         }
         negatives = (pd.read_parquet(d / "negatives.parquet")
                      if (d / "negatives.parquet").exists() else None)
-        return cls(data, scorers, config, presets, meta.get("tuning"),  # type: ignore[arg-type]
-                   negatives, meta.get("negative_below"))
+        rec = cls(data, scorers, config, presets, meta.get("tuning"),  # type: ignore[arg-type]
+                  negatives, meta.get("negative_below"))
+        stored = StoredIndexes.open(d / INDEX_DIR)
+        if stored is not None:
+            rec._stored_indexes = stored
+            rec.use_retrieval(rec.retrieval)
+        return rec
 
     def preset(self, name: str) -> Preset:
         """The preset a name means for this model: its tuned one, else the shipped one (adapted

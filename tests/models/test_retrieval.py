@@ -356,3 +356,95 @@ def test_scan_of_a_zero_query_returns_the_first_items_without_scanning():
     space = FactorSpace(x, RetrievalConfig(exact_flops=10**12))
     got = space.search(np.zeros(8), 7)
     assert np.array_equal(got, space._order[:7])  # every score is 0: ties to the longer items
+
+
+def _searches(retriever, queries, n=12):
+    """Every query's results in the text space and in its never-seen items."""
+    out = [("text", retriever.spaces["text"].search(q, n).tolist()) for q in queries]
+    out += [("cold", retriever.cold_spaces["text"].search(q, n).tolist()) for q in queries]
+    return out
+
+
+def test_faiss_indexes_are_saved_with_the_model_and_read_back_only_when_they_fit(
+        tmp_path, caplog):
+    """``save`` writes the FAISS indexes (the text space and its never-seen items); ``load``
+    reads them instead of training again, and they search exactly as the built ones.  Another
+    FAISS setting, other vectors or a damaged manifest rebuild them, with the reason logged."""
+    pytest.importorskip("faiss")
+    import json
+    import logging
+
+    import faiss
+
+    from serendip.models.retrieval import INDEX_DIR, FaissIndex
+
+    data = make_blocks(n_users=80, n_items=120)
+    inter = data.interactions
+    data = data.with_interactions(inter[inter["item"] < 100])  # 100..119: never seen
+    base = {"mode": "ann", "per_source": 40, "exact_flops": 0, "n_lists": 6, "probe": 0.34}
+    rec = _fit_with(data, {**base, "index": "faiss"})
+    built = rec.retriever()
+    assert built is not None and built.cold_spaces
+    rng = np.random.default_rng(3)
+    dim = data.item_vectors.shape[1]
+    queries = rng.normal(size=(20, dim)).astype(np.float32)
+    model = tmp_path / "model"
+    rec.save(model)
+    manifest = json.loads((model / INDEX_DIR / "manifest.json").read_text())
+    assert manifest["faiss"] == faiss.__version__
+    assert set(manifest["spaces"]) >= {"space:text", "cold:text"}
+
+    # read back: no k-means is trained, the bytes and every search equal the built index's
+    trained = []
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(faiss.IndexIVFScalarQuantizer, "train",
+                   lambda self, x: trained.append(len(x)))
+    try:
+        with caplog.at_level(logging.INFO, logger="serendip.models.retrieval"):
+            loaded = Recommender.load(model).retriever()
+    finally:
+        monkey.undo()
+    assert loaded is not None and trained == []
+    assert "read the stored index of space:text" in caplog.text
+    for key, space in loaded.spaces.items():
+        if isinstance(space.index, FaissIndex):
+            other = built.spaces[key].index
+            assert isinstance(other, FaissIndex)
+            np.testing.assert_array_equal(space.index.serialized(), other.serialized())
+    assert _searches(loaded, queries) == _searches(built, queries)
+
+    # another setting: rebuilt (and the rebuilt one, from the same seed, searches the same)
+    caplog.clear()
+    again = Recommender.load(model)
+    with caplog.at_level(logging.INFO, logger="serendip.models.retrieval"):
+        again.use_retrieval(RetrievalConfig(**{**base, "index": "faiss", "iterations": 11}))
+        assert again.retriever() is not None
+    assert "built with other retrieval settings" in caplog.text
+
+    # other vectors than the index was built from: rebuilt, never used
+    entry = manifest["spaces"]["space:text"]
+    manifest["spaces"]["space:text"] = {**entry, "sha256": "0" * 64}
+    (model / INDEX_DIR / "manifest.json").write_text(json.dumps(manifest))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="serendip.models.retrieval"):
+        rebuilt = Recommender.load(model).retriever()
+    assert "space:text is not used (built over other vectors)" in caplog.text
+    assert rebuilt is not None and _searches(rebuilt, queries) == _searches(built, queries)
+
+    # a manifest that cannot be read: a warning, and the model still serves
+    (model / INDEX_DIR / "manifest.json").write_text("{not json")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="serendip.models.retrieval"):
+        broken = Recommender.load(model)
+    assert "cannot be read" in caplog.text
+    assert broken.pipeline("balanced").recommend(Query(0, data.history(0)), 5).items.size == 5
+
+
+def test_small_catalogs_save_no_index(tmp_path):
+    """Below ``min_items`` every item is scored: nothing is built or written at save."""
+    from serendip.models.retrieval import INDEX_DIR
+
+    data = make_blocks(n_users=30, n_items=20)
+    rec = _fit_with(data, {})
+    rec.save(tmp_path / "m")
+    assert not (tmp_path / "m" / INDEX_DIR).exists()

@@ -29,20 +29,29 @@ there for comparison.  Every other space (ALS and other factors whose lengths ca
 popularity, with the unused items at the origin) is scanned exactly in order of decreasing
 length: ``bench/index.py`` found that scan exact and faster than any approximate index on such
 spaces, and FAISS as accurate as the built-in IVF on text spaces, faster at 1,000,000 items,
-with a quarter of the memory (docs/scale.md).  Indexes are rebuilt when a model is loaded, not
-stored: they are derived from the saved factors, and a stored binary would tie a model
-directory to one library version and could disagree with the factors beside it.
+with a quarter of the memory (docs/scale.md).
+
+Building a FAISS index over a million text vectors takes tens of seconds, so ``Recommender.save``
+writes the built ones beside the factors (``index/``: FAISS's own serialization, one ``.npy``
+per space, and a manifest) and ``load`` reads them back instead (``StoredIndexes``).  A stored
+index is used only when it provably belongs to the vectors it will search: the manifest names
+the FAISS version and the index settings it was built with, and the SHA-256 of those vectors;
+any difference (another FAISS, another ``RetrievalConfig``, other vectors) rebuilds it, with a
+logged reason.  The built-in IVF and usearch indexes are always rebuilt.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import logging
 import math
 import threading
 import time
 from collections.abc import Mapping
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -56,6 +65,7 @@ from serendip.models.base import TEXT_SPACE, BatchScorer
 __all__ = [
     "IVFIndex", "FaissIndex", "USearchIndex", "RetrievalConfig", "Retriever", "FactorSpace",
     "LazyRetriever", "SubSpace", "retrieval_enabled", "make_index", "to_sphere", "IndexKind",
+    "StoredIndexes", "INDEX_DIR", "fingerprint",
 ]
 
 log = logging.getLogger(__name__)
@@ -228,28 +238,36 @@ class FaissIndex:
 
     def __init__(self, vectors: np.ndarray, n_lists: int | None = None, *, iterations: int = 10,
                  seed: int = 0, sample_per_list: int = 64,
-                 codes: Literal["sq8", "flat"] = "sq8") -> None:
+                 codes: Literal["sq8", "flat"] = "sq8", built: Any = None) -> None:
+        """``built``: this index as built before over the same vectors and settings (read back
+        by ``StoredIndexes``), used instead of training and adding again."""
         import faiss  # optional dependency: callers check ``available("faiss")``
 
         self.dim = _check_vectors(vectors, "FaissIndex")
         x = to_sphere(vectors)
         n, d = x.shape
         k = _n_lists(n, n_lists)
-        quantizer = faiss.IndexFlatIP(d)
         index: faiss.IndexIVF
-        if codes == "sq8":
-            index = faiss.IndexIVFScalarQuantizer(quantizer, d, k, faiss.ScalarQuantizer.QT_8bit,
-                                                  faiss.METRIC_INNER_PRODUCT)
+        if built is not None:
+            if (built.ntotal, built.d, built.nlist) != (n, d, k):
+                raise ConfigError(f"a stored FAISS index of {built.ntotal} x {built.d} in "
+                                  f"{built.nlist} lists does not fit {n} x {d} in {k}")
+            index = built
         else:
-            index = faiss.IndexIVFFlat(quantizer, d, k, faiss.METRIC_INNER_PRODUCT)
-        index.cp.niter = int(iterations)
-        index.cp.seed = int(seed)
-        index.cp.spherical = True  # unit centroids: probing by inner product ranks directions
-        index.cp.max_points_per_centroid = int(sample_per_list)
-        rng = np.random.default_rng(seed)
-        train = x[np.sort(rng.choice(n, min(n, sample_per_list * k), replace=False))]
-        index.train(train)
-        index.add(x)
+            quantizer = faiss.IndexFlatIP(d)
+            if codes == "sq8":
+                index = faiss.IndexIVFScalarQuantizer(
+                    quantizer, d, k, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+            else:
+                index = faiss.IndexIVFFlat(quantizer, d, k, faiss.METRIC_INNER_PRODUCT)
+            index.cp.niter = int(iterations)
+            index.cp.seed = int(seed)
+            index.cp.spherical = True  # unit centroids: probing by inner product ranks directions
+            index.cp.max_points_per_centroid = int(sample_per_list)
+            rng = np.random.default_rng(seed)
+            train = x[np.sort(rng.choice(n, min(n, sample_per_list * k), replace=False))]
+            index.train(train)
+            index.add(x)
         self._faiss = faiss
         self.index = index
         self.codes = codes
@@ -260,6 +278,10 @@ class FaissIndex:
 
     def __len__(self) -> int:
         return self._n
+
+    def serialized(self) -> np.ndarray:
+        """The index in FAISS's own format (bytes as uint8), for ``StoredIndexes``."""
+        return np.asarray(self._faiss.serialize_index(self.index))
 
     def search(self, query: np.ndarray, n: int, n_probe: int) -> np.ndarray:
         """Ids of (about) the ``n`` items with the largest ``item . query``, best first."""
@@ -333,13 +355,14 @@ def resolve_index(kind: str) -> str:
     return "ivf"
 
 
-def make_index(vectors: np.ndarray, config: RetrievalConfig
+def make_index(vectors: np.ndarray, config: RetrievalConfig, built: Any = None
                ) -> IVFIndex | FaissIndex | USearchIndex:
-    """The search structure ``config.index`` names (built-in IVF if its library is missing)."""
+    """The search structure ``config.index`` names (built-in IVF if its library is missing);
+    ``built``: a FAISS index read back by ``StoredIndexes`` for these vectors."""
     kind = resolve_index(config.index)
     if kind == "faiss":
         return FaissIndex(vectors, config.n_lists, iterations=config.iterations,
-                          seed=config.seed, codes=config.faiss_codes)
+                          seed=config.seed, codes=config.faiss_codes, built=built)
     if kind == "usearch":
         return USearchIndex(vectors, ef_search=max(config.ef_search, config.per_source))
     return IVFIndex(vectors, config.n_lists, iterations=config.iterations, seed=config.seed)
@@ -405,10 +428,11 @@ class FactorSpace:
 
     BLOCK = 4096
 
-    def __init__(self, items: np.ndarray, config: RetrievalConfig, *, moments: bool = True
-                 ) -> None:
+    def __init__(self, items: np.ndarray, config: RetrievalConfig, *, moments: bool = True,
+                 stored: StoredIndexes | None = None, key: str = "") -> None:
         """``moments`` False skips the mean and covariance (``stats``), for a space that is
-        only searched (a ``SubSpace``)."""
+        only searched (a ``SubSpace``); ``stored``: indexes saved with the model, this space's
+        under ``key``."""
         f = np.asarray(items, dtype=np.float32)
         self.items = f
         self.mean: np.ndarray | None = None
@@ -422,7 +446,8 @@ class FactorSpace:
         unit = norms.size > 0 and float(norms.max() - norms.min()) <= 1e-3 * max(norms.max(), 1e-12)
         self.unit = bool(unit)  # unit vectors (text): searched by an index when large
         if unit and f.shape[0] * f.shape[1] > config.exact_flops:
-            self.index = make_index(f, config)
+            built = stored.take(key, f, config) if stored is not None else None
+            self.index = make_index(f, config, built)
         else:
             order = np.argsort(-norms, kind="stable")
             self._order = order.astype(np.int64)
@@ -496,7 +521,8 @@ class Retriever:
     """The factor spaces of a fitted model's scorers (built once, shared by every preset)."""
 
     def __init__(self, scorers: Mapping[str, BatchScorer], n_items: int,
-                 config: RetrievalConfig | None = None, cold: np.ndarray | None = None) -> None:
+                 config: RetrievalConfig | None = None, cold: np.ndarray | None = None,
+                 stored: StoredIndexes | None = None) -> None:
         self.config = config or RetrievalConfig()
         self.n_items = n_items
         self.spaces: dict[str, FactorSpace] = {}
@@ -518,14 +544,42 @@ class Retriever:
             if items.shape[0] != n_items:
                 continue  # not aligned with the catalog: leave it to full scoring
             if key not in self.spaces:
-                self.spaces[key] = FactorSpace(items, self.config)
+                self.spaces[key] = FactorSpace(items, self.config, stored=stored,
+                                               key=f"space:{key}")
                 if key == TEXT_SPACE and self.spaces[key].unit and self.cold.size:
-                    self.cold_spaces[key] = SubSpace(items, self.cold, self.config)
+                    self.cold_spaces[key] = SubSpace(items, self.cold, self.config,
+                                                     stored=stored, key=f"cold:{key}")
             self.space_of[name] = key
         log.info("retrieval: %d factor spaces (%s)%s built in %.2fs", len(self.spaces),
                  ", ".join(self.spaces),
                  f" and an index of their {self.cold.size:,} never-seen items"
                  if self.cold_spaces else "", time.perf_counter() - t0)
+
+    def save_indexes(self, directory: str | Path) -> int:
+        """Write the FAISS indexes of every space (``StoredIndexes`` reads them back); returns
+        how many.  Nothing is written when no space has one."""
+        spaces = [(f"space:{k}", v) for k, v in self.spaces.items()]
+        spaces += [(f"cold:{k}", v.space) for k, v in self.cold_spaces.items()]
+        faiss_spaces = [(k, v) for k, v in spaces if isinstance(v.index, FaissIndex)]
+        if not faiss_spaces:
+            return 0
+        import faiss
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        entries = {}
+        for n, (key, space) in enumerate(faiss_spaces):
+            index = space.index
+            assert isinstance(index, FaissIndex)
+            name = f"{n}.npy"
+            np.save(out / name, index.serialized(), allow_pickle=False)
+            entries[key] = {"file": name, "items": int(space.items.shape[0]),
+                            "dim": int(space.items.shape[1]),
+                            "sha256": fingerprint(space.items)}
+        manifest = {"faiss": faiss.__version__, "settings": _index_settings(self.config),
+                    "spaces": entries}
+        (out / _MANIFEST).write_text(json.dumps(manifest, indent=2))
+        return len(entries)
 
     def cold_space(self, key: str, cold: np.ndarray) -> SubSpace | None:
         """The search structure over the never-seen items of space ``key``, when ``cold`` (the
@@ -550,9 +604,11 @@ class SubSpace:
     """Some items of a factor space (e.g. the never-seen ones), searchable on their own:
     ``search`` returns catalog ids, about the ``n`` best of these items by ``items @ query``."""
 
-    def __init__(self, items: np.ndarray, ids: np.ndarray, config: RetrievalConfig) -> None:
+    def __init__(self, items: np.ndarray, ids: np.ndarray, config: RetrievalConfig, *,
+                 stored: StoredIndexes | None = None, key: str = "") -> None:
         self.ids = np.asarray(ids, dtype=np.int64)
-        self.space = FactorSpace(np.asarray(items)[self.ids], config, moments=False)
+        self.space = FactorSpace(np.asarray(items)[self.ids], config, moments=False,
+                                 stored=stored, key=key)
 
     def search(self, query: np.ndarray, n: int) -> np.ndarray:
         return self.ids[self.space.search(query, n)]
@@ -567,8 +623,10 @@ class LazyRetriever:
     """Builds the Retriever on first use, once, under a lock; None when retrieval is off."""
 
     def __init__(self, scorers: Mapping[str, BatchScorer], n_items: int,
-                 config: RetrievalConfig, cold: np.ndarray | None = None) -> None:
+                 config: RetrievalConfig, cold: np.ndarray | None = None,
+                 stored: StoredIndexes | None = None) -> None:
         self._args = (scorers, n_items, config, cold)
+        self._stored = stored
         self._lock = threading.Lock()
         self._value: Retriever | None = None
 
@@ -578,5 +636,88 @@ class LazyRetriever:
             return None
         with self._lock:
             if self._value is None:
-                self._value = Retriever(scorers, n_items, config, cold)
+                self._value = Retriever(scorers, n_items, config, cold, self._stored)
+                self._stored = None  # read once: its files are not held any longer
             return self._value
+
+
+INDEX_DIR = "index"
+_MANIFEST = "manifest.json"
+
+
+def fingerprint(vectors: np.ndarray) -> str:
+    """SHA-256 of float32 vectors (their shape, then their bytes in row order)."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    h = hashlib.sha256(repr(x.shape).encode())
+    h.update(x.data.cast("B"))
+    return h.hexdigest()
+
+
+def _index_settings(config: RetrievalConfig) -> dict[str, object]:
+    """What a FAISS index's contents depend on, besides its vectors."""
+    return {"n_lists": config.n_lists, "iterations": config.iterations, "seed": config.seed,
+            "faiss_codes": config.faiss_codes}
+
+
+class StoredIndexes:
+    """FAISS indexes saved with a model (``Retriever.save_indexes``), read back in place of a
+    rebuild.  Opening maps every file at once, so a model directory replaced on disk
+    afterwards (a new model saved over it) cannot mix its indexes with the loaded factors;
+    ``take`` then hands each one out only for the vectors and settings it was built from."""
+
+    def __init__(self, directory: str | Path) -> None:
+        d = Path(directory)
+        self.directory = d
+        self._manifest: dict[str, Any] = json.loads((d / _MANIFEST).read_text())
+        self._blobs = {key: np.load(d / e["file"], mmap_mode="r", allow_pickle=False)
+                       for key, e in self._manifest.get("spaces", {}).items()}
+
+    @classmethod
+    def open(cls, directory: str | Path) -> StoredIndexes | None:
+        """The indexes saved in ``directory``, or None when there are none (or they cannot be
+        read: the model then rebuilds them, as before they were stored)."""
+        d = Path(directory)
+        if not (d / _MANIFEST).is_file():
+            return None
+        try:
+            return cls(d)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("retrieval: the stored indexes in %s cannot be read (%s); they will be "
+                        "rebuilt", d, e)
+            return None
+
+    def take(self, key: str, vectors: np.ndarray, config: RetrievalConfig) -> Any:
+        """The FAISS index stored for space ``key`` if it was built from exactly ``vectors``
+        with ``config``'s settings by this FAISS version; else None (with the reason logged)."""
+        blob = self._blobs.pop(key, None)
+        entry = self._manifest.get("spaces", {}).get(key)
+        if blob is None or entry is None:
+            return None
+        reason = self._mismatch(entry, vectors, config)
+        if reason is not None:
+            log.info("retrieval: the stored index of %s is not used (%s); rebuilding it", key,
+                     reason)
+            return None
+        import faiss
+
+        t0 = time.perf_counter()
+        index = faiss.deserialize_index(np.ascontiguousarray(blob))
+        log.info("retrieval: read the stored index of %s (%d items) in %.2fs", key,
+                 entry["items"], time.perf_counter() - t0)
+        return index
+
+    def _mismatch(self, entry: dict[str, Any], vectors: np.ndarray, config: RetrievalConfig
+                  ) -> str | None:
+        if resolve_index(config.index) != "faiss":
+            return f"the index is {config.index!r}, not faiss"
+        import faiss
+
+        if self._manifest.get("faiss") != faiss.__version__:
+            return f"built by faiss {self._manifest.get('faiss')}, this is {faiss.__version__}"
+        if self._manifest.get("settings") != _index_settings(config):
+            return "built with other retrieval settings"
+        if (entry.get("items"), entry.get("dim")) != tuple(vectors.shape):
+            return f"built over {entry.get('items')} x {entry.get('dim')} vectors"
+        if entry.get("sha256") != fingerprint(vectors):
+            return "built over other vectors"
+        return None
