@@ -34,7 +34,7 @@ items, in batches.
 How a run is computed is part of the policy, the same for the list shown and for every run
 that counts a return: the weights (shared and the person's) are one Gaussian draw, scores are
 float32, an item offset's noise is one of ``NORMAL_GRID``'s 65,536 equally likely normal
-quantiles (a table lookup, several times cheaper than a fresh normal; |z| <= 4.17), and a
+quantiles (a table lookup, several times cheaper than a fresh normal; |z| <= 4.32), and a
 run's list is its candidates by score, ties to the earlier one.  Counting a return checks only
 the slots still open, by how many candidates rank above the shown item.  A slate's cost is
 runs x candidates, and the runs it needs are the geometric counts themselves: about 1 / p for
@@ -71,7 +71,7 @@ PERSONAL = ("unexpectedness", "novelty", "tail")
 _PCOLS = np.array([FEATURES.index(f) for f in PERSONAL])
 _KEY_MASK = np.uint64((1 << 52) - 1)
 #: an item offset's standard-normal draw: one of 2^16 equally likely quantiles of the normal,
-#: Phi^-1((j + 1/2) / 2^16) (|z| <= 4.17); a lookup is several times cheaper than a fresh draw
+#: Phi^-1((j + 1/2) / 2^16) (|z| <= 4.32); a lookup is several times cheaper than a fresh draw
 NORMAL_GRID = ndtri((np.arange(1 << 16) + 0.5) / (1 << 16)).astype(np.float32)
 NORMAL_GRID.setflags(write=False)
 #: runs of the policy per batch while counting returns (each batch scores them together)
@@ -319,10 +319,10 @@ class LinearTS(Component):
         return scores, picks
 
     def _orders(self, ctx: _Context, size: int, k: int) -> np.ndarray:
-        """``size`` runs of the policy: ``size x k`` candidate positions (``slot_distribution``;
-        among exact ties of float32 scores the order may differ from ``_order``'s)."""
+        """``size`` runs of the policy: ``size x k`` candidate positions, each row the list
+        ``_order`` makes of that run (ties to the earlier candidate)."""
         scores, picks = self._runs(ctx, size)
-        out = _top(scores, k)
+        out = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         if picks is not None:
             rows = np.flatnonzero(picks >= 0)
             out[rows, k - 1] = picks[rows]
@@ -396,11 +396,14 @@ class LinearTS(Component):
         candidate's score (the sampled one, or the posterior mean when the draw has more parts
         than the shared weights), the shown slots' propensities and their feature rows."""
         x = ctx.x
-        draw = self._draw(ctx.run_mean, ctx.run_cov, 1)
-        scores, picks = self._runs(ctx, 1, draw)
+        # one batch of runs: the first is the list shown, the others (independent of it) are
+        # the first runs that count its returns, so both are one computation by construction
+        draws = self._draw(ctx.run_mean, ctx.run_cov, _RUNS)
+        scores, picks = self._runs(ctx, _RUNS, draws)
         shown = self._order(scores[0], -1 if picks is None else int(picks[0]), k)
-        score = x @ draw[0] if ctx.plain else ctx.mean_scores()
-        counts = self._return_counts(ctx, shown)
+        score = x @ draws[0] if ctx.plain else ctx.mean_scores()
+        counts = self._return_counts(ctx, shown, (scores[1:], None if picks is None
+                                                  else picks[1:]))
         rows = x[shown]
         if self.config.hierarchy:
             assert ctx.item_keys is not None
@@ -408,9 +411,12 @@ class LinearTS(Component):
                                     np.full(shown.size, ctx.person_key)])
         return shown, score, 1.0 / counts, rows
 
-    def _return_counts(self, ctx: _Context, shown: np.ndarray) -> np.ndarray:
+    def _return_counts(self, ctx: _Context, shown: np.ndarray,
+                       made: tuple[np.ndarray, np.ndarray | None] | None = None
+                       ) -> np.ndarray:
         """Per slot: fresh runs of the policy until ``shown[slot]`` is in that slot again (the
         first run that puts it there counts), at most ``samples``: a geometric N, E[N] = 1/p.
+        ``made``: runs already made (``_runs``'s scores and picks), used before new ones.
 
         A run puts candidate c in slot j when exactly j candidates rank above it (score higher,
         or equal and earlier), and, in the last slot, when the run has no budget pick (a pick
@@ -421,8 +427,16 @@ class LinearTS(Component):
         open_ = list(range(k))
         used = 0
         while open_ and used < cap:
-            b = min(_RUNS, cap - used)
-            scores, picks = self._runs(ctx, b)
+            if made is not None:
+                scores, picks = made[0][: cap - used], made[1]
+                if picks is not None:
+                    picks = picks[: cap - used]
+                made = None
+                if not len(scores):
+                    continue
+            else:
+                scores, picks = self._runs(ctx, min(_RUNS, cap - used))
+            b = len(scores)
             for j in list(open_):
                 hit = _at(scores, int(shown[j]), j)
                 if picks is not None:
@@ -586,11 +600,7 @@ class LinearTS(Component):
         ``items[i]`` in slot ``p`` (over ``target_samples`` runs)."""
         k = min(int(k), len(candidates))
         ctx = self._context(query, candidates)
-        if ctx.plain:
-            draws = self._draw(ctx.mean, ctx.cov, self.config.target_samples)
-            order = np.argsort(-(draws @ ctx.x.T), axis=1, kind="stable")[:, :k]
-        else:
-            order = self._orders(ctx, self.config.target_samples, k)
+        order = self._orders(ctx, self.config.target_samples, k)
         probs = np.zeros((len(candidates), k))
         for p in range(k):
             probs[:, p] = np.bincount(order[:, p], minlength=len(candidates))
@@ -621,17 +631,6 @@ def _at(scores: np.ndarray, c: int, j: int) -> np.ndarray:
         tied = np.count_nonzero(scores[maybe, :c] == own[maybe], axis=1)
         hit[maybe] = above[maybe] + tied == j
     return hit
-
-
-def _top(scores: np.ndarray, k: int) -> np.ndarray:
-    """Per row of ``scores``, the positions of the k largest, best first."""
-    n = scores.shape[1]
-    if k < n:
-        top = np.argpartition(scores, n - k, axis=1)[:, n - k:]
-        return np.take_along_axis(
-            top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable"),
-            axis=1)
-    return np.argsort(-scores, axis=1, kind="stable")
 
 
 class _Context:
