@@ -113,17 +113,22 @@ def main(argv: list[str] | None = None) -> int:
         format_table(rows), "",
         "## Targets", "",
         *verdict(rows, serendip, libraries), "",
-        "## Speed (1,000 candidates, median; the machine is shared, so upper bounds)", "",
-        "| policy | select a slate (ms) | update per event (ms) | targets (5 ms, 1 ms) |",
-        "|---|---|---|---|",
+        "## Speed (1,000 candidates; the machine is shared, so upper bounds)", "",
+        "Each policy selects 200 slates from random feature rows and learns from random "
+        "clicks, in 5 runs (seeds 0-4) pooled: a learning policy's cost follows what it has "
+        "learnt. The target reads the median.", "",
+        "| policy | select a slate, median (ms) | 90th percentile (ms) | update per event, "
+        "median (ms) | targets (5 ms, 1 ms) |",
+        "|---|---|---|---|---|",
     ]
-    for name, (sel, upd) in times.items():
+    for name, (sel, upd, sel90) in times.items():
         ok = "met" if sel <= 5.0 and upd <= 1.0 else "NOT met"
-        lines.append(f"| {name} | {sel:.3f} | {upd:.4f} | {ok} |")
-    for name, (sel, upd) in served_at_preset.items():
+        lines.append(f"| {name} | {sel:.3f} | {sel90:.3f} | {upd:.4f} | {ok} |")
+    for name, (sel, upd, sel90) in served_at_preset.items():
         lines += ["", f"The same served policy over the adaptive preset's own {preset_candidates} "
                   f"candidates (what the preset hands the bandit; not the target's 1,000): "
-                  f"select {sel:.3f} ms, update {upd:.4f} ms per event ({name})."]
+                  f"select {sel:.3f} ms median ({sel90:.3f} ms 90th percentile), update "
+                  f"{upd:.4f} ms per event ({name})."]
     lines += ["", f"Total run time {time.perf_counter() - t_start:.0f} s.", "",
               "![clicks and discovery over the visits](bandit-movielens.png)"]
     out = Path(args.out)
@@ -133,10 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     out.with_suffix(".json").write_text(json.dumps({
         "command": command, "seeds": seeds, "visits": args.visits, "users": args.users,
         "world": config.model_dump(), "rows": rows,
-        "timing_ms": {k: {"select": v[0], "update": v[1]} for k, v in times.items()},
+        "timing_ms": {k: {"select": v[0], "select_p90": v[2], "update": v[1]}
+                      for k, v in times.items()},
         "timing_ms_served_at_preset_candidates": {
             "candidates": preset_candidates,
-            **{k: {"select": v[0], "update": v[1]} for k, v in served_at_preset.items()}},
+            **{k: {"select": v[0], "select_p90": v[2], "update": v[1]}
+               for k, v in served_at_preset.items()}},
     }, indent=2))
     plot_traces(traces, out.with_suffix(".png"))
     print(text)
