@@ -37,6 +37,8 @@ from serendip.models.retrieval import (
     RetrievalConfig,
     Retriever,
     StoredIndexes,
+    resolve_index,
+    retrieval_enabled,
 )
 from serendip.rerank import RERANKERS
 from serendip.rerank.base import RELEVANCE_REASONS, csr_rows
@@ -360,10 +362,32 @@ class Recommender:
     def use_retrieval(self, config: RetrievalConfig) -> None:
         """Set when (and how) pipelines retrieve candidates instead of scoring every item."""
         self.retrieval = config
+        self._retriever = LazyRetriever(self.scorers, self.data.n_items, config,
+                                        self._cold_items(), self._stored_indexes)
+
+    def _cold_items(self) -> np.ndarray | None:
         pop = self.data.item_popularity
-        cold = np.flatnonzero(pop == 0) if np.any(pop > 0) else None
-        self._retriever = LazyRetriever(self.scorers, self.data.n_items, config, cold,
-                                        self._stored_indexes)
+        return np.flatnonzero(pop == 0) if np.any(pop > 0) else None
+
+    def _save_indexes(self, directory: Path) -> None:
+        """Large catalogs: build the FAISS indexes of the model's own retrieval settings (or
+        reuse the retriever already built with them) and write them, for ``load`` to read
+        back instead of building again.  Nothing is built when they would hold no FAISS
+        index, and a build that fails is logged and skipped: they are derived data."""
+        config = make_config(RetrievalConfig, self.config.retrieval, "retrieval")
+        vectors = self.data.item_vectors
+        if (vectors is None or not retrieval_enabled(config, self.data.n_items)
+                or vectors.shape[0] * vectors.shape[1] <= config.exact_flops
+                or resolve_index(config.index) != "faiss"):
+            return
+        try:
+            retriever = (self.retriever() if config == self.retrieval else
+                         Retriever(self.scorers, self.data.n_items, config, self._cold_items()))
+            if retriever is not None:
+                retriever.save_indexes(directory)
+        except (RuntimeError, ValueError, MemoryError) as e:
+            log.warning("the retrieval indexes were not saved with the model (%s); loading it "
+                        "will build them", e)
 
     def retriever(self) -> Retriever | None:
         """The candidate retriever (built on first use), or None if every item is scored."""
@@ -446,9 +470,7 @@ class Recommender:
         for name, preset in self.presets.items():
             (tmp / "presets").mkdir(exist_ok=True)
             (tmp / "presets" / f"{name}.toml").write_text(preset_toml(preset))
-        retriever = self.retriever()  # large catalogs: built here once, read back by ``load``
-        if retriever is not None:
-            retriever.save_indexes(tmp / INDEX_DIR)
+        self._save_indexes(tmp / INDEX_DIR)
         meta = {
             "format": FORMAT_VERSION, "serendip": __version__,
             "fit_config": self.config.model_dump(), "category_column": d.category_column,

@@ -289,7 +289,7 @@ def _fit_with(data, retrieval):
 def test_backends_give_the_exact_recommendations_and_survive_save_load(tmp_path):
     """With a pool that covers the exact top, every backend (the index only chooses
     candidates; the blend scores them exactly) returns the full-scoring lists, also after
-    the model is saved and loaded (the index is rebuilt from the saved factors)."""
+    the model is saved and loaded (the index read back from the model directory)."""
     pytest.importorskip("faiss")
     from serendip.models.retrieval import FaissIndex
 
@@ -430,6 +430,38 @@ def test_faiss_indexes_are_saved_with_the_model_and_read_back_only_when_they_fit
         rebuilt = Recommender.load(model).retriever()
     assert "space:text is not used (built over other vectors)" in caplog.text
     assert rebuilt is not None and _searches(rebuilt, queries) == _searches(built, queries)
+
+    # index files swapped, or damaged in place: each is rebuilt, never used
+    manifest["spaces"]["space:text"] = entry
+    files = [manifest["spaces"][k]["file"] for k in ("space:text", "cold:text")]
+    for damage in ("swap", "bytes"):
+        (model / INDEX_DIR / "manifest.json").write_text(json.dumps(manifest))
+        a, b = (model / INDEX_DIR / f for f in files)
+        saved = a.read_bytes(), b.read_bytes()
+        if damage == "swap":
+            a.write_bytes(saved[1])
+            b.write_bytes(saved[0])
+        else:
+            raw = bytearray(saved[0])
+            raw[len(raw) // 2 : len(raw) // 2 + 64] = bytes(64)
+            a.write_bytes(bytes(raw))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="serendip.models.retrieval"):
+            got = Recommender.load(model).retriever()
+        assert "space:text is not used (its file is not the one written)" in caplog.text
+        assert got is not None and _searches(got, queries) == _searches(built, queries)
+        a.write_bytes(saved[0])
+        b.write_bytes(saved[1])
+
+    # a model switched to exact scoring still saves the indexes of its own settings
+    switched = Recommender.load(model)
+    switched.use_retrieval(RetrievalConfig(mode="exact"))
+    switched.save(tmp_path / "again")
+    assert (tmp_path / "again" / INDEX_DIR / "manifest.json").is_file()
+    with caplog.at_level(logging.INFO, logger="serendip.models.retrieval"):
+        caplog.clear()
+        assert Recommender.load(tmp_path / "again").retriever() is not None
+    assert "read the stored index of space:text" in caplog.text
 
     # a manifest that cannot be read: a warning, and the model still serves
     (model / INDEX_DIR / "manifest.json").write_text("{not json")

@@ -447,7 +447,14 @@ class FactorSpace:
         self.unit = bool(unit)  # unit vectors (text): searched by an index when large
         if unit and f.shape[0] * f.shape[1] > config.exact_flops:
             built = stored.take(key, f, config) if stored is not None else None
-            self.index = make_index(f, config, built)
+            try:
+                self.index = make_index(f, config, built)
+            except ConfigError as e:  # a stored index that does not fit: rebuilt
+                if built is None:
+                    raise
+                log.warning("retrieval: the stored index of %s is not used (%s); rebuilding it",
+                            key, e)
+                self.index = make_index(f, config)
         else:
             order = np.argsort(-norms, kind="stable")
             self._order = order.astype(np.int64)
@@ -572,10 +579,12 @@ class Retriever:
             index = space.index
             assert isinstance(index, FaissIndex)
             name = f"{n}.npy"
-            np.save(out / name, index.serialized(), allow_pickle=False)
+            blob = index.serialized()
+            np.save(out / name, blob, allow_pickle=False)
             entries[key] = {"file": name, "items": int(space.items.shape[0]),
                             "dim": int(space.items.shape[1]),
-                            "sha256": fingerprint(space.items)}
+                            "sha256": fingerprint(space.items),
+                            "index_sha256": hashlib.sha256(blob.data).hexdigest()}
         manifest = {"faiss": faiss.__version__, "settings": _index_settings(self.config),
                     "spaces": entries}
         (out / _MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -653,10 +662,14 @@ def fingerprint(vectors: np.ndarray) -> str:
     return h.hexdigest()
 
 
+#: how ``FaissIndex`` builds (training sample, spherical k-means): a change there changes it
+INDEX_FORMAT = 1
+
+
 def _index_settings(config: RetrievalConfig) -> dict[str, object]:
     """What a FAISS index's contents depend on, besides its vectors."""
-    return {"n_lists": config.n_lists, "iterations": config.iterations, "seed": config.seed,
-            "faiss_codes": config.faiss_codes}
+    return {"format": INDEX_FORMAT, "n_lists": config.n_lists, "iterations": config.iterations,
+            "seed": config.seed, "faiss_codes": config.faiss_codes}
 
 
 class StoredIndexes:
@@ -681,7 +694,7 @@ class StoredIndexes:
             return None
         try:
             return cls(d)
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             log.warning("retrieval: the stored indexes in %s cannot be read (%s); they will be "
                         "rebuilt", d, e)
             return None
@@ -694,14 +707,25 @@ class StoredIndexes:
         if blob is None or entry is None:
             return None
         reason = self._mismatch(entry, vectors, config)
-        if reason is not None:
-            log.info("retrieval: the stored index of %s is not used (%s); rebuilding it", key,
-                     reason)
-            return None
-        import faiss
+        index = None
+        if reason is None:
+            t0 = time.perf_counter()
+            try:
+                data = np.ascontiguousarray(blob)
+                if hashlib.sha256(data.data).hexdigest() != entry.get("index_sha256"):
+                    reason = "its file is not the one written"
+                else:
+                    import faiss
 
-        t0 = time.perf_counter()
-        index = faiss.deserialize_index(np.ascontiguousarray(blob))
+                    index = faiss.deserialize_index(data)
+                    if index.ntotal != vectors.shape[0]:
+                        reason, index = f"it holds {index.ntotal} items", None
+            except Exception as e:  # noqa: BLE001 - derived data: anything wrong rebuilds it
+                reason = f"it cannot be read: {e}"
+        if index is None:
+            log.warning("retrieval: the stored index of %s is not used (%s); rebuilding it",
+                        key, reason)
+            return None
         log.info("retrieval: read the stored index of %s (%d items) in %.2fs", key,
                  entry["items"], time.perf_counter() - t0)
         return index
