@@ -394,11 +394,15 @@ def test_faiss_indexes_are_saved_with_the_model_and_read_back_only_when_they_fit
     assert manifest["faiss"] == faiss.__version__
     assert set(manifest["spaces"]) >= {"space:text", "cold:text"}
 
-    # read back: no k-means is trained, the bytes and every search equal the built index's
+    # read back: no k-means is trained and no moment computed; the bytes, the moments and
+    # every search equal the built ones
+    import serendip.models.retrieval as retrieval
+
     trained = []
     monkey = pytest.MonkeyPatch()
     monkey.setattr(faiss.IndexIVFScalarQuantizer, "train",
                    lambda self, x: trained.append(len(x)))
+    monkey.setattr(retrieval, "_moments", lambda *a: trained.append("moments"))
     try:
         with caplog.at_level(logging.INFO, logger="serendip.models.retrieval"):
             loaded = Recommender.load(model).retriever()
@@ -406,7 +410,10 @@ def test_faiss_indexes_are_saved_with_the_model_and_read_back_only_when_they_fit
         monkey.undo()
     assert loaded is not None and trained == []
     assert "read the stored index of space:text" in caplog.text
+    assert set(loaded.spaces) == set(built.spaces)
     for key, space in loaded.spaces.items():
+        for name in ("mean", "cov", "norms"):
+            np.testing.assert_array_equal(getattr(space, name), getattr(built.spaces[key], name))
         if isinstance(space.index, FaissIndex):
             other = built.spaces[key].index
             assert isinstance(other, FaissIndex)
@@ -429,6 +436,8 @@ def test_faiss_indexes_are_saved_with_the_model_and_read_back_only_when_they_fit
     with caplog.at_level(logging.INFO, logger="serendip.models.retrieval"):
         rebuilt = Recommender.load(model).retriever()
     assert "space:text is not used (built over other vectors)" in caplog.text
+    assert "the stored moments of space:text are not used (built over other vectors)" in (
+        caplog.text)
     assert rebuilt is not None and _searches(rebuilt, queries) == _searches(built, queries)
 
     # index files swapped, or damaged in place: each is rebuilt, never used

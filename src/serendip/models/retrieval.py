@@ -49,6 +49,7 @@ import logging
 import math
 import threading
 import time
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -201,16 +202,17 @@ def _query(query: np.ndarray, dim: int, stored: int) -> np.ndarray:
     return np.ascontiguousarray(q)
 
 
-def to_sphere(vectors: np.ndarray) -> np.ndarray:
+def to_sphere(vectors: np.ndarray, norms: np.ndarray | None = None) -> np.ndarray:
     """Vectors of unequal length mapped to the unit sphere, keeping the order of inner products.
 
     Appends ``sqrt(M^2 - |x|^2)`` and divides by ``M``, the largest norm (Bachrach et al.
     2014): ``[x, e] / M . [q, 0] = x . q / M``, so every query ranks the items as before, and
     clustering or graph building by direction sees what an inner-product search needs.
-    Vectors of (nearly) equal length are returned as float32 unchanged.
+    Vectors of (nearly) equal length are returned as float32 unchanged.  ``norms``: their row
+    norms (``_row_norms``), when already known.
     """
     x = np.asarray(vectors, dtype=np.float32)
-    norms = _row_norms(x)
+    norms = _row_norms(x) if norms is None else norms
     big = float(norms.max()) if norms.size else 0.0
     if big > 0 and float(norms.min()) < big * (1 - 1e-4):
         extra = np.sqrt(np.maximum(big**2 - norms**2, 0.0))[:, None]
@@ -238,13 +240,15 @@ class FaissIndex:
 
     def __init__(self, vectors: np.ndarray, n_lists: int | None = None, *, iterations: int = 10,
                  seed: int = 0, sample_per_list: int = 64,
-                 codes: Literal["sq8", "flat"] = "sq8", built: Any = None) -> None:
+                 codes: Literal["sq8", "flat"] = "sq8", built: Any = None,
+                 norms: np.ndarray | None = None) -> None:
         """``built``: this index as built before over the same vectors and settings (read back
-        by ``StoredIndexes``), used instead of training and adding again."""
+        by ``StoredIndexes``), used instead of training and adding again; ``norms``: the
+        vectors' row norms, when already known."""
         import faiss  # optional dependency: callers check ``available("faiss")``
 
         self.dim = _check_vectors(vectors, "FaissIndex")
-        x = to_sphere(vectors)
+        x = to_sphere(vectors, norms)
         n, d = x.shape
         k = _n_lists(n, n_lists)
         index: faiss.IndexIVF
@@ -355,14 +359,15 @@ def resolve_index(kind: str) -> str:
     return "ivf"
 
 
-def make_index(vectors: np.ndarray, config: RetrievalConfig, built: Any = None
-               ) -> IVFIndex | FaissIndex | USearchIndex:
+def make_index(vectors: np.ndarray, config: RetrievalConfig, built: Any = None,
+               norms: np.ndarray | None = None) -> IVFIndex | FaissIndex | USearchIndex:
     """The search structure ``config.index`` names (built-in IVF if its library is missing);
-    ``built``: a FAISS index read back by ``StoredIndexes`` for these vectors."""
+    ``built``: a FAISS index read back by ``StoredIndexes`` for these vectors; ``norms``: their
+    row norms, when known."""
     kind = resolve_index(config.index)
     if kind == "faiss":
         return FaissIndex(vectors, config.n_lists, iterations=config.iterations,
-                          seed=config.seed, codes=config.faiss_codes, built=built)
+                          seed=config.seed, codes=config.faiss_codes, built=built, norms=norms)
     if kind == "usearch":
         return USearchIndex(vectors, ef_search=max(config.ef_search, config.per_source))
     return IVFIndex(vectors, config.n_lists, iterations=config.iterations, seed=config.seed)
@@ -437,10 +442,18 @@ class FactorSpace:
         self.items = f
         self.mean: np.ndarray | None = None
         self.cov: np.ndarray | None = None
-        if moments:
+        got = stored.moments(key, f) if stored is not None else None
+        if got is not None and moments and (got[0] is None or got[1] is None):
+            got = None
+        if got is not None:  # computed from these very vectors when the model was saved
+            mean, cov, norms = got
+            if moments:
+                self.mean, self.cov = mean, cov
+        elif moments:
             self.mean, self.cov, norms = _moments(f)
         else:
             norms = _row_norms(f)
+        self.norms = norms
         self.config = config
         self.index: IVFIndex | FaissIndex | USearchIndex | None = None
         unit = norms.size > 0 and float(norms.max() - norms.min()) <= 1e-3 * max(norms.max(), 1e-12)
@@ -448,7 +461,7 @@ class FactorSpace:
         if unit and f.shape[0] * f.shape[1] > config.exact_flops:
             built = stored.take(key, f, config) if stored is not None else None
             try:
-                self.index = make_index(f, config, built)
+                self.index = make_index(f, config, built, norms)
             except ConfigError as e:  # a stored index that does not fit: rebuilt
                 if built is None:
                     raise
@@ -563,32 +576,37 @@ class Retriever:
                  if self.cold_spaces else "", time.perf_counter() - t0)
 
     def save_indexes(self, directory: str | Path) -> int:
-        """Write the FAISS indexes of every space (``StoredIndexes`` reads them back); returns
-        how many.  Nothing is written when no space has one."""
+        """Write the FAISS indexes of every space, and every space's moments and row norms
+        (``StoredIndexes`` reads them back); returns how many indexes.  Nothing is written
+        when no space has a FAISS index."""
         spaces = [(f"space:{k}", v) for k, v in self.spaces.items()]
         spaces += [(f"cold:{k}", v.space) for k, v in self.cold_spaces.items()]
-        faiss_spaces = [(k, v) for k, v in spaces if isinstance(v.index, FaissIndex)]
-        if not faiss_spaces:
+        if not any(isinstance(v.index, FaissIndex) for _, v in spaces):
             return 0
         import faiss
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        entries = {}
-        for n, (key, space) in enumerate(faiss_spaces):
-            index = space.index
-            assert isinstance(index, FaissIndex)
-            name = f"{n}.npy"
-            blob = index.serialized()
-            np.save(out / name, blob, allow_pickle=False)
-            entries[key] = {"file": name, "items": int(space.items.shape[0]),
-                            "dim": int(space.items.shape[1]),
-                            "sha256": fingerprint(space.items),
-                            "index_sha256": hashlib.sha256(blob.data).hexdigest()}
+        entries: dict[str, dict[str, object]] = {}
+        for n, (key, space) in enumerate(spaces):
+            entry: dict[str, object] = {"items": int(space.items.shape[0]),
+                                        "dim": int(space.items.shape[1]),
+                                        "sha256": fingerprint(space.items)}
+            moments = {"norms": space.norms}
+            if space.mean is not None and space.cov is not None:
+                moments |= {"mean": space.mean, "cov": space.cov}
+            entry["moments"] = f"m{n}.npz"
+            np.savez(out / f"m{n}.npz", allow_pickle=False, **moments)
+            if isinstance(space.index, FaissIndex):
+                blob = space.index.serialized()
+                entry["file"] = f"{n}.npy"
+                np.save(out / f"{n}.npy", blob, allow_pickle=False)
+                entry["index_sha256"] = hashlib.sha256(blob.data).hexdigest()
+            entries[key] = entry
         manifest = {"faiss": faiss.__version__, "settings": _index_settings(self.config),
                     "spaces": entries}
         (out / _MANIFEST).write_text(json.dumps(manifest, indent=2))
-        return len(entries)
+        return sum("file" in e for e in entries.values())
 
     def cold_space(self, key: str, cold: np.ndarray) -> SubSpace | None:
         """The search structure over the never-seen items of space ``key``, when ``cold`` (the
@@ -682,8 +700,15 @@ class StoredIndexes:
         d = Path(directory)
         self.directory = d
         self._manifest: dict[str, Any] = json.loads((d / _MANIFEST).read_text())
+        spaces = self._manifest.get("spaces", {})
         self._blobs = {key: np.load(d / e["file"], mmap_mode="r", allow_pickle=False)
-                       for key, e in self._manifest.get("spaces", {}).items()}
+                       for key, e in spaces.items() if "file" in e}
+        self._moments = {}
+        for key, e in spaces.items():
+            if "moments" in e:
+                with np.load(d / e["moments"], allow_pickle=False) as z:
+                    self._moments[key] = {name: z[name] for name in z.files}
+        self._checked: dict[str, bool] = {}
 
     @classmethod
     def open(cls, directory: str | Path) -> StoredIndexes | None:
@@ -694,10 +719,39 @@ class StoredIndexes:
             return None
         try:
             return cls(d)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError,
+                zipfile.BadZipFile) as e:
             log.warning("retrieval: the stored indexes in %s cannot be read (%s); they will be "
                         "rebuilt", d, e)
             return None
+
+    def _same_vectors(self, key: str, vectors: np.ndarray) -> str | None:
+        """Why space ``key``'s stored data does not belong to ``vectors`` (None: it does);
+        hashed once per space."""
+        entry = self._manifest.get("spaces", {}).get(key, {})
+        if (entry.get("items"), entry.get("dim")) != tuple(vectors.shape):
+            return f"built over {entry.get('items')} x {entry.get('dim')} vectors"
+        if key not in self._checked:
+            self._checked[key] = entry.get("sha256") == fingerprint(vectors)
+        return None if self._checked[key] else "built over other vectors"
+
+    def moments(self, key: str, vectors: np.ndarray
+                ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray] | None:
+        """Space ``key``'s mean, covariance (None when it was saved without them) and row
+        norms as computed from ``vectors`` when the model was saved; None when they were not
+        saved, or were saved for other vectors."""
+        got = self._moments.pop(key, None)
+        if got is None:
+            return None
+        reason = self._same_vectors(key, vectors)
+        norms = got.get("norms")
+        if reason is None and (norms is None or norms.shape != (vectors.shape[0],)):
+            reason = "its norms do not fit"
+        if reason is not None or norms is None:
+            log.warning("retrieval: the stored moments of %s are not used (%s); computing them",
+                        key, reason)
+            return None
+        return got.get("mean"), got.get("cov"), norms
 
     def take(self, key: str, vectors: np.ndarray, config: RetrievalConfig) -> Any:
         """The FAISS index stored for space ``key`` if it was built from exactly ``vectors``
@@ -706,7 +760,7 @@ class StoredIndexes:
         entry = self._manifest.get("spaces", {}).get(key)
         if blob is None or entry is None:
             return None
-        reason = self._mismatch(entry, vectors, config)
+        reason = self._mismatch(key, vectors, config)
         index = None
         if reason is None:
             t0 = time.perf_counter()
@@ -730,8 +784,7 @@ class StoredIndexes:
                  entry["items"], time.perf_counter() - t0)
         return index
 
-    def _mismatch(self, entry: dict[str, Any], vectors: np.ndarray, config: RetrievalConfig
-                  ) -> str | None:
+    def _mismatch(self, key: str, vectors: np.ndarray, config: RetrievalConfig) -> str | None:
         if resolve_index(config.index) != "faiss":
             return f"the index is {config.index!r}, not faiss"
         import faiss
@@ -740,8 +793,4 @@ class StoredIndexes:
             return f"built by faiss {self._manifest.get('faiss')}, this is {faiss.__version__}"
         if self._manifest.get("settings") != _index_settings(config):
             return "built with other retrieval settings"
-        if (entry.get("items"), entry.get("dim")) != tuple(vectors.shape):
-            return f"built over {entry.get('items')} x {entry.get('dim')} vectors"
-        if entry.get("sha256") != fingerprint(vectors):
-            return "built over other vectors"
-        return None
+        return self._same_vectors(key, vectors)
