@@ -27,7 +27,9 @@ Each (size, stage) runs in a fresh subprocess, so its peak memory (``ru_maxrss``
   single recommendations through the balanced preset, in-process and one at a time: first
   back to back (service time), then open-loop at ``--rate`` requests per second on a fixed
   schedule, latency measured from the scheduled arrival (one worker, no HTTP: queueing
-  counts, the service's HTTP overhead does not), then batch recommendation
+  counts, the service's HTTP overhead does not), then the same schedule over ``--processes``
+  worker processes forked after the load (round robin, as a load balancer in front of that
+  many replicas), then batch recommendation
   (``Pipeline.recommend_many`` in shards of ``serendip.distributed.SHARD`` users) for
   throughput in users per second, single process.
 
@@ -242,7 +244,7 @@ def stage_serve(args: argparse.Namespace) -> dict[str, Any]:
     data = rec.data
     rng = np.random.default_rng(7)
     pool = np.arange(data.n_users)  # every generated user has at least one event
-    need = args.requests * 2 + 10
+    need = args.requests * 3 + 10
     users = rng.choice(pool, size=min(need, len(pool)), replace=len(pool) < need)
     queries = [pipe.query(str(data.user_ids[u])) for u in users]
     for q in queries[:5]:  # warm-up: first-use caches (tie order, trending, category counts)
@@ -272,6 +274,16 @@ def stage_serve(args: argparse.Namespace) -> dict[str, Any]:
     out["open_n"] = len(lat)
     say(f"open loop at {args.rate:g}/s: {len(lat)} requests, p50 {out['open_p50_ms']:.2f} ms, "
         f"p99 {out['open_p99_ms']:.2f} ms")
+    # the same rate over the machine's cores: worker w of W (a process forked after the model
+    # was loaded, one BLAS thread) takes the arrivals i = w, w + W, ... (round robin, as a
+    # load balancer in front of W replicas would)
+    workers = max(1, args.processes)
+    wq = queries[5 + 2 * args.requests : 5 + 3 * args.requests]
+    lat_w = _open_loop_forked(pipe, wq, interval, workers)
+    out["open_workers"] = workers
+    out["open_w_p50_ms"], out["open_w_p99_ms"] = _pct(lat_w, 50), _pct(lat_w, 99)
+    say(f"open loop at {args.rate:g}/s over {workers} forked workers: {len(lat_w)} requests, "
+        f"p50 {out['open_w_p50_ms']:.2f} ms, p99 {out['open_w_p99_ms']:.2f} ms")
     out["serve_peak_mb"] = peak_mb()
     if retriever is not None:  # what retrieval misses: its top k against scoring every item
         hits = []
@@ -316,6 +328,42 @@ def stage_serve(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ driver
+def _open_loop_forked(pipe: Any, queries: list[Any], interval: float, workers: int
+                      ) -> list[float]:
+    """Latencies (ms, from each scheduled arrival) of ``queries`` arriving every ``interval``
+    seconds, served by ``workers`` processes forked now, each taking every ``workers``-th
+    arrival (CLOCK_MONOTONIC, which ``perf_counter`` reads, is shared by the processes)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    results = ctx.Queue()
+    start = time.perf_counter() + 0.5  # after every worker has forked
+
+    def work(w: int) -> None:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1):
+            lat = []
+            for i in range(w, len(queries), workers):
+                scheduled = start + i * interval
+                wait = scheduled - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
+                pipe.recommend(queries[i], K)
+                lat.append((time.perf_counter() - scheduled) * 1000.0)
+        results.put(lat)
+
+    procs = [ctx.Process(target=work, args=(w,)) for w in range(workers)]
+    for p in procs:
+        p.start()
+    out: list[float] = []
+    for _ in procs:
+        out.extend(results.get(timeout=600))
+    for p in procs:
+        p.join()
+    return out
+
+
 def settle() -> bool:
     """Before a serve stage: write back and drop the page cache and compact memory, when this
     process may (root on Linux); True when it did.
@@ -436,6 +484,8 @@ SERIES = [
     ("request p99, one at a time", "serve", "seq_p99_ms", "ms", ""),
     ("request p99 at the open-loop rate", "serve", "open_p99_ms", "ms",
      "queueing: once a request takes longer than the arrival interval, waits pile up"),
+    ("request p99 at the open-loop rate, forked workers", "serve", "open_w_p99_ms", "ms",
+     "queueing, as above, once each worker's share of the arrivals outpaces it"),
     ("batch seconds per user", "serve", "batch_s_per_user", "s", ""),
 ]
 WHY_MODEL = {
@@ -516,15 +566,22 @@ def write_results(results: dict[str, dict[str, Any]], meta: dict[str, Any], out_
         "",
         "| items | users | events | vector width | data s | fit s | save s | fit peak MB | load s | "
         "retrieval (index) | index build s (fit) | retriever ready s (load) | p50 ms | p99 ms | open-loop p50 ms | "
-        "open-loop p99 ms | requests per phase | batch users/s (users) | batch users/s, forked "
+        "open-loop p99 ms | open-loop p50 / p99 ms, forked workers | requests per phase | "
+        "batch users/s (users) | batch users/s, forked "
         "(processes) | serve peak MB | recall@10 |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:"
-        "|---:|---:|",
+        "|---:|---:|---:|",
     ]
 
     def f(r: dict[str, Any], key: str, nd: int = 1) -> str:
         v = r.get(key)
         return "—" if v is None else f"{v:,.{nd}f}"
+
+    def open_w(r: dict[str, Any]) -> str:
+        if "open_w_p99_ms" not in r:
+            return "—"
+        return (f"{r['open_w_p50_ms']:,.2f} / {r['open_w_p99_ms']:,.2f} "
+                f"({r['open_workers']})")
 
     def forked(r: dict[str, Any]) -> str:
         if "forked_users_per_s" not in r:
@@ -549,7 +606,7 @@ def write_results(results: dict[str, dict[str, Any]], meta: dict[str, Any], out_
             f"| {f(fit, 'peak_mb', 0)} | {f(srv, 'load_s')} | {ret} | {f(fit, 'index_build_s')} "
             f"| {f(srv, 'index_s')} "
             f"| {f(srv, 'seq_p50_ms', 2)} | {f(srv, 'seq_p99_ms', 2)} "
-            f"| {f(srv, 'open_p50_ms', 2)} | {f(srv, 'open_p99_ms', 2)} "
+            f"| {f(srv, 'open_p50_ms', 2)} | {f(srv, 'open_p99_ms', 2)} | {open_w(srv)} "
             f"| {f(srv, 'seq_n', 0)} | {f(srv, 'batch_users_per_s', 0)} ({f(srv, 'batch_users', 0)}) "
             f"| {forked(srv)} | {f(srv, 'peak_mb', 0)} | {f(srv, 'recall', 3)} |")
     ratios = {round(st["fit"]["users"] / int(n), 2)
@@ -566,7 +623,11 @@ def write_results(results: dict[str, dict[str, Any]], meta: dict[str, Any], out_
                   "and events, so it understates the growth of the stages whose work follows "
                   "users and events (data, ALS, TextCF, saving)."]
     lines += ["", f"Open loop: {meta['rate']:g} requests/s on a fixed schedule, latency from the "
-              "scheduled arrival. One at a time: back to back, service time only. Batch: "
+              "scheduled arrival, first served by one worker, then by that many worker processes "
+              "forked after the model was loaded (one BLAS thread each) taking the arrivals in "
+              "turn, as a load balancer in front of that many replicas would; the latency "
+              "target is read against the better of the two. One at a time: back to back, "
+              "service time only. Batch: "
               f"`Pipeline.recommend_many` in shards of 256 over random "
               "users (the number in brackets); forked: the same users and shards in that many "
               "processes forked after the model was loaded, sharing it "
@@ -622,7 +683,9 @@ def write_results(results: dict[str, dict[str, Any]], meta: dict[str, Any], out_
         verdict = "—" if ok is None else ("met" + reduced if ok else "NOT met")
         return f"| {name} | {goal} | {got} | {verdict} |"
 
-    p99 = srv.get("open_p99_ms")
+    # the better of one worker and the forked workers (both cores)
+    p99 = min([v for v in (srv.get("open_p99_ms"), srv.get("open_w_p99_ms")) if v is not None],
+              default=None)
     reduced = ""
     if fit and (fit.get("dim") != meta.get("encoder_dim", meta["dim"])
                 or fit.get("users", 0) < min(meta["max_users"], 1_000_000)):
