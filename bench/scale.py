@@ -554,7 +554,7 @@ def write_results(results: dict[str, dict[str, Any]], meta: dict[str, Any], out_
         "most 1,000,000 users and 10,000,000 events, unless a command above says fewer). "
         "Each stage ran "
         "in a fresh process; peak memory is that process's `ru_maxrss`. Requests: the "
-        f"`{PRESET}` preset, k = {K}, in-process (no HTTP), one worker"
+        f"`{PRESET}` preset, k = {K}, in-process (no HTTP), one worker, then forked workers (below)"
         + ("; before each serve stage the page cache was dropped and memory compacted "
            "(`settle()`: the fit stage's gigabytes of written files left memory fragmented)"
            if meta.get("settled") else "; memory was not settled before the serve stages "
