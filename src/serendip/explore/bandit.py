@@ -28,8 +28,7 @@ E[N] = (1 - (1 - p)^samples) / p: with the default 10,000 that factor is within 
 for p >= 0.0014.  An earlier estimate, "the share of 200 draws, the shown one included, that
 put the item there", has E[1 / estimate] = (1 - (1 - p)^200) / p (since E[1 / (1 + Bin(199,
 p))] = (1 - (1 - p)^200) / (200 p)): IPS weights biased low by that factor, 0.27 at
-p = 0.0016.  Its replacement costs about as many draws as the slot's distribution has likely
-items, in batches.
+p = 0.0016.
 
 How a run is computed is part of the policy, the same for the list shown and for every run
 that counts a return: the weights (shared and the person's) are one Gaussian draw, scores are
@@ -393,8 +392,8 @@ class LinearTS(Component):
     def _show(self, ctx: _Context, k: int
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """One run of the policy for ``k <= candidates`` slots: the shown positions, every
-        candidate's score (the sampled one, or the posterior mean when the draw has more parts
-        than the shared weights), the shown slots' propensities and their feature rows."""
+        candidate's score (the sampled one for the plain policy, else the posterior mean), the
+        shown slots' propensities and their feature rows."""
         x = ctx.x
         # one batch of runs: the first is the list shown, the others (independent of it) are
         # the first runs that count its returns, so both are one computation by construction
@@ -439,11 +438,9 @@ class LinearTS(Component):
             b = len(scores)
             for j in list(open_):
                 hit = _at(scores, int(shown[j]), j)
-                if picks is not None:
-                    if j == k - 1:
-                        hit = np.where(picks >= 0, picks == shown[j], hit)
-                    else:  # a pick scores -inf: it never ranks above
-                        hit &= picks != shown[j]
+                # a pick takes the last slot; it scores -inf, so no earlier one
+                if picks is not None and j == k - 1:
+                    hit = np.where(picks >= 0, picks == shown[j], hit)
                 first = np.flatnonzero(hit)
                 if first.size:
                     counts[j] = used + first[0] + 1

@@ -33,11 +33,12 @@ with a quarter of the memory (docs/scale.md).
 
 Building a FAISS index over a million text vectors takes tens of seconds, so ``Recommender.save``
 writes the built ones beside the factors (``index/``: FAISS's own serialization, one ``.npy``
-per space, and a manifest) and ``load`` reads them back instead (``StoredIndexes``).  A stored
-index is used only when it provably belongs to the vectors it will search: the manifest names
-the FAISS version and the index settings it was built with, and the SHA-256 of those vectors;
-any difference (another FAISS, another ``RetrievalConfig``, other vectors) rebuilds it, with a
-logged reason.  The built-in IVF and usearch indexes are always rebuilt.
+per space, each space's moments and row norms, and a manifest) and ``load`` reads them back
+instead (``StoredIndexes``).  They are used only when they provably belong to the vectors they
+describe: the manifest names the FAISS version and the index settings, the SHA-256 of the
+vectors and of each index file; any difference (another FAISS, another ``RetrievalConfig``,
+other vectors, a damaged file) rebuilds them, with a logged reason.  The built-in IVF and
+usearch indexes are always rebuilt.
 """
 
 from __future__ import annotations
@@ -698,7 +699,6 @@ class StoredIndexes:
 
     def __init__(self, directory: str | Path) -> None:
         d = Path(directory)
-        self.directory = d
         self._manifest: dict[str, Any] = json.loads((d / _MANIFEST).read_text())
         spaces = self._manifest.get("spaces", {})
         self._blobs = {key: np.load(d / e["file"], mmap_mode="r", allow_pickle=False)
