@@ -41,9 +41,9 @@ from serendip.explore.simulator import (
 )
 
 OUT = Path(__file__).resolve().parent / "results"
-DEFAULT = ("oracle", "random", "greedy", "egreedy", "lints", "linucb", "squarecb", "personal",
-           "hier", "hier+new", "served", "greedy+new", "vw-squarecb", "vw-epsilon",
-           "mab-linucb", "mab-lints")
+DEFAULT = ("oracle", "random", "greedy", "greedy-pos", "egreedy", "lints", "linucb", "squarecb",
+           "personal", "hier", "hier+new", "hier-greedy", "served", "greedy+new", "vw-squarecb",
+           "vw-epsilon", "mab-linucb", "mab-lints")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -289,3 +289,16 @@ def test_verdict_by_hand():
     assert "clicks minus greedy's +10 ± 0" in text
     table = format_table(rows)
     assert "| HIER | 22 ± 5 |" in table and "| 1.83 | 2.25 |" in table
+    assert "exploration itself" not in text  # no ablation in the run: no line about it
+
+    # the ablations: hier minus the same model shown greedily, per seed (-6, -4, -8): mean -6,
+    # sd 2, half-width 4.303 * 2 / sqrt(3) = 4.97; discovery (+1.5, +1.5, +2.1): sd 0.346,
+    # half-width 0.861; greedy-pos minus greedy (+2, +2, +2)
+    rows += [row("hier-greedy", [26, 26, 32], [1.0, 1.0, 1.0]),
+             row("greedy-pos", [12, 14, 16], [1.0, 1.0, 1.0])]
+    text = "\n".join(verdict(rows, ["hier"], []))
+    assert ("exploration itself: HIER minus the same model shown greedily (HIER-GREEDY), "
+            "paired by seed: clicks -6 ± 5, discovery +1.700 ± 0.861; in this world "
+            "exploration costs clicks") in text
+    assert "position-aware learning alone: GREEDY-POS minus GREEDY, paired by seed: clicks +2" \
+        in text

@@ -24,9 +24,9 @@ __all__ = ["add_simulate_parser", "cmd_simulate"]
 
 #: Policy names (``serendip.explore.simulator.POLICY_NAMES``; kept here so --help is light).
 POLICIES = ("oracle", "random", "greedy", "egreedy", "lints", "linucb", "squarecb", "personal",
-            "personal+new", "hier", "hier+new", "served", "greedy+new", "vw-squarecb", "vw-epsilon",
-            "mab-linucb", "mab-lints")
-DEFAULT_POLICIES = "oracle,random,greedy,egreedy,lints,hier,hier+new,served"
+            "personal+new", "hier", "hier+new", "hier-greedy", "served", "greedy+new",
+            "greedy-pos", "vw-squarecb", "vw-epsilon", "mab-linucb", "mab-lints")
+DEFAULT_POLICIES = "oracle,random,greedy,greedy-pos,egreedy,lints,hier,hier+new,hier-greedy,served"
 #: Policies that need an optional library, and the library.
 NEEDS = {"vw-squarecb": "vowpalwabbit", "vw-epsilon": "vowpalwabbit",
          "mab-linucb": "mabwiser", "mab-lints": "mabwiser"}

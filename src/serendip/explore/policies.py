@@ -46,7 +46,7 @@ __all__ = [
     "EpsilonSlate", "EpsilonSlateConfig", "EXPLORE_REASON", "EXPLORE_NEW_REASON",
     "SlateContext", "SlateChoice", "SlatePolicy", "RandomSlate", "RidgeSlate",
     "EpsilonGreedySlate", "ThompsonSlate", "UCBSlate", "SquareCBSlate", "PersonalThompsonSlate",
-    "NewItemBudget",
+    "NewItemBudget", "Examination", "SlotSums",
 ]
 
 EXPLORE_REASON = "exploring: shown to learn whether you like it"
@@ -249,6 +249,86 @@ class RandomSlate:
         return None
 
 
+class Examination:
+    """How much less a lower slot is looked at, learnt from the clicks (a position-based model).
+
+    A click at slot p needs the slot examined (probability ``e_p``, ``e_0 = 1``) and the item
+    liked (its *appeal*, what the policy predicts), so ``E[reward] = e_p * appeal``.  Fitting
+    the reward itself, as if every slot were the top one, credits the top slot's items with the
+    slot's visibility and blames what is shown low (a new item in the last slot learns it is
+    bad).  Per slot the class keeps the clicks and the appeal predicted for the items shown
+    there, both decayed by ``decay`` per slate so that the predictions of an early, poorer
+    model fade; their ratio, divided by slot 0's, estimates ``e_p`` (each sum starts at
+    ``pseudo`` with ratio 1, and the estimate is kept in [0.05, 2]).
+
+    The policies keep their regression sums per slot and weigh them with the current rates
+    (``SlotSums``): minimising ``sum (r - e_p x'w)^2`` adds ``e_p^2 x x'`` to ``A`` and
+    ``e_p r x`` to ``b``, so the weights estimate the top-slot appeal, and every past slate
+    is reweighed when the rates move.
+    """
+
+    def __init__(self, pseudo: float = 2.0, decay: float = 0.9998) -> None:
+        if not (pseudo > 0 and np.isfinite(pseudo)):
+            raise ConfigError(f"pseudo must be a positive number, got {pseudo}")
+        if not 0.0 < decay <= 1.0:
+            raise ConfigError(f"decay must lie in (0, 1], got {decay}")
+        self.pseudo = pseudo
+        self.decay = decay
+        self.clicks = np.zeros(0)  # decayed sums, without the pseudo-counts
+        self.appeal = np.zeros(0)
+
+    def _grow(self, n: int) -> None:
+        if n > self.clicks.size:
+            self.clicks = np.concatenate([self.clicks, np.zeros(n - self.clicks.size)])
+            self.appeal = np.concatenate([self.appeal, np.zeros(n - self.appeal.size)])
+
+    def rates(self, n: int) -> np.ndarray:
+        """``e_0 .. e_{n-1}``."""
+        self._grow(max(n, 1))
+        ratio = (self.pseudo + self.clicks) / (self.pseudo + self.appeal)
+        return np.asarray(np.clip(ratio[:n] / ratio[0], 0.05, 2.0))
+
+    def observe(self, appeal: np.ndarray, rewards: np.ndarray) -> None:
+        """Count one slate (slot order: predicted appeal, rewards)."""
+        r = np.asarray(rewards, dtype=np.float64)
+        self._grow(r.size)
+        self.clicks *= self.decay
+        self.appeal *= self.decay
+        self.clicks[: r.size] += r
+        self.appeal[: r.size] += np.clip(np.asarray(appeal, dtype=np.float64), 0.01, 1.0)
+
+
+class SlotSums:
+    """A linear part's regression sums kept per slot, so they can be weighed by examination
+    rates that are still being learnt: per slot p, ``xx_p = sum x x'``, ``xr_p = sum r x`` and
+    ``xo_p = sum o x`` (``o``: what the other parts of the model predicted for the row, the
+    backfitting offset).  ``weighed(e)`` gives ``(sum e_p^2 xx_p, sum e_p xr_p - e_p^2 xo_p)``,
+    the normal equations of ``r ~ e_p (x'w + o)``."""
+
+    def __init__(self, dim: int) -> None:
+        self.xx = np.zeros((0, dim, dim))
+        self.xr = np.zeros((0, dim))
+        self.xo = np.zeros((0, dim))
+
+    def add(self, x: np.ndarray, r: np.ndarray, o: np.ndarray) -> None:
+        n = r.size
+        if n > self.xr.shape[0]:
+            grow = n - self.xr.shape[0]
+            d = self.xr.shape[1]
+            self.xx = np.concatenate([self.xx, np.zeros((grow, d, d))])
+            self.xr = np.concatenate([self.xr, np.zeros((grow, d))])
+            self.xo = np.concatenate([self.xo, np.zeros((grow, d))])
+        self.xx[:n] += x[:, :, None] * x[:, None, :]
+        self.xr[:n] += r[:, None] * x
+        self.xo[:n] += o[:, None] * x
+
+    def weighed(self, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = self.xr.shape[0]
+        e = e[:n]
+        return (np.einsum("p,pij->ij", e * e, self.xx),
+                e @ self.xr - (e * e) @ self.xo)
+
+
 class RidgeSlate:
     """Ridge regression of a slot's reward on its features, shown greedily (no exploration).
 
@@ -256,10 +336,14 @@ class RidgeSlate:
     ``LinearTS`` keeps; the prior mean ``m0`` puts weight 1 on the relevance feature (the
     first column after the bias, by convention of the simulator) so learning starts from the
     base model's order, as the adaptive preset does.
+
+    ``positions=True`` learns each slot's examination rate too (``Examination``) and fits the
+    top-slot appeal: the rows of a slate are weighed by their slot's rate.
     """
 
     def __init__(self, dim: int, *, prior: float = 1.0, prior_mean: np.ndarray | None = None,
-                 seed: int | None = None, name: str = "greedy") -> None:
+                 seed: int | None = None, name: str = "greedy",
+                 positions: bool = False) -> None:
         if dim < 1:
             raise ConfigError(f"feature dimension must be positive, got {dim}")
         if not (prior > 0 and np.isfinite(prior)):
@@ -272,6 +356,9 @@ class RidgeSlate:
         self.A = np.eye(dim) * prior
         self.b = prior * m0
         self._rng = np.random.default_rng(seed)
+        self.examination = Examination() if positions else None
+        self._prior_A, self._prior_b = self.A.copy(), self.b.copy()
+        self._sums = SlotSums(dim) if positions else None
 
     def mean(self) -> np.ndarray:
         return np.linalg.solve(self.A, self.b)
@@ -289,8 +376,20 @@ class RidgeSlate:
         if x.shape[0] != r.size or x.shape[1] != self.dim:
             raise DataError(f"update needs {x.shape[0]} rewards for {self.dim}-feature rows, "
                             f"got {r.size}")
-        self.A += x.T @ x
-        self.b += x.T @ r
+        if self.examination is None:
+            self.A += x.T @ x
+            self.b += x.T @ r
+            return
+        self.examination.observe(x @ self.mean(), r)
+        self._add_shared(x, r, np.zeros(r.size))
+
+    def _add_shared(self, x: np.ndarray, r: np.ndarray, other: np.ndarray) -> None:
+        """Position-aware: add the rows to the per-slot sums and reweigh them all."""
+        assert self._sums is not None and self.examination is not None
+        self._sums.add(x, r, other)
+        xx, xr = self._sums.weighed(self.examination.rates(self._sums.xr.shape[0]))
+        self.A = self._prior_A + xx
+        self.b = self._prior_b + xr
 
 
 class EpsilonGreedySlate(RidgeSlate):
@@ -405,10 +504,15 @@ class PersonalThompsonSlate(ThompsonSlate):
       ``item_prior`` around 0, learnt from every showing, drawn per candidate.  This is what
       lets a new item's exposure pay: after a few showings its own offset says whether it is
       worth showing more.
+
+    With ``positions=True`` the three parts fit the top-slot appeal (each row weighed by its
+    slot's examination rate, see ``Examination``).  ``explore=False`` shows the best k by the
+    posterior mean instead of a draw: the same model without exploration, to measure what the
+    exploration itself earns.
     """
 
     def __init__(self, dim: int, *, personal: Sequence[int] = (), personal_prior: float = 25.0,
-                 item_prior: float | None = None, **kw: Any) -> None:
+                 item_prior: float | None = None, explore: bool = True, **kw: Any) -> None:
         kw.setdefault("name", "serendip PersonalTS")
         super().__init__(dim, **kw)
         self.personal = np.asarray(personal, dtype=np.int64)
@@ -419,27 +523,53 @@ class PersonalThompsonSlate(ThompsonSlate):
             raise ConfigError(f"priors must be positive, got {personal_prior}, {item_prior}")
         self.personal_prior = personal_prior
         self.item_prior = item_prior
+        self.explore = explore
         self._user: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._user_sums: dict[int, SlotSums] = {}
         self._item_n = np.zeros(0)
         self._item_b = np.zeros(0)
+        # position-aware: per item and slot, showings, clicks and the other parts' predictions
+        self._item_slots = np.zeros((3, 0, 0))
 
     def _stats(self, user: int) -> tuple[np.ndarray, np.ndarray]:
+        """The person's normal equations (position-aware: weighed by the current rates)."""
+        m = self.personal.size
+        if self.examination is not None:
+            sums = self._user_sums.get(user)
+            prior = np.eye(m) * self.personal_prior
+            if sums is None:
+                return prior, np.zeros(m)
+            xx, xr = sums.weighed(self.examination.rates(sums.xr.shape[0]))
+            return prior + xx, xr
         if user not in self._user:
-            m = self.personal.size
             self._user[user] = (np.eye(m) * self.personal_prior, np.zeros(m))
         return self._user[user]
 
-    def _grow(self, items: np.ndarray) -> None:
+    def _grow(self, items: np.ndarray, slots: int = 0) -> None:
         top = int(items.max()) + 1 if items.size else 0
         if top > self._item_n.size:
             self._item_n = np.concatenate([self._item_n, np.zeros(top - self._item_n.size)])
             self._item_b = np.concatenate([self._item_b, np.zeros(top - self._item_b.size)])
+        have = self._item_slots.shape
+        if self.examination is not None and (top > have[1] or slots > have[2]):
+            grown = np.zeros((3, max(top, have[1]), max(slots, have[2])))
+            grown[:, : have[1], : have[2]] = self._item_slots
+            self._item_slots = grown
+
+    def _item_sums(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per item: the precision from its showings and the sum its offset's mean divides."""
+        self._grow(items)
+        if self.examination is None:
+            return self._item_n[items], self._item_b[items]
+        shows, clicks, other = self._item_slots[:, items]
+        e = self.examination.rates(self._item_slots.shape[2])
+        return shows @ (e * e), clicks @ e - other @ (e * e)
 
     def _item_mean(self, items: np.ndarray) -> np.ndarray:
         if self.item_prior is None:
             return np.zeros(items.size)
-        self._grow(items)
-        return np.asarray(self._item_b[items] / (self.item_prior + self._item_n[items]))
+        n, b = self._item_sums(items)
+        return np.asarray(b / (self.item_prior + n))
 
     def _personal_mean(self, user: int, x: np.ndarray) -> np.ndarray:
         if not self.personal.size:
@@ -452,6 +582,9 @@ class PersonalThompsonSlate(ThompsonSlate):
                 + self._personal_mean(ctx.user, ctx.features))
 
     def select(self, ctx: SlateContext, k: int) -> SlateChoice:
+        if not self.explore:
+            pos = _top(self.mean_scores(ctx), k)
+            return SlateChoice(pos, np.ones(pos.size))
         scores = ctx.features @ self.draw()
         if self.personal.size:
             a, b = self._stats(ctx.user)
@@ -460,8 +593,9 @@ class PersonalThompsonSlate(ThompsonSlate):
             w = inv @ b + self.noise * (chol @ self._rng.standard_normal(b.size))
             scores = scores + ctx.features[:, self.personal] @ w
         if self.item_prior is not None:
-            mean = self._item_mean(ctx.items)
-            prec = self.item_prior + self._item_n[ctx.items]
+            n, b = self._item_sums(ctx.items)
+            prec = self.item_prior + n
+            mean = b / prec
             scores = scores + mean + self.noise * self._rng.standard_normal(mean.size) / np.sqrt(
                 prec)
         pos = _top(scores, k)
@@ -476,6 +610,9 @@ class PersonalThompsonSlate(ThompsonSlate):
         person = self._personal_mean(ctx.user, x)
         if x.shape[0] != r.size:
             raise DataError(f"update needs {x.shape[0]} rewards, got {r.size}")
+        if self.examination is not None:
+            self._update_positions(ctx.user, x, items, r, shared, item, person)
+            return
         self.A += x.T @ x
         self.b += x.T @ (r - item - person)
         if self.personal.size:
@@ -486,6 +623,23 @@ class PersonalThompsonSlate(ThompsonSlate):
         if self.item_prior is not None:
             np.add.at(self._item_n, items, 1.0)
             np.add.at(self._item_b, items, r - shared - person)
+
+    def _update_positions(self, user: int, x: np.ndarray, items: np.ndarray, r: np.ndarray,
+                          shared: np.ndarray, item: np.ndarray, person: np.ndarray) -> None:
+        """Each part fits e_p * (its term) to the reward less e_p * (the other two's means),
+        from per-slot sums weighed by the current rates."""
+        assert self.examination is not None
+        self.examination.observe(shared + item + person, r)
+        self._add_shared(x, r, item + person)
+        if self.personal.size:
+            self._user_sums.setdefault(user, SlotSums(self.personal.size)).add(
+                x[:, self.personal], r, shared + item)
+        if self.item_prior is not None:
+            slots = np.arange(r.size)
+            self._grow(items, r.size)
+            np.add.at(self._item_slots[0], (items, slots), 1.0)
+            np.add.at(self._item_slots[1], (items, slots), r)
+            np.add.at(self._item_slots[2], (items, slots), shared + person)
 
 
 class NewItemBudget:

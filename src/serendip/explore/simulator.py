@@ -66,7 +66,8 @@ from serendip.explore.policies import (
 __all__ = [
     "FEATURES", "WorldConfig", "World", "Oracle", "fit_preferences", "build_world",
     "run_policy", "Trace", "summarize", "POLICY_NAMES", "make_policy", "simulate",
-    "format_table", "verdict", "timing", "SERENDIP_POLICIES", "LIBRARY_POLICIES", "plot_traces",
+    "format_table", "verdict", "timing", "SERENDIP_POLICIES", "LIBRARY_POLICIES", "ABLATIONS",
+    "plot_traces",
     "VowpalWabbitSlate", "MabwiserSlate", "t_interval", "ServedLinearTS",
 ]
 
@@ -595,12 +596,17 @@ POLICY_NAMES: dict[str, Callable[[int, int], SlatePolicy]] = {
         PersonalThompsonSlate(d, personal=_PERSONAL, prior_mean=_prior(), seed=s),
         share=0.2, top=5, seed=s + 1, name="serendip PersonalTS + new-item budget"),
     "hier": lambda d, s: PersonalThompsonSlate(
-        d, personal=_PERSONAL, item_prior=10.0, prior_mean=_prior(), seed=s,
+        d, personal=_PERSONAL, item_prior=10.0, prior_mean=_prior(), seed=s, positions=True,
         name="serendip HierTS (shared + person + item)"),
     "hier+new": lambda d, s: NewItemBudget(
         PersonalThompsonSlate(d, personal=_PERSONAL, item_prior=10.0, prior_mean=_prior(),
-                              seed=s, name="serendip HierTS"),
+                              seed=s, positions=True, name="serendip HierTS"),
         share=0.2, top=5, seed=s + 1, name="serendip HierTS + new-item budget"),
+    "hier-greedy": lambda d, s: PersonalThompsonSlate(
+        d, personal=_PERSONAL, item_prior=10.0, prior_mean=_prior(), seed=s, positions=True,
+        explore=False, name="HierTS's model, no exploration"),
+    "greedy-pos": lambda d, s: RidgeSlate(d, prior_mean=_prior(), seed=s, positions=True,
+                                          name="greedy, position-aware"),
     "served": lambda d, s: ServedLinearTS(s),
     "greedy+new": lambda d, s: NewItemBudget(
         RidgeSlate(d, prior_mean=_prior(), seed=s, name="greedy"), share=0.2, top=5,
@@ -616,6 +622,9 @@ POLICY_NAMES: dict[str, Callable[[int, int], SlatePolicy]] = {
 SERENDIP_POLICIES = ("lints", "linucb", "squarecb", "personal", "personal+new", "hier",
                      "hier+new", "served")
 LIBRARY_POLICIES = ("vw-squarecb", "vw-epsilon", "mab-linucb", "mab-lints")
+#: ablations: an exploring policy -> the same model shown greedily (what exploration earns),
+#: and greedy -> greedy with position-aware learning (what the position model earns alone)
+ABLATIONS = {"hier": "hier-greedy", "hier+new": "hier-greedy", "greedy": "greedy-pos"}
 
 
 def make_policy(name: str, seed: int, world: World | None = None) -> SlatePolicy:
@@ -742,6 +751,29 @@ def verdict(rows: Sequence[dict[str, Any]], serendip: Sequence[str], libraries: 
             f"- against {lib['policy']}: serendip "
             f"{'discovers more at equal or better clicks' if ok else 'does NOT discover more at equal or better clicks'}"
             f" (paired by seed: clicks {dc:+.0f} ± {hc:.0f}, discovery {dd:+.3f} ± {hd:.3f})")
+    out += _ablation_lines(by, best, g)
+    return out
+
+
+def _ablation_lines(by: dict[str, dict[str, Any]], best: dict[str, Any],
+                    greedy: dict[str, Any]) -> list[str]:
+    """Where the best policy's gain comes from, when the run holds the ablations: the same
+    model shown greedily (exploration's own share) and greedy with position-aware learning."""
+    out = []
+    model = by.get(ABLATIONS.get(best["key"], ""))
+    if model is not None:
+        dc, hc = _paired(best, model, "reward")
+        dd, hd = _paired(best, model, "discovery")
+        verdict_ = ("earns clicks" if dc - hc > 0 else "costs clicks" if dc + hc < 0
+                    else "neither clearly earns nor costs clicks")
+        out.append(f"- exploration itself: {best['policy']} minus the same model shown "
+                   f"greedily ({model['policy']}), paired by seed: clicks {dc:+.0f} ± {hc:.0f}, "
+                   f"discovery {dd:+.3f} ± {hd:.3f}; in this world exploration {verdict_}")
+    pos = by.get(ABLATIONS.get(greedy["key"], ""))
+    if pos is not None:
+        dc, hc = _paired(pos, greedy, "reward")
+        out.append(f"- position-aware learning alone: {pos['policy']} minus {greedy['policy']}, "
+                   f"paired by seed: clicks {dc:+.0f} ± {hc:.0f}")
     return out
 
 
