@@ -373,3 +373,66 @@ def test_the_target_distribution_is_the_list_shown_even_with_exact_ties():
                 shown[int(np.flatnonzero(items == item)[0]), j] += 1.0 / n
         _, probs = b.slot_distribution(Query(None), cands, k)
         np.testing.assert_allclose(probs, shown, atol=0.1)
+
+
+# ------------------------------------------------------------------ position-aware learning
+def test_positions_learn_the_slot_curve_through_show_and_credit():
+    """The service's flow: every list counted as shown (reward 0), then a click credits its
+    slot.  Clicks need the slot looked at ((p + 1)^-0.7) and the item liked (relevance / 2):
+    the bandit learns the curve, and its relevance weight the top-slot appeal's slope (0.5);
+    a plain bandit credits relevance with the visibility of the top slots, where the most
+    relevant items are shown, and over-weighs it (above 0.6)."""
+    true_e = (np.arange(4) + 1.0) ** -0.7
+    rng = np.random.default_rng(0)
+    fitted = {}
+    for positions in (True, False):
+        b = LinearTS({"seed": 1, "positions": positions, "noise": 0.5, "prior": 1.0,
+                      "prior_mean": {}, "samples": 50})
+        b.start()
+        for _ in range(4000):
+            x = np.column_stack([np.ones(12), rng.random(12), np.full(12, 0.5),
+                                 np.zeros(12), np.zeros(12)])
+            shown, _, rows = b.choose(x, 4)
+            assert rows.shape == (4, len(FEATURES) + (1 if positions else 0))
+            if positions:
+                np.testing.assert_array_equal(rows[:, -1], np.arange(4))
+            b.update(rows, np.zeros(4))
+            clicked = rng.random(4) < true_e * x[shown, 1] / 2.0
+            if clicked.any():
+                b.credit(rows[clicked])
+        fitted[positions] = b
+    exam = fitted[True].examination()
+    assert exam is not None and fitted[False].examination() is None
+    rates = (2.0 + exam[0]) / (2.0 + exam[1])
+    np.testing.assert_allclose(rates[:4] / rates[0], true_e, atol=0.08)
+    w_aware = fitted[True].weights()
+    w_plain = fitted[False].weights()
+    # appeal = relevance / 2: at relevance 0.5 the top slot's is 0.25, the slope 0.5
+    middle = w_aware["bias"] + 0.5 * (w_aware["relevance"] + w_aware["unexpectedness"])
+    assert abs(middle - 0.25) < 0.04
+    assert abs(w_aware["relevance"] - 0.5) < 0.08 and w_plain["relevance"] > 0.6
+
+
+def test_position_rows_are_checked_and_the_curve_round_trips():
+    b = LinearTS({"seed": 0, "positions": True, "hierarchy": True})
+    b.start()
+    d = len(FEATURES)
+    assert b.row_width == d + 3
+    row = np.concatenate([np.ones(d), [5.0, 7.0, 2.5]])
+    with pytest.raises(DataError, match="slot must be an integer.*2.5"):
+        b.update(row[None, :], np.zeros(1))
+    row[-1] = 1
+    b.update(row[None, :], np.zeros(1))
+    b.credit(row[None, :])
+    state = b.examination()
+    assert state is not None and state.shape == (2, 2) and state[0, 1] == 1.0
+    twin = LinearTS({"seed": 0, "positions": True, "hierarchy": True})
+    twin.start()
+    twin.set_examination(state)
+    np.testing.assert_array_equal(twin.examination(), state)
+    with pytest.raises(DataError, match="examination state"):
+        twin.set_examination(np.array([[1.0, -1.0], [1.0, 1.0]]))
+    plain = LinearTS({"seed": 0})
+    plain.start()
+    plain.set_examination(state)  # ignored: no positions
+    assert plain.examination() is None

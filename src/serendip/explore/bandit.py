@@ -59,6 +59,7 @@ from serendip.component import Component, ComponentConfig
 from serendip.data.dataset import Dataset
 from serendip.errors import ConfigError, DataError
 from serendip.eval.metrics import head_by_item_share
+from serendip.explore.policies import Examination
 from serendip.models.semantic import normalized_vectors
 from serendip.types import ItemList, Query
 
@@ -75,6 +76,8 @@ NORMAL_GRID = ndtri((np.arange(1 << 16) + 0.5) / (1 << 16)).astype(np.float32)
 NORMAL_GRID.setflags(write=False)
 #: runs of the policy per batch while counting returns (each batch scores them together)
 _RUNS = 128
+#: slots a ``positions`` bandit tracks (a row's slot column must lie below)
+_MAX_SLOTS = 1000
 
 
 def _keys(ids: np.ndarray) -> np.ndarray:
@@ -115,6 +118,9 @@ class LinearTSConfig(ComponentConfig):
     new_item_pool: int = Field(5, ge=1, le=1_000,
                                description="how many of the best new candidates (by posterior "
                                "mean) the budget slot draws from, uniformly")
+    positions: bool = Field(False, description="learn how often each slot is looked at (a "
+                            "position-based click model) and fit the top-slot appeal; a "
+                            "slot's features row then carries its slot")
 
     def model_post_init(self, __context: object) -> None:
         unknown = sorted(set(self.prior_mean) - set(FEATURES))
@@ -179,12 +185,14 @@ class LinearTS(Component):
         # hierarchy: key -> (A, b) of a person's PERSONAL weights; key -> [n, sum] of an item
         self._people: OrderedDict[float, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._items: OrderedDict[float, np.ndarray] = OrderedDict()
+        self._exam = Examination() if self.config.positions else None
 
     @property
     def row_width(self) -> int:
-        """Columns of a slot's ``features`` row: the features, and with ``hierarchy`` the item's
-        and the person's keys."""
-        return len(FEATURES) + (2 if self.config.hierarchy else 0)
+        """Columns of a slot's ``features`` row: the features, with ``hierarchy`` the item's
+        and the person's keys, and with ``positions`` the slot (0 = top)."""
+        return len(FEATURES) + (2 if self.config.hierarchy else 0) + (
+            1 if self.config.positions else 0)
 
     # ------------------------------------------------------------------ features
     def features(self, query: Query, candidates: ItemList) -> np.ndarray:
@@ -408,6 +416,8 @@ class LinearTS(Component):
             assert ctx.item_keys is not None
             rows = np.column_stack([rows, ctx.item_keys[shown],
                                     np.full(shown.size, ctx.person_key)])
+        if self.config.positions:
+            rows = np.column_stack([rows, np.arange(shown.size, dtype=np.float64)])
         return shown, score, 1.0 / counts, rows
 
     def _return_counts(self, ctx: _Context, shown: np.ndarray,
@@ -461,7 +471,12 @@ class LinearTS(Component):
         return x
 
     def update(self, features: np.ndarray, rewards: np.ndarray) -> None:
-        """Learn from shown slots: their feature rows and rewards (0 = shown, not taken)."""
+        """Learn from shown slots: their feature rows and rewards (0 = shown, not taken).
+
+        Rows of ``len(FEATURES)`` columns (no keys, no slot) teach the shared part only, as
+        if shown in the top slot.  With ``positions`` each row is weighed by its slot's
+        current examination rate e: ``A += e^2 x x'``, ``b += (e r - e^2 o) x``, o the other
+        parts' means (``Examination``)."""
         x = np.atleast_2d(np.asarray(features, dtype=np.float64))
         r = np.asarray(rewards, dtype=np.float64).reshape(-1)
         d = len(FEATURES)
@@ -473,30 +488,46 @@ class LinearTS(Component):
         if not (np.isfinite(x).all() and np.isfinite(r).all()):
             raise DataError("update features and rewards must be finite")
         st = self._require_trained()
-        if x.shape[1] == d:  # no keys: the shared part only
-            with self._lock:
-                st["A"] += x.T @ x
-                st["b"] += x.T @ r
-            return
-        f, items, people = x[:, :d], x[:, d], x[:, d + 1]
+        full = x.shape[1] == self.row_width > d
+        keyed = self.config.hierarchy and full
+        slots = self._slot_column(x) if full and self._exam is not None else None
+        f = x[:, :d]
         with self._lock:
             shared = f @ np.linalg.solve(st["A"], st["b"])
-            item = np.array([self._item_offset(key) for key in items.tolist()])
-            person = np.array([self._person_offset(key, row) for key, row
-                               in zip(people.tolist(), f[:, _PCOLS], strict=True)])
-            st["A"] += f.T @ f
-            st["b"] += f.T @ (r - item - person)
-            for key, row, res in zip(people.tolist(), f[:, _PCOLS], r - shared - item,
-                                     strict=True):
+            item = person = np.zeros(r.size)
+            if keyed:
+                item = np.array([self._item_offset(key) for key in x[:, d].tolist()])
+                person = np.array([self._person_offset(key, row) for key, row
+                                   in zip(x[:, d + 1].tolist(), f[:, _PCOLS], strict=True)])
+            e = np.ones(r.size)
+            if slots is not None:
+                assert self._exam is not None
+                self._exam.observe_at(slots, shared + item + person, r)
+                e = self._exam.rates_at(slots)
+            e2 = e * e
+            st["A"] += (f * e2[:, None]).T @ f
+            st["b"] += f.T @ (e * r - e2 * (item + person))
+            if not keyed:
+                return
+            for key, row, w2, res in zip(x[:, d + 1].tolist(), f[:, _PCOLS], e2,
+                                         e * r - e2 * (shared + item), strict=True):
                 if key > 0:
                     pa, pb = self._person(key)
-                    pa += np.outer(row, row)
+                    pa += w2 * np.outer(row, row)
                     pb += row * res
-            for key, res in zip(items.tolist(), r - shared - person, strict=True):
+            for j, key in enumerate(x[:, d].tolist()):
                 got = self._item(key)
-                got[0] += 1.0
-                got[1] += res
+                got[0] += e2[j]
+                got[1] += e[j] * r[j] - e2[j] * (shared[j] + person[j])
             self._trim()
+
+    def _slot_column(self, x: np.ndarray) -> np.ndarray:
+        """The slot of each row (its last column with ``positions``), checked."""
+        col = x[:, -1]
+        if not ((col >= 0) & (col < _MAX_SLOTS) & (col == np.floor(col))).all():
+            raise DataError(f"a row's slot must be an integer in 0..{_MAX_SLOTS - 1}, got "
+                            f"{col[~((col >= 0) & (col < _MAX_SLOTS) & (col == np.floor(col)))][0]!r}")
+        return col.astype(np.int64)
 
     def _item_offset(self, key: float) -> float:
         got = self._items.get(key)
@@ -528,19 +559,43 @@ class LinearTS(Component):
             self._items.popitem(last=False)
 
     def credit(self, features: np.ndarray) -> None:
-        """Reward 1 for slots already counted by ``update`` as shown with reward 0."""
+        """Reward 1 for slots already counted by ``update`` as shown with reward 0 (with
+        ``positions``, weighed by the slot's current rate, and counted as the slot's click)."""
         x = self._rows(features, "credit")
         st = self._require_trained()
         d = len(FEATURES)
+        full = x.shape[1] == self.row_width > d
+        slots = self._slot_column(x) if full and self._exam is not None else None
         with self._lock:
-            st["b"] += x[:, :d].sum(axis=0)
-            if x.shape[1] == d:
+            e = np.ones(x.shape[0])
+            if slots is not None:
+                assert self._exam is not None
+                e = self._exam.rates_at(slots)
+                for slot in slots.tolist():
+                    self._exam.credit(slot)
+            st["b"] += e @ x[:, :d]
+            if not (self.config.hierarchy and full):
                 return
-            for row in x:
+            for row, w in zip(x, e, strict=True):
                 if row[d + 1] > 0 and row[d + 1] in self._people:
-                    self._people[row[d + 1]][1][:] += row[_PCOLS]
+                    self._people[row[d + 1]][1][:] += w * row[_PCOLS]
                 if row[d] in self._items:
-                    self._items[row[d]][1] += 1.0
+                    self._items[row[d]][1] += w
+
+    def examination(self) -> np.ndarray | None:
+        """With ``positions``: a copy of the learnt slot curve's sums (``Examination.state``),
+        saved next to ``statistics``; None without."""
+        if self._exam is None:
+            return None
+        with self._lock:
+            return self._exam.state()
+
+    def set_examination(self, state: np.ndarray | None) -> None:
+        """Restore ``examination()`` (ignored by a bandit without ``positions``)."""
+        if self._exam is None or state is None:
+            return
+        with self._lock:
+            self._exam.set_state(state)
 
     def statistics(self) -> tuple[np.ndarray, np.ndarray]:
         """Copies of the learned sums (A, b), e.g. to carry them to a refitted model.

@@ -259,12 +259,15 @@ class Examination:
     bad).  Per slot the class keeps the clicks and the appeal predicted for the items shown
     there, both decayed by ``decay`` per slate so that the predictions of an early, poorer
     model fade; their ratio, divided by slot 0's, estimates ``e_p`` (each sum starts at
-    ``pseudo`` with ratio 1, and the estimate is kept in [0.05, 2]).
+    ``pseudo`` with ratio 1, and the estimate is kept in [0.05, 1]: no slot is looked at
+    more than the top one).
 
-    The policies keep their regression sums per slot and weigh them with the current rates
-    (``SlotSums``): minimising ``sum (r - e_p x'w)^2`` adds ``e_p^2 x x'`` to ``A`` and
-    ``e_p r x`` to ``b``, so the weights estimate the top-slot appeal, and every past slate
-    is reweighed when the rates move.
+    The simulator's policies keep their regression sums per slot and weigh them with the
+    current rates (``SlotSums``): minimising ``sum (r - e_p x'w)^2`` adds ``e_p^2 x x'`` to
+    ``A`` and ``e_p r x`` to ``b``, so the weights estimate the top-slot appeal, and every
+    past slate is reweighed when the rates move.  The served ``LinearTS`` (``positions``)
+    weighs each slate once, with the rates of its time, since per-slot sums for every item
+    and person it keeps would multiply its memory by the slots.
     """
 
     def __init__(self, pseudo: float = 2.0, decay: float = 0.9998) -> None:
@@ -286,16 +289,41 @@ class Examination:
         """``e_0 .. e_{n-1}``."""
         self._grow(max(n, 1))
         ratio = (self.pseudo + self.clicks) / (self.pseudo + self.appeal)
-        return np.asarray(np.clip(ratio[:n] / ratio[0], 0.05, 2.0))
+        return np.asarray(np.clip(ratio[:n] / ratio[0], 0.05, 1.0))
 
     def observe(self, appeal: np.ndarray, rewards: np.ndarray) -> None:
         """Count one slate (slot order: predicted appeal, rewards)."""
         r = np.asarray(rewards, dtype=np.float64)
-        self._grow(r.size)
+        self.observe_at(np.arange(r.size), appeal, r)
+
+    def observe_at(self, slots: np.ndarray, appeal: np.ndarray, rewards: np.ndarray) -> None:
+        """Count one slate whose rows sit in ``slots`` (what came before decays once)."""
+        slots = np.asarray(slots, dtype=np.int64)
+        self._grow(int(slots.max()) + 1 if slots.size else 0)
         self.clicks *= self.decay
         self.appeal *= self.decay
-        self.clicks[: r.size] += r
-        self.appeal[: r.size] += np.clip(np.asarray(appeal, dtype=np.float64), 0.01, 1.0)
+        np.add.at(self.clicks, slots, np.asarray(rewards, dtype=np.float64))
+        np.add.at(self.appeal, slots, np.clip(np.asarray(appeal, dtype=np.float64), 0.01, 1.0))
+
+    def credit(self, slot: int) -> None:
+        """A click that arrives after its slate was counted (as shown, no click)."""
+        self._grow(slot + 1)
+        self.clicks[slot] += 1.0
+
+    def rates_at(self, slots: np.ndarray) -> np.ndarray:
+        slots = np.asarray(slots, dtype=np.int64)
+        return self.rates(int(slots.max()) + 1 if slots.size else 1)[slots]
+
+    def state(self) -> np.ndarray:
+        """``2 x slots``: the decayed click and appeal sums (to save and restore)."""
+        return np.vstack([self.clicks, self.appeal])
+
+    def set_state(self, state: np.ndarray) -> None:
+        got = np.asarray(state, dtype=np.float64)
+        if got.ndim != 2 or got.shape[0] != 2 or not np.isfinite(got).all() or (got < 0).any():
+            raise DataError(f"examination state must be 2 x slots of finite sums >= 0, got "
+                            f"shape {got.shape}")
+        self.clicks, self.appeal = got[0].copy(), got[1].copy()
 
 
 class SlotSums:

@@ -232,11 +232,15 @@ class Feedback:
                 if pipe.bandit is None:
                     continue
                 a, b = pipe.bandit.statistics()
+                exam = pipe.bandit.examination()
                 path = self._bandit_path(name)
                 tmp = path.with_name(f"{path.stem}.{uuid.uuid4().hex}.tmp.npz")
                 try:
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    np.savez(tmp, A=a, b=b)
+                    if exam is None:
+                        np.savez(tmp, A=a, b=b)
+                    else:
+                        np.savez(tmp, A=a, b=b, E=exam)
                     tmp.replace(path)
                 except OSError as e:
                     log.warning("could not save bandit state %s: %s", path, e)
@@ -250,11 +254,13 @@ class Feedback:
             prev = old.pipelines.get(name) if old is not None else None
             if prev is not None and prev.bandit is not None:
                 pipe.bandit.set_statistics(*prev.bandit.statistics())
+                pipe.bandit.set_examination(prev.bandit.examination())
                 continue
             path = self._bandit_path(name)
             if path.exists():
                 try:
                     with np.load(path, allow_pickle=False) as z:
                         pipe.bandit.set_statistics(z["A"], z["b"])
+                        pipe.bandit.set_examination(z["E"] if "E" in z.files else None)
                 except (OSError, KeyError, ValueError, SerendipError) as e:
                     log.warning("ignoring unreadable bandit state %s: %s", path, e)
