@@ -302,3 +302,18 @@ def test_verdict_by_hand():
             "exploration costs clicks") in text
     assert "position-aware learning alone: GREEDY-POS minus GREEDY, paired by seed: clicks +2" \
         in text
+
+
+def test_timing_in_world_times_what_the_world_taught():
+    """One entry per policy (the oracle skipped), each run from a fresh world state: the
+    world ends with exactly the last policy's 40 visits shown."""
+    from serendip.explore.simulator import timing_in_world
+
+    q = np.full((6, 10), 0.05)
+    q[:, 3] = 0.9
+    w = planted(q, seed=1)
+    got = timing_in_world(w, ["oracle", "greedy", "hier"], learn=30, reps=10)
+    assert list(got) == ["greedy", "serendip HierTS (shared + person + item)"]
+    for sel, upd, sel90 in got.values():
+        assert 0 < sel <= sel90 and upd > 0
+    assert w.shows.sum() == 40 * w.config.slots  # the last policy's 40 visits, 5 slots each
