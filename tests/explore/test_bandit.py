@@ -436,3 +436,47 @@ def test_position_rows_are_checked_and_the_curve_round_trips():
     plain.start()
     plain.set_examination(state)  # ignored: no positions
     assert plain.examination() is None
+
+
+def test_a_position_weighed_update_by_hand():
+    """Hierarchy and positions, one row in slot 1 with reward 1, the curve's sums set to
+    clicks (0, 0) and appeal (0, 2): the update decays them (x 0.9998), adds the predicted
+    appeal 0.3 (the prior's relevance weight 1 x relevance 0.3; no offsets yet) and the
+    click, so e_1 = ((2 + 1) / (2 + 2 x 0.9998 + 0.3)) / (2 / 2).  Then A gains e^2 f f',
+    b gains e f (reward e, no offsets to take off), the person e^2 row row' and
+    (e - e^2 0.3) row, the item e^2 showings and e - e^2 0.3."""
+    b = LinearTS({"seed": 0, "positions": True, "hierarchy": True})
+    b.start()
+    b.set_examination(np.array([[0.0, 0.0], [0.0, 2.0]]))
+    a0, b0 = (v.copy() for v in b.statistics())
+    f = np.array([1.0, 0.3, 0.5, 0.2, 1.0])
+    b.update(np.concatenate([f, [11.0, 7.0, 1.0]])[None, :], np.ones(1))
+    e = 3.0 / (2.0 + 2.0 * 0.9998 + 0.3)
+    a1, b1 = b.statistics()
+    np.testing.assert_allclose(a1 - a0, e * e * np.outer(f, f), rtol=1e-12)
+    np.testing.assert_allclose(b1[:5] - b0[:5], e * f, rtol=1e-12)
+    person_a, person_b = b._people[7.0]
+    row = f[[2, 3, 4]]
+    np.testing.assert_allclose(person_a, 25.0 * np.eye(3) + e * e * np.outer(row, row))
+    np.testing.assert_allclose(person_b, (e - e * e * 0.3) * row)
+    np.testing.assert_allclose(b._items[11.0], [e * e, e - e * e * 0.3])
+    np.testing.assert_allclose(b.examination(), [[0.0, 1.0], [0.0, 2 * 0.9998 + 0.3]])
+
+
+def test_position_rows_have_their_width_and_k_its_bound():
+    b = LinearTS({"seed": 0, "positions": True})
+    b.start()
+    d = len(FEATURES)
+    assert b.row_width == d + 1  # no keys without hierarchy: the slot alone
+    x = np.column_stack([np.ones(3), np.linspace(0, 1, 3), np.full((3, 3), 0.5)])
+    _, _, rows = b.choose(x, 2)
+    np.testing.assert_array_equal(rows[:, -1], [0.0, 1.0])
+    a0 = b.statistics()[0].copy()
+    b.update(rows[:, :d], np.zeros(2))  # rows without their slot: the shared part, weight 1
+    np.testing.assert_allclose(b.statistics()[0] - a0, rows[:, :d].T @ rows[:, :d])
+    with pytest.raises(ConfigError, match="k must be at most 1000 for a bandit with positions"):
+        b.choose(np.tile(x, (400, 1)), 1001)
+    h = LinearTS({"seed": 0, "positions": True, "hierarchy": True})
+    h.start()
+    with pytest.raises(DataError, match="update needs n x 8 features"):
+        h.update(np.ones((1, d + 2)), np.zeros(1))  # keys without the slot

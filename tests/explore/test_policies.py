@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serendip.errors import ConfigError
+from serendip.errors import ConfigError, DataError
 from serendip.explore.policies import EXPLORE_NEW_REASON, EXPLORE_REASON, EpsilonSlate
 from serendip.pipeline import FitConfig, Recommender, load_preset
 from serendip.types import ItemList, Query
@@ -395,6 +395,12 @@ def test_examination_counts_by_hand():
         Examination(pseudo=0.0)
     with pytest.raises(ConfigError, match="decay"):
         Examination(decay=1.5)
+    with pytest.raises(DataError, match="a slot must be a whole number from 0, got -1"):
+        e.observe_at(np.array([0, -1]), np.array([0.5, 0.5]), np.zeros(2))
+    with pytest.raises(DataError, match="got 1.5"):
+        e.credit(1.5)  # type: ignore[arg-type]
+    with pytest.raises(DataError, match="finite sums >= 0, got -1"):
+        e.set_state(np.array([[0.0, -1.0], [1.0, 1.0]]))
 
 
 def test_without_positions_the_sums_are_the_plain_ones():

@@ -39,7 +39,7 @@ def test_adaptive_lists_learn_from_clicks_and_persist(api, engine, store, tmp_pa
     a1, b1 = stats(engine)
     # 12 slots counted (bias feature 1), each weighed by its slot's examination rate squared:
     # before any click the rates stay near 1 (slot 0's is 1)
-    assert a1[0, 0] - a0[0, 0] == pytest.approx(12, rel=0.25)
+    assert 9.0 <= a1[0, 0] - a0[0, 0] <= 12.0
     assert b1[5:7].tolist() == [1.0, float(len(set(sum(shown, []))))]  # one person, the items
     exam = b.examination()
     assert exam is not None and exam.shape[1] >= 4 and (exam[1, :4] > 0).all()
@@ -106,6 +106,25 @@ def test_concurrent_saves_of_bandit_state_do_not_collide(engine, tmp_path):
     assert not errors
     files = sorted(p.name for p in (tmp_path / "bandits").iterdir())
     assert files == ["adaptive.npz"]  # no temporary files left behind
+
+
+def test_a_saved_bandit_state_is_restored_whole_or_not_at_all(engine, tmp_path, caplog):
+    """An old file without the slot curve restores the statistics and leaves a fresh curve; a
+    file whose curve is malformed restores nothing (not the statistics without the curve)."""
+    fb = engine.feedback
+    b = bandit(engine)
+    a0, b0 = (v.copy() for v in b.statistics())
+    path = fb._bandit_path("adaptive")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, A=a0 + np.eye(len(a0)), b=b0)  # written before the curve was saved
+    fb._carry_bandits(None, engine.state)
+    np.testing.assert_allclose(b.statistics()[0], a0 + np.eye(len(a0)))
+    assert b.examination() is not None and not b.examination().any()  # fresh curve
+    np.savez(path, A=a0 + 2 * np.eye(len(a0)), b=b0, E=np.array([[1.0, np.nan], [1.0, 1.0]]))
+    with caplog.at_level("WARNING"):
+        fb._carry_bandits(None, engine.state)
+    np.testing.assert_allclose(b.statistics()[0], a0 + np.eye(len(a0)))  # unchanged
+    assert "examination state must hold finite sums >= 0, got nan" in caplog.text
 
 
 NEW = ["i24", "i25", "i26"]

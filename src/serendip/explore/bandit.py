@@ -17,7 +17,8 @@ Features of candidate i for a user (all in [0, 1], so the weights compare):
 
 Learning is two running sums over shown slots, ``A += x x'`` and ``b += r x`` (ridge
 regression's sufficient statistics), so a slot can be counted as "shown, no reward" at once
-and credited later with ``reward(x)`` (``b += x``) when a click arrives.
+and credited later with ``credit(x)`` (``b += x``) when a click arrives.  With ``positions``
+each slot is weighed by its learnt examination rate e (``A += e^2 x x'``, ``b += e r x``).
 
 Propensities.  The marginal probability p that a Thompson-sampled slate puts an item in a slot
 has no closed form.  What off-policy evaluation needs is 1/p (the importance weight's
@@ -271,7 +272,8 @@ class LinearTS(Component):
 
     def item_sums(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """With ``hierarchy``: per item index, its showings learnt from and the sum of their
-        residual rewards (the item offset's sufficient statistics; zeros when unknown)."""
+        residual rewards (the item offset's sufficient statistics; zeros when unknown).  With
+        ``positions`` a showing counts e^2, its slot's examination rate squared."""
         st = self._require_trained()
         if not self.config.hierarchy:
             raise ConfigError("item_sums needs a bandit with hierarchy = true")
@@ -347,7 +349,7 @@ class LinearTS(Component):
         """The k candidates with the best sampled reward, each with ``propensity`` (1 / N, N the
         fresh draws until it returns to its slot: 1 / propensity is unbiased for 1 / p),
         ``features`` rows and the sampled score."""
-        k = _slots(k, len(candidates))
+        k = _slots(k, len(candidates), self.config.positions)
         if k == 0:
             return ItemList.empty()
         shown, score, propensity, rows = self._show(self._context(query, candidates), k)
@@ -366,8 +368,8 @@ class LinearTS(Component):
         are stored by) and ``person_key`` (0: unknown, no person offsets); ``new``: n booleans,
         the candidates the new-item budget may show (None: no budget).  Returns the shown
         candidates' positions (best slot first), their propensities and the feature rows to
-        give ``update`` / ``credit`` (with ``hierarchy``, the keys appended), as ``__call__``
-        does.
+        give ``update`` / ``credit`` (with ``hierarchy``, the keys appended; with
+        ``positions``, then the slot), as ``__call__`` does.
         """
         self._require_trained()
         x = np.atleast_2d(np.asarray(x, dtype=np.float64))
@@ -390,7 +392,7 @@ class LinearTS(Component):
             if mask.size != n:
                 raise DataError(f"choose needs {n} new-item flags, got {mask.size}")
         empty = np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros((0, self.row_width))
-        k = _slots(k, n)
+        k = _slots(k, n, self.config.positions)
         if k == 0:
             return empty
         shown, _, propensity, rows = self._show(
@@ -499,18 +501,24 @@ class LinearTS(Component):
                 item = np.array([self._item_offset(key) for key in x[:, d].tolist()])
                 person = np.array([self._person_offset(key, row) for key, row
                                    in zip(x[:, d + 1].tolist(), f[:, _PCOLS], strict=True)])
-            e = np.ones(r.size)
-            if slots is not None:
+            if slots is None:  # every row weighs 1: the plain sums
+                e = e2 = np.ones(r.size)
+                res_shared, res_person, res_item = (r - item - person, r - shared - item,
+                                                    r - shared - person)
+            else:
                 assert self._exam is not None
                 self._exam.observe_at(slots, shared + item + person, r)
                 e = self._exam.rates_at(slots)
-            e2 = e * e
-            st["A"] += (f * e2[:, None]).T @ f
-            st["b"] += f.T @ (e * r - e2 * (item + person))
+                e2 = e * e
+                res_shared = e * r - e2 * (item + person)
+                res_person = e * r - e2 * (shared + item)
+                res_item = e * r - e2 * (shared + person)
+            st["A"] += (f * e2[:, None]).T @ f if slots is not None else f.T @ f
+            st["b"] += f.T @ res_shared
             if not keyed:
                 return
-            for key, row, w2, res in zip(x[:, d + 1].tolist(), f[:, _PCOLS], e2,
-                                         e * r - e2 * (shared + item), strict=True):
+            for key, row, w2, res in zip(x[:, d + 1].tolist(), f[:, _PCOLS], e2, res_person,
+                                         strict=True):
                 if key > 0:
                     pa, pb = self._person(key)
                     pa += w2 * np.outer(row, row)
@@ -518,15 +526,16 @@ class LinearTS(Component):
             for j, key in enumerate(x[:, d].tolist()):
                 got = self._item(key)
                 got[0] += e2[j]
-                got[1] += e[j] * r[j] - e2[j] * (shared[j] + person[j])
+                got[1] += res_item[j]
             self._trim()
 
     def _slot_column(self, x: np.ndarray) -> np.ndarray:
         """The slot of each row (its last column with ``positions``), checked."""
         col = x[:, -1]
-        if not ((col >= 0) & (col < _MAX_SLOTS) & (col == np.floor(col))).all():
+        bad = ~((col >= 0) & (col < _MAX_SLOTS) & (col == np.floor(col)))
+        if bad.any():
             raise DataError(f"a row's slot must be an integer in 0..{_MAX_SLOTS - 1}, got "
-                            f"{col[~((col >= 0) & (col < _MAX_SLOTS) & (col == np.floor(col)))][0]!r}")
+                            f"{float(col[bad][0]):g}")
         return col.astype(np.int64)
 
     def _item_offset(self, key: float) -> float:
@@ -665,10 +674,13 @@ class LinearTS(Component):
         return dict(zip(FEATURES, (float(m) for m in mean), strict=True))
 
 
-def _slots(k: object, n: int) -> int:
-    """``k`` checked (a positive integer) and capped at the ``n`` candidates."""
+def _slots(k: object, n: int, positions: bool = False) -> int:
+    """``k`` checked (a positive integer; at most ``_MAX_SLOTS`` with ``positions``) and
+    capped at the ``n`` candidates."""
     if not isinstance(k, int | np.integer) or k < 1:
         raise ConfigError(f"k must be a positive integer, got {k!r}")
+    if positions and k > _MAX_SLOTS:
+        raise ConfigError(f"k must be at most {_MAX_SLOTS} for a bandit with positions, got {k}")
     return min(int(k), n)
 
 

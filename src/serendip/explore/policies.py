@@ -298,7 +298,7 @@ class Examination:
 
     def observe_at(self, slots: np.ndarray, appeal: np.ndarray, rewards: np.ndarray) -> None:
         """Count one slate whose rows sit in ``slots`` (what came before decays once)."""
-        slots = np.asarray(slots, dtype=np.int64)
+        slots = _slot_indices(slots)
         self._grow(int(slots.max()) + 1 if slots.size else 0)
         self.clicks *= self.decay
         self.appeal *= self.decay
@@ -307,11 +307,12 @@ class Examination:
 
     def credit(self, slot: int) -> None:
         """A click that arrives after its slate was counted (as shown, no click)."""
-        self._grow(slot + 1)
-        self.clicks[slot] += 1.0
+        at = int(_slot_indices(np.array([slot]))[0])
+        self._grow(at + 1)
+        self.clicks[at] += 1.0
 
     def rates_at(self, slots: np.ndarray) -> np.ndarray:
-        slots = np.asarray(slots, dtype=np.int64)
+        slots = _slot_indices(slots)
         return self.rates(int(slots.max()) + 1 if slots.size else 1)[slots]
 
     def state(self) -> np.ndarray:
@@ -320,10 +321,23 @@ class Examination:
 
     def set_state(self, state: np.ndarray) -> None:
         got = np.asarray(state, dtype=np.float64)
-        if got.ndim != 2 or got.shape[0] != 2 or not np.isfinite(got).all() or (got < 0).any():
-            raise DataError(f"examination state must be 2 x slots of finite sums >= 0, got "
-                            f"shape {got.shape}")
+        if got.ndim != 2 or got.shape[0] != 2:
+            raise DataError(f"examination state must be 2 x slots, got shape {got.shape}")
+        bad = ~(np.isfinite(got) & (got >= 0))
+        if bad.any():
+            raise DataError(f"examination state must hold finite sums >= 0, got "
+                            f"{float(got[bad][0]):g}")
         self.clicks, self.appeal = got[0].copy(), got[1].copy()
+
+
+def _slot_indices(slots: np.ndarray) -> np.ndarray:
+    """Slots as indices, checked: whole numbers from 0."""
+    got = np.asarray(slots)
+    if got.size and not (np.isfinite(got).all() and (got >= 0).all()
+                         and (got == np.floor(got)).all()):
+        bad = got[~(np.isfinite(got) & (got >= 0) & (got == np.floor(got)))]
+        raise DataError(f"a slot must be a whole number from 0, got {float(bad[0]):g}")
+    return got.astype(np.int64)
 
 
 class SlotSums:

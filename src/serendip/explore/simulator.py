@@ -764,11 +764,16 @@ def _ablation_lines(by: dict[str, dict[str, Any]], best: dict[str, Any],
     if model is not None:
         dc, hc = _paired(best, model, "reward")
         dd, hd = _paired(best, model, "discovery")
-        verdict_ = ("earns clicks" if dc - hc > 0 else "costs clicks" if dc + hc < 0
-                    else "neither clearly earns nor costs clicks")
-        out.append(f"- exploration itself: {best['policy']} minus the same model shown "
+        what = ("exploration and the new-item budget" if best["key"].endswith("+new")
+                else "exploration")
+        if len(best.get("reward_seeds", [])) < 2:
+            verdict_ = "cannot be told from one seed (no interval)"
+        else:
+            verdict_ = ("earns clicks" if dc - hc > 0 else "costs clicks" if dc + hc < 0
+                        else "neither clearly earns nor costs clicks")
+        out.append(f"- {what} itself: {best['policy']} minus the same model shown "
                    f"greedily ({model['policy']}), paired by seed: clicks {dc:+.0f} ± {hc:.0f}, "
-                   f"discovery {dd:+.3f} ± {hd:.3f}; in this world exploration {verdict_}")
+                   f"discovery {dd:+.3f} ± {hd:.3f}; in this world {what} {verdict_}")
     pos = by.get(ABLATIONS.get(greedy["key"], ""))
     if pos is not None:
         dc, hc = _paired(pos, greedy, "reward")
@@ -829,6 +834,8 @@ def timing_in_world(world: World, names: Sequence[str], learn: int = 400, reps: 
     timed (median and 90th percentile ms per slate, median ms per event).  What a policy has
     learnt decides how peaked its lists are and so what its propensities cost; here that is
     what the world taught it, where ``timing``'s random rows and clicks teach it nothing."""
+    if learn < 0 or reps < 1:
+        raise ConfigError(f"timing needs learn >= 0 and reps >= 1, got {learn} and {reps}")
     rng = np.random.default_rng([seed, 2])
     visitors = rng.choice(world.n_users, size=learn + reps)
     uniforms = rng.random((learn + reps, world.config.slots))
@@ -853,6 +860,8 @@ def timing_in_world(world: World, names: Sequence[str], learn: int = 400, reps: 
             if t >= learn:
                 sel.append(t1 - t0)
                 upd.append((t3 - t2) / max(choice.positions.size, 1))
+        if not sel:
+            raise DataError("the world offered no candidates on the timed visits")
         out[policy.name] = (1e3 * float(np.median(sel)), 1e3 * float(np.median(upd)),
                             1e3 * float(np.quantile(sel, 0.9)))
     return out

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from serendip.errors import SerendipError, UnknownIdError
+from serendip.explore.policies import Examination
 from serendip.explore.replay import REWARD_TYPES
 from serendip.pipeline import Pipeline
 from serendip.service.catalog import Catalog
@@ -260,7 +261,11 @@ class Feedback:
             if path.exists():
                 try:
                     with np.load(path, allow_pickle=False) as z:
-                        pipe.bandit.set_statistics(z["A"], z["b"])
-                        pipe.bandit.set_examination(z["E"] if "E" in z.files else None)
+                        a, b = z["A"], z["b"]
+                        exam = z["E"] if "E" in z.files else None
+                    if exam is not None:  # checked before anything is applied
+                        Examination().set_state(exam)
+                    pipe.bandit.set_statistics(a, b)
+                    pipe.bandit.set_examination(exam)
                 except (OSError, KeyError, ValueError, SerendipError) as e:
                     log.warning("ignoring unreadable bandit state %s: %s", path, e)
