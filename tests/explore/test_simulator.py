@@ -302,6 +302,17 @@ def test_verdict_by_hand():
             "exploration costs clicks") in text
     assert ("position-aware learning alone: GREEDY-POS minus GREEDY, paired by seed: clicks "
             "+2 ± 0") in text
+    # with the budget the comparison is of both together; one seed gives no interval
+    one = {"policy": "H+N", "key": "hier+new", "reward": 30.0, "reward_ci": 0.0,
+           "reward_seeds": [30.0], "discovery": 1.0, "discovery_seeds": [1.0]}
+    alone = {"policy": "HG", "key": "hier-greedy", "reward": 20.0, "reward_ci": 0.0,
+             "reward_seeds": [20.0], "discovery": 1.0, "discovery_seeds": [1.0]}
+    from serendip.explore.simulator import _ablation_lines
+
+    line = _ablation_lines({"hier-greedy": alone}, one, {"key": "greedy"})[0]
+    assert line.startswith("- exploration and the new-item budget together: H+N minus")
+    assert line.endswith("in this world exploration and the new-item budget cannot be "
+                         "judged from one seed (no interval)")
 
 
 def test_timing_in_world_times_what_the_world_taught():

@@ -764,14 +764,16 @@ def _ablation_lines(by: dict[str, dict[str, Any]], best: dict[str, Any],
     if model is not None:
         dc, hc = _paired(best, model, "reward")
         dd, hd = _paired(best, model, "discovery")
-        what = ("exploration and the new-item budget" if best["key"].endswith("+new")
-                else "exploration")
+        both = best["key"].endswith("+new")
+        what = "exploration and the new-item budget" if both else "exploration"
+        s_ = "" if both else "s"  # verbs agree with one or two subjects
         if len(best.get("reward_seeds", [])) < 2:
-            verdict_ = "cannot be told from one seed (no interval)"
+            verdict_ = "cannot be judged from one seed (no interval)"
         else:
-            verdict_ = ("earns clicks" if dc - hc > 0 else "costs clicks" if dc + hc < 0
-                        else "neither clearly earns nor costs clicks")
-        out.append(f"- {what} itself: {best['policy']} minus the same model shown "
+            verdict_ = (f"earn{s_} clicks" if dc - hc > 0 else f"cost{s_} clicks"
+                        if dc + hc < 0 else f"neither clearly earn{s_} nor cost{s_} clicks")
+        out.append(f"- {what} {'together' if both else 'itself'}: {best['policy']} minus "
+                   f"the same model shown "
                    f"greedily ({model['policy']}), paired by seed: clicks {dc:+.0f} ± {hc:.0f}, "
                    f"discovery {dd:+.3f} ± {hd:.3f}; in this world {what} {verdict_}")
     pos = by.get(ABLATIONS.get(greedy["key"], ""))
