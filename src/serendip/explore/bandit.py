@@ -502,9 +502,10 @@ class LinearTS(Component):
                 person = np.array([self._person_offset(key, row) for key, row
                                    in zip(x[:, d + 1].tolist(), f[:, _PCOLS], strict=True)])
             if slots is None:  # every row weighs 1: the plain sums
-                e = e2 = np.ones(r.size)
+                e2 = np.ones(r.size)
                 res_shared, res_person, res_item = (r - item - person, r - shared - item,
                                                     r - shared - person)
+                st["A"] += f.T @ f
             else:
                 assert self._exam is not None
                 self._exam.observe_at(slots, shared + item + person, r)
@@ -513,7 +514,7 @@ class LinearTS(Component):
                 res_shared = e * r - e2 * (item + person)
                 res_person = e * r - e2 * (shared + item)
                 res_item = e * r - e2 * (shared + person)
-            st["A"] += (f * e2[:, None]).T @ f if slots is not None else f.T @ f
+                st["A"] += (f * e2[:, None]).T @ f
             st["b"] += f.T @ res_shared
             if not keyed:
                 return

@@ -363,11 +363,14 @@ class Trace:
     update_s: float = 0.0
     propensities: list[np.ndarray] = field(default_factory=list)
     key: str = ""
+    #: with ``keep_times``: per visit that had candidates, (visit, select seconds, update
+    #: seconds per event)
+    times: list[tuple[int, float, float]] = field(default_factory=list)
 
 
 def run_policy(world: World, policy: SlatePolicy, users: np.ndarray, uniforms: np.ndarray,
-               *, seed: int = 0, checkpoints: int = 20, keep_propensities: bool = False
-               ) -> Trace:
+               *, seed: int = 0, checkpoints: int = 20, keep_propensities: bool = False,
+               keep_times: bool = False) -> Trace:
     """Run ``policy`` for ``len(users)`` visits from a fresh state of ``world``."""
     world.reset()
     if isinstance(policy, Oracle):
@@ -380,6 +383,7 @@ def run_policy(world: World, policy: SlatePolicy, users: np.ndarray, uniforms: n
     disc, disc_new = np.zeros(marks.size), np.zeros(marks.size)
     sel = upd = 0.0
     props: list[np.ndarray] = []
+    times: list[tuple[int, float, float]] = []
     m = 0
     for t in range(n):
         u = int(users[t])
@@ -395,14 +399,18 @@ def run_policy(world: World, policy: SlatePolicy, users: np.ndarray, uniforms: n
             clicks[t] = r.sum()
             t2 = time.perf_counter()
             policy.update(ctx, choice, r)
-            upd += time.perf_counter() - t2
+            t3 = time.perf_counter()
+            upd += t3 - t2
             sel += t1 - t0
             if keep_propensities:
                 props.append(np.asarray(choice.propensity))
+            if keep_times:
+                times.append((t, t1 - t0, (t3 - t2) / max(choice.positions.size, 1)))
         while m < marks.size and t + 1 == marks[m]:
             disc[m], disc_new[m] = world.discovery()
             m += 1
-    return Trace(policy.name, seed, clicks, regret, marks, disc, disc_new, sel, upd, props)
+    return Trace(policy.name, seed, clicks, regret, marks, disc, disc_new, sel, upd, props,
+                 times=times)
 
 
 def t_interval(values: Sequence[float] | np.ndarray, level: float = 0.95
@@ -845,25 +853,13 @@ def timing_in_world(world: World, names: Sequence[str], learn: int = 400, reps: 
     for name in names:
         if name == "oracle":
             continue
-        world.reset()
         policy = make_policy(name, seed, world)
-        sel, upd = [], []
-        for t, u in enumerate(visitors.tolist()):
-            ctx = world.context(u, t)
-            if not ctx.items.size:
-                continue
-            t0 = time.perf_counter()
-            choice = policy.select(ctx, world.config.slots)
-            t1 = time.perf_counter()
-            r = world.step(u, ctx.items[choice.positions], uniforms[t])
-            t2 = time.perf_counter()
-            policy.update(ctx, choice, r)
-            t3 = time.perf_counter()
-            if t >= learn:
-                sel.append(t1 - t0)
-                upd.append((t3 - t2) / max(choice.positions.size, 1))
-        if not sel:
+        trace = run_policy(world, policy, visitors, uniforms, seed=seed, keep_times=True)
+        timed = [t for t in trace.times if t[0] >= learn]
+        if not timed:
             raise DataError("the world offered no candidates on the timed visits")
+        sel = [t[1] for t in timed]
+        upd = [t[2] for t in timed]
         out[policy.name] = (1e3 * float(np.median(sel)), 1e3 * float(np.median(upd)),
                             1e3 * float(np.quantile(sel, 0.9)))
     return out
