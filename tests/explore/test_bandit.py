@@ -311,6 +311,46 @@ def test_a_runs_position_counts_higher_scores_and_earlier_ties():
         position = np.argmax(order == c, axis=1)
         for j in range(9):
             np.testing.assert_array_equal(_at(scores, c, j), position == j, err_msg=f"{c} {j}")
+            work = np.ones(scores.size + 5, dtype=bool)  # a reused buffer, stale contents
+            np.testing.assert_array_equal(_at(scores, c, j, work), position == j)
+    # more candidates than a 16-bit count holds: the count widens
+    wide = np.zeros((2, 70_000), dtype=np.float32)
+    wide[:, 1:] = 1.0  # candidate 0 below all 69,999 others
+    np.testing.assert_array_equal(_at(wide, 0, 69_999), [True, True])
+    np.testing.assert_array_equal(_at(wide, 0, 69_999 - (1 << 16)), [False, False])
+
+
+def test_threads_draw_into_their_own_buffers():
+    """Runs reuse buffers kept per thread: one policy serving two threads at once over
+    different candidates gives each its own list.  With a near-zero posterior scale the list
+    is the top 5 by relevance and every propensity is 1, so a run that read the other
+    thread's scores would show it."""
+    import threading
+
+    from serendip.explore.bandit import LinearTSConfig
+
+    rng = np.random.default_rng(9)
+    xs = [rng.random((700 + 300 * i, 5)) for i in range(2)]
+    keys = [rng.integers(1, 10**9, size=x.shape[0]).astype(np.float64) for x in xs]
+    policy = LinearTS(LinearTSConfig(seed=3, noise=1e-7, hierarchy=True))
+    policy.start()
+    wrong: list = []
+    barrier = threading.Barrier(2)
+
+    def run(i):
+        want = np.argsort(-xs[i][:, 1], kind="stable")[:5]
+        barrier.wait()
+        for _ in range(40):
+            shown, prop, _ = policy.choose(xs[i], 5, item_keys=keys[i], person_key=0.0)
+            if not (np.array_equal(shown, want) and np.all(prop == 1.0)):
+                wrong.append((i, shown, prop))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong
 
 
 def test_the_normal_grid_is_a_fine_standard_normal():
