@@ -320,6 +320,44 @@ def test_a_runs_position_counts_higher_scores_and_earlier_ties():
     np.testing.assert_array_equal(_at(wide, 0, 69_999 - (1 << 16)), [False, False])
 
 
+def test_a_blocks_count_above_is_the_stable_order():
+    """``_count_above`` over any sorted block of candidates counts those with a higher score
+    or an equal one and an earlier position, row by row."""
+    from serendip.explore.bandit import _count_above
+
+    rng = np.random.default_rng(5)
+    scores = rng.integers(0, 4, size=(300, 12)).astype(np.float32)  # many exact ties
+    scores[::5, 3] = -np.inf
+    order = np.argsort(-scores, axis=1, kind="stable")
+    for cols in (np.arange(12), np.array([0, 2, 3, 7, 11]), np.array([1, 5, 6, 9])):
+        for c in cols:
+            want = np.array([np.count_nonzero(np.isin(row[: np.argmax(row == c)], cols))
+                             for row in order])
+            got = _count_above(scores[:, cols], cols, scores[:, c], int(c))
+            np.testing.assert_array_equal(got, want, err_msg=f"{cols} {c}")
+            by_candidate = _count_above(scores[:, cols].T, cols, scores[:, c], int(c), axis=0)
+            np.testing.assert_array_equal(by_candidate, want, err_msg=f"{cols} {c} by candidate")
+
+
+def test_a_runs_scores_are_the_same_bits_in_any_block_or_orientation():
+    """Counting runs score a few candidates first and the rest later, in either orientation:
+    every score must be the very bits the list shown was made with."""
+    from serendip.explore.bandit import _product
+
+    rng = np.random.default_rng(6)
+    w = rng.normal(size=(50, 7)).astype(np.float32)
+    xm = rng.random((7, 300)).astype(np.float32)
+    full = _product(w, xm)
+    cols = np.sort(rng.choice(300, size=40, replace=False))
+    rows = np.sort(rng.choice(50, size=9, replace=False))
+    assert np.array_equal(_product(w, np.ascontiguousarray(xm[:, cols])), full[:, cols])
+    assert np.array_equal(_product(w[rows], xm), full[rows])
+    assert np.array_equal(_product(np.ascontiguousarray(xm.T), np.ascontiguousarray(w.T)).T,
+                          full)
+    np.testing.assert_allclose(full, w.astype(np.float64) @ xm.astype(np.float64), rtol=1e-5,
+                               atol=1e-5)
+
+
 def test_threads_draw_into_their_own_buffers():
     """Runs reuse buffers kept per thread: one policy serving two threads at once over
     different candidates gives each its own list.  With a near-zero posterior scale the list
@@ -520,3 +558,49 @@ def test_position_rows_have_their_width_and_k_its_bound():
     h.start()
     with pytest.raises(DataError, match="update needs n x 8 features"):
         h.update(np.ones((1, d + 2)), np.zeros(1))  # keys without the slot
+
+
+@pytest.mark.parametrize("budget_item", [False, True])
+def test_probed_return_counts_are_geometric_in_the_policys_own_probability(monkeypatch,
+                                                                           budget_item):
+    """Counting runs draw the probe's noise first and the rest only when needed
+    (``_probed_hits``): the count for each slot stays geometric with mean 1/p, p the share of
+    the policy's own full runs (``_orders``) that put the item there, including a new item the
+    budget shows in the last slot."""
+    import serendip.explore.bandit as bandit
+    from serendip.explore.bandit import LinearTSConfig
+
+    rng = np.random.default_rng(2)
+    n, k = 120, 4
+    x = rng.random((n, len(FEATURES)))
+    x[:, 0] = 1.0
+    keys = np.arange(1.0, n + 1.0)
+    new = np.zeros(n, dtype=bool)
+    new[-10:] = True
+    b = LinearTS(LinearTSConfig(seed=7, noise=0.5, hierarchy=True, new_item_share=0.3,
+                                new_item_pool=3))
+    b.start()
+    for _ in range(30):  # a little learning, so the offsets differ from one item to the next
+        _, _, rows = b.choose(x, k, item_keys=keys, person_key=1.0, new=new)
+        b.update(rows, (rng.random(k) < 0.3).astype(float))
+    ctx = b._context_of(x, keys, 1.0, new)
+    order = np.vstack([b._orders(ctx, 20_000, k) for _ in range(10)])
+    shown = np.zeros(k, dtype=np.int64)
+    for j in range(k):  # per slot an item it holds in about 1.5 % of the runs, distinct: its
+        # count spans several batches of runs, so the slots close at different times
+        freq = np.bincount(order[:, j], minlength=n) / order.shape[0]
+        freq[shown[:j]] = np.inf
+        shown[j] = int(np.argmin(np.abs(freq - 0.015)))
+    if budget_item:
+        shown[k - 1] = int(ctx.pool[0])
+    p = np.array([np.mean(order[:, j] == shown[j]) for j in range(k)])
+    assert (p > 0.005).all()
+    # blocks smaller than a hard slot's rank, so runs stop at every block
+    monkeypatch.setattr(bandit, "_PROBES", (8, 16))
+    assert n > 2 * bandit._PROBES[0]
+    reps = 2000
+    counts = np.array([b._return_counts(ctx, shown) for _ in range(reps)])
+    for j in range(k):
+        se_count = np.sqrt(1 - p[j]) / p[j] / np.sqrt(reps)  # a geometric count's sd / sqrt(reps)
+        se_p = np.sqrt(p[j] * (1 - p[j]) / order.shape[0]) / p[j] ** 2  # 1/p's, from the runs
+        assert abs(counts[:, j].mean() - 1 / p[j]) < 4 * np.hypot(se_count, se_p), (j, p[j])

@@ -36,9 +36,15 @@ that counts a return: the weights (shared and the person's) are one Gaussian dra
 float32, an item offset's noise is one of ``NORMAL_GRID``'s 65,536 equally likely normal
 quantiles (a table lookup, several times cheaper than a fresh normal; |z| <= 4.32), and a
 run's list is its candidates by score, ties to the earlier one.  Counting a return checks only
-the slots still open, by how many candidates rank above the shown item.  A slate's cost is
-runs x candidates, and the runs it needs are the geometric counts themselves: about 1 / p for
-its least likely slot (``bench/bandit.py`` times it).
+the slots still open, by how many candidates rank above the shown item.  The runs a slate needs
+are the geometric counts themselves, about 1 / p for its least likely slot, so with item
+offsets a counting run scores its candidates in blocks by posterior mean (``_PROBES``) and
+stops as soon as more than j of them rank above slot j's item for every open slot j: a hard
+slot's item usually ranks far below its slot, and the best few candidates say so.  Each score
+is computed alone in a fixed order (``_product``, not a BLAS product whose sums may depend on
+the matrix around them), so a score is the same bits in any block, and the noise draws are
+independent, so leaving a run's other candidates unscored when no answer depends on them
+changes no run's outcome in distribution (``bench/bandit.py`` times it).
 
 Options (see ``LinearTS``): ``hierarchy`` adds per-person and per-item Gaussian offsets to the
 shared weights; ``new_item_share`` reserves the last slot, with that probability, for one of
@@ -78,6 +84,12 @@ NORMAL_GRID.setflags(write=False)
 #: runs of the policy per batch while counting returns (each batch scores them together; 64
 #: runs over 1,000 candidates keep a batch's buffers in cache, 128 did not and ran slower)
 _RUNS = 64
+#: a counting run scores the candidates in blocks by posterior mean (``_probed_hits``): the
+#: best 32 (and the shown items) for every run, the next 128 for the runs those leave open,
+#: then the rest for the runs still open
+_PROBES = (32, 128)
+#: runs per batch of the probed count (cheap per run: most score only the probe)
+_PROBED_RUNS = 512
 #: slots a ``positions`` bandit tracks (a row's slot column must lie below)
 _MAX_SLOTS = 1000
 
@@ -282,12 +294,12 @@ class LinearTS(Component):
         return self._item_sums(st["item_keys"][np.asarray(items, dtype=np.int64)])
 
     def _item_sums(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        n, total = np.zeros(keys.size), np.zeros(keys.size)
         with self._lock:
-            for j, key in enumerate(keys.tolist()):
-                got = self._items.get(key)
-                if got is not None:
-                    n[j], total[j] = got[0], got[1]
+            got = [self._items.get(key) for key in keys.tolist()]
+            known = [j for j, g in enumerate(got) if g is not None]
+            sums = np.array([got[j] for j in known]).reshape(-1, 2)
+        n, total = np.zeros(keys.size), np.zeros(keys.size)
+        n[known], total[known] = sums[:, 0], sums[:, 1]
         return n, total
 
     def mean_scores(self, query: Query, candidates: ItemList) -> np.ndarray:
@@ -314,22 +326,17 @@ class LinearTS(Component):
         if ctx.xm32 is None or ctx.sd32 is None:
             np.matmul(weights.astype(np.float32), ctx.x32, out=scores)
         else:  # the offsets' means ride in the product as one more row
-            w32 = np.ones((size, weights.shape[1] + 1), dtype=np.float32)
-            w32[:, :-1] = weights
-            np.matmul(w32, ctx.xm32, out=scores)
+            _product(_with_one(weights), ctx.xm32, out=scores, tmp=z)
             with self._lock:  # 16 random bits per candidate and run pick its quantile
                 bits = self._rng.bit_generator.random_raw(-(-scores.size // 4))
             np.copyto(idx, bits.view(np.uint16)[: scores.size].reshape(scores.shape))
             NORMAL_GRID.take(idx, out=z, mode="clip")  # indices < 2^16: "clip" never clips
             z *= ctx.sd32
             scores += z
-        if ctx.pool is None or ctx.share <= 0:
+        picks = self._picks(ctx, size)
+        if picks is None:
             return scores, None
-        with self._lock:
-            budget = self._rng.random(size) < ctx.share
-            picks = ctx.pool[self._rng.integers(ctx.pool.size, size=size)]
-        picks = np.where(budget, picks, -1)
-        rows = np.flatnonzero(budget)
+        rows = np.flatnonzero(picks >= 0)
         scores[rows, picks[rows]] = -np.inf
         return scores, picks
 
@@ -431,9 +438,11 @@ class LinearTS(Component):
         shown slots' propensities and their feature rows."""
         x = ctx.x
         # one batch of runs: the first is the list shown, the others (independent of it) are
-        # the first runs that count its returns, so both are one computation by construction
-        draws = self._draw(ctx, _RUNS)
-        scores, picks = self._runs(ctx, _RUNS, draws)
+        # the first runs that count its returns, so both are one computation by construction;
+        # counted by probing (``_probed_hits``), the list is one run and the counting its own
+        probed = _probes(ctx)
+        draws = self._draw(ctx, 1 if probed else _RUNS)
+        scores, picks = self._runs(ctx, len(draws), draws)
         shown = self._order(scores[0], -1 if picks is None else int(picks[0]), k)
         score = x @ draws[0] if ctx.plain else ctx.mean_scores()
         counts = self._return_counts(ctx, shown, (scores[1:], None if picks is None
@@ -470,6 +479,15 @@ class LinearTS(Component):
                 made = None
                 if not len(scores):
                     continue
+            elif _probes(ctx):
+                size = min(_PROBED_RUNS, cap - used)
+                for j, hit in self._probed_hits(ctx, size, shown, open_).items():
+                    first = np.flatnonzero(hit)
+                    if first.size:
+                        counts[j] = used + first[0] + 1
+                        open_.remove(j)
+                used += size
+                continue
             else:
                 scores, picks = self._runs(ctx, min(_RUNS, cap - used))
             b = len(scores)
@@ -484,6 +502,93 @@ class LinearTS(Component):
                     open_.remove(j)
             used += b
         return counts
+
+    def _probed_hits(self, ctx: _Context, size: int, shown: np.ndarray, open_: list[int]
+                     ) -> dict[int, np.ndarray]:
+        """``size`` fresh runs of the policy with item offsets, checked for the open slots:
+        per open slot j, whether each run puts ``shown[j]`` there.
+
+        The runs are ``_runs``'s, score for score (the same weight draw, the same float32
+        ``_product`` and ``base + sd z``), but a run's candidates are scored in blocks by
+        posterior mean (``_PROBES``): first the best few with the open slots' items; a run
+        in which more than j candidates already rank above ``shown[j]`` cannot put it in
+        slot j, whatever the others score, and a run that no open slot can use any more
+        scores no further block.  Each score is computed alone (no sum runs across
+        candidates) and the noise draws are independent, so scoring some candidates of a run
+        later, or not at all when no answer depends on them, leaves each run's outcome
+        distributed as before: the counts stay geometric, E[N] = 1/p.  A hard slot's item
+        usually ranks far below its slot, and the best few candidates already say so.
+        """
+        assert ctx.xm32 is not None and ctx.sd32 is not None
+        w = _with_one(self._draw(ctx, size))
+        picks = self._picks(ctx, size)
+        k = shown.size
+        above = {j: np.zeros(size, dtype=np.int64) for j in open_}
+        own: dict[int, np.ndarray] = {}
+        rows = np.arange(size)
+        for block in ctx.blocks(shown[open_], _PROBES):
+            if not rows.size:
+                break
+            # the first block (the probe and the open slots' items) meets every run
+            by_candidate = rows.size > block.cols.size
+            scores = self._scored(w[rows], block, None if picks is None else picks[rows],
+                                  by_candidate=by_candidate)
+            axis = 0 if by_candidate else 1
+            if not own:  # the open slots' items are in the first block
+                for j in open_:
+                    at = int(np.searchsorted(block.cols, shown[j]))
+                    own[j] = scores[at] if by_candidate else scores[:, at]
+            alive = np.zeros(rows.size, dtype=bool)
+            for j in open_:
+                mine = own[j] if rows.size == size else own[j][rows]
+                above[j][rows] += _count_above(scores, block.cols, mine, int(shown[j]), axis)
+                maybe = above[j][rows] <= j
+                if picks is not None and j == k - 1:
+                    maybe &= picks[rows] < 0  # a pick decides the last slot by itself
+                alive |= maybe
+            rows = rows[alive]
+        out = {}
+        for j in open_:
+            hit = np.zeros(size, dtype=bool)
+            hit[rows] = above[j][rows] == j  # scored in full; the others rank it lower
+            if picks is not None and j == k - 1:
+                hit = np.where(picks >= 0, picks == shown[j], hit)
+            out[j] = hit
+        return out
+
+    def _scored(self, w: np.ndarray, block: _Block, picks: np.ndarray | None, *,
+                by_candidate: bool) -> np.ndarray:
+        """Runs' scores of a block of candidates: ``_product`` of the runs' weights (with the
+        offsets' column of ones) and the block's features, plus ``sd z`` (z from
+        ``NORMAL_GRID``) in ``_runs``'s float32 arithmetic; a run's budget pick scores -inf.
+        ``by_candidate``: candidates x runs (the long axis inside when runs outnumber the
+        candidates), else runs x candidates; the same bits either way."""
+        if by_candidate:
+            out = _product(block.xm.T, w.T)
+        else:
+            out = _product(w, block.xm)
+        m = out.size
+        with self._lock:
+            bits = self._rng.bit_generator.random_raw(-(-m // 4))
+        z = NORMAL_GRID.take(bits.view(np.uint16)[:m].reshape(out.shape), mode="clip")
+        z *= block.sd[:, None] if by_candidate else block.sd
+        out += z
+        if picks is not None:
+            if by_candidate:
+                out[block.cols[:, None] == picks[None, :]] = -np.inf
+            else:
+                out[picks[:, None] == block.cols[None, :]] = -np.inf
+        return out
+
+    def _picks(self, ctx: _Context, size: int) -> np.ndarray | None:
+        """Per run, the budget's pick for the last slot (-1: no budget this run); None without
+        a budget."""
+        if ctx.pool is None or ctx.share <= 0:
+            return None
+        with self._lock:
+            budget = self._rng.random(size) < ctx.share
+            picks = ctx.pool[self._rng.integers(ctx.pool.size, size=size)]
+        return np.where(budget, picks, -1)
 
     def _draw(self, ctx: _Context, size: int) -> np.ndarray:
         """``size`` draws of a run's weights (mean + L z, L the Cholesky factor of their
@@ -731,6 +836,60 @@ def _at(scores: np.ndarray, c: int, j: int, work: np.ndarray | None = None) -> n
     return hit
 
 
+def _with_one(weights: np.ndarray) -> np.ndarray:
+    """Runs' weights as float32 with a last column of ones (the item offsets' means)."""
+    out = np.ones((weights.shape[0], weights.shape[1] + 1), dtype=np.float32)
+    out[:, :-1] = weights
+    return out
+
+
+def _product(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
+             tmp: np.ndarray | None = None) -> np.ndarray:
+    """``a @ b`` in float32, each entry summed alone in a fixed order (a_0 b_0 + a_1 b_1, then
+    + a_2 b_2, ...): the same bits whichever candidates or runs are computed with it, and in
+    either orientation (``b.T @ a.T``), which a BLAS product does not promise."""
+    shape = (a.shape[0], b.shape[1])
+    out = np.empty(shape, dtype=np.float32) if out is None else out
+    tmp = np.empty(shape, dtype=np.float32) if tmp is None else tmp
+    np.multiply(a[:, :1], b[:1], out=out)
+    for f in range(1, a.shape[1]):
+        np.multiply(a[:, f : f + 1], b[f : f + 1], out=tmp)
+        out += tmp
+    return out
+
+
+def _probes(ctx: _Context) -> bool:
+    """Whether counting runs score the probe first (``_probed_hits``): with item offsets and
+    enough candidates that the probe is a small part of them."""
+    return ctx.sd32 is not None and ctx.x.shape[0] > 2 * _PROBES[0]
+
+
+class _Block:
+    """Some candidates of a request: sorted positions, features with the offsets' means
+    (float32, one column per candidate) and the offsets' sd."""
+
+    def __init__(self, ctx: _Context, cols: np.ndarray) -> None:
+        assert ctx.xm32 is not None and ctx.sd32 is not None
+        self.cols = cols
+        self.xm = np.ascontiguousarray(ctx.xm32[:, cols])
+        self.sd = ctx.sd32[cols]
+
+
+def _count_above(scores: np.ndarray, cols: np.ndarray, own: np.ndarray, c: int,
+                 axis: int = 1) -> np.ndarray:
+    """Per run: how many of a block's candidates (``cols``, sorted) rank above candidate c,
+    whose score in that run is ``own``: a higher score, or an equal one and earlier.
+    ``scores``: runs x candidates (``axis=1``) or candidates x runs (``axis=0``)."""
+    wide = own[:, None] if axis == 1 else own[None, :]
+    kind = np.uint16 if len(cols) < 1 << 16 else np.int64
+    above = np.add.reduce((scores > wide).view(np.uint8), axis=axis, dtype=kind)
+    earlier = int(np.searchsorted(cols, c))  # the block's candidates before c
+    if earlier:
+        before = scores[:, :earlier] if axis == 1 else scores[:earlier]
+        above += np.add.reduce((before == wide).view(np.uint8), axis=axis, dtype=kind)
+    return above
+
+
 class _Context:
     """One request's posterior, drawn from many times (the list, then its propensities)."""
 
@@ -748,6 +907,8 @@ class _Context:
         self.pool: np.ndarray | None = None  # candidate positions the budget slot draws from
         self.share = 0.0
         self._law: tuple[np.ndarray, np.ndarray] | None = None
+        self._rank: np.ndarray | None = None  # candidates by posterior mean, best first
+        self._blocks: tuple[tuple[int, ...], list[_Block]] | None = None
 
     @property
     def run_mean(self) -> np.ndarray:
@@ -766,6 +927,25 @@ class _Context:
         out = self.cov.copy()
         out[np.ix_(_PCOLS, _PCOLS)] += self.person_chol @ self.person_chol.T
         return out
+
+    def blocks(self, targets: np.ndarray, sizes: tuple[int, ...]) -> list[_Block]:
+        """The candidates in blocks by posterior mean: the best ``sizes[0]`` with
+        ``targets``, then the next ``sizes[1]``, ..., then the rest (empty blocks left out);
+        kept while the targets stay the same."""
+        key = tuple(sorted(int(t) for t in targets))
+        if self._blocks is None or self._blocks[0] != key:
+            if self._rank is None:
+                self._rank = np.argsort(-self.mean_scores(), kind="stable")
+            n = self.x.shape[0]
+            block = np.full(n, len(sizes), dtype=np.int64)  # each candidate's block
+            start = 0
+            for b, m in enumerate(sizes):
+                block[self._rank[start : start + m]] = b
+                start += m
+            block[np.asarray(key, dtype=np.int64)] = 0
+            kept = [_Block(self, np.flatnonzero(block == b)) for b in range(len(sizes) + 1)]
+            self._blocks = key, [b for b in kept if b.cols.size]
+        return self._blocks[1]
 
     def run_law(self) -> tuple[np.ndarray, np.ndarray]:
         """A run's weights' mean and the Cholesky factor of their covariance, computed once."""
