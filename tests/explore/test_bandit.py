@@ -358,7 +358,8 @@ def test_a_runs_scores_are_the_same_bits_in_any_block_or_orientation():
                                atol=1e-5)
 
 
-def test_threads_draw_into_their_own_buffers():
+@pytest.mark.parametrize("hierarchy", [True, False])
+def test_threads_draw_into_their_own_buffers(hierarchy):
     """Runs reuse buffers kept per thread: one policy serving two threads at once over
     different candidates gives each its own list.  With a near-zero posterior scale the list
     is the top 5 by relevance and every propensity is 1, so a run that read the other
@@ -370,7 +371,9 @@ def test_threads_draw_into_their_own_buffers():
     rng = np.random.default_rng(9)
     xs = [rng.random((700 + 300 * i, 5)) for i in range(2)]
     keys = [rng.integers(1, 10**9, size=x.shape[0]).astype(np.float64) for x in xs]
-    policy = LinearTS(LinearTSConfig(seed=3, noise=1e-7, hierarchy=True))
+    # with item offsets counts are probed (own arrays); without, every batch of runs is
+    # scored in the thread's buffers
+    policy = LinearTS(LinearTSConfig(seed=3, noise=1e-7, hierarchy=hierarchy))
     policy.start()
     wrong: list = []
     barrier = threading.Barrier(2)
@@ -379,7 +382,8 @@ def test_threads_draw_into_their_own_buffers():
         want = np.argsort(-xs[i][:, 1], kind="stable")[:5]
         barrier.wait()
         for _ in range(40):
-            shown, prop, _ = policy.choose(xs[i], 5, item_keys=keys[i], person_key=0.0)
+            shown, prop, _ = policy.choose(xs[i], 5, item_keys=keys[i] if hierarchy else None,
+                                           person_key=0.0)
             if not (np.array_equal(shown, want) and np.all(prop == 1.0)):
                 wrong.append((i, shown, prop))
 

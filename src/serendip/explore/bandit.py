@@ -342,10 +342,14 @@ class LinearTS(Component):
 
     def _buffers(self, size: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """This thread's buffers for ``size`` runs over ``n`` candidates: scores and normal
-        draws (float32) and quantile indices, ``size x n`` views of arrays kept between calls.
+        draws (float32) and quantile indices, ``size x n`` views of arrays kept between calls
+        (up to ``_RUNS`` runs; more get arrays of their own, so a thread keeps little).
         Fresh arrays of a batch's size cost page faults on every call, which took longer
         than the arithmetic; the runs' scores are only read before the thread's next runs.
         """
+        if size > _RUNS:  # a one-off (``slot_distribution``'s runs): not kept
+            return (np.empty((size, n), dtype=np.float32), np.empty((size, n), dtype=np.float32),
+                    np.empty((size, n), dtype=np.intp))
         work = self._work
         have = getattr(work, "size", 0)
         if have < size * n:
@@ -944,7 +948,9 @@ class _Context:
                 start += m
             block[np.asarray(key, dtype=np.int64)] = 0
             kept = [_Block(self, np.flatnonzero(block == b)) for b in range(len(sizes) + 1)]
-            self._blocks = key, [b for b in kept if b.cols.size]
+            blocks = [b for b in kept if b.cols.size]
+            self._blocks = key, blocks
+            return blocks
         return self._blocks[1]
 
     def run_law(self) -> tuple[np.ndarray, np.ndarray]:
