@@ -156,6 +156,13 @@ def test_bad_arguments(rec, tmp_path):
         pipe.recommend(Query(None), k=3, discovery=1.5)
     with pytest.raises(ConfigError, match="'fancy'"):
         load_preset("fancy")
+    missing = str(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match=f"preset file '{missing}' does not exist"):
+        load_preset(missing)
+    meta = tmp_path / "serendip.json"
+    meta.write_text("{}")
+    with pytest.raises(ModelFormatError, match="is a file; give the model directory"):
+        Recommender.load(meta)
     bad = tmp_path / "p.toml"
     bad.write_text('[blend]\nease = 1.0\n[[rerank]]\nname = "shuffle"\n')
     with pytest.raises(ConfigError, match="'shuffle'"):

@@ -1267,7 +1267,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--processes", type=_positive_int, default=1, metavar="N",
                    help="make the lists in N forked processes on this machine that share the "
                    "loaded model (no second copy in memory), one BLAS thread each; the lists "
-                   "equal one process's (default 1)")
+                   "equal one process's")
     r.set_defaults(func=cmd_recommend)
 
     ch = command(sub, "chat", "a conversation in the terminal over a fitted model",

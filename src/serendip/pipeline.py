@@ -229,6 +229,8 @@ def load_preset(name_or_path: str) -> Preset:
         text = p.read_text()
     elif name_or_path in PRESETS:
         text = resources.files("serendip.presets").joinpath(f"{name_or_path}.toml").read_text()
+    elif p.suffix == ".toml":
+        raise ConfigError(f"preset file {name_or_path!r} does not exist")
     else:
         raise ConfigError(
             f"unknown preset {name_or_path!r}; use one of {', '.join(PRESETS)} or a .toml file"
@@ -500,6 +502,9 @@ class Recommender:
     @classmethod
     def load(cls, directory: str | Path) -> Recommender:
         d = Path(directory)
+        if d.is_file():
+            raise ModelFormatError(f"{str(d)!r} is a file; give the model directory that "
+                                   "holds it")
         recover_model_dir(d)
         meta_path = d / "serendip.json"
         if not meta_path.exists():

@@ -85,6 +85,8 @@ def test_the_check_runs_and_reports(tmp_path, capsys):
     (("--n-boot", "1"), "--n-boot must be at least 2"),
     (("--l2", "0"), "--l2 must be in"),
     (("--tau", "-1"), "--tau must be a positive number"),
+    (("--seed", "-1"), "--seed must be a non-negative integer, got -1"),
+    (("--directory", "/nonexistent-obd"), "--directory '/nonexistent-obd' is not a folder"),
 ])
 def test_bad_options_are_one_line_errors(argv, match):
     with pytest.raises(ConfigError, match=match):

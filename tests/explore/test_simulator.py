@@ -291,6 +291,20 @@ def test_verdict_by_hand():
     assert "| HIER | 22 ± 5 |" in table and "| 1.83 | 2.25 |" in table
     assert "exploration itself" not in text  # no ablation in the run: no line about it
 
+    # greedy found nothing: twice nothing is nothing, so it takes some discovery to meet it
+    nothing = [row("greedy", [10, 12, 14], [0.0, 0.0, 0.0]),
+               row("hier", [20, 22, 24], [0.0, 0.0, 0.0])]
+    text = "\n".join(verdict(nothing, ["hier"], []))
+    assert "2x greedy's: NOT MET (0.000 vs 0.000, greedy found none)" in text
+    nothing[1] = row("hier", [20, 22, 24], [0.0, 0.3, 0.0])
+    assert "2x greedy's: MET (0.100 vs 0.000, greedy found none)" in "\n".join(
+        verdict(nothing, ["hier"], []))
+    # one seed: no interval, so the clicks target cannot be judged
+    single = [dict(r, reward_ci=0.0, reward_seeds=r["reward_seeds"][:1]) for r in rows[:2]]
+    text = "\n".join(verdict(single, ["hier"], []))
+    assert "intervals apart: cannot be judged from one seed (no interval; 22 vs 12)" in text
+    assert "MET (22" not in text
+
     # the ablations: hier minus the same model shown greedily, per seed (-6, -4, -8): mean -6,
     # sd 2, half-width 4.303 * 2 / sqrt(3) = 4.97; discovery (+1.5, +1.5, +2.1): sd 0.346,
     # half-width 0.861; greedy-pos minus greedy (+2, +2, +2)
@@ -328,3 +342,18 @@ def test_timing_in_world_times_what_the_world_taught():
     for sel, upd, sel90 in got.values():
         assert 0 < sel <= sel90 and upd > 0
     assert w.shows.sum() == 40 * w.config.slots  # the last policy's 40 visits, 5 slots each
+
+
+def test_simulate_command_says_what_it_ran(capsys):
+    """More people than MovieLens-100K has are capped and the header says so; one seed gives
+    no interval, and the verdict does not judge the clicks target on it."""
+    from serendip.explore.commands import cmd_simulate
+
+    args = simulate_args("--policies", "greedy,hier", "--seeds", "1", "--visits", "30",
+                         "--users", "5000")
+    args.quiet = True
+    assert cmd_simulate(args) == 0
+    out = capsys.readouterr().out
+    assert ("1 seed x 30 visits by 943 people (MovieLens-100K has 943); mean ± 95% t interval "
+            "over seeds (one seed: no interval)") in out
+    assert "intervals apart: cannot be judged from one seed" in out

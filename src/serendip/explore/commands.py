@@ -51,7 +51,8 @@ def add_simulate_parser(sub: Any, command: Callable[..., argparse.ArgumentParser
     s.add_argument("--world", metavar="FILE.json",
                    help="world settings to change, as a JSON object (e.g. "
                    '{"novelty_share": 0.5, "position_decay": 1.0}; see docs/simulate.md)')
-    s.add_argument("--quick", action="store_true", help="2 seeds, 1,000 visits, 150 people")
+    s.add_argument("--quick", action="store_true",
+                   help="2 seeds, 1,000 visits, 150 people (replaces --seeds, --visits, --users)")
     s.add_argument("--json", metavar="FILE", help="also write the table and settings as JSON")
     s.add_argument("--plot", metavar="FILE.png",
                    help="also plot cumulative clicks and discovery over the visits")
@@ -142,14 +143,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     traces = simulate(lambda s: build_world(data, vectors, config, s, args.visits), policies,
                       seeds, args.visits, users=args.users, progress=progress)
     rows = summarize(traces, config.slots)
-    print(f"{len(seeds)} seeds x {args.visits} visits by {args.users} people; mean ± 95% t "
-          "interval over seeds")
+    people = min(args.users, data.n_users)
+    capped = f" (MovieLens-100K has {data.n_users})" if args.users > data.n_users else ""
+    print(f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} x {args.visits} visits by "
+          f"{people} people{capped}; mean ± 95% t interval over seeds"
+          f"{' (one seed: no interval)' if len(seeds) == 1 else ''}")
     print(format_table(rows))
     lines = verdict(rows, [p for p in SERENDIP_POLICIES if p in policies],
                     [p for p in LIBRARY_POLICIES if p in policies])
     print("\n".join(lines))
     if json_out is not None:
-        text = json.dumps({"seeds": seeds, "visits": args.visits, "users": args.users,
+        text = json.dumps({"seeds": seeds, "visits": args.visits, "users": people,
                            "policies": policies, "world": config.model_dump(), "rows": rows,
                            "targets": lines}, indent=2)
         tmp = json_out.with_name(f".{json_out.name}.tmp-{os.getpid()}")

@@ -210,6 +210,10 @@ def add_obd_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the results to this file")
 
 
+#: bootstrap replicates behind obp's published relative errors (its example experiment)
+OBP_REPLICATES = 30
+
+
 def _check(args: argparse.Namespace) -> list[str]:
     campaigns = [c.strip() for c in args.campaigns.split(",") if c.strip()]
     bad = [c for c in campaigns if c not in OBD_CAMPAIGNS]
@@ -220,6 +224,8 @@ def _check(args: argparse.Namespace) -> list[str]:
         raise ConfigError(f"--n-boot must be at least 2, got {args.n_boot}")
     if args.folds < 2:
         raise ConfigError(f"--folds must be at least 2, got {args.folds}")
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be a non-negative integer, got {args.seed}")
     if not (np.isfinite(args.l2) and 0 < args.l2 <= 1e6):
         raise ConfigError(f"--l2 must be in (0, 1e6], got {args.l2}")
     if not (np.isfinite(args.tau) and args.tau > 0):
@@ -238,6 +244,8 @@ def _fmt(e: Estimate | dict[str, float], value: float | None = None) -> str:
 def cmd_ope_obd(args: argparse.Namespace) -> int:
     """Print (and with --json write) the Open Bandit check; 0 on success."""
     campaigns = _check(args)
+    if args.directory and not Path(args.directory).is_dir():
+        raise ConfigError(f"--directory {args.directory!r} is not a folder")
     directory = Path(args.directory) if args.directory else find_open_bandit()
     result: dict[str, object] = {"note": _SAMPLE_NOTE, "n_boot": args.n_boot,
                                  "folds": args.folds, "l2": args.l2, "tau": args.tau,
@@ -246,6 +254,10 @@ def cmd_ope_obd(args: argparse.Namespace) -> int:
           "noisy.")
     print(f"1. Bernoulli TS estimated from the uniform-random log ({args.n_boot} bootstrap "
           f"replicates, logistic reward model cross-fitted over {args.folds} folds)")
+    if args.n_boot < OBP_REPLICATES:
+        print(f"  with fewer than {OBP_REPLICATES} replicates the intervals and mean relative "
+              f"errors are too rough to set beside obp's published ones (from "
+              f"{OBP_REPLICATES}); use --n-boot {OBP_REPLICATES} for that")
     per_campaign: dict[str, object] = {}
     for campaign in campaigns:
         rand = load_open_bandit("random", campaign, directory)

@@ -729,17 +729,26 @@ def verdict(rows: Sequence[dict[str, Any]], serendip: Sequence[str], libraries: 
         return ["(the targets need greedy and at least one serendip policy in the run)"]
     g = by[baseline]
     best = max((by[s] for s in serendip if s in by), key=lambda r: r["reward"])
+    seeds = min(len(best["reward_seeds"]), len(g["reward_seeds"]))
     apart = best["reward"] - best["reward_ci"] > g["reward"] + g["reward_ci"]
     above = best["reward"] > g["reward"]
-    twice = best["discovery"] >= 2 * g["discovery"]
+    # with nothing found by the baseline, twice nothing is nothing: it takes some discovery
+    twice = (best["discovery"] >= 2 * g["discovery"] if g["discovery"] > 0
+             else best["discovery"] > 0)
+    ratio = (f"{best['discovery'] / g['discovery']:.2f}x" if g["discovery"] > 0
+             else f"{baseline} found none")
+    clicks = (f"{'MET' if apart else 'NOT MET'} "
+              f"({best['reward']:.0f} ± {best['reward_ci']:.0f} vs {g['reward']:.0f} ± "
+              f"{g['reward_ci']:.0f}"
+              f"{'' if apart else '; above, but the intervals overlap' if above else ''})"
+              if seeds > 1 else
+              f"cannot be judged from one seed (no interval; {best['reward']:.0f} vs "
+              f"{g['reward']:.0f})")
     out = [
         f"Best serendip policy by clicks: {best['policy']}.",
-        f"- clicks above {baseline} with intervals apart: {'MET' if apart else 'NOT MET'} "
-        f"({best['reward']:.0f} ± {best['reward_ci']:.0f} vs {g['reward']:.0f} ± "
-        f"{g['reward_ci']:.0f}{'' if apart else '; above, but the intervals overlap' if above else ''})",
+        f"- clicks above {baseline} with intervals apart: {clicks}",
         f"- discovery at least 2x {baseline}'s: {'MET' if twice else 'NOT MET'} "
-        f"({best['discovery']:.3f} vs {g['discovery']:.3f}, "
-        f"{best['discovery'] / g['discovery'] if g['discovery'] else float('inf'):.2f}x)",
+        f"({best['discovery']:.3f} vs {g['discovery']:.3f}, {ratio})",
     ]
     if len(best["reward_seeds"]) == len(g["reward_seeds"]) > 1:
         diff, half = t_interval(np.subtract(best["reward_seeds"], g["reward_seeds"]))
