@@ -59,6 +59,8 @@ def test_recommend_csv_single_user(files, capsys):
     titles = dict(pd.read_csv(files / "items.csv", dtype=str)[["item_id", "title"]].values)
     assert [r[3] for r in rows[1:]] == [titles[r[2]] for r in rows[1:]]
     assert all(r[0] == "0u30" for r in rows[1:])
+    assert main(["recommend", "--model", str(files / "model"), "--user", " "]) == 2
+    assert "--user must name a user id, got an empty one" in capsys.readouterr().err
 
 
 def test_recommend_with_exploration_writes_propensities(files, capsys):

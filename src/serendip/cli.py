@@ -526,6 +526,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         raise ConfigError("give --processes or --ray, not both")
     rec = Recommender.load(args.model)
     pipe = rec.pipeline(args.preset)
+    if args.user is not None and not args.user.strip():
+        raise ConfigError("--user must name a user id, got an empty one")
     user_ids = [args.user] if args.user is not None else _read_user_ids(args.users)
     candidates, restricted = _candidates(args, rec)
     if restricted:
@@ -830,7 +832,11 @@ def cmd_ope(args: argparse.Namespace) -> int:
     for name in names:
         preset = load_preset(name)
         targets[preset.name] = rec.pipeline(name if name in PRESETS else preset)
-    store = open_store(args.store or f"sqlite:///{Path(args.data_dir).resolve() / 'serendip.db'}")
+    db = Path(args.data_dir).resolve() / "serendip.db"
+    if args.store is None and not db.exists():  # evaluating reads a store; it makes none
+        raise ConfigError(f"no store in --data-dir {args.data_dir!r} (no serendip.db); give "
+                          "the service's --data-dir or --store")
+    store = open_store(args.store or f"sqlite:///{db}")
     try:
         result = as_json(evaluate_store(store, rec, targets, args.explore, args.window,
                                         args.limit), extended=True)
@@ -1055,7 +1061,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         if ("%(default)" in text or "(default:" in text or not action.option_strings
-                or action.default in (None, False, argparse.SUPPRESS)):
+                or action.default is None or action.default is False
+                or action.default is argparse.SUPPRESS):  # (0 and 0.0 are defaults to show)
             return text  # (a help that states its default itself never prints the value)
         return f"{text} (default: %(default)s)"
 
@@ -1431,7 +1438,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fitted model directory (default: DATA_DIR/model)")
     o.add_argument("--presets", default="accurate,balanced,discovery",
                    help=f"comma list of shipped presets ({presets}) or .toml files")
-    o.add_argument("--explore", type=float, default=0.0, help="the targets' exploration rate")
+    o.add_argument("--explore", type=float, default=0.0, help="the targets' exploration rate (0: none)")
     o.add_argument("--window", type=float, default=86_400.0, metavar="SECONDS",
                    help="seconds after a list in which an event on a shown item is its reward")
     o.add_argument("--limit", type=_positive_int, default=5_000,

@@ -107,6 +107,13 @@ def test_ope_command_reads_the_same_logs(api, engine, store, tmp_path, capsys):
         api_view["targets"]["balanced"]["ips"]["value"])
     assert main(["ope", "--store", url, "--model", str(tmp_path / "model"),
                  "--window", "-1"]) == 2
+    capsys.readouterr()
+    # a data directory without a store: an error, and no empty store left behind
+    empty = tmp_path / "nostore"
+    empty.mkdir()
+    assert main(["ope", "--data-dir", str(empty), "--model", str(tmp_path / "model")]) == 2
+    assert "no store in --data-dir" in capsys.readouterr().err
+    assert not (empty / "serendip.db").exists()
 
 
 def test_replay_respects_skips_and_leaves_filtered_lists_out(api, engine):
