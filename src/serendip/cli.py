@@ -524,10 +524,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     _check_ray(args)
     if args.processes > 1 and getattr(args, "ray", None) is not None:
         raise ConfigError("give --processes or --ray, not both")
-    rec = Recommender.load(args.model)
-    pipe = rec.pipeline(args.preset)
     if args.user is not None and not args.user.strip():
         raise ConfigError("--user must name a user id, got an empty one")
+    rec = Recommender.load(args.model)
+    pipe = rec.pipeline(args.preset)
     user_ids = [args.user] if args.user is not None else _read_user_ids(args.users)
     candidates, restricted = _candidates(args, rec)
     if restricted:
@@ -826,16 +826,16 @@ def cmd_ope(args: argparse.Namespace) -> int:
         raise ConfigError(f"--window must be a positive number of seconds, got {args.window}")
     if not 0.0 <= args.explore <= 1.0:
         raise ConfigError(f"--explore must be between 0 and 1, got {args.explore}")
+    db = Path(args.data_dir).resolve() / "serendip.db"
+    if args.store is None and not db.exists():  # evaluating reads a store; it makes none
+        raise ConfigError(f"no store in --data-dir {args.data_dir!r} (no serendip.db); give "
+                          "the service's --data-dir or --store")
     rec = Recommender.load(Path(args.data_dir) / "model" if args.model is None else args.model)
     names = [n.strip() for n in args.presets.split(",") if n.strip()]
     targets = {}
     for name in names:
         preset = load_preset(name)
         targets[preset.name] = rec.pipeline(name if name in PRESETS else preset)
-    db = Path(args.data_dir).resolve() / "serendip.db"
-    if args.store is None and not db.exists():  # evaluating reads a store; it makes none
-        raise ConfigError(f"no store in --data-dir {args.data_dir!r} (no serendip.db); give "
-                          "the service's --data-dir or --store")
     store = open_store(args.store or f"sqlite:///{db}")
     try:
         result = as_json(evaluate_store(store, rec, targets, args.explore, args.window,

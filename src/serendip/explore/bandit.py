@@ -841,18 +841,7 @@ def _slots(k: object, n: int, positions: bool = False) -> int:
 def _at(scores: np.ndarray, c: int, j: int, work: np.ndarray | None = None) -> np.ndarray:
     """Per row of ``scores``: is candidate c in position j of the row's order (by score, ties
     to the earlier candidate)?  ``work``: a boolean buffer of at least ``scores.size``."""
-    own = scores[:, c : c + 1]
-    gt = (scores > own if work is None
-          else np.greater(scores, own, out=work[: scores.size].reshape(scores.shape)))
-    # a row sum of the comparisons as bytes (several times faster than count_nonzero)
-    above = np.add.reduce(gt.view(np.uint8), axis=1,
-                          dtype=np.uint16 if scores.shape[1] < 1 << 16 else np.int64)
-    hit = above == j
-    maybe = np.flatnonzero(above <= j)  # equal scores before c may move it down to j
-    if maybe.size:
-        tied = np.count_nonzero(scores[maybe, :c] == own[maybe], axis=1)
-        hit[maybe] = above[maybe] + tied == j
-    return hit
+    return _count_above(scores, None, scores[:, c], c, upto=j, work=work) == j
 
 
 def _with_one(weights: np.ndarray) -> np.ndarray:
@@ -899,18 +888,33 @@ class _Block:
         self.sd = ctx.sd32[cols]
 
 
-def _count_above(scores: np.ndarray, cols: np.ndarray, own: np.ndarray, c: int,
-                 axis: int = 1) -> np.ndarray:
-    """Per run: how many of a block's candidates (``cols``, sorted) rank above candidate c,
-    whose score in that run is ``own``: a higher score, or an equal one and earlier.
-    ``scores``: runs x candidates (``axis=1``) or candidates x runs (``axis=0``)."""
+def _count_above(scores: np.ndarray, cols: np.ndarray | None, own: np.ndarray, c: int,
+                 axis: int = 1, *, upto: int | None = None,
+                 work: np.ndarray | None = None) -> np.ndarray:
+    """Per run: how many of a block's candidates (``cols``, sorted; None: all, in order) rank
+    above candidate c, whose score in that run is ``own``: a higher score, or an equal one
+    and earlier.  ``scores``: runs x candidates (``axis=1``) or candidates x runs
+    (``axis=0``).  ``upto`` (runs x candidates only): the runs with more than that many
+    higher scores skip the ties, as the answer there is only compared with ``upto``.
+    ``work``: a boolean buffer of at least ``scores.size`` for the comparisons."""
     wide = own[:, None] if axis == 1 else own[None, :]
-    kind = np.uint16 if len(cols) < 1 << 16 else np.int64
-    above = np.add.reduce((scores > wide).view(np.uint8), axis=axis, dtype=kind)
-    earlier = int(np.searchsorted(cols, c))  # the block's candidates before c
-    if earlier:
-        before = scores[:, :earlier] if axis == 1 else scores[:earlier]
-        above += np.add.reduce((before == wide).view(np.uint8), axis=axis, dtype=kind)
+    n = scores.shape[axis]
+    kind = np.uint16 if n < 1 << 16 else np.int64
+    gt = (scores > wide if work is None
+          else np.greater(scores, wide, out=work[: scores.size].reshape(scores.shape)))
+    # a sum of the comparisons as bytes (several times faster than count_nonzero)
+    above = np.add.reduce(gt.view(np.uint8), axis=axis, dtype=kind)
+    earlier = c if cols is None else int(np.searchsorted(cols, c))  # candidates before c
+    if not earlier:
+        return above
+    if upto is not None and axis == 1:
+        rows = np.flatnonzero(above <= upto)  # equal scores before c may move it down
+        if rows.size:
+            above[rows] += np.add.reduce(
+                (scores[rows, :earlier] == wide[rows]).view(np.uint8), axis=1, dtype=kind)
+        return above
+    before = scores[:, :earlier] if axis == 1 else scores[:earlier]
+    above += np.add.reduce((before == wide).view(np.uint8), axis=axis, dtype=kind)
     return above
 
 
