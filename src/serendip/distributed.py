@@ -39,6 +39,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -521,7 +522,7 @@ def job_lists(rec: Recommender, kind: str, preset: Preset, values: Sequence[floa
     for v in values:
         pipe = Pipeline(rec, preset)
         d = preset.internal_discovery(v)
-        out.append([pipe._finish(Query(q.user, q.history, q.text, discovery=d), pool, k, eps,
+        out.append([pipe._finish(replace(q, discovery=d), pool, k, eps,
                                  n_rank) for q, pool in zip(queries, pools, strict=True)])
     return out
 

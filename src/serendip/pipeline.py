@@ -14,6 +14,7 @@ import os
 import time
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -801,7 +802,7 @@ class Pipeline:
         retriever = self.rec.retriever()
         if retriever is not None:  # large catalog: retrieve candidates, score them exactly
             for q0 in queries:
-                q = Query(q0.user, q0.history, q0.text, discovery=d)
+                q = replace(q0, discovery=d)
                 if len(q.history) == 0:
                     lst = _top_allowed(self.rec.trending(), q, self._allowed_for(q, allowed),
                                        n_cand)
@@ -811,7 +812,7 @@ class Pipeline:
             return out
         for start in range(0, len(queries), batch_size):
             batch = [
-                Query(q.user, q.history, q.text, discovery=d)
+                replace(q, discovery=d)
                 for q in queries[start : start + batch_size]
             ]
             scores = self._score_many(batch)
@@ -864,7 +865,7 @@ class Pipeline:
         eps = self.explorer.config.epsilon if explore is None else explore
         if self.bandit is not None:
             eps = 0.0
-        q = Query(query.user, query.history, query.text, discovery=d)
+        q = replace(query, discovery=d)
         n_rank, n_cand = self._pool_sizes(k, eps)
         n_cand = max(n_cand, k + self.explorer.config.pool)  # for the exploration pool below
         retriever = self.rec.retriever()

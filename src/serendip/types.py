@@ -19,16 +19,21 @@ class Query:
     (anonymous session, new user).  ``text`` is an optional natural-language request.
     ``discovery`` in [0, 1] moves re-ranking from pure relevance (0) to the most discovery
     (1); ``None`` keeps each reranker's configured default.
+    ``shown`` holds the item indices of the lists the person was shown recently, one entry per
+    showing (an item shown in three lists appears three times); only a bandit reads it (its
+    ``shown`` feature), and the service fills it from the impression log.
     """
 
     user: int | None
     history: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     text: str | None = None
     discovery: float | None = None
+    shown: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __post_init__(self) -> None:
         h = np.asarray(self.history, dtype=np.int64).reshape(-1)
         object.__setattr__(self, "history", h)
+        object.__setattr__(self, "shown", np.asarray(self.shown, dtype=np.int64).reshape(-1))
         if self.discovery is not None:
             d = float(self.discovery)
             if not 0.0 <= d <= 1.0:  # also refuses NaN

@@ -38,6 +38,53 @@ def test_features_by_hand(data):
     xa = b.features(Query(0, data.history(0)), cands)
     assert xa[1, 2] > 0.4 > xa[0, 2]
     assert set(np.unique(x[:, 4])) <= {0.0, 1.0}
+    np.testing.assert_allclose(x[:, 5], 0.0)  # never shown
+
+
+def test_the_shown_feature_counts_earlier_showings(data):
+    """1 - 0.5^n, n the times the candidate appears in the person's recent lists; the other
+    columns do not move."""
+    b = bandit(data)
+    cands = ItemList(np.array([0, 11, 5, 7]), np.array([2.0, 0.0, 1.0, 0.5]))
+    q = Query(0, data.history(0), shown=np.array([5, 11, 5, 3, 5, 19]))
+    x = b.features(q, cands)
+    np.testing.assert_allclose(x[:, FEATURES.index("shown")], [0.0, 0.5, 0.875, 0.0])
+    np.testing.assert_array_equal(x[:, :5], b.features(Query(0, data.history(0)), cands)[:, :5])
+
+
+@pytest.mark.parametrize("hierarchy", [False, True])
+def test_statistics_saved_before_the_shown_feature_load_exactly(data, tmp_path, hierarchy):
+    """Sums over the five earlier features (every row had shown = 0) are the same sums with
+    the feature present: A gains the prior's row and column, b the prior's mean; people and
+    items (hierarchy) are kept.  A model directory saved then loads the same way."""
+    cfg = {"hierarchy": hierarchy, "prior": 2.0, "prior_mean": {"relevance": 1.0,
+                                                                "shown": -0.5}}
+    b = bandit(data, **cfg)
+    rng = np.random.default_rng(0)
+    rows = rng.random((6, b.row_width))
+    rows[:, FEATURES.index("shown")] = 0.0
+    if hierarchy:
+        rows[:, len(FEATURES):] = [[3.0, 4.0]] * 6
+    b.update(rows, (rng.random(6) < 0.5).astype(float))
+    a, bb = b.statistics()
+    d = len(FEATURES)
+    old_a, old_b = a[: d - 1, : d - 1], np.concatenate([bb[: d - 1], bb[d:]])
+    fresh = bandit(data, **cfg)
+    fresh.set_statistics(old_a, old_b)
+    a2, b2 = fresh.statistics()
+    np.testing.assert_array_equal(a2, a)
+    np.testing.assert_array_equal(b2, bb)
+    assert fresh.weights() == pytest.approx(b.weights())
+    # a model directory from before: its shared sums are five-wide
+    b.save(tmp_path / "ts")
+    with np.load(tmp_path / "ts" / "state.npz") as z:
+        state = {k: z[k] for k in z.files}
+    assert state["A"].shape == (d, d)
+    state["A"], state["b"] = state["A"][: d - 1, : d - 1], state["b"][: d - 1]
+    np.savez(tmp_path / "ts" / "state.npz", **state)
+    back = LinearTS.load(tmp_path / "ts")
+    np.testing.assert_array_equal(back.statistics()[0], a)
+    np.testing.assert_array_equal(back.statistics()[1][:d], bb[:d])
 
 
 def test_learns_a_known_preference_and_follows_it(data):
@@ -109,20 +156,21 @@ def test_propensities_are_positive_and_exact_when_certain(data):
     assert ((p > 0) & (p <= 1)).all()
     # a posterior concentrated on relevance: the list is the relevance order, propensity 1
     sure = bandit(data, prior=1e6, noise=1e-4)
-    sure._state["b"][:] = np.array([0, 1e6, 0, 0, 0])
+    sure._state["b"][:] = np.array([0, 1e6, 0, 0, 0, 0])
     out = sure(Query(None), cands, 3)
     assert out.items.tolist() == [0, 1, 2] and out.fields["propensity"].tolist() == [1.0] * 3
 
 
 def test_update_checks_and_persistence(data, tmp_path):
     b = bandit(data)
-    with pytest.raises(DataError, match=r"n x 5 features"):
+    d = len(FEATURES)
+    with pytest.raises(DataError, match=rf"n x {d} features"):
         b.update(np.ones((2, 3)), np.ones(2))
     with pytest.raises(DataError, match="finite"):
-        b.update(np.full((1, 5), np.nan), np.ones(1))
+        b.update(np.full((1, d), np.nan), np.ones(1))
     with pytest.raises(ConfigError, match="k must be a positive integer, got 0"):
         b(Query(None), ItemList(np.arange(3), np.ones(3)), 0)
-    b.update(np.ones((4, 5)), np.array([1.0, 0.0, 1.0, 1.0]))
+    b.update(np.ones((4, d)), np.array([1.0, 0.0, 1.0, 1.0]))
     b.save(tmp_path / "ts")
     back = LinearTS.load(tmp_path / "ts")
     assert back.weights() == pytest.approx(b.weights())
@@ -135,13 +183,13 @@ def test_the_prior_mean_is_where_learning_starts(data):
     assert b(Query(None), cands, 3).items.tolist() == [0, 1, 2]  # the blend's order at first
     with pytest.raises(ConfigError, match="unknown features.*'charm'"):
         LinearTS({"prior_mean": {"charm": 1.0}})
-    b.credit(np.ones((2, 5)))  # two rewards for slots counted as shown
+    b.credit(np.ones((2, len(FEATURES))))  # two rewards for slots counted as shown
     a, bb = b.statistics()
     assert bb[1] == pytest.approx(1e4 + 2)
     fresh = bandit(data)
     fresh.set_statistics(a, bb)
     assert fresh.weights() == pytest.approx(b.weights())
-    with pytest.raises(DataError, match="5x5"):
+    with pytest.raises(DataError, match="6x6"):
         fresh.set_statistics(np.eye(3), np.zeros(3))
     items, probs = b.slot_distribution(Query(None), cands, 3)
     np.testing.assert_allclose(probs.sum(axis=0), 1.0)
@@ -252,7 +300,7 @@ def test_the_budget_slot_shows_new_items_at_their_exact_share():
     third item with 0.7; the other slots never change (propensity 1)."""
     data = with_new_items()
     b, cands = budget_bandit(data, prior=1e6, noise=1e-4)
-    b._state["b"][:] = np.array([0, 1e6, 0, 0, 0])
+    b._state["b"][:] = np.array([0, 1e6, 0, 0, 0, 0])
     n = 3000
     last = np.zeros(n, dtype=np.int64)
     inv = np.zeros(n)
@@ -473,7 +521,7 @@ def test_positions_learn_the_slot_curve_through_show_and_credit():
         b.start()
         for _ in range(4000):
             x = np.column_stack([np.ones(12), rng.random(12), np.full(12, 0.5),
-                                 np.zeros(12), np.zeros(12)])
+                                 np.zeros(12), np.zeros(12), np.zeros(12)])
             shown, _, rows = b.choose(x, 4)
             assert rows.shape == (4, len(FEATURES) + (1 if positions else 0))
             if positions:
@@ -531,12 +579,12 @@ def test_a_position_weighed_update_by_hand():
     b.start()
     b.set_examination(np.array([[0.0, 0.0], [0.0, 2.0]]))
     a0, b0 = (v.copy() for v in b.statistics())
-    f = np.array([1.0, 0.3, 0.5, 0.2, 1.0])
+    f = np.array([1.0, 0.3, 0.5, 0.2, 1.0, 0.0])
     b.update(np.concatenate([f, [11.0, 7.0, 1.0]])[None, :], np.ones(1))
     e = 3.0 / (2.0 + 2.0 * 0.9998 + 0.3)
     a1, b1 = b.statistics()
     np.testing.assert_allclose(a1 - a0, e * e * np.outer(f, f), rtol=1e-12)
-    np.testing.assert_allclose(b1[:5] - b0[:5], e * f, rtol=1e-12)
+    np.testing.assert_allclose(b1[:6] - b0[:6], e * f, rtol=1e-12)
     person_a, person_b = b._people[7.0]
     row = f[[2, 3, 4]]
     np.testing.assert_allclose(person_a, 25.0 * np.eye(3) + e * e * np.outer(row, row))
@@ -550,7 +598,7 @@ def test_position_rows_have_their_width_and_k_its_bound():
     b.start()
     d = len(FEATURES)
     assert b.row_width == d + 1  # no keys without hierarchy: the slot alone
-    x = np.column_stack([np.ones(3), np.linspace(0, 1, 3), np.full((3, 3), 0.5)])
+    x = np.column_stack([np.ones(3), np.linspace(0, 1, 3), np.full((3, 4), 0.5)])
     _, _, rows = b.choose(x, 2)
     np.testing.assert_array_equal(rows[:, -1], [0.0, 1.0])
     a0 = b.statistics()[0].copy()
@@ -560,7 +608,7 @@ def test_position_rows_have_their_width_and_k_its_bound():
         b.choose(np.tile(x, (400, 1)), 1001)
     h = LinearTS({"seed": 0, "positions": True, "hierarchy": True})
     h.start()
-    with pytest.raises(DataError, match="update needs n x 8 features"):
+    with pytest.raises(DataError, match=f"update needs n x {d + 3} features"):
         h.update(np.ones((1, d + 2)), np.zeros(1))  # keys without the slot
 
 

@@ -134,3 +134,43 @@ def test_query_of_a_new_person_matches_serving():
     replay = replay_log(imps, events, {"x": 0, "y": 1}, {"a": 0, "b": 1, "c": 2}, n_items=2)
     assert replay.queries[2].user is None and replay.queries[2].history.size == 0
     assert isinstance(replay.queries[0], Query)
+
+
+def test_replayed_queries_carry_what_the_person_was_shown_before():
+    """``Query.shown``: the items of the person's lists logged before, of any kind (a search
+    list with its context counts, though it is no round), oldest first, unknown items left
+    out, at most ``shown_limit`` lists back; nobody else's."""
+    imps, events = frames()
+    search = pd.DataFrame({"user_id": ["a"], "context": ["space films"], "propensities": [None],
+                           "timestamp": [150.0], "item_ids": [["y", "y"]],
+                           "impression_id": ["s1"]})
+    imps = pd.concat([imps, search], ignore_index=True)
+    replay = replay_log(imps, events, {"x": 0, "y": 1}, {"a": 0, "b": 1}, n_items=2)
+    assert replay.impression_ids == ["i1", "i2", "i3"]
+    assert [q.shown.tolist() for q in replay.queries] == [[], [0, 1, 1], []]
+    one = replay_log(imps, events, {"x": 0, "y": 1}, {"a": 0, "b": 1}, n_items=2, shown_limit=1)
+    assert [q.shown.tolist() for q in one.queries] == [[], [1, 1], []]
+    none = replay_log(imps, events, {"x": 0, "y": 1}, {"a": 0, "b": 1}, n_items=2, shown_limit=0)
+    assert all(q.shown.size == 0 for q in none.queries)
+
+
+def test_replayed_shown_items_are_what_serving_read(served):
+    """The adaptive preset reads the person's earlier lists for its ``shown`` feature; replay
+    rebuilds the same items for each logged list."""
+    engine, store = served
+    s = engine.state
+    read = {}
+    for u in ["u1", "u1", "u5", "u1", "someone-new", "someone-new"]:
+        engine.impression_writer.flush(10)
+        before = engine.feedback.shown(s, engine.uid(u))
+        out = engine.recommend(u, k=5, preset="adaptive")
+        read[out["impression_id"]] = before
+    engine.impression_writer.flush(10)
+    replay = replay_log(store.impressions_frame(), store.events_frame(), s.item_pos, s.user_pos,
+                        s.n_items, negative_below=s.rec.negative_below,
+                        shown_limit=engine.config.shown_limit)
+    got = {i: q.shown for i, q in zip(replay.impression_ids, replay.queries, strict=True)}
+    assert set(read) <= set(got)
+    for imp_id, before in read.items():
+        np.testing.assert_array_equal(got[imp_id], before)
+    assert max(b.size for b in read.values()) >= 10  # u1's third list read two lists back

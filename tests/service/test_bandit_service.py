@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from serendip.data.dataset import Dataset
+from serendip.explore.bandit import FEATURES
 from serendip.pipeline import Recommender
 from tests.service.conftest import SMALL, Seed, build_engine, write_seed
 
@@ -40,7 +41,8 @@ def test_adaptive_lists_learn_from_clicks_and_persist(api, engine, store, tmp_pa
     # 12 slots counted (bias feature 1), each weighed by its slot's examination rate squared:
     # before any click the rates stay near 1 (slot 0's is 1)
     assert 9.0 <= a1[0, 0] - a0[0, 0] <= 12.0
-    assert b1[5:7].tolist() == [1.0, float(len(set(sum(shown, []))))]  # one person, the items
+    d = len(FEATURES)  # one person, the items:
+    assert b1[d:d + 2].tolist() == [1.0, float(len(set(sum(shown, []))))]
     exam = b.examination()
     assert exam is not None and exam.shape[1] >= 4 and (exam[1, :4] > 0).all()
     assert (exam[0] == 0).all()  # no click yet
@@ -61,7 +63,7 @@ def test_adaptive_lists_learn_from_clicks_and_persist(api, engine, store, tmp_pa
     np.testing.assert_allclose(a2, a1)
     listed = {p["name"]: p for p in api("GET", "/v1/presets", "read").json()["presets"]}
     learned = listed["adaptive"]["learned"]
-    assert set(learned) == {"bias", "relevance", "unexpectedness", "novelty", "tail"}
+    assert set(learned) == set(FEATURES)
     assert learned == pytest.approx(b.weights(), abs=1e-6)
     assert listed["balanced"]["learned"] is None
     unseen = next(f"i{n}" for n in range(24) if f"i{n}" not in sum(shown, []))
@@ -84,6 +86,25 @@ def test_adaptive_lists_learn_from_clicks_and_persist(api, engine, store, tmp_pa
         np.testing.assert_array_equal(bandit(again).examination(), learnt_curve)
     finally:
         again.close()
+
+
+def test_the_adaptive_bandit_sees_how_often_each_candidate_was_shown(api, engine):
+    """Each slot's features row (what a click later credits) carries 1 - 0.5^n, n the times
+    the person was shown the item in their earlier logged lists; a person shown nothing
+    starts at 0, and another person's lists do not count."""
+    col = FEATURES.index("shown")
+    lists = []
+    for user in ("u4", "u4", "u5", "u4"):
+        out = api("GET", f"/v1/users/{user}/recommendations?k=6&preset=adaptive").json()
+        engine.impression_writer.flush(10.0)  # logged before the next request reads it
+        ids = [it["item_id"] for it in out["items"]]
+        rows = {item: engine.feedback._shown[(user, item)][1] for item in ids}
+        before = sum((got for who, got in lists if who == user), [])
+        expect = [1.0 - 0.5 ** before.count(item) for item in ids]
+        np.testing.assert_allclose([rows[item][col] for item in ids], expect)
+        lists.append((user, ids))
+    # the repeats were there to be counted
+    assert any(r[col] > 0 for r in (engine.feedback._shown[("u4", i)][1] for i in lists[-1][1]))
 
 
 def test_concurrent_saves_of_bandit_state_do_not_collide(engine, tmp_path):

@@ -277,6 +277,22 @@ def test_impressions(store: Store) -> None:
     assert frame["impression_id"].tolist() == [None, None, "x-1_Z"]  # NULLs do not collide
 
 
+def test_recent_impressions_are_a_persons_latest_lists_oldest_first(store: Store) -> None:
+    """What a bandit's ``shown`` feature reads: the person's ``limit`` latest lists by
+    timestamp (not by insertion), oldest first, of any kind, and nobody else's."""
+    for ts, user, items in ((30.0, "u1", ("c",)), (10.0, "u1", ("a", "b")),
+                            (20.0, "u2", ("x",)), (20.0, "u1", ("b", "ünï")),
+                            (40.0, None, ("z",))):
+        store.log_impression(Impression(user, items, (1.0,) * len(items), "adaptive", 0.5,
+                                        timestamp=ts))
+    assert store.recent_impressions("u1", 10) == [["a", "b"], ["b", "ünï"], ["c"]]
+    assert store.recent_impressions("u1", 2) == [["b", "ünï"], ["c"]]
+    assert store.recent_impressions("u2", 10) == [["x"]]
+    assert store.recent_impressions("nobody", 10) == []
+    with pytest.raises(DataError, match="limit"):
+        store.recent_impressions("u1", -1)
+
+
 def _imp(key: str | None, n: int = 0) -> Impression:
     return Impression(f"u{n}", (f"i{n}", "j"), (1.0, 0.5), "balanced", 0.5, (0.6, 0.4),
                       f"context {n}", 1000.0 + n, key)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -118,7 +119,7 @@ def sweep_knob(
         d = preset.internal_discovery(v)
         t0 = time.perf_counter()
         lists = [
-            pipe._finish(Query(q.user, q.history, q.text, discovery=d), pool, k, eps, n_rank)
+            pipe._finish(replace(q, discovery=d), pool, k, eps, n_rank)
             for q, pool in zip(queries, pools, strict=True)
         ]
         seconds = time.perf_counter() - t0

@@ -13,6 +13,10 @@ Features of candidate i for a user (all in [0, 1], so the weights compare):
   without a history);
 - ``novelty``: self-information -log2(users(i) / n_users), divided by its catalog maximum;
 - ``tail``: 1 outside the head (the 20% most popular items), else 0;
+- ``shown``: 1 - 0.5^n, n the times the person was shown the item in their recent lists
+  (``Query.shown``, filled by the service from the impression log; 0 offline): what a
+  repeated showing earns, learnt like the other weights, so a list stops repeating what a
+  person keeps passing over when the clicks say it should;
 - ``bias``: 1.
 
 Learning is two running sums over shown slots, ``A += x x'`` and ``b += r x`` (ridge
@@ -71,9 +75,14 @@ from serendip.explore.policies import Examination
 from serendip.models.semantic import normalized_vectors
 from serendip.types import ItemList, Query
 
-__all__ = ["LinearTS", "LinearTSConfig", "FEATURES", "PERSONAL"]
+__all__ = ["LinearTS", "LinearTSConfig", "FEATURES", "PERSONAL", "SHOWN_LIMIT"]
 
-FEATURES = ("bias", "relevance", "unexpectedness", "novelty", "tail")
+FEATURES = ("bias", "relevance", "unexpectedness", "novelty", "tail", "shown")
+#: the features of statistics saved before ``shown`` existed (``_widened`` pads them)
+_OLD_FEATURES = FEATURES[:5]
+#: how many of a person's most recent lists a request reads for the ``shown`` feature (the
+#: service's ``shown_limit`` and off-policy replay default to it)
+SHOWN_LIMIT = 100
 #: the features a person's own weights are learnt for (``hierarchy``): the discovery ones
 PERSONAL = ("unexpectedness", "novelty", "tail")
 _PCOLS = np.array([FEATURES.index(f) for f in PERSONAL])
@@ -203,6 +212,9 @@ class LinearTS(Component):
         self._set_state(**self._prior())
 
     def _after_load(self) -> None:
+        st = self._state
+        if st is not None and "A" in st:  # a model saved before ``shown``: its prior, widened
+            st["A"], st["b"] = self._widened(st["A"], st["b"])
         self._rng = np.random.default_rng(self.config.seed)
         self._lock = threading.Lock()
         self._work = threading.local()  # each thread's reused run buffers (``_buffers``)
@@ -238,8 +250,14 @@ class LinearTS(Component):
             unexp = (1.0 - cos) / 2.0
         else:
             unexp = np.full(idx.size, 0.5)
+        shown = np.zeros(idx.size)
+        if query.shown.size:
+            seen, times = np.unique(query.shown, return_counts=True)
+            at = np.searchsorted(seen, idx)
+            hit = (at < seen.size) & (seen[np.minimum(at, seen.size - 1)] == idx)
+            shown[hit] = 1.0 - 0.5 ** times[at[hit]]
         return np.column_stack([np.ones(idx.size), rel, unexp, st["novelty"][idx],
-                                st["tail"][idx]])
+                                st["tail"][idx], shown])
 
     # ------------------------------------------------------------------ policy
     def posterior(self) -> tuple[np.ndarray, np.ndarray]:
@@ -777,9 +795,24 @@ class LinearTS(Component):
         parts = [b, [len(people), len(items)], *people, *items]
         return a, np.concatenate([np.asarray(p, dtype=np.float64).ravel() for p in parts])
 
+    def _widened(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Sums over ``_OLD_FEATURES`` (saved before ``shown`` existed) as sums over
+        ``FEATURES``: every row they hold had ``shown`` = 0, so the new row and column of ``A``
+        are the prior's (``prior`` on the diagonal) and ``b`` gains ``prior * m0``, exactly
+        the sums the same rows give with the feature present.  Other shapes pass unchanged
+        (``set_statistics`` checks them)."""
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        old, d = len(_OLD_FEATURES), len(FEATURES)
+        if a.shape != (old, old) or b.ndim != 1 or b.size < old:
+            return a, b
+        prior = self._prior()
+        wide = prior["A"].copy()
+        wide[:old, :old] = a
+        return wide, np.concatenate([b[:old], prior["b"][old:d], b[old:]])
+
     def set_statistics(self, a: np.ndarray, b: np.ndarray) -> None:
         d = len(FEATURES)
-        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        a, b = self._widened(a, b)
         if a.shape != (d, d) or b.ndim != 1 or b.size < d or not (
                 np.isfinite(a).all() and np.isfinite(b).all()):
             raise DataError(f"bandit statistics must be finite {d}x{d} and {d}, got {a.shape}, {b.shape}")

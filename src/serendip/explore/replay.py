@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from serendip.errors import DataError
+from serendip.explore.bandit import SHOWN_LIMIT
 from serendip.explore.log import BanditLog
 from serendip.explore.ope import Estimate, estimate_from_target, on_policy_value
 from serendip.types import Query
@@ -71,12 +72,15 @@ def replay_log(
     history_limit: int = 500,
     negative_below: float | None = None,
     excluded: np.ndarray | None = None,
+    shown_limit: int = SHOWN_LIMIT,
 ) -> ReplayLog:
     """Rounds from logged impressions (``Store.impressions_frame``) and events
     (``Store.events_frame``), in a model's item and user index spaces.
 
     ``negative_below`` (the model's ``negative_below``) makes lower ratings negative feedback
     and ``excluded`` (a boolean mask) drops deleted items from histories, as serving does.
+    Each query's ``shown`` holds the items of the person's ``shown_limit`` lists logged before
+    it (any kind of list, as serving reads them), for a bandit's ``shown`` feature.
     Action ``n_items`` stands for every item the model does not know.
     """
     if not (np.isfinite(window) and window > 0):
@@ -84,6 +88,17 @@ def replay_log(
     imps = impressions[impressions["user_id"].notna() & impressions["context"].isna()
                        & impressions["propensities"].notna()]
     imps = imps.sort_values("timestamp", kind="stable")
+    # every list each person was shown, in time order (for ``Query.shown``)
+    lists: dict[str, tuple[list[float], list[np.ndarray]]] = {}
+    if shown_limit > 0:
+        every = impressions[impressions["user_id"].notna()].sort_values("timestamp",
+                                                                        kind="stable")
+        for u, t, got in zip(every["user_id"].astype(str), every["timestamp"].astype(float),
+                             every["item_ids"], strict=True):
+            ts_, idx_ = lists.setdefault(u, ([], []))
+            ts_.append(t)
+            idx_.append(np.fromiter((i for i in (item_pos.get(str(x)) for x in got)
+                                     if i is not None), dtype=np.int64))
     if limit is not None:
         imps = imps.tail(limit)
     by_user: dict[str, tuple[list[float], list[str], list[str]]] = {}
@@ -116,8 +131,16 @@ def replay_log(
         cut = bisect.bisect_left(ts, t0)
         pos, neg = _history(items[:cut][-history_limit:], types[:cut][-history_limit:], item_pos,
                             excluded)
-        # nothing known about them then: served as a new person (as serving does)
-        queries.append(Query(user_pos.get(user) if pos.size or neg.size else None, pos))
+        # nothing known about them then: served as a new person (as serving does); what
+        # they were shown before, as serving reads it
+        seen = np.zeros(0, dtype=np.int64)
+        if user in lists:
+            ts_, idx_ = lists[user]
+            before = bisect.bisect_left(ts_, t0)
+            if before:
+                seen = np.concatenate(idx_[max(before - shown_limit, 0):before])
+        queries.append(Query(user_pos.get(user) if pos.size or neg.size else None, pos,
+                             shown=seen))
         cluster = user_ids.setdefault(user, len(user_ids))
         negatives.append(neg)
         end = bisect.bisect_right(ts, t0 + window)

@@ -518,18 +518,20 @@ class ServedLinearTS:
     and run through its ``choose`` and ``update``, so what is measured is the component that
     serves that preset, not a re-implementation of its method.
 
-    It sees the five features the service computes, taken from the world's rows: bias,
+    It sees the six features the service computes, taken from the world's rows: bias,
     relevance, unexpectedness (``1 - similarity``: the world's similarity is (1 + cos) / 2, the
-    service's unexpectedness (1 - cos) / 2), novelty and tail; not the world's ``new``,
-    ``shown`` and ``clicked``.  As the served pipeline, it never shows a person an item they
-    clicked before (in the service that click is an event of their history, and history is
-    excluded from every list); items shown and not clicked stay candidates, and their
-    satiation is invisible to it.  The world's new items feed the budget (the service's "no
-    interactions at fit time").  Offsets are keyed by item index + 1 and person index + 1.
+    service's unexpectedness (1 - cos) / 2), novelty, tail and shown (both 1 - 0.5^n of the
+    earlier showings: the service counts them in the person's recent lists, and a person here
+    visits fewer times than the lists it reads); not the world's ``new`` and ``clicked``.  As
+    the served pipeline, it never shows a person an item they clicked before (in the service
+    that click is an event of their history, and history is excluded from every list); items
+    shown and not clicked stay candidates.  The world's new items feed the budget (the
+    service's "no interactions at fit time").  Offsets are keyed by item index + 1 and person
+    index + 1.
     """
 
     #: world columns of the served FEATURES (unexpectedness is derived from similarity)
-    _SERVED = ("bias", "relevance", "similarity", "novelty", "tail")
+    _SERVED = ("bias", "relevance", "similarity", "novelty", "tail", "shown")
 
     def __init__(self, seed: int = 0, *, preset: str = "adaptive",
                  name: str = "serendip adaptive preset (served LinearTS)") -> None:
@@ -540,7 +542,8 @@ class ServedLinearTS:
         settings = load_preset(preset).bandit
         if settings is None:
             raise ConfigError(f"preset {preset!r} has no [bandit] section to simulate")
-        if len(SERVED) != len(self._SERVED) or SERVED[2] != "unexpectedness":
+        if len(SERVED) != len(self._SERVED) or SERVED[2] != "unexpectedness" or any(
+                a != b for a, b in zip(SERVED, self._SERVED, strict=True) if a != "unexpectedness"):
             raise ConfigError(f"the served bandit's features changed to {SERVED}; update "
                               "ServedLinearTS's mapping")
         self.name = name

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serendip.errors import ConfigError
+from serendip.explore.bandit import SHOWN_LIMIT
 from serendip.llm.base import GeneratorConfig
 from serendip.pipeline import PRESETS, FitConfig, Preset, load_preset
 
@@ -32,6 +33,8 @@ class EngineConfig:
     #: "drop" (dropped, with a warning giving the count)
     unknown_items: str = "error"
     history_limit: int = 500  # most recent events read per request
+    #: most recent impressions a bandit preset's request reads (its ``shown`` feature; 0: none)
+    shown_limit: int = SHOWN_LIMIT
     similar_semantic_weight: float = 0.5  # semantic share of the similar-items blend
     #: weight of the person's taste (hybrid z-scores) against the request's text match in
     #: search: the request leads

@@ -122,6 +122,18 @@ class Feedback:
         neg = np.fromiter((i for i, ok in last.items() if not ok), dtype=np.int64)
         return pos, neg
 
+    def shown(self, s: ModelState, user_id: str) -> np.ndarray:
+        """Model item indices of what ``user_id`` was shown in their ``shown_limit`` most
+        recent lists, one entry per showing (``Query.shown``); items the model does not know
+        are dropped.  Lists still queued for the impression log are not counted yet."""
+        limit = self.config.shown_limit
+        if limit <= 0:
+            return np.zeros(0, dtype=np.int64)
+        pos = s.item_pos
+        return np.fromiter((i for lst in self.store.recent_impressions(user_id, limit)
+                            for i in (pos.get(iid) for iid in lst) if i is not None),
+                           dtype=np.int64)
+
     # ------------------------------------------------------------------- a person's data
     def erase(self, user_id: str) -> dict[str, Any]:
         """Remove everything stored about ``user_id`` and their row in the served model.

@@ -17,6 +17,7 @@ generator never fails a request.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -225,6 +226,8 @@ class Serving:
         pipe = self._pipeline(s, preset)
         d = float(pipe.preset.discovery if discovery is None else discovery)
         eps = float(pipe.explorer.config.epsilon if explore is None else explore)
+        if pipe.bandit is not None and user_id is not None:  # its ``shown`` feature
+            q = dataclasses.replace(q, shown=self.feedback.shown(s, user_id))
         # one request computes at a time: the numeric work is short (a few ms) and threads
         # that interleave it only contend for the interpreter lock and the cores
         with self._compute_lock:
@@ -746,6 +749,7 @@ class Serving:
         replay = replay_log(self.store.impressions_frame(), self.store.events_frame(),
                             s.item_pos, s.user_pos, s.n_items, window, limit,
                             history_limit=self.config.history_limit,
+                            shown_limit=self.config.shown_limit,
                             negative_below=s.rec.negative_below, excluded=excluded)
         return as_json(evaluate_targets(replay, targets, explore, excluded), extended=True)
 

@@ -219,6 +219,10 @@ class Store(Protocol):
         """
 
     def count_impressions(self) -> int: ...
+    def recent_impressions(self, user_id: str, limit: int) -> list[list[str]]:
+        """The item ids of the user's ``limit`` most recent impressions (by timestamp), oldest
+        first (the request path's read of what a person was shown: no data frame)."""
+        ...
     def impressions_frame(self) -> pd.DataFrame:
         """Logged impressions, oldest first (``IMPRESSION_COLUMNS``), list columns decoded."""
 

@@ -808,6 +808,18 @@ class PostgresStore:
             ) from exc
         return row_id
 
+    def recent_impressions(self, user_id: str, limit: int) -> list[list[str]]:
+        check_limit(limit)
+        if not is_lookup_id(user_id):
+            return []
+        with self._read() as cur:
+            rows = cur.execute(
+                "SELECT item_ids FROM impressions WHERE user_id = %s "
+                "ORDER BY timestamp DESC, id DESC LIMIT %s",
+                (user_id, limit),
+            ).fetchall()
+        return [[str(i) for i in r[0]] for r in reversed(rows)]
+
     def count_impressions(self) -> int:
         return self._count("impressions")
 

@@ -927,6 +927,18 @@ class SQLiteStore:
             raise DataError(f"impressions not stored: {exc}") from exc
         return list(range(last - len(rows) + 1, last + 1))
 
+    def recent_impressions(self, user_id: str, limit: int) -> list[list[str]]:
+        check_limit(limit)
+        if not is_lookup_id(user_id):
+            return []
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT item_ids FROM impressions WHERE user_id = ? "
+                "ORDER BY timestamp DESC, id DESC LIMIT ?",
+                (user_id, limit),
+            ).fetchall()
+        return [[str(i) for i in json.loads(r[0])] for r in reversed(rows)]
+
     def count_impressions(self) -> int:
         with self._read() as conn:
             return int(conn.execute("SELECT COUNT(*) FROM impressions").fetchone()[0])
