@@ -125,6 +125,8 @@ def test_adaptive_preset_shows_what_it_has_learned(web: tuple[Any, PageLog],
     description = page.get_by_test_id("preset-description")
     expect(description).to_contain_text("learned so far: relevance")
     expect(description).to_contain_text("unexpectedness")
+    # the 'shown' weight, named for a reader
+    expect(description).to_contain_text(re.compile(r"already shown to you [+-]\d+\.\d\d"))
     assert_clean(log, live_server)
 
 

@@ -621,9 +621,10 @@ function applyPreset(setSlider) {
   let text = p ? p.description || "" : "";
   if (p && p.learned) {
     // a bandit preset: show what it has learned so far (feature weights)
+    const label = { shown: "already shown to you" };
     const parts = Object.entries(p.learned)
       .filter(([k]) => k !== "bias")
-      .map(([k, v]) => `${k} ${v >= 0 ? "+" : ""}${Number(v).toFixed(2)}`);
+      .map(([k, v]) => `${label[k] || k} ${v >= 0 ? "+" : ""}${Number(v).toFixed(2)}`);
     text += ` — learned so far: ${parts.join(", ")}`;
   }
   el.presetDescription.textContent = text;
