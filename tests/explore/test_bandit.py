@@ -400,10 +400,36 @@ def test_a_runs_scores_are_the_same_bits_in_any_block_or_orientation():
     rows = np.sort(rng.choice(50, size=9, replace=False))
     assert np.array_equal(_product(w, np.ascontiguousarray(xm[:, cols])), full[:, cols])
     assert np.array_equal(_product(w[rows], xm), full[rows])
-    assert np.array_equal(_product(np.ascontiguousarray(xm.T), np.ascontiguousarray(w.T)).T,
-                          full)
+    assert np.array_equal(_product(w, xm, by_candidate=True).T, full)
     np.testing.assert_allclose(full, w.astype(np.float64) @ xm.astype(np.float64), rtol=1e-5,
                                atol=1e-5)
+
+
+@pytest.mark.parametrize("zeros", [0.0, 0.5, 0.9, 1.0])
+def test_features_mostly_zero_keep_every_sum_exact(zeros):
+    """Terms whose feature is 0 are left out of ``_product``'s sums (a sparse ``shown`` or
+    ``tail``): each score equals, as a number, the plain fixed-order sum of every term, in both
+    orientations and any block of candidates."""
+    from serendip.explore.bandit import _product, _sparse_rows
+
+    rng = np.random.default_rng(7)
+    w = rng.normal(size=(40, 7)).astype(np.float32)
+    xm = rng.random((7, 500)).astype(np.float32)
+    for f in (4, 5):
+        xm[f, rng.random(500) < zeros] = 0.0
+    want = w[:, :1] * xm[:1]
+    for f in range(1, 7):
+        want = want + w[:, f : f + 1] * xm[f : f + 1]
+    sparse = _sparse_rows(xm)
+    assert (sparse[5] is None) == (zeros < 0.75) and sparse[1] is None
+    assert np.array_equal(_product(w, xm, sparse=sparse), want)
+    assert np.array_equal(_product(w, xm), want)
+    assert np.array_equal(_product(w, xm, by_candidate=True, sparse=sparse).T, want)
+    cols = np.sort(rng.choice(500, size=60, replace=False))
+    block = np.ascontiguousarray(xm[:, cols])
+    for by_candidate in (False, True):
+        got = _product(w, block, by_candidate=by_candidate, sparse=_sparse_rows(block))
+        assert np.array_equal(got.T if by_candidate else got, want[:, cols])
 
 
 @pytest.mark.parametrize("hierarchy", [True, False])

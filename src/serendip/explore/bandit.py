@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -106,6 +107,8 @@ _PROBES = (32, 128)
 #: candidates above which counting runs are probed (fewer: every run scores them all, which
 #: cost less in A/B timings against it at 100, 300 and 600 candidates)
 _PROBE_FROM = 400
+#: ``_product`` adds a feature only where it is nonzero when under 1 / _SPARSE of it is
+_SPARSE = 4
 #: most runs per batch of the probed count (cheap per run: most score only the first block)
 _PROBED_RUNS = 512
 #: slots a ``positions`` bandit tracks (a row's slot column must lie below)
@@ -354,7 +357,8 @@ class LinearTS(Component):
             np.matmul(weights.astype(np.float32), ctx.x32, out=scores)
         else:  # the offsets' means ride in the product as one more row
             if _probes(ctx):  # the same bits as the probed counts' blocks
-                _product(_with_one(weights), ctx.xm32, out=scores, tmp=z)
+                _product(_with_one(weights), ctx.xm32, sparse=ctx.sparse(), out=scores,
+                         tmp=z)
             else:
                 np.matmul(_with_one(weights), ctx.xm32, out=scores)
             with self._lock:  # 16 random bits per candidate and run pick its quantile
@@ -600,10 +604,7 @@ class LinearTS(Component):
         ``NORMAL_GRID``) in ``_runs``'s float32 arithmetic; a run's budget pick scores -inf.
         ``by_candidate``: candidates x runs (the long axis inside when runs outnumber the
         candidates), else runs x candidates; the same bits either way."""
-        if by_candidate:
-            out = _product(block.xm.T, w.T)
-        else:
-            out = _product(w, block.xm)
+        out = _product(w, block.xm, by_candidate=by_candidate, sparse=block.sparse)
         m = out.size
         with self._lock:
             bits = self._rng.bit_generator.random_raw(-(-m // 4))
@@ -884,19 +885,58 @@ def _with_one(weights: np.ndarray) -> np.ndarray:
     return out
 
 
-def _product(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
+def _sparse_rows(xm: np.ndarray) -> tuple[np.ndarray | None, ...]:
+    """Per row of a features x candidates matrix: the nonzero candidates when under
+    1 / ``_SPARSE`` of them are nonzero (``_product`` adds only those), else None."""
+    out = []
+    for row in xm:
+        nz = np.flatnonzero(row)
+        out.append(nz if nz.size * _SPARSE < row.size else None)
+    return tuple(out)
+
+
+def _product(w: np.ndarray, xm: np.ndarray, *, by_candidate: bool = False,
+             sparse: Sequence[np.ndarray | None] | None = None, out: np.ndarray | None = None,
              tmp: np.ndarray | None = None) -> np.ndarray:
-    """``a @ b`` in float32, each entry summed alone in a fixed order (a_0 b_0 + a_1 b_1, then
-    + a_2 b_2, ...): the same bits whichever candidates or runs are computed with it, and in
-    either orientation (``b.T @ a.T``), which a BLAS product does not promise."""
-    shape = (a.shape[0], b.shape[1])
+    """Runs' scores ``w @ xm`` (runs x features, features x candidates) in float32, each
+    entry summed alone in a fixed order (w_0 x_0 + w_1 x_1, then + w_2 x_2, ...): the same
+    bits whichever candidates or runs are computed with it, and as candidates x runs
+    (``by_candidate``, the transpose), which a BLAS product does not promise.
+
+    ``sparse`` (``_sparse_rows(xm)``): a feature that is 0 for most candidates (``shown``,
+    often ``tail``) is added only where it is not, in its place in the order.  A term whose
+    feature is 0 adds nothing but the sign of a zero (``s + 0 == s``), so every sum keeps
+    its value.
+    """
+    runs, n = w.shape[0], xm.shape[1]
+    shape = (n, runs) if by_candidate else (runs, n)
     out = np.empty(shape, dtype=np.float32) if out is None else out
     tmp = np.empty(shape, dtype=np.float32) if tmp is None else tmp
-    np.multiply(a[:, :1], b[:1], out=out)
-    for f in range(1, a.shape[1]):
-        np.multiply(a[:, f : f + 1], b[f : f + 1], out=tmp)
-        out += tmp
+    for f in range(w.shape[1]):
+        nz = None if sparse is None else sparse[f]
+        if by_candidate:
+            wf, xf = w[None, :, f], xm[f, :, None]
+        else:
+            wf, xf = w[:, f, None], xm[None, f]
+        if f == 0:
+            np.multiply(xf, wf, out=out)
+        elif nz is not None:
+            _add_at(out, nz, xm[f], w[:, f], by_candidate)
+        else:
+            np.multiply(xf, wf, out=tmp)
+            out += tmp
     return out
+
+
+def _add_at(out: np.ndarray, nz: np.ndarray, x: np.ndarray, w: np.ndarray,
+            by_candidate: bool) -> None:
+    """``out`` += the term of candidates ``nz`` (feature values ``x``, runs' weights ``w``)."""
+    if not nz.size:
+        return
+    if by_candidate:
+        out[nz] += x[nz, None] * w[None, :]
+    else:
+        out[:, nz] += w[:, None] * x[None, nz]
 
 
 def _batch(ctx: _Context) -> int:
@@ -919,6 +959,7 @@ class _Block:
         self.cols = cols
         self.xm = np.ascontiguousarray(ctx.xm32[:, cols])
         self.sd = ctx.sd32[cols]
+        self.sparse = _sparse_rows(self.xm)
 
 
 def _count_above(scores: np.ndarray, cols: np.ndarray | None, own: np.ndarray, c: int,
@@ -970,6 +1011,14 @@ class _Context:
         self._law: tuple[np.ndarray, np.ndarray] | None = None
         self._rank: np.ndarray | None = None  # candidates by posterior mean, best first
         self._blocks: tuple[tuple[int, ...], list[_Block]] | None = None
+        self._sparse: tuple[np.ndarray | None, ...] | None = None
+
+    def sparse(self) -> tuple[np.ndarray | None, ...]:
+        """``_sparse_rows`` of ``xm32`` (computed once per request)."""
+        assert self.xm32 is not None
+        if self._sparse is None:
+            self._sparse = _sparse_rows(self.xm32)
+        return self._sparse
 
     @property
     def run_mean(self) -> np.ndarray:
