@@ -105,6 +105,14 @@ def test_the_adaptive_bandit_sees_how_often_each_candidate_was_shown(api, engine
         lists.append((user, ids))
     # the repeats were there to be counted
     assert any(r[col] > 0 for r in (engine.feedback._shown[("u4", i)][1] for i in lists[-1][1]))
+    # erased: nothing shown before counts any more
+    job = engine.erase_user("u4")["retrain_job"]
+    out = api("GET", "/v1/users/u4/recommendations?k=6&preset=adaptive").json()
+    assert [engine.feedback._shown[("u4", it["item_id"])][1][col] for it in out["items"]] == [0.0] * 6
+    deadline = time.time() + 60  # the erasure's retrain, done before the store closes
+    while engine.job(job).status in ("queued", "running") and time.time() < deadline:
+        time.sleep(0.05)
+    assert engine.job(job).status == "succeeded"
 
 
 def test_concurrent_saves_of_bandit_state_do_not_collide(engine, tmp_path):
