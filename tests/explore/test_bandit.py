@@ -405,7 +405,7 @@ def test_a_runs_scores_are_the_same_bits_in_any_block_or_orientation():
                                atol=1e-5)
 
 
-@pytest.mark.parametrize("zeros", [0.0, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("zeros", [0.0, 0.5, 0.9, 0.99, 1.0])
 def test_features_mostly_zero_keep_every_sum_exact(zeros):
     """Terms whose feature is 0 are left out of ``_product``'s sums (a sparse ``shown`` or
     ``tail``): each score equals, as a number, the plain fixed-order sum of every term, in both
@@ -443,30 +443,36 @@ def test_threads_draw_into_their_own_buffers(hierarchy):
     from serendip.explore.bandit import LinearTSConfig
 
     rng = np.random.default_rng(9)
-    xs = [rng.random((700 + 300 * i, 5)) for i in range(2)]
+    xs = [rng.random((700 + 300 * i, len(FEATURES))) for i in range(2)]
     keys = [rng.integers(1, 10**9, size=x.shape[0]).astype(np.float64) for x in xs]
     # with item offsets counts are probed (own arrays); without, every batch of runs is
     # scored in the thread's buffers
     policy = LinearTS(LinearTSConfig(seed=3, noise=1e-7, hierarchy=hierarchy))
     policy.start()
     wrong: list = []
+    done = [0, 0]
     barrier = threading.Barrier(2)
 
     def run(i):
         want = np.argsort(-xs[i][:, 1], kind="stable")[:5]
         barrier.wait()
-        for _ in range(40):
-            shown, prop, _ = policy.choose(xs[i], 5, item_keys=keys[i] if hierarchy else None,
-                                           person_key=0.0)
-            if not (np.array_equal(shown, want) and np.all(prop == 1.0)):
-                wrong.append((i, shown, prop))
+        try:
+            for _ in range(40):
+                shown, prop, _ = policy.choose(xs[i], 5,
+                                               item_keys=keys[i] if hierarchy else None,
+                                               person_key=0.0)
+                if not (np.array_equal(shown, want) and np.all(prop == 1.0)):
+                    wrong.append((i, shown, prop))
+                done[i] += 1
+        except Exception as e:  # an error in a thread must fail the test, not pass it
+            wrong.append((i, repr(e)))
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert not wrong
+    assert not wrong and done == [40, 40]
 
 
 def test_the_normal_grid_is_a_fine_standard_normal():

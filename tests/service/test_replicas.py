@@ -239,6 +239,10 @@ def test_config_refuses_a_bad_role_or_poll(tmp_path: Path) -> None:
         EngineConfig(data_dir=tmp_path, role="leader")
     with pytest.raises(ConfigError, match="model_poll"):
         EngineConfig(data_dir=tmp_path, model_poll=0.0)
+    with pytest.raises(ConfigError, match=r"shown_limit must be a whole number >= 0, got 2\.5"):
+        EngineConfig(data_dir=tmp_path, shown_limit=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="history_limit must be a whole number >= 0, got -1"):
+        EngineConfig(data_dir=tmp_path, history_limit=-1)
 
 
 # ---------------------------------------------------------------------- real processes

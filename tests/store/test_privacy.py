@@ -266,7 +266,7 @@ def test_upgrade_from_version_2_in_place(
     _create_v2(backend, store_url)
     before = time.time()
     store = open_fresh()  # migrates
-    assert store.schema_version() == SCHEMA_VERSION == 6  # type: ignore[attr-defined]
+    assert store.schema_version() == SCHEMA_VERSION == 7  # type: ignore[attr-defined]
     assert store.latest_model() is None  # version 6: no model published yet
     keys = {k.name: k for k in store.list_api_keys()}
     assert keys["old-admin"].active and keys["old-admin"].created_at == 5.0

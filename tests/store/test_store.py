@@ -285,12 +285,35 @@ def test_recent_impressions_are_a_persons_latest_lists_oldest_first(store: Store
                             (40.0, None, ("z",))):
         store.log_impression(Impression(user, items, (1.0,) * len(items), "adaptive", 0.5,
                                         timestamp=ts))
-    assert store.recent_impressions("u1", 10) == [["a", "b"], ["b", "ünï"], ["c"]]
-    assert store.recent_impressions("u1", 2) == [["b", "ünï"], ["c"]]
-    assert store.recent_impressions("u2", 10) == [["x"]]
+    assert store.recent_impressions("u1", 10) == [(None, 10.0, ["a", "b"]),
+                                                  (None, 20.0, ["b", "ünï"]),
+                                                  (None, 30.0, ["c"])]
+    assert [r[2] for r in store.recent_impressions("u1", 2)] == [["b", "ünï"], ["c"]]
+    assert store.recent_impressions("u2", 10) == [(None, 20.0, ["x"])]
+    store.log_impression(Impression("u2", ("y",), (1.0,), "adaptive", 0.5, timestamp=50.0,
+                                    impression_id="k-2"))
+    assert store.recent_impressions("u2", 1) == [("k-2", 50.0, ["y"])]
     assert store.recent_impressions("nobody", 10) == []
     with pytest.raises(DataError, match="limit"):
         store.recent_impressions("u1", -1)
+
+
+def test_a_persons_latest_lists_are_read_by_index(backend: str, store: Store) -> None:
+    """The request path's read of what a person was shown walks the (user, time) index: no
+    scan and no sort of all their lists."""
+    sql = ("SELECT impression_id, timestamp, item_ids FROM impressions WHERE user_id = {p} "
+           "ORDER BY timestamp DESC, id DESC LIMIT {p}")
+    if backend == "sqlite":
+        with store._read() as conn:  # type: ignore[attr-defined]
+            plan = " ".join(str(r[-1]) for r in conn.execute(
+                "EXPLAIN QUERY PLAN " + sql.format(p="?"), ("u1", 5)).fetchall())
+        assert "impressions_user_time" in plan and "TEMP B-TREE" not in plan, plan
+    else:
+        with store._read() as cur:  # type: ignore[attr-defined]
+            cur.execute("SET LOCAL enable_seqscan = off")
+            plan = " ".join(r[0] for r in cur.execute(
+                "EXPLAIN " + sql.format(p="%s"), ("u1", 5)).fetchall())
+        assert "impressions_user_time" in plan and "Sort" not in plan, plan
 
 
 def _imp(key: str | None, n: int = 0) -> Impression:

@@ -109,6 +109,8 @@ _PROBES = (32, 128)
 _PROBE_FROM = 400
 #: ``_product`` adds a feature only where it is nonzero when under 1 / _SPARSE of it is
 _SPARSE = 4
+#: ... and, scoring runs x candidates (columns gathered), under 1 / _SPARSE_COLUMNS of it
+_SPARSE_COLUMNS = 25
 #: most runs per batch of the probed count (cheap per run: most score only the first block)
 _PROBED_RUNS = 512
 #: slots a ``positions`` bandit tracks (a row's slot column must lie below)
@@ -914,6 +916,8 @@ def _product(w: np.ndarray, xm: np.ndarray, *, by_candidate: bool = False,
     tmp = np.empty(shape, dtype=np.float32) if tmp is None else tmp
     for f in range(w.shape[1]):
         nz = None if sparse is None else sparse[f]
+        if nz is not None and not by_candidate and nz.size * _SPARSE_COLUMNS >= n:
+            nz = None  # gathering columns of runs x candidates pays only when very sparse
         if by_candidate:
             wf, xf = w[None, :, f], xm[f, :, None]
         else:

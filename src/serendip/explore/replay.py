@@ -90,9 +90,11 @@ def replay_log(
     imps = imps.sort_values("timestamp", kind="stable")
     # every list each person was shown, in time order (for ``Query.shown``)
     lists: dict[str, tuple[list[float], list[np.ndarray]]] = {}
-    if shown_limit > 0:
-        every = impressions[impressions["user_id"].notna()].sort_values("timestamp",
-                                                                        kind="stable")
+    if shown_limit > 0 and len(imps):  # only the people and times replayed
+        every = impressions[impressions["user_id"].astype(str).isin(set(imps["user_id"]))
+                            & impressions["user_id"].notna()
+                            & (impressions["timestamp"] < float(imps["timestamp"].max()))]
+        every = every.sort_values("timestamp", kind="stable")
         for u, t, got in zip(every["user_id"].astype(str), every["timestamp"].astype(float),
                              every["item_ids"], strict=True):
             ts_, idx_ = lists.setdefault(u, ([], []))
@@ -245,14 +247,17 @@ def served_distribution(pipe: object, query: Query, k: int, explore: float | Non
 
 def evaluate_store(store: object, rec: object, targets: Mapping[str, object],
                    explore: float | None = 0.0, window: float = 86_400.0,
-                   limit: int | None = 5_000) -> dict[str, object]:
-    """``evaluate_targets`` over a store's impressions and events for a fitted Recommender."""
+                   limit: int | None = 5_000, shown_limit: int = SHOWN_LIMIT
+                   ) -> dict[str, object]:
+    """``evaluate_targets`` over a store's impressions and events for a fitted Recommender
+    (``shown_limit``: the service's, when it serves with another than the default)."""
     data = rec.data  # type: ignore[attr-defined]
     item_pos = {str(x): i for i, x in enumerate(data.item_ids)}
     user_pos = {str(x): i for i, x in enumerate(data.user_ids)}
     replay = replay_log(store.impressions_frame(), store.events_frame(),  # type: ignore[attr-defined]
                         item_pos, user_pos, data.n_items, window, limit,
-                        negative_below=getattr(rec, "negative_below", None))
+                        negative_below=getattr(rec, "negative_below", None),
+                        shown_limit=shown_limit)
     return evaluate_targets(replay, targets, explore)
 
 

@@ -105,6 +105,10 @@ class EngineConfig:
                 continue
             if not (isinstance(value, int | float) and 0 < value < float("inf")):
                 raise ConfigError(f"{what} must be a positive number of seconds, got {value!r}")
+        for what in ("history_limit", "shown_limit"):
+            value = getattr(self, what)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{what} must be a whole number >= 0, got {value!r}")
 
     @property
     def model_dir(self) -> Path:

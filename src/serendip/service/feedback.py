@@ -37,7 +37,7 @@ from serendip.pipeline import Pipeline
 from serendip.service.catalog import Catalog
 from serendip.service.lifecycle import Lifecycle
 from serendip.service.state import NEGATIVE_TYPES, ModelState
-from serendip.store.base import EventAck, EventRecord, Store
+from serendip.store.base import EventAck, EventRecord, Impression, Store
 from serendip.store.group import GroupCommitter
 from serendip.types import ItemList
 
@@ -122,15 +122,26 @@ class Feedback:
         neg = np.fromiter((i for i, ok in last.items() if not ok), dtype=np.int64)
         return pos, neg
 
-    def shown(self, s: ModelState, user_id: str) -> np.ndarray:
+    def shown(self, s: ModelState, user_id: str, unwritten: Sequence[Impression] = ()
+              ) -> np.ndarray:
         """Model item indices of what ``user_id`` was shown in their ``shown_limit`` most
-        recent lists, one entry per showing (``Query.shown``); items the model does not know
-        are dropped.  Lists still queued for the impression log are not counted yet."""
+        recent lists, one entry per showing (``Query.shown``), oldest list first; items the
+        model does not know are dropped.  ``unwritten``: the person's lists still queued for
+        the impression log (taken before the store is read: a list written in between is
+        found in both and counted once, by its id), so a list just served counts at once."""
         limit = self.config.shown_limit
         if limit <= 0:
             return np.zeros(0, dtype=np.int64)
+        pending = list(unwritten)
+        stored = self.store.recent_impressions(user_id, limit)
+        ids = {key for key, _, _ in stored}
+        lists = [(t, items) for _, t, items in stored] + [
+            (time.time() if imp.timestamp is None else imp.timestamp, list(imp.item_ids))
+            for imp in pending
+            if imp.impression_id not in ids]
+        lists.sort(key=lambda row: row[0])  # stable: the store's order within a timestamp
         pos = s.item_pos
-        return np.fromiter((i for lst in self.store.recent_impressions(user_id, limit)
+        return np.fromiter((i for _, lst in lists[-limit:]
                             for i in (pos.get(iid) for iid in lst) if i is not None),
                            dtype=np.int64)
 

@@ -88,6 +88,7 @@ class ImpressionWriter:
         self._done = 0  # of those, written or given up on
         self._flushing = 0  # threads waiting in flush(): write without waiting to batch
         self._stopping = False
+        self._writing: list[Impression] = []  # the batch being written now
         self._thread: threading.Thread | None = None
         self.written = 0
         self.dropped = 0
@@ -110,6 +111,12 @@ class ImpressionWriter:
                 self._start()
             self._cond.notify_all()
         return True
+
+    def unwritten(self, user_id: str) -> list[Impression]:
+        """``user_id``'s impressions submitted and not yet stored (the batch being written,
+        then the queue), in submission order."""
+        with self._cond:
+            return [imp for imp in (*self._writing, *self._queue) if imp.user_id == user_id]
 
     @property
     def pending(self) -> int:
@@ -190,7 +197,8 @@ class ImpressionWriter:
                     break
                 self._cond.wait(remaining)
             n = min(self.max_batch, len(self._queue))
-            return [self._queue.popleft() for _ in range(n)]
+            self._writing = [self._queue.popleft() for _ in range(n)]
+            return self._writing
 
     def _run(self) -> None:
         while True:
@@ -205,6 +213,7 @@ class ImpressionWriter:
                     self.written += written
                     self.lost += len(batch) - written
                     self._done += len(batch)
+                    self._writing = []
                     self._cond.notify_all()
 
     def _write(self, batch: list[Impression]) -> int:

@@ -226,8 +226,13 @@ class Serving:
         pipe = self._pipeline(s, preset)
         d = float(pipe.preset.discovery if discovery is None else discovery)
         eps = float(pipe.explorer.config.epsilon if explore is None else explore)
+        at = None
         if pipe.bandit is not None and user_id is not None:  # its ``shown`` feature
-            q = dataclasses.replace(q, shown=self.feedback.shown(s, user_id))
+            # the list is logged as of this read, so that replay, counting the lists logged
+            # before it, counts what was read here (those still queued included)
+            at = time.time()
+            q = dataclasses.replace(q, shown=self.feedback.shown(
+                s, user_id, self.impression_writer.unwritten(user_id)))
         # one request computes at a time: the numeric work is short (a few ms) and threads
         # that interleave it only contend for the interpreter lock and the cores
         with self._compute_lock:
@@ -240,22 +245,24 @@ class Serving:
             items = self.describe(s, q, lst)
         # outside the lock: other requests go on meanwhile
         generated = self.generated_prose(items) if prose == "generator" else []
-        imp_id = self.log_impression(user_id, items, preset, d, context)
+        imp_id = self.log_impression(user_id, items, preset, d, context, at)
         return {"user_id": user_id, "preset": preset, "discovery": d, "explore": eps,
                 "impression_id": imp_id, "items": items, "generated_prose": generated}
 
     def log_impression(self, user_id: str | None, items: list[dict[str, Any]], preset: str,
-                       discovery: float, context: str | None) -> str:
+                       discovery: float, context: str | None, at: float | None = None) -> str:
         """Queue the list for the impression log and return its public id at once.
 
-        The id and timestamp are fixed here, at serve time; the row is written by the
+        The id and timestamp are fixed here, at serve time (``at``: the time the request began
+        reading the person's state, when a bandit read it); the row is written by the
         background writer within about ``flush_interval`` (``impression_writer.flush()``
         waits for it).
         """
         imp_id = new_impression_id()
         imp = Impression(
             user_id, tuple(it["item_id"] for it in items), tuple(it["score"] for it in items),
-            preset, discovery, tuple(it["propensity"] for it in items), context, time.time(),
+            preset, discovery, tuple(it["propensity"] for it in items), context,
+            time.time() if at is None else at,
             imp_id,
         )
         self.impression_writer.submit(imp)

@@ -219,9 +219,11 @@ class Store(Protocol):
         """
 
     def count_impressions(self) -> int: ...
-    def recent_impressions(self, user_id: str, limit: int) -> list[list[str]]:
-        """The item ids of the user's ``limit`` most recent impressions (by timestamp), oldest
-        first (the request path's read of what a person was shown: no data frame)."""
+    def recent_impressions(self, user_id: str, limit: int
+                           ) -> list[tuple[str | None, float, list[str]]]:
+        """``(impression_id, timestamp, item ids)`` of the user's ``limit`` most recent
+        impressions (by timestamp, then insertion), oldest first (the request path's read of
+        what a person was shown: no data frame)."""
         ...
     def impressions_frame(self) -> pd.DataFrame:
         """Logged impressions, oldest first (``IMPRESSION_COLUMNS``), list columns decoded."""

@@ -215,6 +215,14 @@ POSTGRES_MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             )""",
         ),
     ),
+    (
+        7,
+        (
+            # A request of a bandit preset reads the person's latest lists (what they were
+            # shown): found and ordered by this index, whatever their number.
+            "CREATE INDEX impressions_user_time ON impressions (user_id, timestamp, id)",
+        ),
+    ),
 )
 SCHEMA_VERSION = POSTGRES_MIGRATIONS[-1][0]
 # Any fixed number: migrations of one database take this advisory lock, so two processes
@@ -808,17 +816,18 @@ class PostgresStore:
             ) from exc
         return row_id
 
-    def recent_impressions(self, user_id: str, limit: int) -> list[list[str]]:
+    def recent_impressions(self, user_id: str, limit: int
+                           ) -> list[tuple[str | None, float, list[str]]]:
         check_limit(limit)
         if not is_lookup_id(user_id):
             return []
         with self._read() as cur:
             rows = cur.execute(
-                "SELECT item_ids FROM impressions WHERE user_id = %s "
+                "SELECT impression_id, timestamp, item_ids FROM impressions WHERE user_id = %s "
                 "ORDER BY timestamp DESC, id DESC LIMIT %s",
                 (user_id, limit),
             ).fetchall()
-        return [[str(i) for i in r[0]] for r in reversed(rows)]
+        return [(r[0], float(r[1]), [str(i) for i in r[2]]) for r in reversed(rows)]
 
     def count_impressions(self) -> int:
         return self._count("impressions")

@@ -224,6 +224,14 @@ SQLITE_MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             )""",
         ),
     ),
+    (
+        7,
+        (
+            # A request of a bandit preset reads the person's latest lists (what they were
+            # shown): found and ordered by this index, whatever their number.
+            "CREATE INDEX impressions_user_time ON impressions (user_id, timestamp, id)",
+        ),
+    ),
 )
 SCHEMA_VERSION = SQLITE_MIGRATIONS[-1][0]
 _CHUNK = 500  # placeholders per IN (...) query, well under SQLite's variable limit
@@ -927,17 +935,18 @@ class SQLiteStore:
             raise DataError(f"impressions not stored: {exc}") from exc
         return list(range(last - len(rows) + 1, last + 1))
 
-    def recent_impressions(self, user_id: str, limit: int) -> list[list[str]]:
+    def recent_impressions(self, user_id: str, limit: int
+                           ) -> list[tuple[str | None, float, list[str]]]:
         check_limit(limit)
         if not is_lookup_id(user_id):
             return []
         with self._read() as conn:
             rows = conn.execute(
-                "SELECT item_ids FROM impressions WHERE user_id = ? "
+                "SELECT impression_id, timestamp, item_ids FROM impressions WHERE user_id = ? "
                 "ORDER BY timestamp DESC, id DESC LIMIT ?",
                 (user_id, limit),
             ).fetchall()
-        return [[str(i) for i in json.loads(r[0])] for r in reversed(rows)]
+        return [(r[0], float(r[1]), [str(i) for i in json.loads(r[2])]) for r in reversed(rows)]
 
     def count_impressions(self) -> int:
         with self._read() as conn:
