@@ -42,7 +42,7 @@ from serendip.models.retrieval import (
     retrieval_enabled,
 )
 from serendip.rerank import RERANKERS
-from serendip.rerank.base import RELEVANCE_REASONS, csr_rows
+from serendip.rerank.base import RELEVANCE_REASONS, row_columns
 from serendip.rerank.mmr import VARIETY
 from serendip.robust import ProfileDefense
 from serendip.text import Encoder, EncoderConfig
@@ -960,8 +960,8 @@ class Pipeline:
         if cats is None:
             return None
         names = self.rec.data.category_names
-        own = set(csr_rows(cats, lst.items[n : n + 1]).indices.tolist())
-        others = set(csr_rows(cats, np.delete(lst.items, n)).indices.tolist())
+        own = set(row_columns(cats, lst.items[n : n + 1]).tolist())
+        others = set(row_columns(cats, np.delete(lst.items, n)).tolist())
         alone = list(own - others)
         if not alone:
             return None

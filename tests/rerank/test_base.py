@@ -8,7 +8,7 @@ import scipy.sparse as sp
 from hypothesis import given
 from hypothesis import strategies as st
 
-from serendip.rerank.base import csr_rows, genre_shares, head_mask, minmax, people
+from serendip.rerank.base import csr_rows, genre_shares, head_mask, minmax, people, row_columns
 from serendip.types import Query
 from tests.conftest import make_blocks
 
@@ -78,3 +78,4 @@ def test_csr_rows_equals_scipy_row_indexing():
         np.testing.assert_array_equal(got.toarray(), want.toarray())
         np.testing.assert_array_equal(got.indptr, want.indptr)
         np.testing.assert_array_equal(got.indices, want.indices)
+        np.testing.assert_array_equal(row_columns(m, rows), want.indices)  # no matrix built
