@@ -88,11 +88,13 @@ def replay_log(
     imps = impressions[impressions["user_id"].notna() & impressions["context"].isna()
                        & impressions["propensities"].notna()]
     imps = imps.sort_values("timestamp", kind="stable")
+    if limit is not None:
+        imps = imps.tail(limit)
     # every list each person was shown, in time order (for ``Query.shown``)
     lists: dict[str, tuple[list[float], list[np.ndarray]]] = {}
     if shown_limit > 0 and len(imps):  # only the people and times replayed
-        every = impressions[impressions["user_id"].astype(str).isin(set(imps["user_id"]))
-                            & impressions["user_id"].notna()
+        every = impressions[impressions["user_id"].notna()
+                            & impressions["user_id"].astype(str).isin(set(imps["user_id"].astype(str)))
                             & (impressions["timestamp"] < float(imps["timestamp"].max()))]
         every = every.sort_values("timestamp", kind="stable")
         for u, t, got in zip(every["user_id"].astype(str), every["timestamp"].astype(float),
@@ -101,8 +103,6 @@ def replay_log(
             ts_.append(t)
             idx_.append(np.fromiter((i for i in (item_pos.get(str(x)) for x in got)
                                      if i is not None), dtype=np.int64))
-    if limit is not None:
-        imps = imps.tail(limit)
     by_user: dict[str, tuple[list[float], list[str], list[str]]] = {}
     ev = events.sort_values("timestamp", kind="stable")
     values = (ev["value"].astype(float).to_numpy() if "value" in ev.columns
