@@ -62,6 +62,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from itertools import chain, repeat
 
 import numpy as np
 import pandas as pd
@@ -115,6 +116,8 @@ _SPARSE_COLUMNS = 25
 _PROBED_RUNS = 512
 #: slots a ``positions`` bandit tracks (a row's slot column must lie below)
 _MAX_SLOTS = 1000
+#: an item offset's sums (showings, residual total) before it is first learnt from
+_NO_SUMS = (0.0, 0.0)
 
 
 def _keys(ids: np.ndarray) -> np.ndarray:
@@ -225,7 +228,7 @@ class LinearTS(Component):
         self._work = threading.local()  # each thread's reused run buffers (``_buffers``)
         # hierarchy: key -> (A, b) of a person's PERSONAL weights; key -> [n, sum] of an item
         self._people: OrderedDict[float, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        self._items: OrderedDict[float, np.ndarray] = OrderedDict()
+        self._items: OrderedDict[float, list[float]] = OrderedDict()
         self._exam = Examination() if self.config.positions else None
 
     @property
@@ -326,13 +329,11 @@ class LinearTS(Component):
         return self._item_sums(st["item_keys"][np.asarray(items, dtype=np.int64)])
 
     def _item_sums(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with self._lock:
-            got = [self._items.get(key) for key in keys.tolist()]
-            known = [j for j, g in enumerate(got) if g is not None]
-            sums = np.array([got[j] for j in known]).reshape(-1, 2)
-        n, total = np.zeros(keys.size), np.zeros(keys.size)
-        n[known], total[known] = sums[:, 0], sums[:, 1]
-        return n, total
+        with self._lock:  # (the sums are lists: read as one flat run, a request's cost)
+            got = map(self._items.get, keys.tolist(), repeat(_NO_SUMS))
+            sums = np.fromiter(chain.from_iterable(got), dtype=np.float64,
+                               count=2 * keys.size).reshape(-1, 2)
+        return sums[:, 0], sums[:, 1]
 
     def mean_scores(self, query: Query, candidates: ItemList) -> np.ndarray:
         """Each candidate's posterior mean reward (shared part plus, with ``hierarchy``, the
@@ -553,7 +554,8 @@ class LinearTS(Component):
 
         The runs are ``_runs``'s, score for score (the same weight draw, the same float32
         ``_product`` and ``base + sd z``), but a run's candidates are scored in blocks by
-        posterior mean (``_PROBES``): first the best few with the open slots' items; a run
+        posterior mean (``_PROBES``): first the best few with the shown items (all of them, so the
+        blocks are built once per request, not again as slots close); a run
         in which more than j candidates already rank above ``shown[j]`` cannot put it in
         slot j, whatever the others score, and a run that no open slot can use any more
         scores no further block.  Each score is computed alone (no sum runs across
@@ -569,15 +571,15 @@ class LinearTS(Component):
         above = {j: np.zeros(size, dtype=np.int64) for j in open_}
         own: dict[int, np.ndarray] = {}
         rows = np.arange(size)
-        for block in ctx.blocks(shown[open_], _PROBES):
+        for block in ctx.blocks(shown, _PROBES):
             if not rows.size:
                 break
-            # the first block (the probe and the open slots' items) meets every run
+            # the first block (the probe and the shown items) meets every run
             by_candidate = rows.size > block.cols.size
             scores = self._scored(w[rows], block, None if picks is None else picks[rows],
                                   by_candidate=by_candidate)
             axis = 0 if by_candidate else 1
-            if not own:  # the open slots' items are in the first block
+            if not own:  # the shown items are in the first block
                 for j in open_:
                     at = int(np.searchsorted(block.cols, shown[j]))
                     own[j] = scores[at] if by_candidate else scores[:, at]
@@ -700,8 +702,8 @@ class LinearTS(Component):
                     pb += row * res
             for j, key in enumerate(x[:, d].tolist()):
                 got = self._item(key)
-                got[0] += e2[j]
-                got[1] += res_item[j]
+                got[0] += float(e2[j])
+                got[1] += float(res_item[j])
             self._trim()
 
     def _slot_column(self, x: np.ndarray) -> np.ndarray:
@@ -729,10 +731,10 @@ class LinearTS(Component):
         self._people.move_to_end(key)
         return got
 
-    def _item(self, key: float) -> np.ndarray:
+    def _item(self, key: float) -> list[float]:
         got = self._items.get(key)
         if got is None:
-            got = self._items[key] = np.zeros(2)
+            got = self._items[key] = [0.0, 0.0]
         self._items.move_to_end(key)
         return got
 
@@ -764,7 +766,7 @@ class LinearTS(Component):
                 if row[d + 1] > 0 and row[d + 1] in self._people:
                     self._people[row[d + 1]][1][:] += w * row[_PCOLS]
                 if row[d] in self._items:
-                    self._items[row[d]][1] += w
+                    self._items[row[d]][1] += float(w)
 
     def examination(self) -> np.ndarray | None:
         """With ``positions``: a copy of the learnt slot curve's sums (``Examination.state``),
@@ -820,7 +822,7 @@ class LinearTS(Component):
                 np.isfinite(a).all() and np.isfinite(b).all()):
             raise DataError(f"bandit statistics must be finite {d}x{d} and {d}, got {a.shape}, {b.shape}")
         people: OrderedDict[float, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        items: OrderedDict[float, np.ndarray] = OrderedDict()
+        items: OrderedDict[float, list[float]] = OrderedDict()
         if b.size > d:  # offsets (see ``statistics``)
             m = len(PERSONAL)
             pw, iw = 1 + m * m + m, 3
@@ -836,7 +838,7 @@ class LinearTS(Component):
                 people[float(row[0])] = (row[1 : 1 + m * m].reshape(m, m).copy(),
                                          row[1 + m * m :].copy())
             for row in rows[n_p * pw :].reshape(n_i, iw):
-                items[float(row[0])] = row[1:].copy()
+                items[float(row[0])] = row[1:].tolist()
         st = self._require_trained()
         with self._lock:
             st["A"][:] = a
@@ -1015,6 +1017,7 @@ class _Context:
         self._law: tuple[np.ndarray, np.ndarray] | None = None
         self._rank: np.ndarray | None = None  # candidates by posterior mean, best first
         self._blocks: tuple[tuple[int, ...], list[_Block]] | None = None
+        self._targets: np.ndarray | None = None  # the array ``_blocks`` was last asked for
         self._sparse: tuple[np.ndarray | None, ...] | None = None
 
     def sparse(self) -> tuple[np.ndarray | None, ...]:
@@ -1045,7 +1048,10 @@ class _Context:
     def blocks(self, targets: np.ndarray, sizes: tuple[int, ...]) -> list[_Block]:
         """The candidates in blocks by posterior mean: the best ``sizes[0]`` with
         ``targets``, then the next ``sizes[1]``, ..., then the rest (empty blocks left out);
-        kept while the targets stay the same."""
+        kept while the targets stay the same (the same array: not even compared)."""
+        if self._blocks is not None and targets is self._targets:
+            return self._blocks[1]
+        self._targets = targets
         key = tuple(sorted(int(t) for t in targets))
         if self._blocks is None or self._blocks[0] != key:
             if self._rank is None:
