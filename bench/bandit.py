@@ -1,7 +1,7 @@
 """Exploration in a simulated MovieLens-100K world: serendip's policies against greedy,
 epsilon-greedy, Vowpal Wabbit and MABWiser on identical features and world.
 
-    python bench/bandit.py            # the full run (10 seeds)
+    python bench/bandit.py            # the full run (30 seeds)
     python bench/bandit.py --quick    # a small run (2 seeds, fewer visits)
 
 The world (``serendip.explore.simulator``, docs/simulate.md): hidden click probabilities from
@@ -16,7 +16,7 @@ rows with random clicks (nothing to learn) and in a world with 1,000-candidate p
 policy has learnt from it.
 
 Writes bench/results/bandit-movielens.{md,json,png}.  Policy settings were fixed on a
-development run of seed 0; the reported seeds are 1 to 10.
+development run of seed 0; the reported seeds are 1 to 30.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ DEFAULT = ("oracle", "random", "greedy", "greedy-pos", "egreedy", "lints", "linu
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 seeds, 1,500 visits, 150 people")
-    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--seeds", type=int, default=30)
     ap.add_argument("--visits", type=int, default=6000, help="visits per seed")
     ap.add_argument("--users", type=int, default=300, help="people who visit, per seed")
     ap.add_argument("--policies", default=",".join(DEFAULT),
