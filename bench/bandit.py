@@ -44,6 +44,8 @@ from serendip.explore.simulator import (
 )
 
 OUT = Path(__file__).resolve().parent / "results"
+#: policy -> (select a slate, median ms; update per event, median ms; select, 90th percentile ms)
+Timing = dict[str, tuple[float, float, float]]
 DEFAULT = ("oracle", "random", "greedy", "greedy-pos", "egreedy", "lints", "linucb", "squarecb",
            "personal", "hier", "hier+new", "hier-greedy", "served", "greedy+new", "vw-squarecb",
            "vw-epsilon", "mab-linucb", "mab-lints")
@@ -58,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policies", default=",".join(DEFAULT),
                     help=f"comma list of {', '.join(POLICY_NAMES)}")
     ap.add_argument("--out", default=str(OUT / "bandit-movielens.md"))
+    ap.add_argument("--no-timing", action="store_true",
+                    help="leave out the speed tables (e.g. for a longer horizon's clicks alone)")
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.visits, args.users = 2, 1500, 150
@@ -89,17 +93,21 @@ def main(argv: list[str] | None = None) -> int:
     traces = simulate(lambda s: build_world(data, vectors, config, s, args.visits), policies,
                       seeds, args.visits, users=args.users, progress=progress)
     rows = summarize(traces, config.slots)
-    progress("timing over 1,000 candidates")
-    times = timing([p for p in policies if p != "oracle"])
     from serendip.pipeline import load_preset
 
     preset_candidates = load_preset("adaptive").candidates
-    served_at_preset = (timing(["served"], candidates=preset_candidates)
-                        if "served" in policies else {})
-    progress("timing in the world, 1,000-candidate pools (seed 0, a development seed)")
-    big = WorldConfig(base_candidates=960, tail_candidates=20, new_candidates=20)
-    in_world = timing_in_world(build_world(data, vectors, big, 0, 600),
-                               [p for p in policies if p != "oracle"], learn=400, reps=200)
+    times: Timing = {}
+    served_at_preset: Timing = {}
+    in_world: Timing = {}
+    if not args.no_timing:
+        progress("timing over 1,000 candidates")
+        times = timing([p for p in policies if p != "oracle"])
+        served_at_preset = (timing(["served"], candidates=preset_candidates)
+                            if "served" in policies else {})
+        progress("timing in the world, 1,000-candidate pools (seed 0, a development seed)")
+        big = WorldConfig(base_candidates=960, tail_candidates=20, new_candidates=20)
+        in_world = timing_in_world(build_world(data, vectors, big, 0, 600),
+                                   [p for p in policies if p != "oracle"], learn=400, reps=200)
 
     command = "python bench/bandit.py" + ("" if argv is None and len(sys.argv) < 2
                                           else " " + " ".join(sys.argv[1:] if argv is None
@@ -120,41 +128,17 @@ def main(argv: list[str] | None = None) -> int:
         format_table(rows), "",
         "## Targets", "",
         *verdict(rows, serendip, libraries), "",
-        "## Speed (1,000 candidates; the machine is shared, so upper bounds)", "",
-        "Each policy selects 200 slates from random feature rows and learns from random "
-        "clicks, in 5 runs (seeds 0-4) pooled: a learning policy's cost follows what it has "
-        "learnt. The target reads the median.", "",
-        "| policy | select a slate, median (ms) | 90th percentile (ms) | update per event, "
-        "median (ms) | targets (5 ms, 1 ms) |",
-        "|---|---|---|---|---|",
     ]
-    for name, (sel, upd, sel90) in times.items():
-        ok = "met" if sel <= 5.0 and upd <= 1.0 else "NOT met"
-        lines.append(f"| {name} | {sel:.3f} | {sel90:.3f} | {upd:.4f} | {ok} |")
-    for name, (sel, upd, sel90) in served_at_preset.items():
-        lines += ["", f"The same served policy over the adaptive preset's own {preset_candidates} "
-                  f"candidates (what the preset hands the bandit; not the target's 1,000): "
-                  f"select {sel:.3f} ms median ({sel90:.3f} ms 90th percentile), update "
-                  f"{upd:.4f} ms per event ({name})."]
-    lines += ["", "### In the world, after learning from its clicks", "",
-              "The same policies in a world of seed 0 (a development seed) whose pools hold "
-              "1,000 candidates (960 + 20 + 20): each learns from 400 visits of the world's "
-              "own clicks, then its next 200 selections and updates are timed. The table "
-              "above teaches the policies nothing (random rows, random clicks); here what "
-              "they learnt is what the world taught. What a Thompson policy has learnt "
-              "decides how peaked its lists are, and so how many runs its propensity counts "
-              "take (about 1/p for the least likely slot).", "",
-              "| policy | select a slate, median (ms) | 90th percentile (ms) | update per event, "
-              "median (ms) | targets (5 ms, 1 ms) |",
-              "|---|---|---|---|---|"]
-    for name, (sel, upd, sel90) in in_world.items():
-        ok = "met" if sel <= 5.0 and upd <= 1.0 else "NOT met"
-        lines.append(f"| {name} | {sel:.3f} | {sel90:.3f} | {upd:.4f} | {ok} |")
-    lines += ["", f"Total run time {time.perf_counter() - t_start:.0f} s.", "",
-              "![clicks and discovery over the visits](bandit-movielens.png)"]
     out = Path(args.out)
+    if args.no_timing:
+        lines += ["Speed was not timed in this run (`--no-timing`).", ""]
+    else:
+        lines += timing_section(times, served_at_preset, in_world, preset_candidates)
+    lines += [f"Total run time {time.perf_counter() - t_start:.0f} s.", "",
+              f"![clicks and discovery over the visits]({out.with_suffix('.png').name})"]
     out.parent.mkdir(parents=True, exist_ok=True)
     text = "\n".join(lines) + "\n"
+
     out.write_text(text)
     out.with_suffix(".json").write_text(json.dumps({
         "command": command, "seeds": seeds, "visits": args.visits, "users": args.users,
@@ -171,6 +155,38 @@ def main(argv: list[str] | None = None) -> int:
     plot_traces(traces, out.with_suffix(".png"))
     print(text)
     return 0
+
+
+
+def timing_section(times: Timing, served_at_preset: Timing, in_world: Timing,
+                   preset_candidates: int) -> list[str]:
+    """The speed tables: (select median, update median, select 90th percentile) per policy."""
+    header = ["| policy | select a slate, median (ms) | 90th percentile (ms) | update per event, "
+              "median (ms) | targets (5 ms, 1 ms) |", "|---|---|---|---|---|"]
+
+    def table(rows: Timing) -> list[str]:
+        return [f"| {name} | {sel:.3f} | {sel90:.3f} | {upd:.4f} | "
+                f"{'met' if sel <= 5.0 and upd <= 1.0 else 'NOT met'} |"
+                for name, (sel, upd, sel90) in rows.items()]
+
+    lines = ["## Speed (1,000 candidates; the machine is shared, so upper bounds)", "",
+             "Each policy selects 200 slates from random feature rows and learns from random "
+             "clicks, in 5 runs (seeds 0-4) pooled: a learning policy's cost follows what it "
+             "has learnt. The target reads the median.", "", *header, *table(times)]
+    for name, (sel, upd, sel90) in served_at_preset.items():
+        lines += ["", f"The same served policy over the adaptive preset's own {preset_candidates} "
+                  f"candidates (what the preset hands the bandit; not the target's 1,000): "
+                  f"select {sel:.3f} ms median ({sel90:.3f} ms 90th percentile), update "
+                  f"{upd:.4f} ms per event ({name})."]
+    return lines + [
+        "", "### In the world, after learning from its clicks", "",
+        "The same policies in a world of seed 0 (a development seed) whose pools hold "
+        "1,000 candidates (960 + 20 + 20): each learns from 400 visits of the world's "
+        "own clicks, then its next 200 selections and updates are timed. The table "
+        "above teaches the policies nothing (random rows, random clicks); here what "
+        "they learnt is what the world taught. What a Thompson policy has learnt "
+        "decides how peaked its lists are, and so how many runs its propensity counts "
+        "take (about 1/p for the least likely slot).", "", *header, *table(in_world), ""]
 
 
 if __name__ == "__main__":
