@@ -138,7 +138,6 @@ def main(argv: list[str] | None = None) -> int:
               f"![clicks and discovery over the visits]({out.with_suffix('.png').name})"]
     out.parent.mkdir(parents=True, exist_ok=True)
     text = "\n".join(lines) + "\n"
-
     out.write_text(text)
     out.with_suffix(".json").write_text(json.dumps({
         "command": command, "seeds": seeds, "visits": args.visits, "users": args.users,
@@ -155,7 +154,6 @@ def main(argv: list[str] | None = None) -> int:
     plot_traces(traces, out.with_suffix(".png"))
     print(text)
     return 0
-
 
 
 def timing_section(times: Timing, served_at_preset: Timing, in_world: Timing,

@@ -329,7 +329,7 @@ class LinearTS(Component):
         return self._item_sums(st["item_keys"][np.asarray(items, dtype=np.int64)])
 
     def _item_sums(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with self._lock:  # (the sums are lists: read as one flat run, a request's cost)
+        with self._lock:  # the sums are lists, read in one flat pass
             got = map(self._items.get, keys.tolist(), repeat(_NO_SUMS))
             sums = np.fromiter(chain.from_iterable(got), dtype=np.float64,
                                count=2 * keys.size).reshape(-1, 2)
@@ -554,9 +554,9 @@ class LinearTS(Component):
 
         The runs are ``_runs``'s, score for score (the same weight draw, the same float32
         ``_product`` and ``base + sd z``), but a run's candidates are scored in blocks by
-        posterior mean (``_PROBES``): first the best few with the shown items (all of them, so the
-        blocks are built once per request, not again as slots close); a run
-        in which more than j candidates already rank above ``shown[j]`` cannot put it in
+        posterior mean (``_PROBES``): first the best few with all the shown items (the closed
+        slots' too, so the blocks are built once per request, not again as slots close); a
+        run in which more than j candidates already rank above ``shown[j]`` cannot put it in
         slot j, whatever the others score, and a run that no open slot can use any more
         scores no further block.  Each score is computed alone (no sum runs across
         candidates) and the noise draws are independent, so scoring some candidates of a run
@@ -1017,7 +1017,6 @@ class _Context:
         self._law: tuple[np.ndarray, np.ndarray] | None = None
         self._rank: np.ndarray | None = None  # candidates by posterior mean, best first
         self._blocks: tuple[tuple[int, ...], list[_Block]] | None = None
-        self._targets: np.ndarray | None = None  # the array ``_blocks`` was last asked for
         self._sparse: tuple[np.ndarray | None, ...] | None = None
 
     def sparse(self) -> tuple[np.ndarray | None, ...]:
@@ -1048,10 +1047,7 @@ class _Context:
     def blocks(self, targets: np.ndarray, sizes: tuple[int, ...]) -> list[_Block]:
         """The candidates in blocks by posterior mean: the best ``sizes[0]`` with
         ``targets``, then the next ``sizes[1]``, ..., then the rest (empty blocks left out);
-        kept while the targets stay the same (the same array: not even compared)."""
-        if self._blocks is not None and targets is self._targets:
-            return self._blocks[1]
-        self._targets = targets
+        kept while the targets stay the same."""
         key = tuple(sorted(int(t) for t in targets))
         if self._blocks is None or self._blocks[0] != key:
             if self._rank is None:
