@@ -7,7 +7,11 @@ the served ``balanced`` preset on MovieLens-100K.
     python bench/ope.py                   (all three)
 
 ``obd``: ``serendip ope obd`` (``serendip.explore.obd_check``) on the Open Bandit sample, its
-printed report kept as a markdown file.
+printed report kept as a markdown file; then, where obp's library and scikit-learn import,
+obp's own published experiment for campaign ``all`` (its Bernoulli TS with the production prior,
+its logistic ``RegressionModel`` over 3 folds with the example's hyperparameters, its
+bootstrap replicates) run on the same replicates, and each estimator's relative error compared
+with serendip's replicate by replicate (paired: the replicates are the same rows).
 
 ``coverage``: a planted simulation (users x items with known click probabilities, a position
 bias, users visiting several times) logged by an epsilon-slate policy; IPS, SNIPS and DR (a
@@ -27,9 +31,12 @@ lists are the served ones. Intervals are clustered by user.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -399,7 +406,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def obd_report(args: argparse.Namespace) -> list[str]:
     """Run the ``serendip ope obd`` check and keep its report (stdout) and JSON."""
-    import contextlib
     import io
 
     from serendip.explore.obd_check import add_obd_arguments, cmd_ope_obd
@@ -414,7 +420,104 @@ def obd_report(args: argparse.Namespace) -> list[str]:
              f"Command: `serendip ope obd --n-boot {args.n_boot}` (run by "
              f"`python bench/ope.py --part obd --n-boot {args.n_boot}`)", "", "```",
              *buf.getvalue().rstrip().splitlines(), "```"]
+    result = json.loads((OUT / "ope-obd.json").read_text())
+    if "all" in result["campaigns"]:
+        lines += ["", *obp_paired(result["campaigns"]["all"]["estimators"], args.n_boot)]
     (OUT / "ope-obd.md").write_text("\n".join(lines) + "\n")
+    return lines
+
+
+@contextlib.contextmanager
+def _positional_axis() -> Iterator[None]:
+    """obp 0.4.1 passes ``axis`` to ``DataFrame.drop`` and ``pd.concat`` by position, which
+    pandas 2 refuses; for the span of reading its data set, both take it again."""
+    import pandas as pd
+
+    drop, concat = pd.DataFrame.drop, pd.concat
+
+    def drop_(self: Any, labels: Any = None, axis: Any = 0, *a: Any, **kw: Any) -> Any:
+        return drop(self, labels, axis=axis, **kw)
+
+    def concat_(objs: Any, axis: Any = 0, *a: Any, **kw: Any) -> Any:
+        return concat(objs, axis=axis, **kw)
+
+    pd.DataFrame.drop, pd.concat = drop_, concat_  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        pd.DataFrame.drop, pd.concat = drop, concat  # type: ignore[method-assign]
+
+
+def obp_relative_errors(n_boot: int) -> dict[str, np.ndarray]:
+    """obp's own example experiment on the installed sample, campaign ``all``: the relative
+    error of IPW and DR for Bernoulli TS per bootstrap replicate (obp 0.4 ``examples/obd``:
+    100,000 simulations for the action distribution, LogisticRegression(C=100, max_iter=10000,
+    random_state=12345), 3 folds, replicate b drawn with random_state b)."""
+    import warnings
+
+    from obp.dataset import OpenBanditDataset
+    from obp.ope import (
+        DoublyRobust,
+        InverseProbabilityWeighting,
+        OffPolicyEvaluation,
+        RegressionModel,
+    )
+    from obp.policy import BernoulliTS
+    from sklearn.linear_model import LogisticRegression
+
+    with warnings.catch_warnings(), _positional_axis():
+        warnings.simplefilter("ignore")
+        obd = OpenBanditDataset(behavior_policy="random", campaign="all")
+        policy = BernoulliTS(n_actions=obd.n_actions, len_list=obd.len_list,
+                             is_zozotown_prior=True, campaign="all", random_state=12345)
+        single = policy.compute_batch_action_dist(n_sim=100_000)
+        truth = OpenBanditDataset.calc_on_policy_policy_value_estimate(
+            behavior_policy="bts", campaign="all")
+        out: dict[str, list[float]] = {"ips": [], "dr": []}
+        for b in range(n_boot):
+            fb = obd.sample_bootstrap_bandit_feedback(random_state=b)
+            model = RegressionModel(
+                n_actions=obd.n_actions, len_list=obd.len_list, action_context=obd.action_context,
+                base_model=LogisticRegression(C=100, max_iter=10000, random_state=12345))
+            rewards = model.fit_predict(
+                context=fb["context"], action=fb["action"], reward=fb["reward"],
+                position=fb["position"], pscore=fb["pscore"], n_folds=3, random_state=12345)
+            ope = OffPolicyEvaluation(bandit_feedback=fb, ope_estimators=[
+                InverseProbabilityWeighting(), DoublyRobust()])
+            errs = ope.evaluate_performance_of_estimators(
+                ground_truth_policy_value=truth,
+                action_dist=np.tile(single, (fb["n_rounds"], 1, 1)),
+                estimated_rewards_by_reg_model=rewards, metric="relative-ee")
+            out["ips"].append(float(errs["ipw"]))
+            out["dr"].append(float(errs["dr"]))
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def obp_paired(estimators: dict[str, Any], n_boot: int) -> list[str]:
+    """serendip's relative errors beside obp's own pipeline's, replicate by replicate."""
+    from scipy import stats
+
+    head = ["## Beside obp's own pipeline, replicate by replicate (campaign all)", ""]
+    try:
+        theirs = obp_relative_errors(n_boot)
+    except ImportError as e:
+        return [*head, f"obp's pipeline did not run here ({e}): no paired comparison."]
+    lines = [*head,
+             f"The same {n_boot} bootstrap replicates (the same rows), each estimated by serendip "
+             "(its own Bernoulli TS simulation and cross-fitted logistic reward model) and by "
+             "obp 0.4.1's published example experiment; difference = serendip's relative error "
+             "minus obp's, mean ± 95% t over replicates.", "",
+             "| estimator | serendip | obp, run here | obp published | difference | "
+             "serendip lower in |", "|---|---:|---:|---:|---:|---:|"]
+    from serendip.explore.obd_check import PUBLISHED
+
+    for k in ("ips", "dr"):
+        ours = np.array(estimators[k]["relative_errors"])
+        diff = ours - theirs[k]
+        half = float(stats.t.ppf(0.975, diff.size - 1) * diff.std(ddof=1) / np.sqrt(diff.size))
+        lines.append(f"| {k} | {ours.mean():.3f} | {theirs[k].mean():.3f} | "
+                     f"{PUBLISHED['all'][k]:.3f} | {diff.mean():+.3f} ± {half:.3f} | "
+                     f"{int((diff < 0).sum())} of {diff.size} |")
     return lines
 
 

@@ -75,6 +75,9 @@ def test_the_check_runs_and_reports(tmp_path, capsys):
     for k in ("ips", "snips", "dm", "dr", "dr_switch"):
         e = men["estimators"][k]
         assert 0 <= e["ci_low"] <= e["ci_high"] <= 1 and e["relative_error"] >= 0
+        # one relative error per replicate, in replicate order, averaging to the reported one
+        assert len(e["relative_errors"]) == 2
+        assert np.mean(e["relative_errors"]) == pytest.approx(e["relative_error"])
     assert set(men["policies"]["targets"]) == {"most clicked", "logistic greedy",
                                                "logistic greedy, explore 0.3"}
     assert PUBLISHED["all"]["dr"] == 0.292  # the target the docs quote
