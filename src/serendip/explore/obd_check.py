@@ -20,6 +20,7 @@ import argparse
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -115,7 +116,7 @@ def _estimates(log: BanditLog, dist: np.ndarray, folds: int, l2: float, tau: flo
 
 def relative_errors(log: BanditLog, dist: np.ndarray, truth: float, n_boot: int = 30,
                     folds: int = 3, l2: float = 1.0, tau: float = 100.0, seed: int = 12345
-                    ) -> dict[str, dict[str, float]]:
+                    ) -> dict[str, dict[str, Any]]:
     """Per estimator: the full-log estimate, the bootstrap percentile interval, the mean
     relative error |estimate - truth| / truth over ``n_boot`` replicates (the model refitted,
     cross-fitted, on each) and each replicate's relative error (``relative_errors``, in
