@@ -47,8 +47,8 @@ OUT = Path(__file__).resolve().parent / "results"
 #: policy -> (select a slate, median ms; update per event, median ms; select, 90th percentile ms)
 Timing = dict[str, tuple[float, float, float]]
 DEFAULT = ("oracle", "random", "greedy", "greedy-pos", "egreedy", "lints", "linucb", "squarecb",
-           "personal", "hier", "hier+new", "hier-greedy", "served", "greedy+new", "vw-squarecb",
-           "vw-epsilon", "mab-linucb", "mab-lints")
+           "personal", "hier", "hier+new", "hier-squarecb", "hier-greedy", "served", "greedy+new",
+           "vw-squarecb", "vw-epsilon", "mab-linucb", "mab-lints")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -216,6 +216,7 @@ def test_new_items_share_is_validated():
 # ------------------------------------------------------------------ slate policies on features
 from serendip.explore.policies import (  # noqa: E402
     EpsilonGreedySlate,
+    HierSquareCBSlate,
     NewItemBudget,
     PersonalThompsonSlate,
     RidgeSlate,
@@ -291,6 +292,40 @@ def test_squarecb_probabilities_follow_the_gap_formula():
     p = 1.0 / (5 + 10.0 * (y.max() - y))
     p[0] = 1.0 - (p.sum() - p[0])
     assert out.propensity[0] == pytest.approx(p[out.positions[0]])
+
+
+def test_hier_squarecb_explores_by_the_gap_of_the_hierarchical_mean():
+    """After learning that item 104 pays (its own offset), the first slot's probabilities
+    follow SquareCB's formula over the model's mean with that offset (drawn as often as
+    logged); with a huge gamma the list is the same model's greedy one."""
+    ctx = feature_context(n=8, n_new=0)
+    kw = {"item_prior": 2.0, "prior_mean": np.array([0.0, 1.0, 0.0]), "seed": 3}
+    policy = HierSquareCBSlate(3, gamma0=4.0, **kw)
+    greedy = PersonalThompsonSlate(3, explore=False, **kw)
+    shown = SlateChoice(np.array([4, 5]), np.array([1.0, 1.0]))
+    for pol in (policy, greedy):
+        for _ in range(5):
+            pol.update(ctx, shown, np.array([1.0, 0.0]))
+    y = policy.mean_scores(ctx)
+    offset = y - ctx.features @ policy.mean()  # the item offsets (no personal columns here)
+    assert offset[4] > 0.1 and offset[0] == 0.0  # item 104 paid; item 100 was never shown
+    p = 1.0 / (8 + 4.0 * (y.max() - y))
+    best = int(np.argmax(y))
+    p[best] = 1.0 - (p.sum() - p[best])
+    counts = np.zeros(8)
+    n = 4000
+    for _ in range(n):
+        policy.visits = 0  # every draw at the first visit's gamma = 4
+        out = policy.select(ctx, 1)
+        assert out.propensity[0] == pytest.approx(p[out.positions[0]])
+        counts[out.positions[0]] += 1
+    np.testing.assert_allclose(counts / n, p, atol=5 * np.sqrt(0.25 / n))
+    sure = HierSquareCBSlate(3, gamma0=1e12, **kw)
+    for _ in range(5):
+        sure.update(ctx, shown, np.array([1.0, 0.0]))
+    assert sure.select(ctx, 4).positions.tolist() == greedy.select(ctx, 4).positions.tolist()
+    with pytest.raises(ConfigError, match="gamma0"):
+        HierSquareCBSlate(3, gamma0=0.0)
 
 
 def test_thompson_and_personal_learn_opposite_tastes():

@@ -51,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from serendip.errors import ConfigError, DataError
 from serendip.explore.policies import (
     EpsilonGreedySlate,
+    HierSquareCBSlate,
     NewItemBudget,
     PersonalThompsonSlate,
     RandomSlate,
@@ -613,6 +614,9 @@ POLICY_NAMES: dict[str, Callable[[int, int], SlatePolicy]] = {
         PersonalThompsonSlate(d, personal=_PERSONAL, item_prior=10.0, prior_mean=_prior(),
                               seed=s, positions=True, name="serendip HierTS"),
         share=0.2, top=5, seed=s + 1, name="serendip HierTS + new-item budget"),
+    "hier-squarecb": lambda d, s: HierSquareCBSlate(
+        d, personal=_PERSONAL, item_prior=10.0, prior_mean=_prior(), seed=s, positions=True,
+        name="serendip HierSquareCB (HierTS's model, SquareCB exploration)"),
     "hier-greedy": lambda d, s: PersonalThompsonSlate(
         d, personal=_PERSONAL, item_prior=10.0, prior_mean=_prior(), seed=s, positions=True,
         explore=False, name="HierTS's model, no exploration"),
@@ -631,11 +635,12 @@ POLICY_NAMES: dict[str, Callable[[int, int], SlatePolicy]] = {
 }
 
 SERENDIP_POLICIES = ("lints", "linucb", "squarecb", "personal", "personal+new", "hier",
-                     "hier+new", "served")
+                     "hier+new", "hier-squarecb", "served")
 LIBRARY_POLICIES = ("vw-squarecb", "vw-epsilon", "mab-linucb", "mab-lints")
 #: ablations: an exploring policy -> the same model shown greedily (what exploration earns),
 #: and greedy -> greedy with position-aware learning (what the position model earns alone)
-ABLATIONS = {"hier": "hier-greedy", "hier+new": "hier-greedy", "greedy": "greedy-pos"}
+ABLATIONS = {"hier": "hier-greedy", "hier+new": "hier-greedy", "hier-squarecb": "hier-greedy",
+             "greedy": "greedy-pos"}
 
 
 def make_policy(name: str, seed: int, world: World | None = None) -> SlatePolicy:
