@@ -30,7 +30,7 @@ share to the other.  With ``m_N = |N|``, ``m_R = |R|``, the marginals stay exact
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -494,7 +494,28 @@ class UCBSlate(RidgeSlate):
         return SlateChoice(pos, np.ones(pos.size))
 
 
-class SquareCBSlate(RidgeSlate):
+class _SquareCBExploration:
+    """SquareCB's selection over a model's ``mean_scores``, mixed in before the model's class;
+    ``gamma`` grows as ``gamma0 * sqrt(visits)``."""
+
+    gamma0: float
+    visits: int
+    _rng: np.random.Generator
+    mean_scores: Callable[[SlateContext], np.ndarray]
+
+    def _start_squarecb(self, gamma0: float) -> None:
+        if not (gamma0 > 0 and np.isfinite(gamma0)):
+            raise ConfigError(f"gamma0 must be a positive number, got {gamma0}")
+        self.gamma0 = gamma0
+        self.visits = 0
+
+    def select(self, ctx: SlateContext, k: int) -> SlateChoice:
+        self.visits += 1
+        return squarecb_slate(self.mean_scores(ctx), k, self.gamma0 * np.sqrt(self.visits),
+                              self._rng)
+
+
+class SquareCBSlate(_SquareCBExploration, RidgeSlate):
     """SquareCB (Foster & Rakhlin 2020, "Beyond UCB") slot by slot over the ridge predictions.
 
     For each slot, among the candidates not yet placed (m of them) with predicted rewards y
@@ -507,13 +528,7 @@ class SquareCBSlate(RidgeSlate):
     def __init__(self, dim: int, *, gamma0: float = 50.0, **kw: Any) -> None:
         kw.setdefault("name", "serendip SquareCB")
         super().__init__(dim, **kw)
-        self.gamma0 = gamma0
-        self.visits = 0
-
-    def select(self, ctx: SlateContext, k: int) -> SlateChoice:
-        self.visits += 1
-        return squarecb_slate(self.mean_scores(ctx), k, self.gamma0 * np.sqrt(self.visits),
-                              self._rng)
+        self._start_squarecb(gamma0)
 
 
 def squarecb_slate(y: np.ndarray, k: int, gamma: float, rng: np.random.Generator
@@ -691,7 +706,7 @@ class PersonalThompsonSlate(ThompsonSlate):
             np.add.at(self._item_slots[2], (items, slots), shared + person)
 
 
-class HierSquareCBSlate(PersonalThompsonSlate):
+class HierSquareCBSlate(_SquareCBExploration, PersonalThompsonSlate):
     """SquareCB over the hierarchical model: ``PersonalThompsonSlate``'s posterior mean (the
     shared weights plus each person's and each item's offsets) as the prediction, explored
     slot by slot as ``SquareCBSlate`` explores a ridge prediction (``squarecb_slate``, gamma
@@ -707,15 +722,7 @@ class HierSquareCBSlate(PersonalThompsonSlate):
     def __init__(self, dim: int, *, gamma0: float = 50.0, **kw: Any) -> None:
         kw.setdefault("name", "serendip HierSquareCB")
         super().__init__(dim, **kw)
-        if not (gamma0 > 0 and np.isfinite(gamma0)):
-            raise ConfigError(f"gamma0 must be a positive number, got {gamma0}")
-        self.gamma0 = gamma0
-        self.visits = 0
-
-    def select(self, ctx: SlateContext, k: int) -> SlateChoice:
-        self.visits += 1
-        return squarecb_slate(self.mean_scores(ctx), k, self.gamma0 * np.sqrt(self.visits),
-                              self._rng)
+        self._start_squarecb(gamma0)
 
 
 class NewItemBudget:
