@@ -27,7 +27,8 @@ POLICIES = ("oracle", "random", "greedy", "egreedy", "lints", "linucb", "squarec
             "personal+new", "hier", "hier+new", "hier-squarecb", "hier-greedy", "served",
             "greedy+new",
             "greedy-pos", "vw-squarecb", "vw-epsilon", "mab-linucb", "mab-lints")
-DEFAULT_POLICIES = "oracle,random,greedy,greedy-pos,egreedy,lints,hier,hier+new,hier-greedy,served"
+DEFAULT_POLICIES = ("oracle,random,greedy,greedy-pos,egreedy,lints,hier,hier+new,hier-squarecb,"
+                    "hier-greedy,served")
 #: Policies that need an optional library, and the library.
 NEEDS = {"vw-squarecb": "vowpalwabbit", "vw-epsilon": "vowpalwabbit",
          "mab-linucb": "mabwiser", "mab-lints": "mabwiser"}
