@@ -497,6 +497,8 @@ def obp_paired(estimators: dict[str, Any], n_boot: int) -> list[str]:
     """serendip's relative errors beside obp's own pipeline's, replicate by replicate."""
     from scipy import stats
 
+    from serendip.explore.obd_check import PUBLISHED
+
     head = ["## Beside obp's own pipeline, replicate by replicate (campaign all)", ""]
     try:
         theirs = obp_relative_errors(n_boot)
@@ -509,8 +511,6 @@ def obp_paired(estimators: dict[str, Any], n_boot: int) -> list[str]:
              "minus obp's, mean ± 95% t over replicates.", "",
              "| estimator | serendip | obp, run here | obp published | difference | "
              "serendip lower in |", "|---|---:|---:|---:|---:|---:|"]
-    from serendip.explore.obd_check import PUBLISHED
-
     for k in ("ips", "dr"):
         ours = np.array(estimators[k]["relative_errors"])
         diff = ours - theirs[k]

@@ -25,8 +25,7 @@ __all__ = ["add_simulate_parser", "cmd_simulate"]
 #: Policy names (``serendip.explore.simulator.POLICY_NAMES``; kept here so --help is light).
 POLICIES = ("oracle", "random", "greedy", "egreedy", "lints", "linucb", "squarecb", "personal",
             "personal+new", "hier", "hier+new", "hier-squarecb", "hier-greedy", "served",
-            "greedy+new",
-            "greedy-pos", "vw-squarecb", "vw-epsilon", "mab-linucb", "mab-lints")
+            "greedy+new", "greedy-pos", "vw-squarecb", "vw-epsilon", "mab-linucb", "mab-lints")
 DEFAULT_POLICIES = ("oracle,random,greedy,greedy-pos,egreedy,lints,hier,hier+new,hier-squarecb,"
                     "hier-greedy,served")
 #: Policies that need an optional library, and the library.
