@@ -405,6 +405,53 @@ def test_a_runs_scores_are_the_same_bits_in_any_block_or_orientation():
                                atol=1e-5)
 
 
+@pytest.mark.parametrize("first", [True, False])
+def test_the_compiled_probe_scores_and_counts_as_the_numpy_runs(first):
+    """``probe_block`` (the compiled counting loop) scores a block in ``_product``'s float32
+    order plus ``sd z``: the shown items' scores are the very bits of the numpy computation,
+    and every run it keeps open has exactly ``_count_above``'s count for each slot; a run it
+    closes early is one in which every open slot already has more candidates above its item
+    than its number (or, for the last slot, the budget's pick takes it)."""
+    from serendip.explore._kernels import probe_block
+    from serendip.explore.bandit import NORMAL_GRID, _count_above, _product
+
+    rng = np.random.default_rng(11)
+    runs, m, feats = 400, 30, 7
+    w = rng.normal(size=(runs, feats)).astype(np.float32)
+    w[:, -1] = 1.0
+    xm = rng.random((feats, m)).astype(np.float32)
+    xm[0] = 1.0
+    xm[4, rng.random(m) < 0.7] = 0.0
+    sd = rng.uniform(0.0, 0.4, m).astype(np.float32)
+    cols = np.sort(rng.choice(200, size=m, replace=False))
+    bits = rng.integers(0, 1 << 16, size=runs * m).astype(np.uint16)
+    picks = np.where(rng.random(runs) < 0.3, cols[rng.integers(m, size=runs)], -1)
+    want = _product(w, xm) + NORMAL_GRID[bits.reshape(runs, m)] * sd
+    want[picks[:, None] == cols[None, :]] = -np.inf
+    slots = np.array([0, 1, 3])
+    targets = cols[[5, 17, 2]] if first else np.array([13, 57, 150])
+    before = np.searchsorted(cols, targets)
+    own = (want[:, before].T.copy() if first else
+           rng.normal(1.0, 0.5, (slots.size, runs)).astype(np.float32))
+    own[:, ::7] = want[::7, 0]  # exact ties with the block's first candidate
+    got_own = own.copy() if not first else np.full_like(own, np.nan)
+    start = rng.integers(0, 2, size=(slots.size, runs))
+    above = start.copy()
+    rows = np.arange(runs)[rng.random(runs) < 0.8]
+    alive = probe_block(w, rows, xm, sd, NORMAL_GRID, bits.reshape(runs, m)[rows].ravel(),
+                        picks, cols, before, got_own, above, slots, 3, first)
+    if first:
+        np.testing.assert_array_equal(got_own[:, rows], want[rows][:, before].T)
+        own = got_own
+    may = np.zeros(rows.size, dtype=bool)
+    for q, (j, c) in enumerate(zip(slots, targets, strict=True)):
+        ref = start[q, rows] + _count_above(want[rows], cols, own[q, rows], int(c))
+        np.testing.assert_array_equal(above[q, rows][alive], ref[alive])
+        may |= (ref <= j) & ~((j == 3) & (picks[rows] >= 0))
+    np.testing.assert_array_equal(alive, may)
+    assert alive.any() and (~alive).any()
+
+
 @pytest.mark.parametrize("zeros", [0.0, 0.5, 0.9, 0.99, 1.0])
 def test_features_mostly_zero_keep_every_sum_exact(zeros):
     """Terms whose feature is 0 are left out of ``_product``'s sums (a sparse ``shown`` or

@@ -563,63 +563,40 @@ class LinearTS(Component):
         later, or not at all when no answer depends on them, leaves each run's outcome
         distributed as before: the counts stay geometric, E[N] = 1/p.  A hard slot's item
         usually ranks far below its slot, and the best few candidates already say so.
+
+        A block's scoring and counting is one compiled call (``_kernels.probe_block``), which
+        also stops a run inside a block as soon as no open slot can take its item.
         """
+        from serendip.explore._kernels import probe_block  # numba: loaded when first needed
+
         assert ctx.xm32 is not None and ctx.sd32 is not None
         w = _with_one(self._draw(ctx, size))
         picks = self._picks(ctx, size)
         k = shown.size
-        above = {j: np.zeros(size, dtype=np.int64) for j in open_}
-        own: dict[int, np.ndarray] = {}
+        slots = np.asarray(open_, dtype=np.int64)
+        targets = [int(shown[j]) for j in open_]
+        above = np.zeros((slots.size, size), dtype=np.int64)
+        own = np.empty((slots.size, size), dtype=np.float32)
+        no_picks = np.zeros(0, dtype=np.int64)
         rows = np.arange(size)
-        for block in ctx.blocks(shown, _PROBES):
+        for b, block in enumerate(ctx.blocks(shown, _PROBES)):
             if not rows.size:
                 break
-            # the first block (the probe and the shown items) meets every run
-            by_candidate = rows.size > block.cols.size
-            scores = self._scored(w[rows], block, None if picks is None else picks[rows],
-                                  by_candidate=by_candidate)
-            axis = 0 if by_candidate else 1
-            if not own:  # the shown items are in the first block
-                for j in open_:
-                    at = int(np.searchsorted(block.cols, shown[j]))
-                    own[j] = scores[at] if by_candidate else scores[:, at]
-            alive = np.zeros(rows.size, dtype=bool)
-            for j in open_:
-                mine = own[j] if rows.size == size else own[j][rows]
-                above[j][rows] += _count_above(scores, block.cols, mine, int(shown[j]), axis)
-                maybe = above[j][rows] <= j
-                if picks is not None and j == k - 1:
-                    maybe &= picks[rows] < 0  # a pick decides the last slot by itself
-                alive |= maybe
+            m = rows.size * block.cols.size
+            with self._lock:
+                bits = self._rng.bit_generator.random_raw(-(-m // 4)).view(np.uint16)
+            before = np.array([block.before[t] for t in targets], dtype=np.int64)
+            alive = probe_block(w, rows, block.xm, block.sd, NORMAL_GRID, bits,
+                                no_picks if picks is None else picks, block.cols, before, own,
+                                above, slots, k - 1, b == 0)
             rows = rows[alive]
         out = {}
-        for j in open_:
+        for q, j in enumerate(open_):
             hit = np.zeros(size, dtype=bool)
-            hit[rows] = above[j][rows] == j  # scored in full; the others rank it lower
+            hit[rows] = above[q, rows] == j  # scored in full; the others rank it lower
             if picks is not None and j == k - 1:
                 hit = np.where(picks >= 0, picks == shown[j], hit)
             out[j] = hit
-        return out
-
-    def _scored(self, w: np.ndarray, block: _Block, picks: np.ndarray | None, *,
-                by_candidate: bool) -> np.ndarray:
-        """Runs' scores of a block of candidates: ``_product`` of the runs' weights (with the
-        offsets' column of ones) and the block's features, plus ``sd z`` (z from
-        ``NORMAL_GRID``) in ``_runs``'s float32 arithmetic; a run's budget pick scores -inf.
-        ``by_candidate``: candidates x runs (the long axis inside when runs outnumber the
-        candidates), else runs x candidates; the same bits either way."""
-        out = _product(w, block.xm, by_candidate=by_candidate, sparse=block.sparse)
-        m = out.size
-        with self._lock:
-            bits = self._rng.bit_generator.random_raw(-(-m // 4))
-        z = NORMAL_GRID.take(bits.view(np.uint16)[:m].reshape(out.shape), mode="clip")
-        z *= block.sd[:, None] if by_candidate else block.sd
-        out += z
-        if picks is not None:
-            if by_candidate:
-                out[block.cols[:, None] == picks[None, :]] = -np.inf
-            else:
-                out[picks[:, None] == block.cols[None, :]] = -np.inf
         return out
 
     def _picks(self, ctx: _Context, size: int) -> np.ndarray | None:
@@ -965,7 +942,9 @@ class _Block:
         self.cols = cols
         self.xm = np.ascontiguousarray(ctx.xm32[:, cols])
         self.sd = ctx.sd32[cols]
-        self.sparse = _sparse_rows(self.xm)
+        #: per target candidate (``_Context.blocks``): how many of this block's candidates
+        #: come before it (in the first block, which holds the targets, its own index)
+        self.before: dict[int, int] = {}
 
 
 def _count_above(scores: np.ndarray, cols: np.ndarray | None, own: np.ndarray, c: int,
@@ -1061,6 +1040,8 @@ class _Context:
             block[np.asarray(key, dtype=np.int64)] = 0
             kept = [_Block(self, np.flatnonzero(block == b)) for b in range(len(sizes) + 1)]
             blocks = [b for b in kept if b.cols.size]
+            for blk in blocks:
+                blk.before = dict(zip(key, np.searchsorted(blk.cols, key).tolist(), strict=True))
             self._blocks = key, blocks
             return blocks
         return self._blocks[1]
