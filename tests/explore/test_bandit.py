@@ -383,13 +383,11 @@ def test_a_blocks_count_above_is_the_stable_order():
                              for row in order])
             got = _count_above(scores[:, cols], cols, scores[:, c], int(c))
             np.testing.assert_array_equal(got, want, err_msg=f"{cols} {c}")
-            by_candidate = _count_above(scores[:, cols].T, cols, scores[:, c], int(c), axis=0)
-            np.testing.assert_array_equal(by_candidate, want, err_msg=f"{cols} {c} by candidate")
 
 
-def test_a_runs_scores_are_the_same_bits_in_any_block_or_orientation():
-    """Counting runs score a few candidates first and the rest later, in either orientation:
-    every score must be the very bits the list shown was made with."""
+def test_a_runs_scores_are_the_same_bits_in_any_block():
+    """Counting runs score a few candidates first and the rest later: every score must be the
+    very bits the list shown was made with."""
     from serendip.explore.bandit import _product
 
     rng = np.random.default_rng(6)
@@ -400,7 +398,6 @@ def test_a_runs_scores_are_the_same_bits_in_any_block_or_orientation():
     rows = np.sort(rng.choice(50, size=9, replace=False))
     assert np.array_equal(_product(w, np.ascontiguousarray(xm[:, cols])), full[:, cols])
     assert np.array_equal(_product(w[rows], xm), full[rows])
-    assert np.array_equal(_product(w, xm, by_candidate=True).T, full)
     np.testing.assert_allclose(full, w.astype(np.float64) @ xm.astype(np.float64), rtol=1e-5,
                                atol=1e-5)
 
@@ -455,8 +452,8 @@ def test_the_compiled_probe_scores_and_counts_as_the_numpy_runs(first):
 @pytest.mark.parametrize("zeros", [0.0, 0.5, 0.9, 0.99, 1.0])
 def test_features_mostly_zero_keep_every_sum_exact(zeros):
     """Terms whose feature is 0 are left out of ``_product``'s sums (a sparse ``shown`` or
-    ``tail``): each score equals, as a number, the plain fixed-order sum of every term, in both
-    orientations and any block of candidates."""
+    ``tail``): each score equals, as a number, the plain fixed-order sum of every term, in any
+    block of candidates."""
     from serendip.explore.bandit import _product, _sparse_rows
 
     rng = np.random.default_rng(7)
@@ -471,12 +468,9 @@ def test_features_mostly_zero_keep_every_sum_exact(zeros):
     assert (sparse[5] is None) == (zeros < 0.75) and sparse[1] is None
     assert np.array_equal(_product(w, xm, sparse=sparse), want)
     assert np.array_equal(_product(w, xm), want)
-    assert np.array_equal(_product(w, xm, by_candidate=True, sparse=sparse).T, want)
     cols = np.sort(rng.choice(500, size=60, replace=False))
     block = np.ascontiguousarray(xm[:, cols])
-    for by_candidate in (False, True):
-        got = _product(w, block, by_candidate=by_candidate, sparse=_sparse_rows(block))
-        assert np.array_equal(got.T if by_candidate else got, want[:, cols])
+    assert np.array_equal(_product(w, block, sparse=_sparse_rows(block)), want[:, cols])
 
 
 @pytest.mark.parametrize("hierarchy", [True, False])

@@ -876,13 +876,13 @@ def _sparse_rows(xm: np.ndarray) -> tuple[np.ndarray | None, ...]:
     return tuple(out)
 
 
-def _product(w: np.ndarray, xm: np.ndarray, *, by_candidate: bool = False,
+def _product(w: np.ndarray, xm: np.ndarray, *,
              sparse: Sequence[np.ndarray | None] | None = None, out: np.ndarray | None = None,
              tmp: np.ndarray | None = None) -> np.ndarray:
     """Runs' scores ``w @ xm`` (runs x features, features x candidates) in float32, each
     entry summed alone in a fixed order (w_0 x_0 + w_1 x_1, then + w_2 x_2, ...): the same
-    bits whichever candidates or runs are computed with it, and as candidates x runs
-    (``by_candidate``, the transpose), which a BLAS product does not promise.
+    bits whichever candidates or runs are computed with it (which a BLAS product does not
+    promise), and the same as the compiled counting loop's (``_kernels.probe_block``).
 
     ``sparse`` (``_sparse_rows(xm)``): a feature that is 0 for most candidates (``shown``,
     often ``tail``) is added only where it is not, in its place in the order.  A term whose
@@ -890,36 +890,22 @@ def _product(w: np.ndarray, xm: np.ndarray, *, by_candidate: bool = False,
     its value.
     """
     runs, n = w.shape[0], xm.shape[1]
-    shape = (n, runs) if by_candidate else (runs, n)
-    out = np.empty(shape, dtype=np.float32) if out is None else out
-    tmp = np.empty(shape, dtype=np.float32) if tmp is None else tmp
+    out = np.empty((runs, n), dtype=np.float32) if out is None else out
+    tmp = np.empty((runs, n), dtype=np.float32) if tmp is None else tmp
     for f in range(w.shape[1]):
         nz = None if sparse is None else sparse[f]
-        if nz is not None and not by_candidate and nz.size * _SPARSE_COLUMNS >= n:
+        if nz is not None and nz.size * _SPARSE_COLUMNS >= n:
             nz = None  # gathering columns of runs x candidates pays only when very sparse
-        if by_candidate:
-            wf, xf = w[None, :, f], xm[f, :, None]
-        else:
-            wf, xf = w[:, f, None], xm[None, f]
+        wf, xf = w[:, f, None], xm[None, f]
         if f == 0:
             np.multiply(xf, wf, out=out)
         elif nz is not None:
-            _add_at(out, nz, xm[f], w[:, f], by_candidate)
+            if nz.size:
+                out[:, nz] += w[:, f, None] * xm[f][None, nz]
         else:
             np.multiply(xf, wf, out=tmp)
             out += tmp
     return out
-
-
-def _add_at(out: np.ndarray, nz: np.ndarray, x: np.ndarray, w: np.ndarray,
-            by_candidate: bool) -> None:
-    """``out`` += the term of candidates ``nz`` (feature values ``x``, runs' weights ``w``)."""
-    if not nz.size:
-        return
-    if by_candidate:
-        out[nz] += x[nz, None] * w[None, :]
-    else:
-        out[:, nz] += w[:, None] * x[None, nz]
 
 
 def _batch(ctx: _Context) -> int:
@@ -947,33 +933,27 @@ class _Block:
         self.before: dict[int, int] = {}
 
 
-def _count_above(scores: np.ndarray, cols: np.ndarray | None, own: np.ndarray, c: int,
-                 axis: int = 1, *, upto: int | None = None,
-                 work: np.ndarray | None = None) -> np.ndarray:
-    """Per run: how many of a block's candidates (``cols``, sorted; None: all, in order) rank
-    above candidate c, whose score in that run is ``own``: a higher score, or an equal one
-    and earlier.  ``scores``: runs x candidates (``axis=1``) or candidates x runs
-    (``axis=0``).  ``upto`` (runs x candidates only): the runs with more than that many
-    higher scores skip the ties, as the answer there is only compared with ``upto``.
-    ``work``: a boolean buffer of at least ``scores.size`` for the comparisons."""
-    wide = own[:, None] if axis == 1 else own[None, :]
-    n = scores.shape[axis]
+def _count_above(scores: np.ndarray, cols: np.ndarray | None, own: np.ndarray, c: int, *,
+                 upto: int | None = None, work: np.ndarray | None = None) -> np.ndarray:
+    """Per run (a row of ``scores``, runs x candidates): how many of a block's candidates
+    (``cols``, sorted; None: all, in order) rank above candidate c, whose score in that run is
+    ``own``: a higher score, or an equal one and earlier.  ``upto``: the runs with more than
+    that many higher scores skip the ties, as the answer there is only compared with
+    ``upto``.  ``work``: a boolean buffer of at least ``scores.size`` for the comparisons."""
+    wide = own[:, None]
+    n = scores.shape[1]
     kind = np.uint16 if n < 1 << 16 else np.int64
     gt = (scores > wide if work is None
           else np.greater(scores, wide, out=work[: scores.size].reshape(scores.shape)))
     # a sum of the comparisons as bytes (several times faster than count_nonzero)
-    above = np.add.reduce(gt.view(np.uint8), axis=axis, dtype=kind)
+    above = np.add.reduce(gt.view(np.uint8), axis=1, dtype=kind)
     earlier = c if cols is None else int(np.searchsorted(cols, c))  # candidates before c
     if not earlier:
         return above
-    if upto is not None and axis == 1:
-        rows = np.flatnonzero(above <= upto)  # equal scores before c may move it down
-        if rows.size:
-            above[rows] += np.add.reduce(
-                (scores[rows, :earlier] == wide[rows]).view(np.uint8), axis=1, dtype=kind)
-        return above
-    before = scores[:, :earlier] if axis == 1 else scores[:earlier]
-    above += np.add.reduce((before == wide).view(np.uint8), axis=axis, dtype=kind)
+    rows = np.flatnonzero(above <= upto) if upto is not None else slice(None)
+    # equal scores before c move it down
+    above[rows] += np.add.reduce((scores[rows, :earlier] == wide[rows]).view(np.uint8),
+                                 axis=1, dtype=kind)
     return above
 
 
