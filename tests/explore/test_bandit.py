@@ -402,51 +402,81 @@ def test_a_runs_scores_are_the_same_bits_in_any_block():
                                atol=1e-5)
 
 
-@pytest.mark.parametrize("first", [True, False])
-def test_the_compiled_probe_scores_and_counts_as_the_numpy_runs(first):
-    """``probe_block`` (the compiled counting loop) scores a block in ``_product``'s float32
-    order plus ``sd z``: the shown items' scores are the very bits of the numpy computation,
-    and every run it keeps open has exactly ``_count_above``'s count for each slot; a run it
-    closes early is one in which every open slot already has more candidates above its item
-    than its number (or, for the last slot, the budget's pick takes it)."""
-    from serendip.explore._kernels import probe_block
+def _splitmix_bits(seed: int, runs: int, n: int) -> np.ndarray:
+    """runs x n 16-bit draws, written from the splitmix64 definition: run r's candidate at
+    place t takes 16 bits (lane t % 4) of the output for counter r * ceil(n / 4) + t // 4 + 1."""
+    words = (n + 3) // 4
+    t = np.arange(n, dtype=np.uint64)
+    counter = (np.arange(runs, dtype=np.uint64)[:, None] * np.uint64(words)
+               + t[None, :] // np.uint64(4) + np.uint64(1))
+    with np.errstate(over="ignore"):
+        z = np.uint64(seed) + counter * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return ((z >> (np.uint64(16) * (t % np.uint64(4)))[None, :]) & np.uint64(0xFFFF)).astype(
+        np.int64)
+
+
+def test_the_compiled_count_scores_and_counts_as_the_numpy_runs():
+    """``count_runs`` (the compiled counting loop) scores in ``_product``'s float32 order plus
+    ``sd z``, z drawn from splitmix64 as its docstring says: the shown items' scores are the
+    very bits of the numpy computation; every run it keeps open has exactly
+    ``_count_above``'s count for each open slot (ties to the earlier candidate), a run it
+    closes early is one in which no open slot can take its item any more, and each open slot's
+    first hit, and so the runs made, are those of the full numpy runs."""
+    from serendip.explore._kernels import count_runs
     from serendip.explore.bandit import NORMAL_GRID, _count_above, _product
 
     rng = np.random.default_rng(11)
-    runs, m, feats = 400, 30, 7
+    runs, n, feats, k = 600, 60, 7, 4
     w = rng.normal(size=(runs, feats)).astype(np.float32)
     w[:, -1] = 1.0
-    xm = rng.random((feats, m)).astype(np.float32)
+    xm = rng.random((feats, n)).astype(np.float32)
     xm[0] = 1.0
-    xm[4, rng.random(m) < 0.7] = 0.0
-    sd = rng.uniform(0.0, 0.4, m).astype(np.float32)
-    cols = np.sort(rng.choice(200, size=m, replace=False))
-    bits = rng.integers(0, 1 << 16, size=runs * m).astype(np.uint16)
-    picks = np.where(rng.random(runs) < 0.3, cols[rng.integers(m, size=runs)], -1)
-    want = _product(w, xm) + NORMAL_GRID[bits.reshape(runs, m)] * sd
+    xm[4, rng.random(n) < 0.7] = 0.0
+    sd = rng.uniform(0.0, 0.6, n).astype(np.float32)
+    sd[[1, 7, 8, 9]] = 0.0
+    xm[:, [7, 8, 9]] = xm[:, [1]]  # scoring places 7-9 tie exactly with slot 1's item
+    cols = rng.permutation(n).astype(np.int64)  # place -> candidate position
+    picks = np.where(rng.random(runs) < 0.3, cols[rng.integers(n, size=runs)], -1)
+    seed = 2**63 + 12345
+    want = _product(w, xm) + NORMAL_GRID[_splitmix_bits(seed, runs, n)] * sd
     want[picks[:, None] == cols[None, :]] = -np.inf
+    by_position = np.empty_like(want)
+    by_position[:, cols] = want  # the runs' scores in candidate order
     slots = np.array([0, 1, 3])
-    targets = cols[[5, 17, 2]] if first else np.array([13, 57, 150])
-    before = np.searchsorted(cols, targets)
-    own = (want[:, before].T.copy() if first else
-           rng.normal(1.0, 0.5, (slots.size, runs)).astype(np.float32))
-    own[:, ::7] = want[::7, 0]  # exact ties with the block's first candidate
-    got_own = own.copy() if not first else np.full_like(own, np.nan)
-    start = rng.integers(0, 2, size=(slots.size, runs))
-    above = start.copy()
-    rows = np.arange(runs)[rng.random(runs) < 0.8]
-    alive = probe_block(w, rows, xm, sd, NORMAL_GRID, bits.reshape(runs, m)[rows].ravel(),
-                        picks, cols, before, got_own, above, slots, 3, first)
-    if first:
-        np.testing.assert_array_equal(got_own[:, rows], want[rows][:, before].T)
-        own = got_own
-    may = np.zeros(rows.size, dtype=bool)
-    for q, (j, c) in enumerate(zip(slots, targets, strict=True)):
-        ref = start[q, rows] + _count_above(want[rows], cols, own[q, rows], int(c))
-        np.testing.assert_array_equal(above[q, rows][alive], ref[alive])
-        may |= (ref <= j) & ~((j == 3) & (picks[rows] >= 0))
-    np.testing.assert_array_equal(alive, may)
-    assert alive.any() and (~alive).any()
+    refs = [_count_above(by_position, None, want[:, j], int(cols[j])) for j in slots]
+    hits = [np.where((j == k - 1) & (picks >= 0), picks == cols[j], ref == j)
+            for j, ref in zip(slots, refs, strict=True)]
+    firsts = [int(np.argmax(h)) if h.any() else -1 for h in hits]
+    assert min(firsts) >= 0 and max(firsts) > 20
+
+    own = np.full((slots.size, runs), np.nan, dtype=np.float32)
+    above = np.full((slots.size, runs), -1, dtype=np.int64)
+    first = np.full(slots.size, -2, dtype=np.int64)
+    made = count_runs(w, picks, xm, sd, cols, NORMAL_GRID, np.uint64(seed), slots, k - 1, own,
+                      above, first)
+    assert made == max(firsts) + 1
+    np.testing.assert_array_equal(first, firsts)
+    np.testing.assert_array_equal(own[:, :made], want[:made, slots].T)  # bit for bit
+    may = np.zeros(made, dtype=bool)
+    for q, j in enumerate(slots):
+        may |= (refs[q][:made] <= j) & ~((j == k - 1) & (picks[:made] >= 0))
+    for q, j in enumerate(slots):
+        np.testing.assert_array_equal(above[q, :made][may], refs[q][:made][may])
+        # a closed run stopped once its count passed the slot (or the pick took the slot)
+        assert ((above[q, :made][~may] > j) | ((j == k - 1) & (picks[:made][~may] >= 0))).all()
+    assert may.any() and (~may).any()
+    free = ~np.isin(picks, cols[[1, 7, 8, 9]])  # runs whose budget pick is none of the four
+    assert (want[free, 7:10] == want[free, 1:2]).all() and free.sum() > runs // 2
+
+    # a batch in which an open slot is never settled makes every run and reports -1
+    late = int(slots[np.argmax(firsts)])
+    short = max(firsts)  # the runs before that slot's first hit settle nothing for it
+    made = count_runs(w[:short], picks[:short], xm, sd, cols, NORMAL_GRID, np.uint64(seed),
+                      np.array([late]), k - 1, own, above, first)
+    assert made == short and first[0] == -1
 
 
 @pytest.mark.parametrize("zeros", [0.0, 0.5, 0.9, 0.99, 1.0])
@@ -686,13 +716,11 @@ def test_position_rows_have_their_width_and_k_its_bound():
 
 
 @pytest.mark.parametrize("budget_item", [False, True])
-def test_probed_return_counts_are_geometric_in_the_policys_own_probability(monkeypatch,
-                                                                           budget_item):
-    """Counting runs draw the probe's noise first and the rest only when needed
-    (``_probed_hits``): the count for each slot stays geometric with mean 1/p, p the share of
+def test_probed_return_counts_are_geometric_in_the_policys_own_probability(budget_item):
+    """Counting runs score the shown items first and the others only while needed
+    (``_probed_firsts``): the count for each slot stays geometric with mean 1/p, p the share of
     the policy's own full runs (``_orders``) that put the item there, including a new item the
     budget shows in the last slot."""
-    import serendip.explore.bandit as bandit
     from serendip.explore.bandit import LinearTSConfig
 
     rng = np.random.default_rng(2)
@@ -720,9 +748,6 @@ def test_probed_return_counts_are_geometric_in_the_policys_own_probability(monke
         shown[k - 1] = int(ctx.pool[0])
     p = np.array([np.mean(order[:, j] == shown[j]) for j in range(k)])
     assert (p > 0.005).all()
-    # blocks smaller than a hard slot's rank, so runs stop at every block
-    monkeypatch.setattr(bandit, "_PROBES", (8, 16))
-    monkeypatch.setattr(bandit, "_PROBE_FROM", 40)  # probed although few candidates
     reps = 2000
     counts = np.array([b._return_counts(ctx, shown) for _ in range(reps)])
     for j in range(k):

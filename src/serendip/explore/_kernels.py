@@ -1,17 +1,21 @@
-"""Compiled inner loop of the served bandit's propensity counting (``LinearTS._probed_hits``).
+"""Compiled inner loop of the served bandit's propensity counting (``LinearTS._probed_firsts``).
 
-Counting a slate's returns runs the policy about as many times as it has candidates, and each
-run needs only a few scores (the probe block's, and those of later blocks for the few runs
-still open).  Written with numpy, a block of runs was some fifty array calls, each on a small
-array, so the calls' own cost outweighed the arithmetic.  Here one call scores a block for a
-batch of runs and counts, per open slot, how many of its candidates rank above that slot's
-shown item, stopping a run's block as soon as no open slot can still take its item.
+Counting a slate's returns runs the policy about as many times as it has candidates, and a
+run needs only a few scores: the shown items', then candidates by posterior mean until every
+open slot has more candidates above its item than its number.  Written with numpy, that was
+dozens of array calls per batch of runs, each on a small array, and the calls' own cost
+outweighed the arithmetic.  Here one call makes a batch of runs, each scoring candidates one
+at a time and stopping as soon as no open slot can still take its item, and the batch stops
+at the run that settles its last open slot, so no run is made past it.
 
 The arithmetic is ``_product``'s, term for term: float32 products ``w_f x_f`` summed in
 feature order, then ``+ sd z`` with z from the normal grid; numba compiles without fast-math,
 so no product and sum are fused and every score is the same bits as numpy's (a test checks
-this against ``_product``).  Leaving the rest of a dead run's block unscored changes no run's
-outcome: its answer no longer depends on those scores (see ``LinearTS._probed_hits``).
+this against ``_product``).  Run r's noise for the candidate at place t of the scoring order
+is ``grid[bits(seed, r, t)]``: 16 bits of splitmix64's output for counter ``r * words + t // 4
++ 1`` (Steele, Lea & Flood 2014, "Fast splittable pseudorandom number generators"), so each
+run and candidate has its own independent draw whichever candidates a run leaves unscored,
+and a test can recompute any of them.
 """
 
 from __future__ import annotations
@@ -19,77 +23,83 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["probe_block"]
+__all__ = ["count_runs", "GOLDEN"]
+
+#: splitmix64's increment (2^64 / the golden ratio)
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
 
 
 @njit(cache=True, nogil=True)
-def probe_block(w, rows, xm, sd, grid, bits, picks, cols, before, own, above, slots,  # pragma: no cover - compiled
-                last, first):
-    """Score one block of candidates for the runs ``rows`` and add to ``above``.
+def count_runs(w, picks, xm, sd, cols, grid, seed, slots, last, own, above, first):  # pragma: no cover - compiled
+    """Make up to ``len(w)`` runs over candidates in scoring order, counting per open slot how
+    many candidates rank above its shown item, until every open slot has had a run that puts
+    its item there; returns how many runs were made.
 
-    ``w``: runs x features float32 weights (the offsets' column of ones last); ``xm``:
-    features x m float32 block features, ``sd``: the m offsets' sd; ``grid``: the normal
-    quantiles; ``bits``: at least len(rows) x m uint16, run t's candidate i drawing
-    ``grid[bits[t * m + i]]``; ``picks``: per run the budget's pick (-1 none; empty: no
-    budget), ``cols``: the block's candidate positions; ``before``: per open slot, how many of
-    the block's candidates come before its shown item (in the first block, the item's own
-    index); ``own``: open slots x runs, the shown items' scores (filled here when ``first``);
-    ``above``: open slots x runs counts; ``slots``: the open slots' numbers; ``last``: the
-    slate's last slot.  Returns, per row of ``rows``, whether some open slot can still take its
-    shown item (scored in full when so)."""
-    n_rows = rows.size
-    n_feat, m = xm.shape
+    ``w``: runs x features float32 weights (the offsets' column of ones last); ``picks``: per
+    run the budget's pick as a candidate position (-1 none; empty: no budget), which takes the
+    last slot; ``xm``: features x n float32, ``sd``: the n offsets' sd and ``cols``: the n
+    candidate positions, all in scoring order, the slate's shown items first in slot order
+    (slot j's item at place j); ``grid``: the normal quantiles; ``seed``: a uint64;
+    ``slots``: the open slots; ``last``: the slate's last slot.  Fills ``own`` (open slots x
+    runs: the shown items' scores), ``above`` (open slots x runs: the candidates ranking above,
+    a higher score or an equal one and an earlier position; a run stops scoring once no open
+    slot can take its item, so a larger count may stop short) and ``first`` (per open slot,
+    the first run that puts its item there, -1 none)."""
+    n_runs = w.shape[0]
+    n_feat, n = xm.shape
     n_open = slots.size
-    alive = np.zeros(n_rows, dtype=np.bool_)
-    score = np.empty(m, dtype=np.float32)
-    done = np.zeros(m, dtype=np.bool_)
-    for t in range(n_rows):
-        r = rows[t]
+    k = last + 1
+    words = np.uint64((n + 3) // 4)
+    shown = np.empty(k, dtype=np.float32)
+    first[:] = -1
+    waiting = n_open
+    for r in range(n_runs):
+        if waiting == 0:
+            return r
         pick = picks[r] if picks.size else -1
-        base = t * m
-        if first:  # the shown items' own scores come before any comparison
-            done[:] = False
-            for q in range(n_open):
-                i = before[q]
-                if not done[i]:
-                    score[i] = _score(w, r, xm, sd, grid, bits, base, i, cols, pick, n_feat)
-                    done[i] = True
-                own[q, r] = score[i]
-        open_any = False
+        base = np.uint64(r) * words
+        for t in range(k):
+            shown[t] = _score(w, r, xm, sd, cols, grid, seed, base, t, pick, n_feat)
         for q in range(n_open):
-            if _may_take(above[q, r], slots[q], last, pick):
-                open_any = True
-        for i in range(m):
-            if not open_any:
-                break
-            if first and done[i]:
-                s = score[i]
-            else:
-                s = _score(w, r, xm, sd, grid, bits, base, i, cols, pick, n_feat)
+            own[q, r] = shown[slots[q]]
+            above[q, r] = 0
+        for t in range(n):
+            s = shown[t] if t < k else _score(w, r, xm, sd, cols, grid, seed, base, t, pick,
+                                              n_feat)
             open_any = False
             for q in range(n_open):
                 o = own[q, r]
-                if s > o or (s == o and i < before[q]):
+                if s > o or (s == o and cols[t] < cols[slots[q]]):
                     above[q, r] += 1
-                if _may_take(above[q, r], slots[q], last, pick):
+                if above[q, r] <= slots[q] and not (slots[q] == last and pick >= 0):
                     open_any = True
-        alive[t] = open_any
-    return alive
+            if not open_any:
+                break
+        for q in range(n_open):
+            if first[q] < 0:
+                if slots[q] == last and pick >= 0:
+                    hit = pick == cols[slots[q]]
+                else:
+                    hit = above[q, r] == slots[q]
+                if hit:
+                    first[q] = r
+                    waiting -= 1
+    return n_runs
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _may_take(above, slot, last, pick):  # pragma: no cover - compiled
-    """Whether a run with ``above`` candidates over a slot's item may still put it there."""
-    return above <= slot and not (slot == last and pick >= 0)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _score(w, r, xm, sd, grid, bits, base, i, cols, pick, n_feat):  # pragma: no cover - compiled
-    """Run r's score of the block's candidate i, in ``_product``'s order and precision."""
-    if pick == cols[i]:
+def _score(w, r, xm, sd, cols, grid, seed, base, t, pick, n_feat):  # pragma: no cover - compiled
+    """Run r's score of the candidate at place t, in ``_product``'s order and precision."""
+    if pick == cols[t]:
         return np.float32(-np.inf)
-    acc = w[r, 0] * xm[0, i]
+    acc = w[r, 0] * xm[0, t]
     for f in range(1, n_feat):
-        acc = acc + w[r, f] * xm[f, i]
-    z = grid[bits[base + i]] * sd[i]
-    return acc + z
+        acc = acc + w[r, f] * xm[f, t]
+    z = seed + (base + np.uint64(t // 4 + 1)) * GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    z = z ^ (z >> np.uint64(31))
+    bits = (z >> np.uint64(16 * (t % 4))) & np.uint64(0xFFFF)
+    return acc + grid[bits] * sd[t]

@@ -42,14 +42,14 @@ quantiles (a table lookup, several times cheaper than a fresh normal; |z| <= 4.3
 run's list is its candidates by score, ties to the earlier one.  Counting a return checks only
 the slots still open, by how many candidates rank above the shown item.  The runs a slate needs
 are the geometric counts themselves, about 1 / p for its least likely slot, so with item
-offsets a counting run scores its candidates in blocks by posterior mean (``_PROBES``) and
-stops as soon as more than j of them rank above slot j's item for every open slot j: a hard
-slot's item usually ranks far below its slot, and the best few candidates say so (over more
-than ``_PROBE_FROM`` candidates: below, scoring every candidate costs less).  Each score
-is computed alone in a fixed order (``_product``, not a BLAS product whose sums may depend on
-the matrix around them), so a score is the same bits in any block, and the noise draws are
-independent, so leaving a run's other candidates unscored when no answer depends on them
-changes no run's outcome in distribution (``bench/bandit.py`` times it).
+offsets a counting run scores the shown items, then the other candidates by posterior mean,
+and stops as soon as more than j of them rank above slot j's item for every open slot j: a
+hard slot's item usually ranks far below its slot, and the best few candidates say so.  That
+loop is compiled (``_kernels.count_runs``).  Each score is computed alone in a fixed order
+(``_product``, not a BLAS product whose sums may depend on the matrix around them), so a
+score is the same bits whatever else is scored with it, and the noise draws are independent,
+so leaving a run's other candidates unscored when no answer depends on them changes no run's
+outcome in distribution (``bench/bandit.py`` times it).
 
 Options (see ``LinearTS``): ``hierarchy`` adds per-person and per-item Gaussian offsets to the
 shared weights; ``new_item_share`` reserves the last slot, with that probability, for one of
@@ -101,18 +101,12 @@ NORMAL_GRID.setflags(write=False)
 _BATCH_SCORES = 64_000
 #: the fewest and the most runs per batch
 _RUNS, _MAX_RUNS = 64, 1024
-#: a counting run scores the candidates in blocks by posterior mean (``_probed_hits``): the
-#: best 32 (and the shown items) for every run, the next 128 for the runs those leave open,
-#: then the rest for the runs still open
-_PROBES = (32, 128)
-#: candidates above which counting runs are probed (fewer: every run scores them all, which
-#: cost less in A/B timings against it at 100, 300 and 600 candidates)
-_PROBE_FROM = 400
 #: ``_product`` adds a feature only where it is nonzero when under 1 / _SPARSE of it is
 _SPARSE = 4
 #: ... and, scoring runs x candidates (columns gathered), under 1 / _SPARSE_COLUMNS of it
 _SPARSE_COLUMNS = 25
-#: most runs per batch of the probed count (cheap per run: most score only the first block)
+#: most runs per batch of the probed count (a batch stops at the run that settles its last
+#: open slot, so a large batch costs only its weight draws)
 _PROBED_RUNS = 512
 #: slots a ``positions`` bandit tracks (a row's slot column must lie below)
 _MAX_SLOTS = 1000
@@ -359,11 +353,8 @@ class LinearTS(Component):
         if ctx.xm32 is None or ctx.sd32 is None:
             np.matmul(weights.astype(np.float32), ctx.x32, out=scores)
         else:  # the offsets' means ride in the product as one more row
-            if _probes(ctx):  # the same bits as the probed counts' blocks
-                _product(_with_one(weights), ctx.xm32, sparse=ctx.sparse(), out=scores,
-                         tmp=z)
-            else:
-                np.matmul(_with_one(weights), ctx.xm32, out=scores)
+            # the same bits as the counting runs' (``_kernels.count_runs``)
+            _product(_with_one(weights), ctx.xm32, sparse=ctx.sparse(), out=scores, tmp=z)
             with self._lock:  # 16 random bits per candidate and run pick its quantile
                 bits = self._rng.bit_generator.random_raw(-(-scores.size // 4))
             np.copyto(idx, bits.view(np.uint16)[: scores.size].reshape(scores.shape))
@@ -480,7 +471,7 @@ class LinearTS(Component):
         x = ctx.x
         # one batch of runs: the first is the list shown, the others (independent of it) are
         # the first runs that count its returns, so both are one computation by construction;
-        # counted by probing (``_probed_hits``), the list is one run and the counting its own
+        # counted by probing (``_probed_firsts``), the list is one run and the counting its own
         probed = _probes(ctx)
         draws = self._draw(ctx, 1 if probed else _RUNS)
         scores, picks = self._runs(ctx, len(draws), draws)
@@ -523,10 +514,10 @@ class LinearTS(Component):
             elif _probes(ctx):
                 size = min(_RUNS << min(batch, 8), _PROBED_RUNS, cap - used)
                 batch += 1
-                for j, hit in self._probed_hits(ctx, size, shown, open_).items():
-                    first = np.flatnonzero(hit)
-                    if first.size:
-                        counts[j] = used + first[0] + 1
+                firsts, size = self._probed_firsts(ctx, size, shown, open_)
+                for j, f in firsts.items():
+                    if f >= 0:
+                        counts[j] = used + f + 1
                         open_.remove(j)
                 used += size
                 continue
@@ -547,57 +538,39 @@ class LinearTS(Component):
             used += b
         return counts
 
-    def _probed_hits(self, ctx: _Context, size: int, shown: np.ndarray, open_: list[int]
-                     ) -> dict[int, np.ndarray]:
-        """``size`` fresh runs of the policy with item offsets, checked for the open slots:
-        per open slot j, whether each run puts ``shown[j]`` there.
+    def _probed_firsts(self, ctx: _Context, size: int, shown: np.ndarray, open_: list[int]
+                       ) -> tuple[dict[int, int], int]:
+        """Up to ``size`` fresh runs of the policy with item offsets, for the open slots: per
+        open slot j, the first run that puts ``shown[j]`` there (-1: none), and how many runs
+        were made (they stop at the run that settles the last open slot).
 
-        The runs are ``_runs``'s, score for score (the same weight draw, the same float32
-        ``_product`` and ``base + sd z``), but a run's candidates are scored in blocks by
-        posterior mean (``_PROBES``): first the best few with all the shown items (the closed
-        slots' too, so the blocks are built once per request, not again as slots close); a
-        run in which more than j candidates already rank above ``shown[j]`` cannot put it in
-        slot j, whatever the others score, and a run that no open slot can use any more
-        scores no further block.  Each score is computed alone (no sum runs across
-        candidates) and the noise draws are independent, so scoring some candidates of a run
-        later, or not at all when no answer depends on them, leaves each run's outcome
-        distributed as before: the counts stay geometric, E[N] = 1/p.  A hard slot's item
-        usually ranks far below its slot, and the best few candidates already say so.
-
-        A block's scoring and counting is one compiled call (``_kernels.probe_block``), which
-        also stops a run inside a block as soon as no open slot can take its item.
+        A run is ``_runs``'s, score for score (the same weight draw, the same float32
+        ``_product`` and ``base + sd z``), but it scores its candidates one at a time in the
+        order of ``_Context.scoring_order``: the shown items, then the others by posterior
+        mean.  A run in which more than j candidates already rank above ``shown[j]`` cannot
+        put it in slot j, whatever the others score, and a run that no open slot can use any
+        more stops.  Each score is computed alone (no sum runs across candidates) and each
+        noise draw is its own, so leaving a run's other candidates unscored when no answer
+        depends on them leaves each run's outcome distributed as before: the counts stay
+        geometric, E[N] = 1/p.  A hard slot's item usually ranks far below its slot, and the
+        best few candidates already say so.  The loop is compiled (``_kernels.count_runs``).
         """
-        from serendip.explore._kernels import probe_block  # numba: loaded when first needed
+        from serendip.explore._kernels import count_runs  # numba: loaded when first needed
 
         assert ctx.xm32 is not None and ctx.sd32 is not None
         w = _with_one(self._draw(ctx, size))
         picks = self._picks(ctx, size)
         k = shown.size
+        xm, sd, cols = ctx.scoring_order(shown)
         slots = np.asarray(open_, dtype=np.int64)
-        targets = [int(shown[j]) for j in open_]
-        above = np.zeros((slots.size, size), dtype=np.int64)
         own = np.empty((slots.size, size), dtype=np.float32)
-        no_picks = np.zeros(0, dtype=np.int64)
-        rows = np.arange(size)
-        for b, block in enumerate(ctx.blocks(shown, _PROBES)):
-            if not rows.size:
-                break
-            m = rows.size * block.cols.size
-            with self._lock:
-                bits = self._rng.bit_generator.random_raw(-(-m // 4)).view(np.uint16)
-            before = np.array([block.before[t] for t in targets], dtype=np.int64)
-            alive = probe_block(w, rows, block.xm, block.sd, NORMAL_GRID, bits,
-                                no_picks if picks is None else picks, block.cols, before, own,
-                                above, slots, k - 1, b == 0)
-            rows = rows[alive]
-        out = {}
-        for q, j in enumerate(open_):
-            hit = np.zeros(size, dtype=bool)
-            hit[rows] = above[q, rows] == j  # scored in full; the others rank it lower
-            if picks is not None and j == k - 1:
-                hit = np.where(picks >= 0, picks == shown[j], hit)
-            out[j] = hit
-        return out
+        above = np.empty((slots.size, size), dtype=np.int64)
+        first = np.empty(slots.size, dtype=np.int64)
+        with self._lock:
+            seed = self._rng.integers(0, 1 << 64, dtype=np.uint64, endpoint=False)
+        made = count_runs(w, np.zeros(0, dtype=np.int64) if picks is None else picks, xm, sd,
+                          cols, NORMAL_GRID, np.uint64(seed), slots, k - 1, own, above, first)
+        return {j: int(f) for j, f in zip(open_, first, strict=True)}, int(made)
 
     def _picks(self, ctx: _Context, size: int) -> np.ndarray | None:
         """Per run, the budget's pick for the last slot (-1: no budget this run); None without
@@ -882,7 +855,7 @@ def _product(w: np.ndarray, xm: np.ndarray, *,
     """Runs' scores ``w @ xm`` (runs x features, features x candidates) in float32, each
     entry summed alone in a fixed order (w_0 x_0 + w_1 x_1, then + w_2 x_2, ...): the same
     bits whichever candidates or runs are computed with it (which a BLAS product does not
-    promise), and the same as the compiled counting loop's (``_kernels.probe_block``).
+    promise), and the same as the compiled counting loop's (``_kernels.count_runs``).
 
     ``sparse`` (``_sparse_rows(xm)``): a feature that is 0 for most candidates (``shown``,
     often ``tail``) is added only where it is not, in its place in the order.  A term whose
@@ -914,23 +887,10 @@ def _batch(ctx: _Context) -> int:
 
 
 def _probes(ctx: _Context) -> bool:
-    """Whether counting runs score the probe first (``_probed_hits``): with item offsets and
-    enough candidates that the probe is a small part of them."""
-    return ctx.sd32 is not None and ctx.x.shape[0] > _PROBE_FROM
-
-
-class _Block:
-    """Some candidates of a request: sorted positions, features with the offsets' means
-    (float32, one column per candidate) and the offsets' sd."""
-
-    def __init__(self, ctx: _Context, cols: np.ndarray) -> None:
-        assert ctx.xm32 is not None and ctx.sd32 is not None
-        self.cols = cols
-        self.xm = np.ascontiguousarray(ctx.xm32[:, cols])
-        self.sd = ctx.sd32[cols]
-        #: per target candidate (``_Context.blocks``): how many of this block's candidates
-        #: come before it (in the first block, which holds the targets, its own index)
-        self.before: dict[int, int] = {}
+    """Whether counting runs are probed (``_probed_firsts``): with item offsets.  Without
+    them a run is one product over all candidates and the list shown is the first run of the
+    first counting batch."""
+    return ctx.sd32 is not None
 
 
 def _count_above(scores: np.ndarray, cols: np.ndarray | None, own: np.ndarray, c: int, *,
@@ -975,7 +935,7 @@ class _Context:
         self.share = 0.0
         self._law: tuple[np.ndarray, np.ndarray] | None = None
         self._rank: np.ndarray | None = None  # candidates by posterior mean, best first
-        self._blocks: tuple[tuple[int, ...], list[_Block]] | None = None
+        self._order: tuple[tuple[int, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
         self._sparse: tuple[np.ndarray | None, ...] | None = None
 
     def sparse(self) -> tuple[np.ndarray | None, ...]:
@@ -1003,28 +963,21 @@ class _Context:
         out[np.ix_(_PCOLS, _PCOLS)] += self.person_chol @ self.person_chol.T
         return out
 
-    def blocks(self, targets: np.ndarray, sizes: tuple[int, ...]) -> list[_Block]:
-        """The candidates in blocks by posterior mean: the best ``sizes[0]`` with
-        ``targets``, then the next ``sizes[1]``, ..., then the rest (empty blocks left out);
-        kept while the targets stay the same."""
-        key = tuple(sorted(int(t) for t in targets))
-        if self._blocks is None or self._blocks[0] != key:
+    def scoring_order(self, shown: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Features with the offsets' means, offsets' sd and candidate positions, in the order
+        a counting run scores them (``_kernels.count_runs``): the shown items in slot order,
+        then the others by posterior mean, best first; kept while the shown items stay."""
+        assert self.xm32 is not None and self.sd32 is not None
+        key = tuple(int(t) for t in shown)
+        if self._order is None or self._order[0] != key:
             if self._rank is None:
                 self._rank = np.argsort(-self.mean_scores(), kind="stable")
-            n = self.x.shape[0]
-            block = np.full(n, len(sizes), dtype=np.int64)  # each candidate's block
-            start = 0
-            for b, m in enumerate(sizes):
-                block[self._rank[start : start + m]] = b
-                start += m
-            block[np.asarray(key, dtype=np.int64)] = 0
-            kept = [_Block(self, np.flatnonzero(block == b)) for b in range(len(sizes) + 1)]
-            blocks = [b for b in kept if b.cols.size]
-            for blk in blocks:
-                blk.before = dict(zip(key, np.searchsorted(blk.cols, key).tolist(), strict=True))
-            self._blocks = key, blocks
-            return blocks
-        return self._blocks[1]
+            rest = np.ones(self.x.shape[0], dtype=bool)
+            rest[list(key)] = False
+            cols = np.concatenate([np.asarray(key, dtype=np.int64),
+                                   self._rank[rest[self._rank]]])
+            self._order = key, (np.ascontiguousarray(self.xm32[:, cols]), self.sd32[cols], cols)
+        return self._order[1]
 
     def run_law(self) -> tuple[np.ndarray, np.ndarray]:
         """A run's weights' mean and the Cholesky factor of their covariance, computed once."""
