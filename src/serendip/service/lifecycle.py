@@ -429,8 +429,8 @@ class Lifecycle:
                 self.install(rec, time.time(), events)
             job.n_users, job.n_items = rec.data.n_users, rec.data.n_items
             job.n_interactions = len(rec.data.interactions)
+            self._clear_stale(job.started_at)  # before "succeeded": a caller waits on that
             job.status = "succeeded"
-            self._clear_stale(job.started_at)
         except Exception as e:
             log.exception("retrain %s failed", job.job_id)
             job.error = f"{type(e).__name__}: {e}"
