@@ -10,12 +10,15 @@ at the run that settles its last open slot, so no run is made past it.
 
 The arithmetic is ``_product``'s, term for term: float32 products ``w_f x_f`` summed in
 feature order, then ``+ sd z`` with z from the normal grid; numba compiles without fast-math,
-so no product and sum are fused and every score is the same bits as numpy's (a test checks
-this against ``_product``).  Run r's noise for the candidate at place t of the scoring order
-is ``grid[bits(seed, r, t)]``: 16 bits of splitmix64's output for counter ``r * words + t // 4
-+ 1`` (Steele, Lea & Flood 2014, "Fast splittable pseudorandom number generators"), so each
-run and candidate has its own independent draw whichever candidates a run leaves unscored,
-and a test can recompute any of them.
+so no product and sum are fused and every score is numpy's value bit for bit (but for the
+sign of a zero, where ``_product`` skips a term whose feature is 0; no comparison sees it),
+which a test checks against ``_product``.  Run r's noise for the candidate at place t of the
+scoring order is ``grid[bits(seed, r, t)]``: 16 bits of splitmix64's output for counter
+``r * words + t // 4 + 1`` (Steele, Lea & Flood 2014, "Fast splittable pseudorandom number
+generators"), so each run and candidate has its own draw, fixed whichever candidates a run
+leaves unscored, and a test can recompute any of them.  The list shown draws its noise from
+the policy's own generator instead: the same uniform 16-bit index into the same grid, so the
+same policy in distribution.
 """
 
 from __future__ import annotations
@@ -44,9 +47,10 @@ def count_runs(w, picks, xm, sd, cols, grid, seed, slots, last, own, above, firs
     (slot j's item at place j); ``grid``: the normal quantiles; ``seed``: a uint64;
     ``slots``: the open slots; ``last``: the slate's last slot.  Fills ``own`` (open slots x
     runs: the shown items' scores), ``above`` (open slots x runs: the candidates ranking above,
-    a higher score or an equal one and an earlier position; a run stops scoring once no open
-    slot can take its item, so a larger count may stop short) and ``first`` (per open slot,
-    the first run that puts its item there, -1 none)."""
+    a higher score or an equal one and an earlier position; a run stops scoring once no slot
+    still open in it, that is not yet settled by an earlier run of the batch, can take its
+    item, so other counts may stop short) and ``first`` (per open slot, the first run that
+    puts its item there, -1 none)."""
     n_runs = w.shape[0]
     n_feat, n = xm.shape
     n_open = slots.size
@@ -73,7 +77,9 @@ def count_runs(w, picks, xm, sd, cols, grid, seed, slots, last, own, above, firs
                 o = own[q, r]
                 if s > o or (s == o and cols[t] < cols[slots[q]]):
                     above[q, r] += 1
-                if above[q, r] <= slots[q] and not (slots[q] == last and pick >= 0):
+                # a slot settled by an earlier run of the batch keeps no run going
+                if (first[q] < 0 and above[q, r] <= slots[q]
+                        and not (slots[q] == last and pick >= 0)):
                     open_any = True
             if not open_any:
                 break

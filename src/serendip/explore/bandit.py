@@ -544,8 +544,9 @@ class LinearTS(Component):
         open slot j, the first run that puts ``shown[j]`` there (-1: none), and how many runs
         were made (they stop at the run that settles the last open slot).
 
-        A run is ``_runs``'s, score for score (the same weight draw, the same float32
-        ``_product`` and ``base + sd z``), but it scores its candidates one at a time in the
+        A run is ``_runs``'s computation (the same weight draw, the same float32 ``_product``
+        and ``base + sd z``, z's 16-bit grid index from splitmix64 instead of the policy's
+        generator, the same uniform draw), but it scores its candidates one at a time in the
         order of ``_Context.scoring_order``: the shown items, then the others by posterior
         mean.  A run in which more than j candidates already rank above ``shown[j]`` cannot
         put it in slot j, whatever the others score, and a run that no open slot can use any
