@@ -418,6 +418,21 @@ def _splitmix_bits(seed: int, runs: int, n: int) -> np.ndarray:
         np.int64)
 
 
+def test_a_kernel_numba_cannot_cache_is_compiled_in_the_process():
+    """Where numba finds nowhere to cache machine code (here a function with no source file,
+    as a read-only install has no writable folder), ``compiled`` compiles it in the process
+    instead of raising."""
+    from numba import njit
+
+    from serendip.explore._kernels import compiled
+
+    ns: dict[str, object] = {}
+    exec("def plus_one(x):\n    return x + 1\n", ns)
+    with pytest.raises(RuntimeError, match="cannot cache"):
+        njit(cache=True)(ns["plus_one"])
+    assert compiled(nogil=True)(ns["plus_one"])(41) == 42
+
+
 def test_the_compiled_count_scores_and_counts_as_the_numpy_runs():
     """``count_runs`` (the compiled counting loop) scores in ``_product``'s float32 order plus
     ``sd z``, z drawn from splitmix64 as its docstring says: the shown items' scores are the

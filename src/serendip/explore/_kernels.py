@@ -23,10 +23,27 @@ same policy in distribution.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 from numba import njit
 
-__all__ = ["count_runs", "GOLDEN"]
+__all__ = ["count_runs", "GOLDEN", "compiled"]
+
+
+def compiled(**options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``numba.njit`` with its machine code cached on disk, or, where numba finds no writable
+    place for that cache (a read-only install), compiled once in each process instead of
+    failing the request that first needs it."""
+
+    def wrap(fn: Callable[..., Any]) -> Any:
+        try:
+            return njit(cache=True, **options)(fn)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return njit(cache=False, **options)(fn)
+
+    return wrap
 
 #: splitmix64's increment (2^64 / the golden ratio)
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -34,7 +51,7 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
-@njit(cache=True, nogil=True)
+@compiled(nogil=True)
 def count_runs(w, picks, xm, sd, cols, grid, seed, slots, last, own, above, first):  # pragma: no cover - compiled
     """Make up to ``len(w)`` runs over candidates in scoring order, counting per open slot how
     many candidates rank above its shown item, until every open slot has had a run that puts
@@ -95,7 +112,7 @@ def count_runs(w, picks, xm, sd, cols, grid, seed, slots, last, own, above, firs
     return n_runs
 
 
-@njit(cache=True, nogil=True, inline="always")
+@compiled(nogil=True, inline="always")
 def _score(w, r, xm, sd, cols, grid, seed, base, t, pick, n_feat):  # pragma: no cover - compiled
     """Run r's score of the candidate at place t, in ``_product``'s order and precision."""
     if pick == cols[t]:
