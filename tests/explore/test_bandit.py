@@ -381,7 +381,7 @@ def test_a_blocks_count_above_is_the_stable_order():
         for c in cols:
             want = np.array([np.count_nonzero(np.isin(row[: np.argmax(row == c)], cols))
                              for row in order])
-            got = _count_above(scores[:, cols], cols, scores[:, c], int(c))
+            got = _count_above(scores[:, cols], scores[:, c], int(np.searchsorted(cols, c)))
             np.testing.assert_array_equal(got, want, err_msg=f"{cols} {c}")
 
 
@@ -464,7 +464,7 @@ def test_the_compiled_count_scores_and_counts_as_the_numpy_runs():
     by_position = np.empty_like(want)
     by_position[:, cols] = want  # the runs' scores in candidate order
     slots = np.array([0, 1, 3])
-    refs = [_count_above(by_position, None, want[:, j], int(cols[j])) for j in slots]
+    refs = [_count_above(by_position, want[:, j], int(cols[j])) for j in slots]
     hits = [np.where((j == k - 1) & (picks >= 0), picks == cols[j], ref == j)
             for j, ref in zip(slots, refs, strict=True)]
     firsts = [int(np.argmax(h)) if h.any() else -1 for h in hits]

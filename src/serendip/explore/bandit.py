@@ -830,7 +830,7 @@ def _slots(k: object, n: int, positions: bool = False) -> int:
 def _at(scores: np.ndarray, c: int, j: int, work: np.ndarray | None = None) -> np.ndarray:
     """Per row of ``scores``: is candidate c in position j of the row's order (by score, ties
     to the earlier candidate)?  ``work``: a boolean buffer of at least ``scores.size``."""
-    return _count_above(scores, None, scores[:, c], c, upto=j, work=work) == j
+    return _count_above(scores, scores[:, c], c, upto=j, work=work) == j
 
 
 def _with_one(weights: np.ndarray) -> np.ndarray:
@@ -894,13 +894,13 @@ def _probes(ctx: _Context) -> bool:
     return ctx.sd32 is not None
 
 
-def _count_above(scores: np.ndarray, cols: np.ndarray | None, own: np.ndarray, c: int, *,
-                 upto: int | None = None, work: np.ndarray | None = None) -> np.ndarray:
-    """Per run (a row of ``scores``, runs x candidates): how many of a block's candidates
-    (``cols``, sorted; None: all, in order) rank above candidate c, whose score in that run is
-    ``own``: a higher score, or an equal one and earlier.  ``upto``: the runs with more than
-    that many higher scores skip the ties, as the answer there is only compared with
-    ``upto``.  ``work``: a boolean buffer of at least ``scores.size`` for the comparisons."""
+def _count_above(scores: np.ndarray, own: np.ndarray, c: int, *, upto: int | None = None,
+                 work: np.ndarray | None = None) -> np.ndarray:
+    """Per run (a row of ``scores``, runs x candidates in order): how many candidates rank
+    above the one in column c, whose score in that run is ``own``: a higher score, or an equal
+    one and an earlier column.  ``upto``: the runs with more than that many higher scores skip
+    the ties, as the answer there is only compared with ``upto``.  ``work``: a boolean buffer
+    of at least ``scores.size`` for the comparisons."""
     wide = own[:, None]
     n = scores.shape[1]
     kind = np.uint16 if n < 1 << 16 else np.int64
@@ -908,13 +908,12 @@ def _count_above(scores: np.ndarray, cols: np.ndarray | None, own: np.ndarray, c
           else np.greater(scores, wide, out=work[: scores.size].reshape(scores.shape)))
     # a sum of the comparisons as bytes (several times faster than count_nonzero)
     above = np.add.reduce(gt.view(np.uint8), axis=1, dtype=kind)
-    earlier = c if cols is None else int(np.searchsorted(cols, c))  # candidates before c
-    if not earlier:
+    if not c:
         return above
     rows = np.flatnonzero(above <= upto) if upto is not None else slice(None)
     # equal scores before c move it down
-    above[rows] += np.add.reduce((scores[rows, :earlier] == wide[rows]).view(np.uint8),
-                                 axis=1, dtype=kind)
+    above[rows] += np.add.reduce((scores[rows, :c] == wide[rows]).view(np.uint8), axis=1,
+                                 dtype=kind)
     return above
 
 
